@@ -1,0 +1,207 @@
+"""The job model and its state machine (DESIGN §1), pure: no I/O, no clock of its own.
+
+Every transition a job can take is listed in ``TRANSITIONS``; ``check_transition``
+refuses anything else, so a bug shows up as an error instead of a job in a state
+Sling users would not recognise.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+
+class JobState(str, enum.Enum):
+    """Sling's job states, with exactly Sling's names."""
+
+    QUEUED = "QUEUED"
+    ACTIVE = "ACTIVE"
+    SUCCEEDED = "SUCCEEDED"
+    STOPPED = "STOPPED"
+    GIVEN_UP = "GIVEN_UP"
+    ERROR = "ERROR"
+    DROPPED = "DROPPED"
+
+    @property
+    def final(self) -> bool:
+        return self in FINAL_STATES
+
+    def __str__(self) -> str:  # so f"{state}" prints QUEUED, not JobState.QUEUED
+        return self.value
+
+
+FINAL_STATES = frozenset(
+    {JobState.SUCCEEDED, JobState.STOPPED, JobState.GIVEN_UP, JobState.ERROR, JobState.DROPPED}
+)
+
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset(
+        {JobState.ACTIVE, JobState.STOPPED, JobState.DROPPED}
+    ),
+    JobState.ACTIVE: frozenset(
+        {
+            JobState.SUCCEEDED,
+            JobState.QUEUED,  # failed with retries left, or node restarted mid-run
+            JobState.GIVEN_UP,
+            JobState.ERROR,
+            JobState.STOPPED,
+            JobState.DROPPED,  # removed while running
+        }
+    ),
+    # `retry` on a final job that did not succeed puts it back to QUEUED (same id).
+    JobState.STOPPED: frozenset({JobState.QUEUED}),
+    JobState.GIVEN_UP: frozenset({JobState.QUEUED}),
+    JobState.ERROR: frozenset({JobState.QUEUED}),
+    JobState.DROPPED: frozenset({JobState.QUEUED}),
+    JobState.SUCCEEDED: frozenset(),
+}
+
+
+class InvalidTransition(ValueError):
+    """A job was asked to move to a state it cannot reach from where it is."""
+
+
+def check_transition(old: JobState, new: JobState) -> None:
+    if new not in TRANSITIONS[old]:
+        raise InvalidTransition(f"job cannot go from {old.value} to {new.value}")
+
+
+class ResultKind(str, enum.Enum):
+    OK = "OK"
+    FAILED = "FAILED"
+    CANCEL = "CANCEL"
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What a consumer returns. ``None`` from a consumer means ``JobResult.OK``.
+
+    ``JobResult.OK``, ``JobResult.FAILED`` (retry) and ``JobResult.CANCEL`` (no retry)
+    are ready-made instances; ``ExecutionContext.result()`` builds one with a message
+    and, for a failure, a retry delay.
+    """
+
+    kind: ResultKind
+    message: str | None = None
+    retry_delay: float | None = None  # seconds; only meaningful for FAILED
+
+    OK: "JobResult" = None  # type: ignore[assignment]  # set below
+    FAILED: "JobResult" = None  # type: ignore[assignment]
+    CANCEL: "JobResult" = None  # type: ignore[assignment]
+
+    @property
+    def succeeded(self) -> bool:
+        return self.kind is ResultKind.OK
+
+
+JobResult.OK = JobResult(ResultKind.OK)  # type: ignore[misc]
+JobResult.FAILED = JobResult(ResultKind.FAILED)  # type: ignore[misc]
+JobResult.CANCEL = JobResult(ResultKind.CANCEL)  # type: ignore[misc]
+
+
+@dataclass
+class Progress:
+    steps: int | None = None
+    step: int = 0
+    eta: float | None = None  # epoch seconds when the job is expected to finish
+    log: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "step": self.step,
+            "eta": iso(self.eta),
+            "log": list(self.log),
+        }
+
+
+@dataclass
+class Job:
+    """A unit of work: a topic and JSON-compatible properties, plus its bookkeeping.
+
+    Times are epoch seconds (float) internally and ISO 8601 UTC in JSON.
+    ``attempt`` counts every start (including after restarts) and makes transfer
+    messages idempotent; ``not_before`` is when a retried job may start again.
+    """
+
+    id: str
+    topic: str
+    properties: dict[str, Any]
+    state: JobState = JobState.QUEUED
+    queue: str = "main"
+    origin: str = ""
+    target: str | None = None
+    created: float = 0.0
+    started: float | None = None
+    finished: float | None = None
+    retry_count: int = 0
+    max_retries: int = 10
+    progress: Progress = field(default_factory=Progress)
+    result_message: str | None = None
+    attempt: int = 0
+    not_before: float = 0.0
+    seq: int = 0  # store sequence number: the order of arrival, for ordered queues
+
+    def to_json(self) -> dict[str, Any]:
+        """The job as DESIGN §5.2's job JSON."""
+        return {
+            "id": self.id,
+            "topic": self.topic,
+            "properties": self.properties,
+            "state": self.state.value,
+            "queue": self.queue,
+            "origin": self.origin,
+            "target": self.target,
+            "created": iso(self.created),
+            "started": iso(self.started),
+            "finished": iso(self.finished),
+            "retry_count": self.retry_count,
+            "max_retries": self.max_retries,
+            "progress": self.progress.to_json(),
+            "result_message": self.result_message,
+        }
+
+
+def iso(ts: float | None) -> str | None:
+    """Epoch seconds as ISO 8601 UTC with milliseconds, or None."""
+    if ts is None:
+        return None
+    return (
+        datetime.fromtimestamp(ts, tz=timezone.utc)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+def parse_iso(text: str) -> float:
+    """ISO 8601 (``Z`` or offset; naive means UTC) to epoch seconds."""
+    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+class JobIdGenerator:
+    """Time-ordered, unique job ids: ``<ms since epoch, hex>-<random node part>-<counter>``.
+
+    Sortable by creation time, cheap to make (no uuid call per job), unique across
+    nodes thanks to a random per-process prefix.
+    """
+
+    def __init__(self, clock: Any = time.time) -> None:
+        self._clock = clock
+        self._prefix = os.urandom(4).hex()
+        self._counter = 0
+        self._lock = threading.Lock()
+
+    def next(self) -> str:
+        with self._lock:
+            self._counter += 1
+            n = self._counter
+        return f"{int(self._clock() * 1000):011x}-{self._prefix}-{n:x}"
+
