@@ -1,0 +1,189 @@
+"""REST handlers of DESIGN §5.2 (one node's view): jobs, queues, stats, topology, offloading.
+
+Handlers only translate: validate the request (``validation``), call the node's
+public API (``node.jobs``, ``node.topology``, ``node.set_offloading``), shape the JSON.
+Errors are raised as ``JobmeshError``s and turned into ``{"error": ...}`` by the
+middleware in ``app``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from typing import Any
+
+from aiohttp import web
+
+from ..errors import JobmeshError, NotFound, ValidationError
+from .keys import NODE
+from .validation import (
+    decode_json,
+    parse_find_query,
+    parse_job_body,
+    parse_offload_topic,
+    parse_offloading_body,
+)
+
+
+class NotImplementedYet(JobmeshError):
+    """A feature this node does not have (yet): 501."""
+
+    http_status = 501
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        text=json.dumps(data, separators=(",", ":"), default=str),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+async def read_json(request: web.Request) -> Any:
+    """The body as JSON; oversize bodies raise aiohttp's 413, turned into JSON upstream."""
+    return decode_json(await request.read())
+
+
+def _job_id(request: web.Request) -> str:
+    job_id = request.match_info["id"]
+    if not job_id or len(job_id) > 200:
+        raise ValidationError("invalid job id")
+    return job_id
+
+
+async def health(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    ready = getattr(node, "ready", True)
+    if callable(ready):
+        ready = ready()
+    if not ready:
+        return json_response({"node": node.name, "status": "starting"}, status=503)
+    return json_response({"node": node.name, "status": "ready"})
+
+
+async def add_jobs(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    specs, is_list = parse_job_body(await read_json(request))
+    if is_list:
+        jobs = await node.jobs.add_many(specs) if specs else []
+        return json_response([j.to_json() for j in jobs], status=201)
+    topic, props = specs[0]
+    job = await node.jobs.add(topic, props)
+    return json_response(job.to_json(), status=201, headers={"Location": f"/api/v1/jobs/{job.id}"})
+
+
+async def find_jobs(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    q = parse_find_query(request.query)
+    jobs = await node.jobs.find(state=q["state"], topic=q["topic"], queue=q["queue"], limit=q["limit"])
+    return json_response({"jobs": [j.to_json() for j in jobs]})
+
+
+async def get_job(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    job_id = _job_id(request)
+    job = await node.jobs.get(job_id)
+    if job is None:
+        raise NotFound(f"job {job_id} not found")
+    return json_response(job.to_json())
+
+
+async def stop_job(request: web.Request) -> web.Response:
+    job = await request.app[NODE].jobs.stop(_job_id(request))
+    return json_response(job.to_json())
+
+
+async def retry_job(request: web.Request) -> web.Response:
+    job = await request.app[NODE].jobs.retry(_job_id(request))
+    return json_response(job.to_json())
+
+
+async def remove_job(request: web.Request) -> web.Response:
+    """Queued/active: stopped and recorded DROPPED (the job comes back); final: deleted."""
+    job_id = _job_id(request)
+    job = await request.app[NODE].jobs.remove(job_id)
+    if job is None:
+        return json_response({"id": job_id, "deleted": True})
+    return json_response(job.to_json())
+
+
+async def topology(request: web.Request) -> web.Response:
+    return json_response(request.app[NODE].topology.to_json())
+
+
+async def queues(request: web.Request) -> web.Response:
+    return json_response({"queues": await request.app[NODE].jobs.queues()})
+
+
+async def suspend_queue(request: web.Request) -> web.Response:
+    return json_response(await request.app[NODE].jobs.suspend_queue(request.match_info["name"]))
+
+
+async def resume_queue(request: web.Request) -> web.Response:
+    return json_response(await request.app[NODE].jobs.resume_queue(request.match_info["name"]))
+
+
+async def stats(request: web.Request) -> web.Response:
+    return json_response(await request.app[NODE].jobs.statistics())
+
+
+def offloading_view(view: Any) -> dict[str, Any]:
+    """Per node: its consumer topics and whether each is enabled for offloading."""
+    nodes = []
+    for inst in view.instances:
+        enabled = set(inst.offload_topics)
+        nodes.append(
+            {
+                "name": inst.name,
+                "local": inst.local,
+                "leader": inst.leader,
+                "topics": [{"topic": t, "enabled": t in enabled} for t in inst.topics],
+                "offload_topics": list(inst.offload_topics),
+                "offloading": inst.properties.get("offloading"),
+            }
+        )
+    return {"local": view.local, "nodes": nodes}
+
+
+async def get_offloading(request: web.Request) -> web.Response:
+    return json_response(offloading_view(request.app[NODE].topology))
+
+
+async def put_offloading(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    node_name = request.match_info["node"]
+    topic = parse_offload_topic(request.match_info["topic"])
+    mode = parse_offloading_body(await read_json(request))
+    if node.topology.instance(node_name) is None:
+        raise NotFound(f"node {node_name} is not in the topology")
+    setter = getattr(node, "set_offloading", None)
+    if setter is None:
+        raise NotImplementedYet("offloading settings are not available on this node yet")
+    result = setter(node_name, topic, mode)
+    if inspect.isawaitable(result):
+        result = await result
+    if isinstance(result, dict):
+        return json_response(result)
+    return json_response({"node": node_name, "topic": topic, "mode": mode})
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/api/v1/health", health)
+    r.add_post("/api/v1/jobs", add_jobs)
+    r.add_get("/api/v1/jobs", find_jobs)
+    r.add_get("/api/v1/jobs/{id}", get_job)
+    r.add_delete("/api/v1/jobs/{id}", remove_job)
+    r.add_post("/api/v1/jobs/{id}/stop", stop_job)
+    r.add_post("/api/v1/jobs/{id}/retry", retry_job)
+    r.add_get("/api/v1/topology", topology)
+    r.add_get("/api/v1/queues", queues)
+    r.add_post("/api/v1/queues/{name}/suspend", suspend_queue)
+    r.add_post("/api/v1/queues/{name}/resume", resume_queue)
+    r.add_get("/api/v1/stats", stats)
+    r.add_get("/api/v1/offloading", get_offloading)
+    r.add_put("/api/v1/offloading/{node}/{topic:.+}", put_offloading)
+
+
+__all__ = ["add_routes", "json_response", "read_json", "offloading_view", "NotImplementedYet"]

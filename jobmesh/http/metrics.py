@@ -1,0 +1,308 @@
+"""Prometheus metrics for one node, on a per-node ``CollectorRegistry``.
+
+Two sources feed ``/metrics``:
+
+* ``JobMetricsRecorder`` listens to the node's notifications and keeps totals per
+  queue (added, finished, failed, cancelled, stopped, removed) and histograms of
+  waiting and processing time. It is plain Python (dicts and bucket arrays, no
+  locks): a listener runs for every job transition, so at the engine's 15k jobs/s
+  the prometheus-client objects' per-call locking would cost more than the jobs.
+* A snapshot taken on scrape (``collect_snapshot``): jobs queued/active per queue,
+  suspended queues, topology size and leadership, advertised capacity and actor
+  mailbox depths.
+
+``NodeCollector`` turns both into metric families only when Prometheus scrapes.
+Not the global registry: several nodes may live in one process (tests, the demo).
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+# seconds; from a fast no-op job to an hour-long render
+TIME_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+)
+
+# notification topic -> counter name (without the jobmesh_jobs_ prefix / _total suffix)
+EVENT_COUNTERS: dict[str, str] = {
+    "job/added": "added",
+    "job/finished": "finished",
+    "job/failed": "failed",
+    "job/cancelled": "cancelled",
+    "job/stopped": "stopped",
+    "job/removed": "removed",
+}
+
+COUNTER_HELP: dict[str, str] = {
+    "added": "Jobs added on this node (origin).",
+    "finished": "Jobs that succeeded.",
+    "failed": "Failed attempts that will be retried.",
+    "cancelled": "Jobs given up or ended in error (no retry).",
+    "stopped": "Jobs stopped on request.",
+    "removed": "Jobs removed.",
+}
+
+
+class Histogram:
+    """Cumulative-on-export bucket counts; ``observe`` is a bisect and two additions."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...] = TIME_BUCKETS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # last slot is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """Prometheus buckets: ``le`` label text and the cumulative count."""
+        out: list[tuple[str, float]] = []
+        total = 0
+        for bound, n in zip(self.bounds, self.counts):
+            total += n
+            out.append((_le(bound), total))
+        total += self.counts[-1]
+        out.append(("+Inf", total))
+        return out
+
+
+def _le(bound: float) -> str:
+    return repr(float(bound))
+
+
+class JobMetricsRecorder:
+    """Totals and time histograms per queue, fed one notification at a time."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, dict[str, int]] = {name: {} for name in EVENT_COUNTERS.values()}
+        self.waiting: dict[str, Histogram] = {}
+        self.processing: dict[str, Histogram] = {}
+
+    def observe(self, notification: Any) -> None:
+        """Count a transition (and time a finished attempt); never raises."""
+        try:
+            topic = notification.topic
+            name = EVENT_COUNTERS.get(topic)
+            if name is None:
+                return
+            queue = getattr(notification, "queue", None) or "main"
+            per_queue = self.counts[name]
+            per_queue[queue] = per_queue.get(queue, 0) + 1
+            ms = getattr(notification, "processing_time", None)
+            if ms is not None and topic in ("job/finished", "job/failed", "job/cancelled", "job/stopped"):
+                h = self.processing.get(queue)
+                if h is None:
+                    h = self.processing[queue] = Histogram()
+                h.observe(ms / 1000.0)
+        except Exception:  # a metrics bug must never break job processing
+            return
+
+    def observe_started(self, notification: Any) -> None:
+        try:
+            ms = getattr(notification, "waiting_time", None)
+            if ms is None:
+                return
+            queue = getattr(notification, "queue", None) or "main"
+            h = self.waiting.get(queue)
+            if h is None:
+                h = self.waiting[queue] = Histogram()
+            h.observe(ms / 1000.0)
+        except Exception:
+            return
+
+    def __call__(self, notification: Any) -> None:
+        """The sync ``EventBus`` listener: must be cheap and must never raise."""
+        if getattr(notification, "topic", None) == "job/started":
+            self.observe_started(notification)
+        else:
+            self.observe(notification)
+
+
+@dataclass
+class Snapshot:
+    """What a scrape reads from the node, gathered before the families are built."""
+
+    node: str = ""
+    incarnation: float = 0.0
+    queues: list[dict[str, Any]] = field(default_factory=list)
+    topology_size: int = 1
+    topology_current: bool = True
+    is_leader: bool = True
+    capacity: dict[str, Any] = field(default_factory=dict)
+    mailboxes: dict[str, int] = field(default_factory=dict)
+    scrape_error: str | None = None
+    taken_at: float = field(default_factory=time.time)
+
+
+def build_families(snap: Snapshot, rec: JobMetricsRecorder) -> list[Metric]:
+    """Pure: a snapshot and the recorder -> Prometheus metric families."""
+    fams: list[Metric] = []
+    info = GaugeMetricFamily("jobmesh_node_info", "This node (value is always 1).", labels=["node"])
+    info.add_metric([snap.node], 1)
+    fams.append(info)
+    fams.append(GaugeMetricFamily("jobmesh_node_start_time_seconds", "Node incarnation (start time, epoch s).", value=snap.incarnation))
+
+    jobs = GaugeMetricFamily("jobmesh_jobs", "Jobs currently queued or active, by queue and state.", labels=["queue", "state"])
+    suspended = GaugeMetricFamily("jobmesh_queue_suspended", "1 when the queue is suspended.", labels=["queue"])
+    avg_wait = GaugeMetricFamily("jobmesh_queue_average_waiting_seconds", "Sling statistics: average waiting time.", labels=["queue"])
+    avg_proc = GaugeMetricFamily("jobmesh_queue_average_processing_seconds", "Sling statistics: average processing time.", labels=["queue"])
+    processed = CounterMetricFamily("jobmesh_queue_processed", "Sling statistics: jobs processed since the node started.", labels=["queue"])
+    for q in snap.queues:
+        name = str(q.get("name", "?"))
+        stats = q.get("statistics") or {}
+        jobs.add_metric([name, "QUEUED"], _num(stats.get("queued")))
+        jobs.add_metric([name, "ACTIVE"], _num(stats.get("active")))
+        suspended.add_metric([name], 1 if q.get("suspended") else 0)
+        avg_wait.add_metric([name], _num(stats.get("average_waiting_time")) / 1000.0)
+        avg_proc.add_metric([name], _num(stats.get("average_processing_time")) / 1000.0)
+        processed.add_metric([name], _num(stats.get("processed")))
+    fams += [jobs, suspended, avg_wait, avg_proc, processed]
+
+    for name, per_queue in rec.counts.items():
+        c = CounterMetricFamily(f"jobmesh_jobs_{name}", COUNTER_HELP[name], labels=["queue"])
+        for queue, n in sorted(per_queue.items()):
+            c.add_metric([queue], n)
+        fams.append(c)
+
+    for metric, source, help_text in (
+        ("jobmesh_job_waiting_seconds", rec.waiting, "Time from added (or retry due) to started."),
+        ("jobmesh_job_processing_seconds", rec.processing, "Time a consumer spent on a job attempt."),
+    ):
+        h = HistogramMetricFamily(metric, help_text, labels=["queue"])
+        for queue, hist in sorted(source.items()):
+            h.add_metric([queue], hist.cumulative(), hist.sum)
+        fams.append(h)
+
+    fams.append(GaugeMetricFamily("jobmesh_topology_instances", "Nodes in the topology this node sees.", value=snap.topology_size))
+    fams.append(GaugeMetricFamily("jobmesh_topology_leader", "1 when this node is the leader.", value=1 if snap.is_leader else 0))
+    fams.append(GaugeMetricFamily("jobmesh_topology_current", "0 while a topology change is under way.", value=1 if snap.topology_current else 0))
+
+    cap = GaugeMetricFamily("jobmesh_capacity", "Advertised capacity: slots, active, queued, throughput (jobs/s).", labels=["kind"])
+    for kind, value in sorted(snap.capacity.items()):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            cap.add_metric([kind], value)
+    fams.append(cap)
+
+    mb = GaugeMetricFamily("jobmesh_actor_mailbox_depth", "Messages waiting in each actor's mailbox.", labels=["actor"])
+    for actor, depth in sorted(snap.mailboxes.items()):
+        mb.add_metric([actor], depth)
+    fams.append(mb)
+
+    fams.append(GaugeMetricFamily("jobmesh_metrics_scrape_error", "1 when part of the last scrape could not be read.", value=1 if snap.scrape_error else 0))
+    return fams
+
+
+def _num(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0.0
+    return float(value)
+
+
+class NodeCollector:
+    """A prometheus-client Collector over the latest snapshot and the recorder."""
+
+    def __init__(self, recorder: JobMetricsRecorder) -> None:
+        self.recorder = recorder
+        self.snapshot = Snapshot()
+
+    def collect(self) -> Iterable[Metric]:
+        return build_families(self.snapshot, self.recorder)
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # families are dynamic; nothing to check at registration
+
+
+class NodeMetrics:
+    """The per-node registry; ``render`` gathers a fresh snapshot, then the text format."""
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+        self.recorder = JobMetricsRecorder()
+        self.collector = NodeCollector(self.recorder)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self.collector)  # type: ignore[arg-type]
+        self._listening = False
+
+    def listen(self) -> None:
+        """Subscribe the recorder to the node's notifications (once per node)."""
+        if self._listening:
+            return
+        events = getattr(self.node, "events", None)
+        if events is not None and hasattr(events, "add_listener"):
+            events.add_listener(self.recorder)
+            self._listening = True
+
+    async def snapshot(self) -> Snapshot:
+        node = self.node
+        snap = Snapshot(node=str(getattr(node, "name", "")), incarnation=float(getattr(node, "started_at", 0.0) or 0.0))
+        errors: list[str] = []
+        try:
+            snap.queues = list(await node.jobs.queues())
+        except Exception as e:  # an answer missing from one part must not fail the scrape
+            errors.append(f"queues: {e!r}")
+        try:
+            view = node.topology
+            snap.topology_size = len(view.instances)
+            snap.topology_current = bool(view.current)
+            snap.is_leader = view.leader == view.local
+        except Exception as e:
+            errors.append(f"topology: {e!r}")
+        cap = getattr(node, "capacity_snapshot", None)
+        if callable(cap):
+            try:
+                snap.capacity = dict(cap())
+            except Exception as e:
+                errors.append(f"capacity: {e!r}")
+        snap.mailboxes = mailbox_depths(node)
+        snap.scrape_error = "; ".join(errors) or None
+        return snap
+
+    async def render(self) -> bytes:
+        self.collector.snapshot = await self.snapshot()
+        return generate_latest(self.registry)
+
+
+def mailbox_depths(node: Any) -> dict[str, int]:
+    """Mailbox sizes of the node's actors, read through the public ``mailbox_size``."""
+    actors: Iterable[Any] = ()
+    provider = getattr(node, "actors", None)
+    if callable(provider):
+        try:
+            actors = provider()
+        except Exception:
+            actors = ()
+    elif provider is not None:
+        actors = provider
+    else:
+        system = getattr(node, "system", None) or getattr(node, "actor_system", None)
+        actors = getattr(system, "actors", ()) if system is not None else ()
+    out: dict[str, int] = {}
+    try:
+        for a in list(actors):
+            size = getattr(a, "mailbox_size", None)
+            name = getattr(a, "name", None)
+            if isinstance(size, int) and isinstance(name, str):
+                out[name] = size
+    except Exception:
+        return out
+    return out

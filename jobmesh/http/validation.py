@@ -1,0 +1,161 @@
+"""Request validation for the HTTP API, pure: parsed JSON / query strings in, clean values out.
+
+Kept apart from the handlers so that every rule (what a job body may contain, which
+states a filter accepts, how large a limit may be) is tested without a server, and
+so that every refusal is a ``ValidationError`` with a message a person can act on.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+from ..errors import ValidationError
+from ..job import JobState
+from ..topics import TopicError, validate_pattern, validate_topic
+
+JOB_FIELDS = frozenset({"topic", "properties"})
+MAX_BATCH = 10_000  # jobs in one POST; the body size limit usually bites first
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 10_000
+OFFLOAD_MODES = ("enabled", "disabled", "exclusive")
+
+
+def decode_json(raw: bytes) -> Any:
+    """The request body as JSON, or a ValidationError that says why it is not."""
+    if not raw.strip():
+        raise ValidationError("request body is empty; expected JSON")
+    try:
+        return json.loads(raw)
+    except UnicodeDecodeError:
+        raise ValidationError("request body is not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise ValidationError(f"invalid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+
+
+def parse_job_spec(item: Any, where: str = "body") -> tuple[str, dict[str, Any] | None]:
+    """One ``{"topic": T, "properties": {...}}`` object -> ``(topic, properties)``."""
+    if not isinstance(item, dict):
+        raise ValidationError(f"{where}: expected a JSON object with a topic, got {_kind(item)}")
+    unknown = set(item) - JOB_FIELDS
+    if unknown:
+        raise ValidationError(
+            f"{where}: unknown field(s) {', '.join(sorted(map(repr, unknown)))}; allowed: topic, properties"
+        )
+    if "topic" not in item:
+        raise ValidationError(f"{where}: missing field 'topic'")
+    topic = item["topic"]
+    if not isinstance(topic, str):
+        raise ValidationError(f"{where}: topic must be a string, got {_kind(topic)}")
+    try:
+        validate_topic(topic)
+    except TopicError as e:
+        raise ValidationError(f"{where}: {e}") from None
+    props = item.get("properties")
+    if props is not None and not isinstance(props, dict):
+        raise ValidationError(f"{where}: properties must be a JSON object, got {_kind(props)}")
+    return topic, props
+
+
+def parse_job_body(body: Any) -> tuple[list[tuple[str, dict[str, Any] | None]], bool]:
+    """A POST /jobs body -> (job specs, whether the body was a list)."""
+    if isinstance(body, list):
+        if len(body) > MAX_BATCH:
+            raise ValidationError(f"too many jobs in one request ({len(body)}); at most {MAX_BATCH}")
+        return [parse_job_spec(item, f"jobs[{i}]") for i, item in enumerate(body)], True
+    return [parse_job_spec(body)], False
+
+
+def parse_find_query(query: Mapping[str, str]) -> dict[str, Any]:
+    """``?state=&topic=&queue=&limit=`` -> keyword arguments for ``JobManager.find``."""
+    out: dict[str, Any] = {"state": None, "topic": None, "queue": None, "limit": DEFAULT_LIMIT}
+    state = query.get("state")
+    if state:
+        try:
+            out["state"] = JobState(state.strip().upper())
+        except ValueError:
+            names = ", ".join(s.value for s in JobState)
+            raise ValidationError(f"unknown state {state!r}; one of {names}") from None
+    topic = query.get("topic")
+    if topic:
+        out["topic"] = topic
+    queue = query.get("queue")
+    if queue:
+        out["queue"] = queue
+    limit = query.get("limit")
+    if limit not in (None, ""):
+        out["limit"] = parse_int(limit, "limit", 1, MAX_LIMIT)
+    return out
+
+
+def parse_int(text: str, name: str, lo: int, hi: int) -> int:
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise ValidationError(f"{name} must be an integer, got {text!r}") from None
+    if not lo <= value <= hi:
+        raise ValidationError(f"{name} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def parse_float(text: str, name: str, lo: float, hi: float) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise ValidationError(f"{name} must be a number, got {text!r}") from None
+    if not lo <= value <= hi:  # also refuses nan
+        raise ValidationError(f"{name} must be between {lo} and {hi}, got {text}")
+    return value
+
+
+def parse_offloading_body(body: Any) -> str:
+    """``{"enabled": bool}`` or ``{"exclusive": true}`` -> "enabled" | "disabled" | "exclusive"."""
+    if not isinstance(body, dict):
+        raise ValidationError(f"expected a JSON object, got {_kind(body)}")
+    unknown = set(body) - {"enabled", "exclusive"}
+    if unknown:
+        raise ValidationError(
+            f"unknown field(s) {', '.join(sorted(map(repr, unknown)))}; "
+            'send {"enabled": true|false} or {"exclusive": true}'
+        )
+    if len(body) != 1:
+        raise ValidationError('send exactly one of {"enabled": true|false} or {"exclusive": true}')
+    if "enabled" in body:
+        if not isinstance(body["enabled"], bool):
+            raise ValidationError(f"enabled must be true or false, got {_kind(body['enabled'])}")
+        return "enabled" if body["enabled"] else "disabled"
+    if body["exclusive"] is not True:
+        raise ValidationError('exclusive can only be set to true; use {"enabled": ...} to leave it')
+    return "exclusive"
+
+
+def parse_offload_topic(topic: str) -> str:
+    """The topic (or pattern) at the end of an offloading path."""
+    try:
+        return validate_pattern(topic)
+    except TopicError as e:
+        raise ValidationError(str(e)) from None
+
+
+def parse_event_topics(text: str | None) -> list[str] | None:
+    """``?topics=job/finished,job/failed`` -> a list, or None for every notification."""
+    if not text:
+        return None
+    topics = [t.strip() for t in text.split(",") if t.strip()]
+    return topics or None
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
