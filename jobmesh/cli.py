@@ -1,0 +1,536 @@
+"""The ``jobmesh`` command (DESIGN §5.1): run a node, run the demo, talk to a node's HTTP API.
+
+Kept fast to start: only the stdlib at import time (the HTTP client is ``urllib``);
+aiohttp, zmq and the engine are imported by ``jobmesh node`` alone.
+
+Conventions shared with other command modules (``jobmesh/cli_schedule.py``):
+every sub-command sets ``func(args) -> int`` with ``set_defaults``; client commands
+call ``add_client_options(parser)`` (``--url``, ``--token``, ``--json``) and use
+``client(args)``; ``emit(args, data, render)`` prints JSON with ``--json`` or the
+human rendering otherwise; raising ``CliError`` prints one line on stderr and
+exits 1. Exit codes: 0 ok, 1 error, 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any, Callable, Sequence
+
+DEFAULT_URL = "http://127.0.0.1:8471"
+FINAL_STATES = ("SUCCEEDED", "STOPPED", "GIVEN_UP", "ERROR", "DROPPED")
+
+
+class CliError(Exception):
+    """A failure the user should read as one line; exit code 1 unless ``code`` says else."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- HTTP client -------------------------------------------------------------------
+
+
+class ApiClient:
+    """A tiny JSON client for a node's /api/v1 over urllib (no third-party import)."""
+
+    def __init__(self, url: str, token: str | None = None, timeout: float = 10.0) -> None:
+        self.url = url.rstrip("/")
+        self.token = token or None
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None) -> Any:
+        url = self.url + path
+        if query:
+            q = {k: v for k, v in query.items() if v is not None}
+            if q:
+                url += "?" + urllib.parse.urlencode(q)
+        data = None
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        req = urllib.request.Request(url, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as e:
+            raise CliError(_http_error_message(e)) from None
+        except urllib.error.URLError as e:
+            reason = e.reason
+            if isinstance(reason, (TimeoutError,)) or "timed out" in str(reason):
+                raise CliError(f"node at {self.url} did not answer within {self.timeout:g} s") from None
+            raise CliError(f"cannot reach node at {self.url} ({_reason_text(reason)})") from None
+        except (TimeoutError, OSError) as e:
+            if isinstance(e, TimeoutError) or "timed out" in str(e):
+                raise CliError(f"node at {self.url} did not answer within {self.timeout:g} s") from None
+            raise CliError(f"cannot reach node at {self.url} ({e})") from None
+        if not raw:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise CliError(f"node at {self.url} answered something that is not JSON") from None
+
+    def get(self, path: str, **query: Any) -> Any:
+        return self.request("GET", path, query=query)
+
+    def post(self, path: str, body: Any = None) -> Any:
+        return self.request("POST", path, body=body)
+
+    def put(self, path: str, body: Any = None) -> Any:
+        return self.request("PUT", path, body=body)
+
+    def delete(self, path: str) -> Any:
+        return self.request("DELETE", path)
+
+
+def _reason_text(reason: Any) -> str:
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror.lower()
+    return str(reason)
+
+
+def _http_error_message(e: urllib.error.HTTPError) -> str:
+    message = e.reason
+    try:
+        body = json.loads(e.read() or b"null")
+        if isinstance(body, dict) and body.get("error"):
+            message = body["error"]
+    except (ValueError, OSError):
+        pass
+    return f"{message} (HTTP {e.code})"
+
+
+def add_client_options(parser: argparse.ArgumentParser) -> None:
+    """``--url``, ``--token``, ``--json`` for a command that talks to a node."""
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("JOBMESH_URL") or DEFAULT_URL,
+        help="the node's HTTP address (env JOBMESH_URL; default %(default)s)",
+    )
+    parser.add_argument(
+        "--token", default=os.environ.get("JOBMESH_TOKEN"), help="API token (env JOBMESH_TOKEN)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the raw JSON answer")
+
+
+def client(args: argparse.Namespace, timeout: float = 10.0) -> ApiClient:
+    return ApiClient(args.url, args.token, timeout=timeout)
+
+
+def emit(args: argparse.Namespace, data: Any, render: Callable[[Any], str]) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2, sort_keys=False))
+    else:
+        text = render(data)
+        if text:
+            print(text)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain left-aligned text table; ``-`` for missing values."""
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        for i, v in enumerate(row):
+            widths[i] = max(widths[i], len(v))
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    for row in cells:
+        lines.append("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value)) or "-"
+    return str(value)
+
+
+def parse_property(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE``: VALUE as JSON when it parses (1, true, [1,2], {"a":1}), else a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        parsed: Any = json.loads(value)
+    except ValueError:
+        parsed = value
+    return key, parsed
+
+
+# -- renderers ----------------------------------------------------------------------
+
+
+def _short_time(iso: str | None) -> str | None:
+    if not iso:
+        return None
+    return iso.replace("T", " ").rstrip("Z")[:19]
+
+
+def render_job(job: dict[str, Any]) -> str:
+    prog = job.get("progress") or {}
+    lines = [
+        f"id:          {job['id']}",
+        f"topic:       {job['topic']}",
+        f"state:       {job['state']}",
+        f"queue:       {job.get('queue')}",
+        f"origin:      {job.get('origin') or '-'}",
+        f"target:      {job.get('target') or '-'}",
+        f"created:     {job.get('created') or '-'}",
+        f"started:     {job.get('started') or '-'}",
+        f"finished:    {job.get('finished') or '-'}",
+        f"retries:     {job.get('retry_count', 0)}/{job.get('max_retries', '-')}",
+        f"properties:  {json.dumps(job.get('properties') or {}, sort_keys=True)}",
+    ]
+    if prog.get("steps"):
+        lines.append(f"progress:    {prog.get('step', 0)}/{prog['steps']}" + (f" eta {prog['eta']}" if prog.get("eta") else ""))
+    if job.get("result_message"):
+        lines.append(f"result:      {job['result_message']}")
+    log_lines = prog.get("log") or []
+    if log_lines:
+        lines.append("log:")
+        lines.extend(f"  {line}" for line in log_lines)
+    return "\n".join(lines)
+
+
+def render_jobs(data: dict[str, Any]) -> str:
+    jobs = data.get("jobs", [])
+    if not jobs:
+        return "no jobs"
+    return table(
+        ["ID", "STATE", "TOPIC", "QUEUE", "RETRIES", "CREATED", "TARGET"],
+        [
+            [j["id"], j["state"], j["topic"], j.get("queue"), j.get("retry_count"), _short_time(j.get("created")), j.get("target")]
+            for j in jobs
+        ],
+    )
+
+
+def render_job_line(job: dict[str, Any]) -> str:
+    if job.get("deleted"):
+        return f"{job['id']}  deleted"
+    msg = f"  {job['result_message']}" if job.get("result_message") else ""
+    return f"{job['id']}  {job['state']}  {job['topic']}{msg}"
+
+
+def render_topology(data: dict[str, Any]) -> str:
+    rows = []
+    for i in data.get("instances", []):
+        cap = i.get("capacity") or {}
+        cap_text = " ".join(f"{k}={_cell(v)}" for k, v in cap.items()) if cap else None
+        rows.append([i["name"], i.get("leader"), i.get("local"), i.get("endpoint"), i.get("topics"), i.get("offload_topics"), cap_text])
+    head = f"local: {data.get('local')}   leader: {data.get('leader')}"
+    if data.get("current") is False:
+        head += "   (changing)"
+    return head + "\n" + table(["NAME", "LEADER", "LOCAL", "ENDPOINT", "TOPICS", "OFFLOAD", "CAPACITY"], rows)
+
+
+def render_queues(data: dict[str, Any]) -> str:
+    rows = []
+    for q in data.get("queues", []):
+        s = q.get("statistics") or {}
+        rows.append(
+            [
+                q.get("name"), q.get("type"), q.get("topics"), q.get("max_parallel"), q.get("suspended"),
+                s.get("queued"), s.get("active"), s.get("finished"), s.get("failed"), s.get("cancelled"),
+                s.get("average_waiting_time"), s.get("average_processing_time"),
+            ]
+        )
+    return table(
+        ["NAME", "TYPE", "TOPICS", "PARALLEL", "SUSPENDED", "QUEUED", "ACTIVE", "FINISHED", "FAILED",
+         "CANCELLED", "AVG WAIT ms", "AVG PROC ms"],
+        rows,
+    )
+
+
+def render_queue_line(q: dict[str, Any]) -> str:
+    return f"queue {q.get('name')}: {'suspended' if q.get('suspended') else 'running'}"
+
+
+STAT_FIELDS = ("queued", "active", "finished", "failed", "cancelled", "processed", "average_waiting_time", "average_processing_time")
+
+
+def render_stats(data: dict[str, Any]) -> str:
+    def rows(section: dict[str, Any]) -> list[list[Any]]:
+        return [[name, *(s.get(f) for f in STAT_FIELDS)] for name, s in sorted(section.items())]
+
+    headers = ["QUEUED", "ACTIVE", "FINISHED", "FAILED", "CANCELLED", "PROCESSED", "AVG WAIT ms", "AVG PROC ms"]
+    out = [table(["", *headers], [["overall", *((data.get("overall") or {}).get(f) for f in STAT_FIELDS)]])]
+    if data.get("queues"):
+        out += ["", table(["QUEUE", *headers], rows(data["queues"]))]
+    if data.get("topics"):
+        out += ["", table(["TOPIC", *headers], rows(data["topics"]))]
+    return "\n".join(out)
+
+
+# -- client commands ------------------------------------------------------------------
+
+
+def _job_path(job_id: str) -> str:
+    return "/api/v1/jobs/" + urllib.parse.quote(job_id, safe="")
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    c = client(args)
+    props = dict(args.property or [])
+    job = c.post("/api/v1/jobs", {"topic": args.topic, "properties": props})
+    if not args.wait:
+        emit(args, job, render_job_line)
+        return 0
+    deadline = time.monotonic() + args.timeout
+    delay = 0.05
+    while job["state"] not in FINAL_STATES:
+        if time.monotonic() >= deadline:
+            emit(args, job, render_job_line)
+            raise CliError(f"job {job['id']} not finished after {args.timeout:g} s (state {job['state']})")
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 1.5, 0.5)
+        job = c.get(_job_path(job["id"]))
+    emit(args, job, render_job_line)
+    return 0 if job["state"] == "SUCCEEDED" else 1
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    data = client(args).get("/api/v1/jobs", state=args.state, topic=args.topic, queue=args.queue, limit=args.limit)
+    emit(args, data, render_jobs)
+    return 0
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    emit(args, client(args).get(_job_path(args.id)), render_job)
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    emit(args, client(args).post(_job_path(args.id) + "/stop"), render_job_line)
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    emit(args, client(args).post(_job_path(args.id) + "/retry"), render_job_line)
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    emit(args, client(args).delete(_job_path(args.id)), render_job_line)
+    return 0
+
+
+def cmd_topology(args: argparse.Namespace) -> int:
+    emit(args, client(args).get("/api/v1/topology"), render_topology)
+    return 0
+
+
+def cmd_queues(args: argparse.Namespace) -> int:
+    c = client(args)
+    if args.action:
+        if not args.name:
+            raise CliError(f"queues {args.action} needs a queue NAME", code=2)
+        path = f"/api/v1/queues/{urllib.parse.quote(args.name, safe='')}/{args.action}"
+        emit(args, c.post(path), render_queue_line)
+    else:
+        emit(args, c.get("/api/v1/queues"), render_queues)
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    emit(args, client(args).get("/api/v1/stats"), render_stats)
+    return 0
+
+
+def cmd_offload(args: argparse.Namespace) -> int:
+    c = client(args)
+    node = args.node
+    if not node:
+        node = c.get("/api/v1/topology")["local"]
+    body = {"exclusive": True} if args.mode == "exclusive" else {"enabled": args.mode == "enable"}
+    path = f"/api/v1/offloading/{urllib.parse.quote(node, safe='')}/{urllib.parse.quote(args.topic, safe='/*')}"
+    result = c.put(path, body)
+    emit(args, result, lambda r: f"offloading of {args.topic} on {node}: {r.get('mode', args.mode) if isinstance(r, dict) else args.mode}")
+    return 0
+
+
+# -- node and demo ------------------------------------------------------------------------
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+        if args.name:
+            config.name = args.name
+        if args.data:
+            config.data = args.data
+        if args.bind:
+            config.bind = args.bind
+        if args.pub:
+            config.pub = args.pub
+        if args.seed:
+            config.seeds = list(args.seed)
+        if args.http is not None:
+            config.http = None if args.http.lower() in ("off", "none", "") else args.http
+        if args.capacity is not None:
+            config.capacity = args.capacity
+        if args.log_format:
+            config.log_format = args.log_format
+        config.validate()
+    except ConfigError as e:
+        raise CliError(f"configuration: {e}", code=2) from None
+
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)  # so --consumers finds modules in the working directory
+
+    from .log import configure_logging
+
+    configure_logging(config.log_format, level=args.log_level)
+
+    import asyncio
+
+    from .runner import run_node
+
+    try:
+        return int(asyncio.run(run_node(config, list(args.consumers or []))) or 0)
+    except KeyboardInterrupt:  # a second Ctrl-C while draining
+        return 130
+
+
+def run_demo(argv: list[str]) -> int:
+    from . import demo
+
+    return int(demo.main(argv) or 0)
+
+
+# -- parser ------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jobmesh",
+        description="jobmesh: a distributed job runtime for asyncio. Run a node, or talk to one over HTTP.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("node", help="run a node in the foreground until SIGINT/SIGTERM")
+    p.add_argument("--config", help="TOML configuration file")
+    p.add_argument("--name", help="node name (default: the host name)")
+    p.add_argument("--data", help="data directory (the job store)")
+    p.add_argument("--bind", help="transfer endpoint tcp://HOST:PORT (heartbeats on the next port)")
+    p.add_argument("--pub", help="heartbeat endpoint tcp://HOST:PORT (default: the port after --bind)")
+    p.add_argument("--seed", action="append", metavar="ENDPOINT", help="a live member's --bind endpoint (repeatable)")
+    p.add_argument("--http", help="HTTP API address HOST:PORT, or 'off'")
+    p.add_argument("--consumers", nargs="+", action="extend", metavar="MODULE", help="modules whose consumers to register")
+    p.add_argument("--capacity", type=_positive_int, help="consumer slots")
+    p.add_argument("--log-format", choices=("console", "json"), help="log output format")
+    p.add_argument("--log-level", default=os.environ.get("JOBMESH_LOG_LEVEL", "INFO"), help="log level (default INFO)")
+    p.set_defaults(func=cmd_node)
+
+    sub.add_parser("demo", help="run a small local mesh with sample consumers and a workload", add_help=False)
+
+    p = sub.add_parser("submit", help="add a job")
+    p.add_argument("topic")
+    p.add_argument("-p", "--property", action="append", type=parse_property, metavar="KEY=VALUE",
+                   help="a job property; VALUE is JSON when it parses, else a string (repeatable)")
+    p.add_argument("--wait", action="store_true", help="wait until the job is final; exit 1 unless it SUCCEEDED")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait with --wait (default 300)")
+    add_client_options(p)
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("jobs", help="list jobs (newest first)")
+    p.add_argument("--state", help="QUEUED, ACTIVE, SUCCEEDED, STOPPED, GIVEN_UP, ERROR or DROPPED")
+    p.add_argument("--topic")
+    p.add_argument("--queue")
+    p.add_argument("--limit", type=_positive_int, default=None)
+    add_client_options(p)
+    p.set_defaults(func=cmd_jobs)
+
+    for name, func, text in (
+        ("job", cmd_job, "show one job"),
+        ("stop", cmd_stop, "stop a job"),
+        ("retry", cmd_retry, "retry a job that ended without success"),
+        ("remove", cmd_remove, "remove a job (a queued or active one is dropped)"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("id", metavar="ID")
+        add_client_options(p)
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("topology", help="show the nodes that see each other")
+    add_client_options(p)
+    p.set_defaults(func=cmd_topology)
+
+    p = sub.add_parser("queues", help="list queues, or suspend/resume one")
+    p.add_argument("action", nargs="?", choices=("suspend", "resume"))
+    p.add_argument("name", nargs="?", metavar="NAME")
+    add_client_options(p)
+    p.set_defaults(func=cmd_queues)
+
+    p = sub.add_parser("stats", help="job statistics, overall and per queue and topic")
+    add_client_options(p)
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("offload", help="enable, disable or make exclusive a topic for offloading")
+    p.add_argument("mode", choices=("enable", "disable", "exclusive"))
+    p.add_argument("topic", metavar="TOPIC")
+    p.add_argument("--node", help="the node to change (default: the node at --url)")
+    add_client_options(p)
+    p.set_defaults(func=cmd_offload)
+
+    try:
+        from . import cli_schedule  # written by the scheduler part; optional until it lands
+    except ImportError:
+        cli_schedule = None  # type: ignore[assignment]
+    if cli_schedule is not None and hasattr(cli_schedule, "add_parser"):
+        cli_schedule.add_parser(sub)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] == "demo":  # the demo parses its own arguments
+        return run_demo(args_list[1:])
+    parser = build_parser()
+    try:
+        args = parser.parse_args(args_list)
+    except SystemExit as e:  # argparse: --help (0) or a usage error (2)
+        return int(e.code or 0) if isinstance(e.code, int) else 2
+    try:
+        return int(args.func(args) or 0)
+    except CliError as e:
+        print(f"jobmesh: {e}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `jobmesh jobs | head`
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
