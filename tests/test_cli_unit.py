@@ -1,0 +1,96 @@
+"""CLI pieces that need no node: argument rules, rendering, exit codes for usage errors."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+
+import pytest
+
+from jobmesh import cli
+
+
+def test_parse_property_json_or_string() -> None:
+    assert cli.parse_property("n=3") == ("n", 3)
+    assert cli.parse_property("ok=true") == ("ok", True)
+    assert cli.parse_property("xs=[1,2]") == ("xs", [1, 2])
+    assert cli.parse_property('o={"a":1}') == ("o", {"a": 1})
+    assert cli.parse_property("path=/a/b.png") == ("path", "/a/b.png")
+    assert cli.parse_property("eq=a=b") == ("eq", "a=b")
+    assert cli.parse_property("empty=") == ("empty", "")
+    for bad in ("novalue", "=x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            cli.parse_property(bad)
+
+
+def test_table_aligns_and_marks_missing() -> None:
+    text = cli.table(["A", "LONGER"], [["x", None], ["yyyy", True], ["z", ["p", "q"]]])
+    lines = text.splitlines()
+    assert lines[0] == "A     LONGER"
+    assert lines[1] == "x     -"
+    assert lines[2] == "yyyy  yes"
+    assert lines[3] == "z     p,q"
+
+
+def test_render_job_shows_progress_log_and_result() -> None:
+    job = {
+        "id": "j1", "topic": "a/b", "state": "SUCCEEDED", "queue": "main", "origin": "n1", "target": "n1",
+        "created": "2026-11-25T10:00:00.000Z", "started": None, "finished": None, "retry_count": 1,
+        "max_retries": 10, "properties": {"k": 1},
+        "progress": {"steps": 3, "step": 2, "eta": None, "log": ["step one"]}, "result_message": "fine",
+    }
+    text = cli.render_job(job)
+    assert "state:       SUCCEEDED" in text
+    assert "progress:    2/3" in text
+    assert "result:      fine" in text
+    assert "  step one" in text
+    assert cli.render_job_line({"id": "j1", "deleted": True}) == "j1  deleted"
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([]) == 2
+    assert cli.main(["submit"]) == 2  # missing topic
+    assert cli.main(["submit", "a/b", "-p", "novalue"]) == 2
+    assert cli.main(["jobs", "--limit", "0"]) == 2
+    assert cli.main(["offload", "maybe", "a/b"]) == 2
+    assert cli.main(["frobnicate"]) == 2
+    assert cli.main(["--help"]) == 0
+    err = capsys.readouterr().err
+    assert "KEY=VALUE" in err
+
+
+def _closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_unreachable_node_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"http://127.0.0.1:{_closed_port()}"
+    assert cli.main(["jobs", "--url", url]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"jobmesh: cannot reach node at {url}")
+    assert "\n" not in err
+
+
+def test_env_url_is_the_default(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"http://127.0.0.1:{_closed_port()}"
+    monkeypatch.setenv("JOBMESH_URL", url)
+    assert cli.main(["stats"]) == 1
+    assert url in capsys.readouterr().err
+
+
+def test_queues_action_without_name_is_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"http://127.0.0.1:{_closed_port()}"
+    assert cli.main(["queues", "suspend", "--url", url]) == 2
+    assert "needs a queue NAME" in capsys.readouterr().err
+
+
+def test_node_with_bad_config_file_is_usage(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[node]\ncapacity = 'lots'\n")
+    assert cli.main(["node", "--config", str(bad)]) == 2
+    assert "capacity" in capsys.readouterr().err
+    assert cli.main(["node", "--config", str(tmp_path / "missing.toml")]) == 2
