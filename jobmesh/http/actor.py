@@ -66,7 +66,6 @@ class HttpActor(Actor):
     async def on_start(self) -> None:
         security = getattr(self.node.config, "security", None)
         token = getattr(security, "http_token", None) or None
-        self.metrics.listen()
         app = build_app(self.node, token=token, metrics=self.metrics)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.shutdown_timeout)
         await runner.setup()

@@ -7,6 +7,11 @@ Two sources feed ``/metrics``:
   waiting and processing time. It is plain Python (dicts and bucket arrays, no
   locks): a listener runs for every job transition, so at the engine's 15k jobs/s
   the prometheus-client objects' per-call locking would cost more than the jobs.
+  It starts listening at the first scrape, not at node start: a listener makes the
+  engine build a notification for every transition, a cost a node nobody scrapes
+  should not pay. So these counters and histograms cover the time since the first
+  scrape (Prometheus' ``rate()`` and ``increase()`` handle a counter that starts
+  late); the Sling statistics below are totals since the node started.
 * A snapshot taken on scrape (``collect_snapshot``): jobs queued/active per queue,
   suspended queues, topology size and leadership, advertised capacity and actor
   mailbox depths.
@@ -166,7 +171,12 @@ def build_families(snap: Snapshot, rec: JobMetricsRecorder) -> list[Metric]:
     suspended = GaugeMetricFamily("jobmesh_queue_suspended", "1 when the queue is suspended.", labels=["queue"])
     avg_wait = GaugeMetricFamily("jobmesh_queue_average_waiting_seconds", "Sling statistics: average waiting time.", labels=["queue"])
     avg_proc = GaugeMetricFamily("jobmesh_queue_average_processing_seconds", "Sling statistics: average processing time.", labels=["queue"])
-    processed = CounterMetricFamily("jobmesh_queue_processed", "Sling statistics: jobs processed since the node started.", labels=["queue"])
+    totals = CounterMetricFamily(
+        "jobmesh_queue_jobs",
+        "Sling statistics since the node started: finished (succeeded), failed (will retry), "
+        "cancelled (given up/error/stopped/dropped), processed (finished + cancelled).",
+        labels=["queue", "outcome"],
+    )
     for q in snap.queues:
         name = str(q.get("name", "?"))
         stats = q.get("statistics") or {}
@@ -175,8 +185,9 @@ def build_families(snap: Snapshot, rec: JobMetricsRecorder) -> list[Metric]:
         suspended.add_metric([name], 1 if q.get("suspended") else 0)
         avg_wait.add_metric([name], _num(stats.get("average_waiting_time")) / 1000.0)
         avg_proc.add_metric([name], _num(stats.get("average_processing_time")) / 1000.0)
-        processed.add_metric([name], _num(stats.get("processed")))
-    fams += [jobs, suspended, avg_wait, avg_proc, processed]
+        for outcome in ("finished", "failed", "cancelled", "processed"):
+            totals.add_metric([name, outcome], _num(stats.get(outcome)))
+    fams += [jobs, suspended, avg_wait, avg_proc, totals]
 
     for name, per_queue in rec.counts.items():
         c = CounterMetricFamily(f"jobmesh_jobs_{name}", COUNTER_HELP[name], labels=["queue"])
@@ -278,6 +289,7 @@ class NodeMetrics:
         return snap
 
     async def render(self) -> bytes:
+        self.listen()  # from the first scrape on (see the module docstring)
         self.collector.snapshot = await self.snapshot()
         return generate_latest(self.registry)
 

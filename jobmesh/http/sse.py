@@ -72,7 +72,15 @@ async def events(request: web.Request) -> web.StreamResponse:
                 except StopAsyncIteration:  # the bus closed the subscription: node stopping
                     break
                 sent += 1
-                await resp.write(format_event(notification.to_json(), sent))
+                chunks = [format_event(notification.to_json(), sent)]
+                drain = getattr(sub, "get_nowait", None)
+                while drain is not None and len(chunks) < 1000:  # a burst goes out as one write
+                    more = drain()
+                    if more is None:
+                        break
+                    sent += 1
+                    chunks.append(format_event(more.to_json(), sent))
+                await resp.write(b"".join(chunks))
             elif not done:
                 await resp.write(b": keep-alive\n\n")
     except (ConnectionResetError, ConnectionError) as e:
