@@ -181,6 +181,7 @@ class SchedulerActor(Actor):
     async def _timer(self) -> None:
         """Ask for a tick at each wake-up; sleep until the next one or until a change."""
         while True:
+            self._changed.clear()  # a change during the tick wakes the next wait at once
             try:
                 wake = await self.ask(_TICK, timeout=60.0)
             except ActorStopped:
@@ -190,7 +191,6 @@ class SchedulerActor(Actor):
                 wake = None
             now = self.clock()
             delay = self.max_sleep if wake is None else min(max(wake - now, 0.0), self.max_sleep)
-            self._changed.clear()
             if delay > 0:
                 try:
                     await asyncio.wait_for(self._changed.wait(), delay)
