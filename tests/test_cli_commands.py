@@ -1,0 +1,255 @@
+"""Every CLI command as a real subprocess against a real ``jobmesh node`` subprocess.
+
+One node process serves the whole module (module-scoped fixture) to keep the suite
+fast; each command is a fresh ``python -m jobmesh`` process, as a user would run it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+CONSUMERS = textwrap.dedent(
+    """
+    import asyncio
+    import jobmesh
+
+    @jobmesh.consumer("cli/ok")
+    async def ok(job):
+        return None
+
+    @jobmesh.consumer("cli/cancel")
+    async def cancel(job):
+        return jobmesh.JobResult.CANCEL
+
+    @jobmesh.consumer("cli/block")
+    async def block(job, ctx):
+        for _ in range(600):  # at most 30 s
+            if ctx.is_stopped():
+                return ctx.result().cancelled()
+            await asyncio.sleep(0.05)
+    """
+)
+
+
+def free_port_pair() -> int:
+    """A port P with P and P+1 free (transfer and heartbeat endpoints)."""
+    for _ in range(50):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            if port >= 65535:
+                continue
+            with socket.socket() as b:
+                try:
+                    b.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port pair")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_health(url: str, proc: subprocess.Popen[bytes], token: str | None = None, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"node exited with {proc.returncode}")
+        try:
+            req = urllib.request.Request(url + "/api/v1/health", headers=headers)
+            with urllib.request.urlopen(req, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("node did not become healthy")
+
+
+def start_node(workdir: Path, name: str, extra: list[str] = ()) -> tuple[subprocess.Popen[bytes], str]:
+    http_port = free_port()
+    bind = free_port_pair()
+    (workdir / "cli_consumers.py").write_text(CONSUMERS)
+    log = open(workdir / f"{name}.log", "wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "jobmesh", "node", "--name", name, "--data", str(workdir / name),
+            "--bind", f"tcp://127.0.0.1:{bind}", "--http", f"127.0.0.1:{http_port}",
+            "--consumers", "cli_consumers", "--log-format", "json", *extra,
+        ],
+        cwd=workdir,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    return proc, f"http://127.0.0.1:{http_port}"
+
+
+def stop_node(proc: subprocess.Popen[bytes]) -> int | None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+            return None
+    return proc.returncode
+
+
+@pytest.fixture(scope="module")
+def node_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    workdir = tmp_path_factory.mktemp("cli")
+    proc, url = start_node(workdir, "c1")
+    try:
+        wait_health(url, proc)
+        yield url
+    finally:
+        stop_node(proc)
+
+
+def jm(*args: str, url: str | None = None, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("JOBMESH_")}
+    if url:
+        full_env["JOBMESH_URL"] = url
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "jobmesh", *args], capture_output=True, text=True, timeout=timeout, env=full_env
+    )
+
+
+def jm_json(*args: str, url: str) -> Any:
+    r = jm(*args, "--json", url=url)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_submit_wait_succeeds_and_properties_are_typed(node_url: str) -> None:
+    r = jm("submit", "cli/ok", "-p", "n=3", "-p", "flag=true", "-p", "path=/a/b.png", "-p", 'o={"k":[1]}', "--wait", url=node_url)
+    assert r.returncode == 0, r.stderr
+    job_id, state, topic = r.stdout.split()[:3]
+    assert state == "SUCCEEDED" and topic == "cli/ok"
+    job = jm_json("job", job_id, url=node_url)
+    assert job["properties"] == {"n": 3, "flag": True, "path": "/a/b.png", "o": {"k": [1]}}
+    shown = jm("job", job_id, url=node_url)
+    assert shown.returncode == 0 and "state:       SUCCEEDED" in shown.stdout
+
+
+def test_submit_wait_exits_1_unless_succeeded(node_url: str) -> None:
+    r = jm("submit", "cli/cancel", "--wait", "--json", url=node_url)
+    assert r.returncode == 1
+    assert json.loads(r.stdout)["state"] in ("GIVEN_UP", "ERROR")
+
+
+def test_stop_retry_remove_and_wait_timeout(node_url: str) -> None:
+    r = jm("submit", "cli/block", "--wait", "--timeout", "0.5", url=node_url)
+    assert r.returncode == 1 and "not finished after 0.5 s" in r.stderr
+    job_id = r.stdout.split()[0]
+    stopped = jm("stop", job_id, url=node_url)
+    assert stopped.returncode == 0 and job_id in stopped.stdout
+    for _ in range(100):
+        if jm_json("job", job_id, url=node_url)["state"] == "STOPPED":
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("job did not stop")
+    again = jm_json("retry", job_id, url=node_url)
+    assert again["id"] == job_id and again["retry_count"] == 0
+    removed = jm("remove", job_id, url=node_url)
+    assert removed.returncode == 0 and job_id in removed.stdout
+
+
+def test_jobs_list_with_filters(node_url: str) -> None:
+    for _ in range(2):
+        assert jm("submit", "cli/ok", "--wait", url=node_url).returncode == 0
+    r = jm("jobs", "--state", "SUCCEEDED", "--topic", "cli/ok", "--limit", "2", url=node_url)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert lines[0].split()[:3] == ["ID", "STATE", "TOPIC"] and len(lines) == 3
+    assert all(" SUCCEEDED " in line for line in lines[1:])
+    data = jm_json("jobs", "--topic", "cli/ok", url=node_url)
+    assert data["jobs"] and all(j["topic"] == "cli/ok" for j in data["jobs"])
+
+
+def test_unknown_job_and_bad_state_are_one_line_errors(node_url: str) -> None:
+    for cmd in (("job", "nope"), ("stop", "nope"), ("retry", "nope"), ("remove", "nope")):
+        r = jm(*cmd, url=node_url)
+        assert r.returncode == 1
+        assert r.stderr.strip().endswith("(HTTP 404)") and r.stderr.count("\n") == 1
+    r = jm("jobs", "--state", "DONE", url=node_url)
+    assert r.returncode == 1 and "unknown state" in r.stderr
+
+
+def test_topology_queues_stats(node_url: str) -> None:
+    r = jm("topology", url=node_url)
+    assert r.returncode == 0 and "local: c1" in r.stdout and "NAME" in r.stdout
+    topo = jm_json("topology", url=node_url)
+    assert topo["local"] == "c1" and "cli/ok" in topo["instances"][0]["topics"]
+
+    r = jm("queues", url=node_url)
+    assert r.returncode == 0 and r.stdout.startswith("NAME") and "main" in r.stdout
+    r = jm("queues", "suspend", "main", url=node_url)
+    assert r.returncode == 0 and "queue main: suspended" in r.stdout
+    assert any(q["suspended"] for q in jm_json("queues", url=node_url)["queues"] if q["name"] == "main")
+    r = jm("queues", "resume", "main", url=node_url)
+    assert r.returncode == 0 and "queue main: running" in r.stdout
+    r = jm("queues", "suspend", "nosuch", url=node_url)
+    assert r.returncode == 1 and "(HTTP 404)" in r.stderr
+
+    r = jm("stats", url=node_url)
+    assert r.returncode == 0 and "overall" in r.stdout and "FINISHED" in r.stdout
+    assert "overall" in jm_json("stats", url=node_url)
+
+
+def test_offload(node_url: str) -> None:
+    r = jm("offload", "disable", "cli/ok", url=node_url)
+    if r.returncode == 0:  # the offloading part is in place
+        assert "offloading of cli/ok on c1" in r.stdout
+        assert jm("offload", "enable", "cli/ok", "--node", "c1", url=node_url).returncode == 0
+    else:
+        assert r.returncode == 1 and "(HTTP 501)" in r.stderr
+    r = jm("offload", "enable", "cli/ok", "--node", "ghost", url=node_url)
+    assert r.returncode == 1 and "ghost" in r.stderr
+
+
+def test_unreachable_and_usage_errors() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    r = jm("stats", url=url)
+    assert r.returncode == 1 and r.stderr.strip() == f"jobmesh: cannot reach node at {url} (connection refused)"
+    assert jm("submit", url=url).returncode == 2
+    assert jm("nosuchcommand").returncode == 2
+    r = jm("--help")
+    assert r.returncode == 0 and "submit" in r.stdout
+
+
+def test_node_with_config_token_and_graceful_sigterm(tmp_path: Path) -> None:
+    (tmp_path / "node.toml").write_text('[node]\ncapacity = 2\n[security]\nhttp_token = "tok"\n')
+    proc, url = start_node(tmp_path, "c2", ["--config", str(tmp_path / "node.toml")])
+    try:
+        wait_health(url, proc, token="tok")
+        r = jm("stats", url=url)
+        assert r.returncode == 1 and "(HTTP 401)" in r.stderr
+        r = jm("submit", "cli/ok", "--wait", url=url, env={"JOBMESH_TOKEN": "tok"})
+        assert r.returncode == 0, r.stderr
+        topo = json.loads(jm("topology", "--json", "--token", "tok", url=url).stdout)
+        assert topo["instances"][0]["capacity"].get("slots", 2) == 2
+    finally:
+        code = stop_node(proc)
+    assert code == 0
