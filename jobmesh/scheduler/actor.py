@@ -8,8 +8,8 @@ due, missed fires) live in the pure ``schedule`` module; this is the async shell
   definitions and last fired slots survive restarts.
 - Firing: a timer task asks the actor to ``tick`` at the next due time (at most
   ``max_sleep`` later, and at once when something changes). A tick fires only on the
-  leader (``node.topology.leader == node.name``, view current, and after a settle
-  period on a node that joins through seeds, so a newcomer that has not yet heard the
+  leader (``node.topology.leader == node.name``, view current, and only after a settle
+  period of one heartbeat timeout since start, so a node that has not yet heard the
   others does not fire as a one-node topology). Each fire adds one job with the
   schedule's properties plus ``schedule_id`` and ``scheduled_time``.
 - Replication over discovery's heartbeat properties: every node publishes
@@ -84,9 +84,10 @@ class SchedulerActor(Actor):
         self.max_sleep = max_sleep
         self.follower_poll = follower_poll
         if settle is None:
+            # a node that just started has not heard its peers yet: its one-node view
+            # would make it leader and fire what the real leader fires too
             cfg = getattr(node, "config", None)
-            seeds = getattr(cfg, "seeds", None) or getattr(node, "seeds", None)
-            settle = cfg.discovery.heartbeat_timeout if (cfg is not None and seeds) else 0.0
+            settle = cfg.discovery.heartbeat_timeout if cfg is not None else 0.0
         self.settle = settle
         self.inline_limit = inline_limit
         self.tombstone_ttl = tombstone_ttl
