@@ -1,0 +1,309 @@
+"""The consumer pool: ``capacity`` long-lived slot workers that run jobs.
+
+Why slot workers instead of a task per job: for fast consumers, creating and
+scheduling an asyncio task per job costs more than the job. Each worker loops:
+take the next dispatched job (higher-priority queues first), commit it ACTIVE
+(a job never starts before its ACTIVE row is durable, so a crash counts the run
+as a retry), run the consumer, report the outcome to the job's queue actor.
+
+Async consumers run on the loop, sync ones in a thread pool. A stopped job's
+``ctx.is_stopped()`` turns true; an async consumer still running ``stop_grace``
+seconds later is cancelled (the outcome is STOPPED either way).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import traceback
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+from ..actor import Actor
+from ..job import Job, JobResult, JobState, ResultKind, check_transition
+from ..queues.core import Outcome
+from .context import ExecutionContext, append_log
+from .registry import ConsumerIndex, ConsumerSpec
+
+_OK = Outcome("OK")
+
+
+class _Run:
+    """One job in a slot: its stop flag and how to cancel it."""
+
+    __slots__ = ("job", "queue", "stop_state", "task", "executing", "is_async", "abort", "timer")
+
+    def __init__(self, job: Job, queue: str) -> None:
+        self.job = job
+        self.queue = queue
+        self.stop_state: JobState | None = None  # STOPPED or DROPPED once stop/remove was asked
+        self.task: asyncio.Task[Any] | None = None
+        self.executing = False
+        self.is_async = True
+        self.abort = False  # node shutdown cancelled it: back to QUEUED, not a retry
+        self.timer: asyncio.TimerHandle | None = None
+
+    def stopped(self) -> bool:
+        return self.stop_state is not None or self.abort
+
+
+class ConsumerPool(Actor):
+    """Runs jobs handed over by the queue actors. Messages:
+
+    ``("dispatch", queue, priority, jobs)`` (tell), ``("cancel", job_id, state)`` (ask:
+    "buffered" / "running" / None), ``("drain", grace)`` (ask: returns when idle).
+    """
+
+    def __init__(self, node_name: str, capacity: int, store: Any, stop_grace: float = 5.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        super().__init__("consumer-pool")
+        self.node_name = node_name
+        self.capacity = capacity
+        self.store = store
+        self.stop_grace = stop_grace
+        self.clock = clock
+        self.index = ConsumerIndex()
+        self.manager: Actor | None = None
+        self.queues: dict[str, Actor] = {}
+        self._buffers: list[tuple[int, str, deque[Job]]] = []  # (priority, queue, jobs), priority desc
+        self._buffer_of: dict[str, deque[Job]] = {}
+        self._buffered = 0
+        self._runs: dict[str, _Run] = {}
+        self._work = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._draining = False
+        self._threads: ThreadPoolExecutor | None = None
+        self._workers: list[asyncio.Task[Any]] = []
+        self._done_per_second: deque[list[float]] = deque()  # [second, count] for the last ~10 s
+        self.finished_total = 0
+
+    def bind(self, manager: Actor, queues: dict[str, Actor]) -> None:
+        self.manager = manager
+        self.queues = queues
+
+    def add_spec(self, spec: ConsumerSpec) -> None:
+        if spec.actor is not None and spec.semaphore is None:
+            spec.semaphore = asyncio.Semaphore(max(1, int(getattr(spec.actor, "max_concurrency", 1))))
+        self.index.add(spec)
+
+    # -- lifecycle ---------------------------------------------------------
+    async def on_start(self) -> None:
+        self._draining = False
+        self._threads = ThreadPoolExecutor(max_workers=self.capacity, thread_name_prefix="jobmesh-consumer")
+        self._workers = [self.spawn(self._worker(), name=f"slot-{i}") for i in range(self.capacity)]
+
+    async def on_stop(self) -> None:
+        if self._threads is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)
+            self._threads = None
+
+    # -- messages ----------------------------------------------------------
+    def receive(self, msg: tuple[Any, ...]) -> Any:
+        kind = msg[0]
+        if kind == "dispatch":
+            _, queue, priority, jobs = msg
+            if self._draining:  # not started: they stay QUEUED in the store
+                self.queues[queue].tell(("returned", jobs))
+                return None
+            buf = self._buffer_of.get(queue)
+            if buf is None:
+                buf = deque()
+                self._buffer_of[queue] = buf
+                self._buffers.append((priority, queue, buf))
+                self._buffers.sort(key=lambda b: -b[0])
+            buf.extend(jobs)
+            self._buffered += len(jobs)
+            self._work.set()
+            return None
+        if kind == "cancel":
+            return self._cancel(msg[1], msg[2])
+        if kind == "drain":
+            return self._drain(msg[1])
+        raise ValueError(f"consumer pool: unknown message {kind!r}")
+
+    def _cancel(self, job_id: str, state: JobState) -> str | None:
+        for _, queue, buf in self._buffers:
+            for job in buf:
+                if job.id == job_id:
+                    buf.remove(job)
+                    self._buffered -= 1
+                    self.queues[queue].tell(("finished", job, Outcome("STOPPED", stop_state=state)))
+                    return "buffered"
+        run = self._runs.get(job_id)
+        if run is None:
+            return None
+        if run.stop_state is None:
+            run.stop_state = state
+            if run.is_async:
+                loop = asyncio.get_running_loop()
+                run.timer = loop.call_later(self.stop_grace, self._cancel_run, run)
+        return "running"
+
+    def _cancel_run(self, run: _Run) -> None:
+        """Grace is over: cancel an async consumer that ignored is_stopped()."""
+        if self._runs.get(run.job.id) is run and run.executing and run.task is not None:
+            run.task.cancel()
+
+    async def _drain(self, grace: float) -> int:
+        """Stop taking jobs; let running ones finish for ``grace`` s, then cancel them (back to QUEUED)."""
+        self._draining = True
+        for _, queue, buf in self._buffers:
+            if buf:
+                self.queues[queue].tell(("returned", list(buf)))
+                self._buffered -= len(buf)
+                buf.clear()
+        self._work.set()
+        deadline = time.monotonic() + grace
+        while self._runs and time.monotonic() < deadline:
+            self._idle.clear()
+            try:
+                await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                break
+        left = list(self._runs.values())
+        for run in left:
+            run.abort = True
+            if run.is_async and run.executing and run.task is not None:
+                run.task.cancel()
+        # give cancelled consumers a moment to unwind (bounded)
+        end = time.monotonic() + 2.0
+        while self._runs and time.monotonic() < end:
+            await asyncio.sleep(0.02)
+        return len(left)
+
+    # -- the slots ---------------------------------------------------------
+    def _take(self) -> tuple[Job, str] | None:
+        if not self._buffered:
+            return None
+        for _, queue, buf in self._buffers:
+            if buf:
+                self._buffered -= 1
+                return buf.popleft(), queue
+        return None
+
+    async def _worker(self) -> None:
+        store, clock, running = self.store, self.clock, self._runs
+        me = asyncio.current_task()
+        while True:
+            item = self._take() if not self._draining else None
+            if item is None:
+                if self._draining:
+                    return
+                self._work.clear()
+                await self._work.wait()
+                continue
+            job, queue = item
+            run = _Run(job, queue)
+            run.task = me
+            running[job.id] = run
+            try:
+                check_transition(job.state, JobState.ACTIVE)
+                now = clock()
+                waiting_ms = (now - max(job.created, job.not_before)) * 1000.0
+                job.state = JobState.ACTIVE
+                job.attempt += 1
+                job.started = now
+                job.finished = None
+                job.target = self.node_name
+                try:
+                    await store.update(job)  # durable ACTIVE before the consumer starts
+                except Exception as exc:
+                    outcome = Outcome("ABORTED", f"could not record the start: {exc!r}")
+                else:
+                    self.manager.tell(("started", job, waiting_ms))  # type: ignore[union-attr]
+                    if run.stop_state is not None:
+                        outcome = Outcome("STOPPED", stop_state=run.stop_state)
+                    else:
+                        outcome = await self._execute(run)
+            finally:
+                del running[job.id]
+                if run.timer is not None:
+                    run.timer.cancel()
+                if not running:
+                    self._idle.set()
+            self._count_done()
+            self.queues[queue].tell(("finished", job, outcome))
+
+    async def _execute(self, run: _Run) -> Outcome:
+        job = run.job
+        spec = self.index.find(job.topic)
+        if spec is None:
+            return Outcome("FAILED", f"no consumer for topic {job.topic}")
+        run.is_async = spec.is_async
+        ctx = ExecutionContext(job, run.stopped, self.clock) if spec.takes_context else None
+        run.executing = True
+        try:
+            if spec.actor is not None:
+                assert spec.semaphore is not None
+                async with spec.semaphore:
+                    result = await spec.actor.process(job, ctx)
+            elif spec.is_async:
+                result = await (spec.fn(job, ctx) if ctx is not None else spec.fn(job))  # type: ignore[misc]
+            else:
+                loop = asyncio.get_running_loop()
+                fn = spec.fn
+                assert fn is not None
+                call = (lambda: fn(job, ctx)) if ctx is not None else (lambda: fn(job))
+                result = await loop.run_in_executor(self._threads, call)
+        except asyncio.CancelledError:
+            if (run.stop_state is None and not run.abort) or run.task is None:
+                raise  # the pool itself is being torn down
+            run.task.uncancel()
+            if run.abort:
+                return Outcome("ABORTED", "interrupted by node shutdown")
+            return Outcome("STOPPED", "cancelled after the stop grace period", stop_state=run.stop_state)  # type: ignore[arg-type]
+        except Exception as exc:
+            tb = "".join(traceback.format_exception(exc))
+            if run.stop_state is not None:
+                return Outcome("STOPPED", stop_state=run.stop_state, log=(tb,))
+            return Outcome("FAILED", f"{type(exc).__name__}: {exc}", log=(tb,))
+        finally:
+            run.executing = False
+        if run.stop_state is not None:
+            return Outcome("STOPPED", stop_state=run.stop_state)
+        if run.abort:
+            return Outcome("ABORTED", "interrupted by node shutdown")
+        return _outcome_of(result)
+
+    def _count_done(self) -> None:
+        self.finished_total += 1
+        sec = int(self.clock())
+        d = self._done_per_second
+        if d and d[-1][0] == sec:
+            d[-1][1] += 1
+        else:
+            d.append([sec, 1])
+            while d and d[0][0] < sec - 10:
+                d.popleft()
+
+    # -- observation (read-only, for node.capacity_snapshot) -------------------
+    def snapshot(self) -> dict[str, Any]:
+        now = self.clock()
+        recent = sum(c for s, c in self._done_per_second if s >= now - 10)
+        return {
+            "slots": self.capacity,
+            "active": len(self._runs),
+            "buffered": self._buffered,
+            "throughput": round(recent / 10.0, 2),
+        }
+
+    def running_job(self, job_id: str) -> Job | None:
+        run = self._runs.get(job_id)
+        return run.job if run is not None else None
+
+
+def _outcome_of(result: Any) -> Outcome:
+    """A consumer's return value as an outcome: None/True = OK, False = FAILED, JobResult as said."""
+    if result is None or result is True:
+        return _OK
+    if isinstance(result, JobResult):
+        if result.kind is ResultKind.OK:
+            return _OK if result.message is None else Outcome("OK", result.message)
+        if result.kind is ResultKind.CANCEL:
+            return Outcome("CANCEL", result.message)
+        return Outcome("FAILED", result.message, result.retry_delay)
+    if result is False:
+        return Outcome("FAILED", "consumer returned False")
+    text = repr(result)
+    return Outcome("OK", text if len(text) <= 1000 else text[:997] + "...")

@@ -1,0 +1,409 @@
+"""The job manager (``node.jobs``): the API facade of DESIGN §5.3.
+
+It validates input, writes new jobs, hands them to their queue actors and answers
+queries from the store (overlaid with the live state of running jobs). As an actor
+it receives the engine's transitions (``started`` from the pool, ``transition``
+from the queues, always after the write committed) and turns them into
+statistics, ``wait`` results and notifications.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import time
+from typing import Any, Callable
+
+import structlog
+
+from .actor import Actor
+from .config import NodeConfig
+from .errors import Conflict, NotFound, ValidationError
+from .events import JOB_ADDED, EventBus, Notification, notification_topic
+from .job import FINAL_STATES, Job, JobIdGenerator, JobState, Progress, iso
+from .queues.core import QueueMatcher
+from .topics import TopicError, validate_topic
+
+MAX_PROPERTIES_BYTES = 1_000_000
+MAX_BATCH = 10_000
+_STATE_NAMES = {s.value: s for s in JobState}
+
+
+class Stats:
+    """Sling's statistics for one scope (overall, a queue, a topic)."""
+
+    __slots__ = ("start_time", "last_activated", "last_finished", "queued", "active", "finished",
+                 "failed", "cancelled", "waiting_total", "waiting_n", "processing_total", "processing_n")
+
+    def __init__(self, start_time: float) -> None:
+        self.start_time = start_time
+        self.last_activated: float | None = None
+        self.last_finished: float | None = None
+        self.queued = self.active = self.finished = self.failed = self.cancelled = 0
+        self.waiting_total = self.processing_total = 0.0
+        self.waiting_n = self.processing_n = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "start_time": iso(self.start_time),
+            "last_activated": iso(self.last_activated),
+            "last_finished": iso(self.last_finished),
+            "queued": self.queued,
+            "active": self.active,
+            "finished": self.finished,
+            "failed": self.failed,
+            "cancelled": self.cancelled,
+            "processed": self.finished + self.cancelled,
+            "average_waiting_time": round(self.waiting_total / self.waiting_n, 3) if self.waiting_n else 0.0,
+            "average_processing_time": round(self.processing_total / self.processing_n, 3) if self.processing_n else 0.0,
+        }
+
+
+def _check_properties(props: Any) -> str:
+    """JSON text of ``props``; ValidationError when it is not a JSON-compatible dict."""
+    if props is None:
+        return "{}"
+    if not isinstance(props, dict):
+        raise ValidationError("properties must be a JSON object (a dict)")
+    try:
+        text = json.dumps(props, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValidationError(f"properties are not JSON-compatible: {e}") from None
+    if len(text) > MAX_PROPERTIES_BYTES:
+        raise ValidationError(f"properties are larger than {MAX_PROPERTIES_BYTES} bytes")
+    return text
+
+
+class JobManager(Actor):
+    """``node.jobs``. Public coroutine methods are the API; ``tell`` carries the engine's transitions."""
+
+    def __init__(self, config: NodeConfig, store: Any, events: EventBus, clock: Callable[[], float] = time.time) -> None:
+        super().__init__("job-manager")
+        self.config = config
+        self.node_name = config.name
+        self.store = store
+        self.events = events
+        self.clock = clock
+        self.matcher = QueueMatcher(config.all_queues())
+        self.ids = JobIdGenerator(clock)
+        self._queue_actors: dict[str, Actor] = {}
+        self.pool: Any = None
+        self._live: dict[str, Job] = {}
+        self._waiters: dict[str, list[asyncio.Future[Job]]] = {}
+        self._started_at = clock()
+        self.overall = Stats(self._started_at)
+        self._by_queue: dict[str, Stats] = {}
+        self._by_topic: dict[str, Stats] = {}
+        self.accepting = True
+        self.log = self.log.bind(node=self.node_name)
+
+    def bind(self, pool: Any, queues: dict[str, Actor]) -> None:
+        self.pool = pool
+        self._queue_actors = queues
+
+    async def on_start(self) -> None:
+        """Statistics gauges from the store (what is QUEUED/ACTIVE survives restarts); start clean-up."""
+        self.overall = Stats(self._started_at)
+        self._by_queue.clear()
+        self._by_topic.clear()
+        for queue, topic, state, n in self.store.open_counts():
+            for s in self._scopes(queue, topic):
+                if state == "QUEUED":
+                    s.queued += n
+                else:
+                    s.active += n
+        self.spawn(self._cleanup_loop(), name="job-manager:cleanup")
+
+    # -- the API (DESIGN §5.3) ---------------------------------------------
+    async def add(self, topic: str, properties: dict[str, Any] | None = None) -> Job:
+        return (await self.add_many([(topic, properties)]))[0]
+
+    async def add_many(self, items: list[tuple[str, dict[str, Any] | None]]) -> list[Job]:
+        """Validate all, write all in one transaction, return after commit (in order)."""
+        if not self.accepting:
+            raise Conflict(f"node {self.node_name} is shutting down")
+        if not isinstance(items, (list, tuple)):
+            raise ValidationError("add_many takes a list of (topic, properties) pairs")
+        if len(items) > MAX_BATCH * 10:
+            raise ValidationError(f"at most {MAX_BATCH * 10} jobs per call")
+        now = self.clock()
+        jobs: list[Job] = []
+        texts: list[str] = []
+        nid, match, node = self.ids.next, self.matcher.match, self.node_name
+        for i, item in enumerate(items):
+            try:
+                topic, props = item
+            except (TypeError, ValueError):
+                raise ValidationError(f"item {i}: expected (topic, properties)") from None
+            try:
+                validate_topic(topic)
+            except TopicError as e:
+                raise ValidationError(str(e)) from None
+            texts.append(_check_properties(props))
+            q = match(topic)
+            jobs.append(Job(id=nid(), topic=topic, properties=props if props is not None else {},
+                            queue=q.name, origin=node, created=now, max_retries=q.retries))
+        if not jobs:
+            return []
+        await self.store.insert(jobs, texts)
+        self._on_added(jobs)
+        return jobs
+
+    def _on_added(self, jobs: list[Job]) -> None:
+        by_queue: dict[str, list[Job]] = {}
+        for job in jobs:
+            lst = by_queue.get(job.queue)
+            if lst is None:
+                by_queue[job.queue] = lst = []
+            lst.append(job)
+            for s in self._scopes(job.queue, job.topic):
+                s.queued += 1
+        for qname, lst in by_queue.items():
+            actor = self._queue_actors.get(qname)
+            if actor is not None:
+                actor.tell(("enqueue", lst))
+        if self.events.wants(JOB_ADDED):
+            now = self.clock()
+            for job in jobs:
+                self.events.publish(Notification.of(JOB_ADDED, job, self.node_name, now))
+
+    async def get(self, job_id: str) -> Job | None:
+        if not isinstance(job_id, str):
+            return None
+        live = self._live.get(job_id)
+        if live is not None:
+            return _snapshot(live)
+        return self.store.get(job_id)
+
+    async def _get_or_404(self, job_id: str) -> Job:
+        job = await self.get(job_id)
+        if job is None:
+            raise NotFound(f"job {job_id} not found")
+        return job
+
+    async def find(self, state: str | JobState | None = None, topic: str | None = None,
+                   queue: str | None = None, limit: int = 100) -> list[Job]:
+        """Newest first; ``limit`` between 1 and 10,000."""
+        st: str | None = None
+        if state is not None:
+            st = state.value if isinstance(state, JobState) else str(state).upper()
+            if st not in _STATE_NAMES:
+                raise ValidationError(f"unknown state {state!r}; one of {', '.join(_STATE_NAMES)}")
+        try:
+            limit = int(limit)
+        except (TypeError, ValueError):
+            raise ValidationError("limit must be an integer") from None
+        if not 1 <= limit <= 10_000:
+            raise ValidationError("limit must be between 1 and 10000")
+        jobs = self.store.find(st, topic, queue, limit)
+        live = self._live
+        return [_snapshot(live[j.id]) if j.id in live and live[j.id].state.value == j.state.value else j for j in jobs]
+
+    async def wait(self, job_id: str, timeout: float | None = None) -> Job:
+        """The job once it is final (asyncio.TimeoutError after ``timeout``); NotFound if unknown."""
+        job = await self._get_or_404(job_id)
+        if job.state in FINAL_STATES:
+            return job
+        fut: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(job_id, []).append(fut)
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            lst = self._waiters.get(job_id)
+            if lst is not None and fut in lst:
+                lst.remove(fut)
+                if not lst:
+                    del self._waiters[job_id]
+
+    async def stop(self, job_id: str) -> Job:
+        """QUEUED -> STOPPED now; ACTIVE: the consumer is asked to stop (returns the job as it is)."""
+        return await self._cancel(job_id, JobState.STOPPED)
+
+    async def remove(self, job_id: str) -> Job | None:
+        """Queued/active -> DROPPED (returned); a final job is deleted (None)."""
+        job = await self._get_or_404(job_id)
+        if job.state in FINAL_STATES:
+            await self.store.delete([job_id])
+            return None
+        return await self._cancel(job_id, JobState.DROPPED)
+
+    async def _cancel(self, job_id: str, state: JobState) -> Job:
+        job = await self._get_or_404(job_id)
+        if job.state in FINAL_STATES:
+            raise Conflict(f"job {job_id} is already {job.state.value}")
+        actor = self._queue_actors.get(job.queue)
+        if actor is None:
+            raise Conflict(f"job {job_id} belongs to queue {job.queue}, which is not configured here")
+        res = await actor.ask(("cancel", job_id, state))
+        if isinstance(res, Job):
+            return _snapshot(res)
+        if res == "buffered":  # it was about to start: the queue records it in a moment
+            return await self.wait(job_id, timeout=10.0)
+        return await self._get_or_404(job_id)
+
+    async def retry(self, job_id: str) -> Job:
+        """A final job that did not succeed goes back to QUEUED with retry_count 0 (same id)."""
+        job = await self._get_or_404(job_id)
+        if job.state not in FINAL_STATES or job.state is JobState.SUCCEEDED:
+            raise Conflict(f"job {job_id} is {job.state.value}; only failed, stopped or dropped jobs can be retried")
+        old = job.state
+        if job.queue not in self._queue_actors:
+            job.queue = self.matcher.match(job.topic).name
+        job.state = JobState.QUEUED
+        job.retry_count = 0
+        job.not_before = 0.0
+        job.finished = None
+        job.result_message = None
+        job.progress = Progress()
+        await self.store.update(job)
+        self._transition(job, old, JobState.QUEUED, None, "RETRY")
+        self._queue_actors[job.queue].tell(("requeue", job))
+        return _snapshot(job)
+
+    async def statistics(self) -> dict[str, Any]:
+        return {
+            "overall": self.overall.to_json(),
+            "queues": {name: s.to_json() for name, s in self._by_queue.items()},
+            "topics": {name: s.to_json() for name, s in self._by_topic.items()},
+        }
+
+    async def queues(self) -> list[dict[str, Any]]:
+        """Every queue's configuration, suspension and statistics."""
+        out = []
+        for name, actor in self._queue_actors.items():
+            info = await actor.ask(("info",))
+            info["statistics"] = self._queue_stats(name).to_json()
+            out.append(info)
+        return out
+
+    async def suspend_queue(self, name: str) -> dict[str, Any]:
+        return await self._queue_cmd(name, "suspend")
+
+    async def resume_queue(self, name: str) -> dict[str, Any]:
+        return await self._queue_cmd(name, "resume")
+
+    async def _queue_cmd(self, name: str, cmd: str) -> dict[str, Any]:
+        actor = self._queue_actors.get(name)
+        if actor is None:
+            raise NotFound(f"queue {name} not found")
+        info = await actor.ask((cmd,))
+        info["statistics"] = self._queue_stats(name).to_json()
+        return info
+
+    def queued_count(self) -> int:
+        return self.overall.queued
+
+    # -- transitions from the engine ---------------------------------------
+    def receive(self, msg: tuple[Any, ...]) -> None:
+        kind = msg[0]
+        if kind == "started":
+            _, job, waiting_ms = msg
+            self._live[job.id] = job
+            now = self.clock()
+            for s in self._scopes(job.queue, job.topic):
+                s.queued -= 1
+                s.active += 1
+                s.last_activated = now
+                s.waiting_total += waiting_ms
+                s.waiting_n += 1
+            if self.events.wants("job/started"):
+                n = Notification("job/started", job.id, job.topic, job.queue, self.node_name,
+                                 JobState.ACTIVE.value, now, round(waiting_ms, 3), None, job.retry_count, None)
+                self.events.publish(n)
+        elif kind == "transition":
+            _, job, old, new, processing_ms, how = msg
+            self._transition(job, old, new, processing_ms, how)
+        else:
+            raise ValueError(f"job manager: unknown message {kind!r}")
+
+    def _transition(self, job: Job, old: JobState, new: JobState, processing_ms: float | None, how: str) -> None:
+        now = self.clock()
+        scopes = self._scopes(job.queue, job.topic)
+        for s in scopes:
+            if old is JobState.QUEUED:
+                s.queued -= 1
+            elif old is JobState.ACTIVE:
+                s.active -= 1
+            if new is JobState.QUEUED:
+                s.queued += 1
+                if old is JobState.ACTIVE and how != "ABORTED":
+                    s.failed += 1
+            elif new is JobState.SUCCEEDED:
+                s.finished += 1
+                s.last_finished = now
+            elif new in FINAL_STATES:
+                s.cancelled += 1
+                s.last_finished = now
+            if processing_ms is not None and how != "ABORTED":
+                s.processing_total += processing_ms
+                s.processing_n += 1
+        if new in FINAL_STATES:
+            self._live.pop(job.id, None)
+            waiters = self._waiters.pop(job.id, None)
+            if waiters:
+                snap = _snapshot(job)
+                for fut in waiters:
+                    if not fut.done():
+                        fut.set_result(snap)
+        elif new is JobState.QUEUED:
+            self._live.pop(job.id, None)
+        topic = notification_topic(old, new)
+        if topic is not None and self.events.wants(topic):
+            n = Notification(topic, job.id, job.topic, job.queue, self.node_name, new.value, now, None,
+                             round(processing_ms, 3) if processing_ms is not None else None,
+                             job.retry_count, job.result_message)
+            self.events.publish(n)
+
+    def _scopes(self, queue: str, topic: str) -> tuple[Stats, Stats, Stats]:
+        return (self.overall, self._queue_stats(queue), self._topic_stats(topic))
+
+    def _queue_stats(self, name: str) -> Stats:
+        s = self._by_queue.get(name)
+        if s is None:
+            s = self._by_queue[name] = Stats(self._started_at)
+        return s
+
+    def _topic_stats(self, topic: str) -> Stats:
+        s = self._by_topic.get(topic)
+        if s is None:
+            s = self._by_topic[topic] = Stats(self._started_at)
+        return s
+
+    # -- history retention ---------------------------------------------------
+    async def _cleanup_loop(self) -> None:
+        """Delete finished jobs past their TTL, in bounded rounds (keep_jobs queues keep theirs)."""
+        interval = max(1.0, min(60.0, self.config.history_ttl / 4, self.config.failed_history_ttl / 4))
+        keep = [q.name for q in self.config.all_queues() if q.keep_jobs]
+        while True:
+            await asyncio.sleep(interval)
+            await self.purge_history(keep)
+
+    async def purge_history(self, keep: list[str] | None = None, rounds: int = 20) -> int:
+        if keep is None:
+            keep = [q.name for q in self.config.all_queues() if q.keep_jobs]
+        now = self.clock()
+        total = 0
+        for _ in range(rounds):
+            try:
+                n = await self.store.purge(now - self.config.history_ttl, now - self.config.failed_history_ttl, keep)
+            except Exception as exc:
+                self.log.warning("history clean-up failed", error=repr(exc))
+                return total
+            total += n
+            if n < 5000:
+                break
+        if total:
+            self.log.debug("history cleaned", removed=total)
+        return total
+
+
+def _snapshot(job: Job) -> Job:
+    """A copy a caller may keep: the engine goes on mutating its own job objects."""
+    j = copy.copy(job)
+    p = job.progress
+    j.progress = Progress(p.steps, p.step, p.eta, list(p.log))
+    return j
+
+
+__all__ = ["JobManager", "Stats"]

@@ -1,0 +1,289 @@
+"""``jobmesh.Node``: one node's actors, started in order and stopped in reverse.
+
+Embedded use needs no sockets: with ``bind=None`` and ``http=None`` a node is just
+the store, the job manager, the queues and the consumer pool. The discovery and
+HTTP actors are started when configured and importable (they land separately).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import importlib
+import inspect
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import structlog
+
+from .actor import Actor, ActorSystem
+from .config import NodeConfig, QueueConfig
+from .consumers.pool import ConsumerPool
+from .consumers.registry import ConsumerSpec, consumers_in_module, spec_of
+from .discovery.view import InstanceView, TopologyEvent, TopologyEventType, TopologyView
+from .events import EventBus
+from .manager import JobManager
+from .queues.actor import QueueActor
+from .store import Store
+
+log = structlog.get_logger("jobmesh.node")
+
+_UNSET: Any = object()
+
+
+class Node:
+    """A jobmesh node (DESIGN §5.3). ``async with Node(...) as node:`` or ``start()``/``stop()``."""
+
+    def __init__(self, name: str | None = None, data_dir: str | os.PathLike[str] | None = None,
+                 bind: str | None = _UNSET, seeds: list[str] | None = None, http: str | None = _UNSET,
+                 capacity: int | None = None, config: NodeConfig | None = None,
+                 queues: list[QueueConfig] | None = None, clock: Callable[[], float] = time.time,
+                 **overrides: Any) -> None:
+        cfg = dataclasses.replace(config) if config is not None else NodeConfig()
+        if config is None:
+            # Embedded default: no sockets unless asked for (the CLI passes a full config).
+            cfg.bind = None  # type: ignore[assignment]
+            cfg.http = None
+        if name is not None:
+            cfg.name = name
+        if data_dir is not None:
+            cfg.data = str(data_dir)
+        if bind is not _UNSET:
+            cfg.bind = bind  # type: ignore[assignment]
+        if seeds is not None:
+            cfg.seeds = list(seeds)
+        if http is not _UNSET:
+            cfg.http = http
+        if capacity is not None:
+            cfg.capacity = capacity
+        if queues is not None:
+            cfg.queues = list(queues)
+        for key, value in overrides.items():
+            if not hasattr(cfg, key):
+                raise TypeError(f"Node() got an unknown option {key!r}")
+            setattr(cfg, key, value)
+        cfg.validate()
+        self.config = cfg
+        self.name = cfg.name
+        self.clock = clock
+        self.started_at = clock()
+        self.events = EventBus()
+        self.log = log.bind(node=self.name)
+        self._system = ActorSystem(on_escalate=self._on_escalate)
+        self.store = Store(Path(cfg.data) / "jobs.db", durability=cfg.durability, clock=clock)
+        self.jobs = JobManager(cfg, self.store, self.events, clock=clock)
+        self.pool = ConsumerPool(cfg.name, cfg.capacity, self.store, stop_grace=cfg.stop_grace, clock=clock)
+        self._queue_actors: dict[str, QueueActor] = {}
+        for qc in cfg.all_queues():
+            self._queue_actors[qc.name] = QueueActor(qc, self.store, self.pool, self.jobs,
+                                                     self.pool.index.has_consumer, clock=clock)
+        self.pool.bind(self.jobs, self._queue_actors)  # type: ignore[arg-type]
+        self.jobs.bind(self.pool, self._queue_actors)  # type: ignore[arg-type]
+        self._pending_consumers: list[ConsumerSpec] = []
+        self._consumer_actors: list[Actor] = []
+        self.discovery: Any = None
+        self.http: Any = None
+        self.http_url: str | None = None
+        self._properties: dict[str, Any] = {}
+        self._running = False
+        self._stopping = False
+        self.stopped = asyncio.Event() if _has_loop() else None
+        self.escalated: BaseException | None = None
+
+    # -- lifecycle -----------------------------------------------------------
+    async def start(self) -> "Node":
+        if self._running:
+            return self
+        if self.stopped is None:
+            self.stopped = asyncio.Event()
+        self.started_at = self.clock()
+        system = self._system
+        await system.start(self.store)
+        recovered = await self.store.recover(self.clock())
+        if recovered:
+            self.log.warning("recovered jobs interrupted by a crash", jobs=len(recovered),
+                             given_up=sum(1 for _, s in recovered if s == "GIVEN_UP"))
+        await self._rehome_orphans()
+        await system.start(self.jobs)
+        for spec in self._pending_consumers:
+            if spec.actor is not None:
+                await system.start(spec.actor)
+            self.pool.add_spec(spec)
+        self._pending_consumers.clear()
+        await system.start(self.pool)
+        for actor in self._queue_actors.values():
+            await system.start(actor)
+        self._running = True
+        await self._start_optional()
+        self.log.info("node started", data=self.config.data, queues=list(self._queue_actors),
+                      consumers=self.consumer_topics(), http=self.http_url)
+        return self
+
+    async def _rehome_orphans(self) -> None:
+        """QUEUED jobs of a queue that is no longer configured move to the queue that matches now."""
+        known = set(self._queue_actors)
+        moves = []
+        for queue, topic in self.store.queued_queues():
+            if queue not in known:
+                moves.append((queue, topic, self.jobs.matcher.match(topic).name))
+        if moves:
+            await self.store.rehome(moves)
+            self.log.warning("jobs moved from unconfigured queues", moves=len(moves))
+
+    async def _start_optional(self) -> None:
+        if self.config.bind:
+            try:
+                mod = importlib.import_module("jobmesh.discovery.actor")
+            except ImportError as e:
+                self.log.warning("discovery not available; running as a single node", error=str(e))
+            else:
+                self.discovery = mod.DiscoveryActor(self)
+                await self._system.start(self.discovery)
+        if self.config.http:
+            try:
+                mod = importlib.import_module("jobmesh.http")
+                http_cls = mod.HttpActor
+            except (ImportError, AttributeError) as e:
+                self.log.warning("HTTP API not available", error=str(e))
+            else:
+                self.http = http_cls(self)
+                await self._system.start(self.http)
+                self.http_url = getattr(self.http, "url", None) or f"http://{self.config.http}"
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful: stop taking jobs, let running ones finish for ``grace`` s, persist the rest."""
+        if not self._running or self._stopping:
+            return
+        self._stopping = True
+        grace = self.config.shutdown_grace if grace is None else grace
+        self.jobs.accepting = False
+        try:
+            for actor in self._queue_actors.values():
+                actor.tell(("drain",))
+            try:
+                left = await self.pool.ask(("drain", grace), timeout=grace + 10.0)
+                if left:
+                    self.log.warning("running jobs interrupted by shutdown; back to QUEUED", jobs=left)
+            except Exception as exc:
+                self.log.error("drain failed", error=repr(exc))
+            # let the queues record the last outcomes, then make them durable
+            for actor in self._queue_actors.values():
+                try:
+                    await actor.ask(("info",), timeout=5.0)
+                except Exception:
+                    pass
+            try:
+                await asyncio.wait_for(self.store.flush(), 10.0)
+            except Exception as exc:
+                self.log.error("final store flush failed", error=repr(exc))
+        finally:
+            await self._system.stop_all()
+            self._running = False
+            self._stopping = False
+            if self.stopped is not None:
+                self.stopped.set()
+            self.log.info("node stopped")
+
+    async def __aenter__(self) -> "Node":
+        return await self.start()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def _on_escalate(self, actor: Actor, exc: BaseException) -> Any:
+        """An actor kept crashing: shut the node down cleanly rather than limp on."""
+        self.escalated = exc
+        self.log.critical("actor escalated; shutting the node down", actor=actor.name, error=repr(exc))
+        return self.stop(grace=min(self.config.shutdown_grace, 5.0))
+
+    # -- consumers -------------------------------------------------------------
+    def add_consumer(self, consumer: Any) -> ConsumerSpec:
+        """Register a ``@consumer`` function, a ``ConsumerActor`` subclass or instance."""
+        spec = spec_of(consumer)
+        if not self._running:
+            self._pending_consumers.append(spec)
+        elif spec.actor is not None:
+            async def start_then_add() -> None:
+                await self._system.start(spec.actor)  # type: ignore[arg-type]
+                self._register(spec)
+            asyncio.ensure_future(start_then_add())
+        else:
+            self._register(spec)
+        return spec
+
+    def add_consumers_from(self, module: Any) -> list[ConsumerSpec]:
+        return [self.add_consumer(c) for c in consumers_in_module(module)]
+
+    def _register(self, spec: ConsumerSpec) -> None:
+        self.pool.add_spec(spec)
+        for actor in self._queue_actors.values():
+            actor.tell(("consumers_changed",))
+
+    def consumer_topics(self) -> list[str]:
+        pats = self.pool.index.patterns()
+        for spec in self._pending_consumers:
+            for p in spec.patterns:
+                if p not in pats:
+                    pats.append(p)
+        return pats
+
+    # -- observation -------------------------------------------------------------
+    def capacity_snapshot(self) -> dict[str, Any]:
+        snap = self.pool.snapshot()
+        return {
+            "slots": snap["slots"],
+            "active": snap["active"],
+            "queued": max(0, self.jobs.queued_count()),
+            "throughput": snap["throughput"],
+        }
+
+    def queue_actor(self, name: str) -> QueueActor | None:
+        return self._queue_actors.get(name)
+
+    # -- topology (delegates to discovery when it runs) ------------------------
+    @property
+    def topology(self) -> TopologyView:
+        if self.discovery is not None and getattr(self.discovery, "view", None) is not None:
+            return self.discovery.view
+        return self._local_view()
+
+    def _local_view(self) -> TopologyView:
+        me = InstanceView(
+            name=self.name, incarnation=self.started_at, endpoint=self.config.bind,
+            pub_endpoint=self.config.pub_endpoint if self.config.bind else None,
+            topics=tuple(self.consumer_topics()), offload_topics=(),
+            capacity=self.capacity_snapshot(), properties=dict(self._properties),
+            leader=True, local=True,
+        )
+        return TopologyView(local=self.name, leader=self.name, instances=(me,), current=True)
+
+    def add_topology_listener(self, callback: Callable[[TopologyEvent], Any]) -> None:
+        if self.discovery is not None and hasattr(self.discovery, "add_listener"):
+            self.discovery.add_listener(callback)
+            return
+        res = callback(TopologyEvent(TopologyEventType.TOPOLOGY_INIT, None, self._local_view()))
+        if inspect.isawaitable(res):
+            asyncio.ensure_future(res)
+
+    def set_property(self, key: str, value: Any) -> None:
+        if self.discovery is not None and hasattr(self.discovery, "set_property"):
+            self.discovery.set_property(key, value)
+        self._properties[key] = value
+
+    @property
+    def properties(self) -> dict[str, Any]:
+        return dict(self._properties)
+
+
+def _has_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+        return True
+    except RuntimeError:
+        return False

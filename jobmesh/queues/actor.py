@@ -1,0 +1,252 @@
+"""One actor per queue: keeps a bounded window of ready jobs, decides what starts next.
+
+The window is refilled from the store with an indexed query when it runs low;
+newly added jobs go straight into it while there is room and nothing older waits
+in the store, so under load the store is written but not re-read. The actor
+dispatches at most ``parallelism`` jobs at a time to the consumer pool, applies
+the pure retry decision to every outcome, writes it, and tells the job manager
+once the write is committed (so notifications never run ahead of the disk).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Callable
+
+from ..actor import Actor
+from ..config import QueueConfig
+from ..job import FINAL_STATES, Job, JobState, check_transition
+from ..consumers.context import append_log
+from .core import Outcome, decide, make_window
+
+WINDOW = 2048  # jobs held in memory per queue
+REFILL_BELOW = WINDOW // 4
+
+
+class QueueActor(Actor):
+    """Messages (tuples): ``enqueue`` (new jobs, committed), ``requeue`` (a job back to QUEUED),
+    ``finished`` (from the pool), ``returned`` (dispatched but not started), ``cancel`` (ask),
+    ``suspend`` / ``resume`` / ``info`` (ask), ``consumers_changed``, ``drain``, ``tick``."""
+
+    def __init__(self, config: QueueConfig, store: Any, pool: Actor, manager: Actor,
+                 runnable: Callable[[str], bool], clock: Callable[[], float] = time.time,
+                 cores: int | None = None, window: int = WINDOW) -> None:
+        super().__init__(f"queue:{config.name}")
+        self.config = config
+        self.store = store
+        self.pool = pool
+        self.manager = manager
+        self.runnable = runnable
+        self.clock = clock
+        self.parallelism = config.parallelism(cores)
+        self.window_size = window
+        self.refill_below = max(1, window // 4)
+        self.suspended = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self.window = make_window(self.config.type)
+        self.in_flight: dict[str, Job] = {}
+        self.last_seq = 0
+        self.store_has_more = True  # until a refill proves otherwise
+        self.draining = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+
+    async def on_start(self) -> None:
+        """(Re)load from the store: whatever is QUEUED is this queue's durable state."""
+        in_flight = getattr(self, "in_flight", {})
+        self._reset()
+        self.in_flight = in_flight
+        self._refill()
+        self._pump()
+
+    async def on_stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # -- messages ----------------------------------------------------------
+    def receive(self, msg: tuple[Any, ...]) -> Any:
+        kind = msg[0]
+        if kind == "finished":
+            self._finished(msg[1], msg[2])
+        elif kind == "enqueue":
+            self._enqueue(msg[1])
+        elif kind == "tick":
+            self._timer = None
+            self._timer_at = None
+        elif kind == "requeue":
+            job = msg[1]
+            if job.id not in self.in_flight and job.id not in self.window:
+                self.window.add(job, self.clock())
+        elif kind == "returned":
+            for job in msg[1]:
+                self.in_flight.pop(job.id, None)
+                if not self.draining:
+                    self.window.add(job, self.clock())
+        elif kind == "cancel":
+            return self._cancel(msg[1], msg[2])
+        elif kind == "suspend":
+            self.suspended = True
+            return self.info()
+        elif kind == "resume":
+            self.suspended = False
+            self._pump()
+            return self.info()
+        elif kind == "info":
+            return self.info()
+        elif kind == "consumers_changed":
+            self.window.unpark(self.runnable)
+        elif kind == "drain":
+            self.draining = True
+            return None
+        else:
+            raise ValueError(f"{self.name}: unknown message {kind!r}")
+        self._pump()
+        return None
+
+    def _enqueue(self, jobs: list[Job]) -> None:
+        """Jobs just committed. Ones at or below ``last_seq`` were already read by a refill."""
+        if self.store_has_more:
+            return  # older jobs wait in the store: these are read in order by the next refill
+        window, now = self.window, self.clock()
+        for job in jobs:
+            if job.seq <= self.last_seq:
+                continue
+            if len(window) >= self.window_size:
+                self.store_has_more = True
+                return
+            window.add(job, now)
+            self.last_seq = job.seq
+
+    def _refill(self) -> None:
+        if not self.store_has_more:
+            return
+        want = self.window_size - len(self.window)
+        if want <= 0:
+            return
+        jobs = self.store.ready(self.config.name, self.last_seq, want)
+        now = self.clock()
+        skip = self.in_flight
+        for job in jobs:
+            if job.id not in skip and job.id not in self.window:
+                self.window.add(job, now)
+        if jobs:
+            self.last_seq = max(self.last_seq, jobs[-1].seq)
+        if len(jobs) < want:
+            self.store_has_more = False
+
+    def _pump(self) -> None:
+        """Dispatch while slots allow; refill when the window runs low; arm the retry timer."""
+        if self.suspended or self.draining:
+            return
+        if self.store_has_more and len(self.window) < self.refill_below:
+            self._refill()
+        free = self.parallelism - len(self.in_flight)
+        if free <= 0:
+            return
+        now = self.clock()
+        batch: list[Job] = []
+        window, runnable, in_flight = self.window, self.runnable, self.in_flight
+        while free > 0:
+            job = window.take(now, runnable)
+            if job is None:
+                if self.store_has_more:
+                    self._refill()
+                    job = window.take(now, runnable)
+                if job is None:
+                    break
+            in_flight[job.id] = job
+            batch.append(job)
+            free -= 1
+        if batch:
+            self.pool.tell(("dispatch", self.config.name, self.config.priority, batch))
+        wake = window.next_wakeup()
+        if wake is not None and wake > now and (self._timer_at is None or wake < self._timer_at):
+            if self._timer is not None:
+                self._timer.cancel()
+            loop = asyncio.get_running_loop()
+            self._timer_at = wake
+            self._timer = loop.call_later(wake - now + 0.001, self.tell, ("tick",))
+
+    def _finished(self, job: Job, outcome: Outcome) -> None:
+        self.in_flight.pop(job.id, None)
+        now = self.clock()
+        old = job.state
+        if old is JobState.QUEUED:  # stopped/removed before it started
+            new, finished, message = outcome.stop_state, now, outcome.message
+            retry_count, not_before = job.retry_count, job.not_before
+        else:
+            d = decide(job, outcome, self.config, now)
+            new, finished, message = d.state, d.finished, d.message
+            retry_count, not_before = d.retry_count, d.not_before
+        check_transition(old, new)
+        processing_ms = (now - job.started) * 1000.0 if old is JobState.ACTIVE and job.started else None
+        job.state = new
+        job.finished = finished
+        job.retry_count = retry_count
+        job.not_before = not_before
+        if message is not None or new is JobState.SUCCEEDED:
+            job.result_message = message
+        for line in outcome.log:
+            append_log(job, line)
+        fut = self.store.update(job)
+        manager = self.manager
+        msg = ("transition", job, old, new, processing_ms, outcome.kind)
+        fut.add_done_callback(lambda f: manager.tell(msg) if not f.cancelled() and f.exception() is None else None)
+        if new is JobState.QUEUED and not self.draining:
+            self.window.add(job, now)
+
+    async def _cancel(self, job_id: str, state: JobState) -> Any:
+        """Stop (STOPPED) or remove (DROPPED) a job of this queue that is not final yet.
+
+        Returns the job once recorded, "running" when a running consumer was asked to
+        stop, or None when the job is not QUEUED/ACTIVE here.
+        """
+        job = self.window.remove(job_id)
+        if job is not None:
+            return await self._record_cancel(job, state)
+        if job_id in self.in_flight:
+            res = await self.pool.ask(("cancel", job_id, state))
+            if res == "running":
+                return "running"
+            if res == "buffered":
+                return self.in_flight.get(job_id) or "buffered"
+            # between pool and us: the pool already reported it finished; the queue catches up
+            return None
+        stored = self.store.get(job_id)
+        if stored is None or stored.state is not JobState.QUEUED:
+            return None
+        return await self._record_cancel(stored, state)
+
+    async def _record_cancel(self, job: Job, state: JobState) -> Job:
+        old = job.state
+        check_transition(old, state)
+        job.state = state
+        job.finished = self.clock()
+        await self.store.update(job)
+        self.manager.tell(("transition", job, old, state, None, "STOPPED"))
+        return job
+
+    def info(self) -> dict[str, Any]:
+        c = self.config
+        return {
+            "name": c.name,
+            "type": c.type,
+            "topics": list(c.topics),
+            "max_parallel": self.parallelism,
+            "retries": c.retries,
+            "retry_delay": c.retry_delay,
+            "retry_backoff": c.retry_backoff,
+            "priority": c.priority,
+            "ranking": c.ranking,
+            "keep_jobs": c.keep_jobs,
+            "suspended": self.suspended,
+            "in_memory": len(self.window),
+            "in_flight": len(self.in_flight),
+        }
+
+
+__all__ = ["QueueActor", "FINAL_STATES"]

@@ -1,0 +1,93 @@
+"""``run_node``: a node in the foreground until SIGINT/SIGTERM (what ``jobmesh node`` runs).
+
+The first signal drains gracefully (no new jobs start, running ones get
+``config.shutdown_grace`` seconds, everything else stays QUEUED on disk); a second
+signal skips the wait for running jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import signal
+import sys
+from typing import Any
+
+import structlog
+
+from .config import NodeConfig
+from .node import Node
+
+log = structlog.get_logger("jobmesh.runner")
+
+
+def load_consumer_modules(node: Node, modules: list[str]) -> int:
+    """Import each module (cwd on the path) and register its consumers; returns how many."""
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")
+    n = 0
+    for name in modules:
+        module = importlib.import_module(name)
+        n += len(node.add_consumers_from(module))
+    return n
+
+
+async def run_node(config: NodeConfig, consumer_modules: list[str]) -> int:
+    """Run until a signal; 0 on a clean stop, 1 if an actor escalated, 2 on bad consumers."""
+    node = Node(config=config)
+    try:
+        count = load_consumer_modules(node, consumer_modules)
+    except Exception as exc:  # ImportError, a syntax error, a bad pattern: say which module
+        log.error("could not load consumers", modules=consumer_modules, error=repr(exc))
+        return 2
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    signals = 0
+
+    def on_signal(signame: str) -> None:
+        nonlocal signals
+        signals += 1
+        log.info("signal received; draining", signal=signame, node=config.name)
+        stop_requested.set()
+
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, on_signal, sig.name)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError):  # not the main thread / platform
+            pass
+    try:
+        await node.start()
+        log.info("node ready", node=config.name, consumers=count, http=node.http_url)
+        assert node.stopped is not None
+        stopped_task = asyncio.ensure_future(node.stopped.wait())
+        stop_task = asyncio.ensure_future(stop_requested.wait())
+        await asyncio.wait({stopped_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        stopped_task.cancel()
+        stop_task.cancel()
+        if node.running:
+            await node.stop(grace=config.shutdown_grace if signals < 2 else 0.0)
+    except Exception as exc:
+        log.error("node failed", error=repr(exc), exc_info=exc)
+        if node.running:
+            await node.stop(grace=0.0)
+        return 1
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+    return 1 if node.escalated is not None else 0
+
+
+def main_for_tests(argv: list[str]) -> Any:  # pragma: no cover - convenience for subprocess tests
+    """``python -m jobmesh.runner NAME DATA [MODULE ...]``: a socket-free node (tests, benchmarks)."""
+    name, data, *mods = argv
+    cfg = NodeConfig(name=name, data=data, bind=None, http=None)  # type: ignore[arg-type]
+    return asyncio.run(run_node(cfg, mods))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from .log import configure_logging
+
+    configure_logging("console")
+    sys.exit(main_for_tests(sys.argv[1:]))

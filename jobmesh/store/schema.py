@@ -1,0 +1,71 @@
+"""The job store's schema and its migrations, applied in order on open.
+
+``schema_version`` holds the number of the last migration applied; a store opened
+by newer code is migrated forward inside one transaction, and a store written by a
+newer jobmesh (a version we do not know) is refused instead of being damaged.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+# Each entry is one migration: the list of statements that takes the schema from
+# version i to i+1. Never edit a released entry; append a new one.
+MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE jobs (
+            seq INTEGER PRIMARY KEY,          -- arrival order (ordered queues), rowid alias
+            id TEXT NOT NULL UNIQUE,
+            topic TEXT NOT NULL,
+            queue TEXT NOT NULL,
+            state TEXT NOT NULL,
+            properties TEXT NOT NULL,         -- JSON
+            origin TEXT NOT NULL,
+            target TEXT,
+            created REAL NOT NULL,
+            started REAL,
+            finished REAL,
+            retry_count INTEGER NOT NULL DEFAULT 0,
+            max_retries INTEGER NOT NULL,
+            attempt INTEGER NOT NULL DEFAULT 0,
+            not_before REAL NOT NULL DEFAULT 0,
+            progress TEXT,                    -- JSON or NULL (no progress reported)
+            result_message TEXT
+        )""",
+        # The queue actors' window refill: ready jobs of one queue in arrival order.
+        "CREATE INDEX jobs_ready ON jobs(queue, seq) WHERE state = 'QUEUED'",
+        # Clean-up of old finished jobs, find by state, restart recovery of ACTIVE jobs.
+        "CREATE INDEX jobs_state_finished ON jobs(state, finished)",
+    ],
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaError(RuntimeError):
+    """The store file was written by a jobmesh newer than this one."""
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring ``conn``'s schema to ``SCHEMA_VERSION``; returns the version found before."""
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = conn.execute("SELECT version FROM schema_version").fetchone()
+    found = row[0] if row else 0
+    if found > SCHEMA_VERSION:
+        raise SchemaError(
+            f"job store has schema version {found}, this jobmesh knows up to {SCHEMA_VERSION}"
+        )
+    if found == SCHEMA_VERSION:
+        return found
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for version in range(found, SCHEMA_VERSION):
+            for stmt in MIGRATIONS[version]:
+                conn.execute(stmt)
+        conn.execute("DELETE FROM schema_version")
+        conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return found

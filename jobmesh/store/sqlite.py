@@ -1,0 +1,401 @@
+"""The node's embedded durable job store: SQLite, one writer with group commit.
+
+Why this shape: a commit is the expensive part of a write (a WAL append, and an
+fsync with ``durability="full"``), so every write call only enqueues an operation
+and gets a future; one writer thread takes everything queued since the last
+commit and writes it as ONE transaction (``executemany``), then resolves all the
+futures. While a commit runs, the next batch accumulates: under load, hundreds of
+jobs share one commit. Several updates of the same job in one batch collapse to
+the last one (a job's final state overwrites its ACTIVE row when both wait).
+
+Reads use a second connection on the event loop's thread; in WAL mode they see
+the last committed state and never block the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import structlog
+
+from ..actor import Actor
+from ..job import Job, JobState, Progress
+from .schema import migrate
+
+log = structlog.get_logger("jobmesh.store")
+
+JOB_COLUMNS = (
+    "seq, id, topic, queue, state, properties, origin, target, created, started, finished, "
+    "retry_count, max_retries, attempt, not_before, progress, result_message"
+)
+_INSERT = f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({', '.join('?' * 17)})"
+_UPDATE = (
+    "UPDATE jobs SET state=?, started=?, finished=?, retry_count=?, attempt=?, not_before=?, "
+    "progress=?, result_message=?, target=?, queue=? WHERE id=?"
+)
+_DELETE = "DELETE FROM jobs WHERE id=?"
+
+_STATES = {s.value: s for s in JobState}
+
+
+def progress_json(p: Progress) -> str | None:
+    """Progress as stored: NULL while nothing was reported (the common, cheap case)."""
+    if p.steps is None and p.step == 0 and p.eta is None and not p.log:
+        return None
+    return json.dumps({"steps": p.steps, "step": p.step, "eta": p.eta, "log": p.log})
+
+
+def row_to_job(row: tuple[Any, ...]) -> Job:
+    (seq, id_, topic, queue, state, props, origin, target, created, started, finished,
+     retry_count, max_retries, attempt, not_before, progress, result_message) = row
+    if progress:
+        p = json.loads(progress)
+        prog = Progress(steps=p.get("steps"), step=p.get("step", 0), eta=p.get("eta"), log=p.get("log", []))
+    else:
+        prog = Progress()
+    return Job(
+        id=id_, topic=topic, properties=json.loads(props), state=_STATES[state], queue=queue,
+        origin=origin, target=target, created=created, started=started, finished=finished,
+        retry_count=retry_count, max_retries=max_retries, progress=prog,
+        result_message=result_message, attempt=attempt, not_before=not_before, seq=seq,
+    )
+
+
+def update_row(job: Job) -> tuple[Any, ...]:
+    """A snapshot of a job's mutable columns, taken when the write is requested."""
+    return (
+        job.state.value, job.started, job.finished, job.retry_count, job.attempt, job.not_before,
+        progress_json(job.progress), job.result_message, job.target, job.queue, job.id,
+    )
+
+
+@dataclass
+class _Batch:
+    inserts: list[tuple[Any, ...]]
+    updates: dict[str, tuple[Any, ...]]
+    deletes: list[str]
+    calls: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]]
+    futures: list[asyncio.Future[Any]]
+
+
+class Store(Actor):
+    """SQLite job store. Writes: group-committed by one writer; reads: a second connection.
+
+    Every write method returns an awaitable resolved after the transaction holding
+    the write committed.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], durability: str = "normal", clock: Callable[[], float] = time.time) -> None:
+        super().__init__("store")
+        self.path = Path(path)
+        self.durability = durability
+        self.clock = clock
+        self._wconn: sqlite3.Connection | None = None
+        self._rconn: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending = self._new_batch()
+        self._pending_count = 0
+        self._have_work = asyncio.Event()
+        self._next_seq = 1
+        self._opened = False
+        self._inflight: asyncio.Future[None] | None = None
+        self.commits = 0  # transactions committed (for tests and metrics)
+
+    @staticmethod
+    def _new_batch() -> _Batch:
+        return _Batch([], {}, [], [], [])
+
+    # -- lifecycle -------------------------------------------------------
+    async def on_start(self) -> None:
+        """Open (or reopen after a crash) the file; SQLite's WAL recovery makes it consistent."""
+        if self._opened:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobmesh-store")
+        loop = asyncio.get_running_loop()
+        self._wconn = await loop.run_in_executor(self._executor, self._open_writer)
+        self._rconn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._rconn.execute("PRAGMA query_only=ON")
+        self._rconn.execute("PRAGMA busy_timeout=5000")
+        row = self._rconn.execute("SELECT max(seq) FROM jobs").fetchone()
+        self._next_seq = (row[0] or 0) + 1
+        self._opened = True
+        self.spawn(self._writer(), name="store:writer")
+
+    def _open_writer(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=" + ("FULL" if self.durability == "full" else "NORMAL"))
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute("PRAGMA cache_size=-16000")  # 16 MB page cache: bounded memory
+        migrate(conn)
+        return conn
+
+    async def on_stop(self) -> None:
+        """Commit what is pending, then close; a crashed writer restarts through on_start."""
+        if not self._opened:
+            return
+        if self._inflight is not None and not self._inflight.done():
+            await self._inflight
+        if self._pending_count:
+            batch, self._pending = self._pending, self._new_batch()
+            self._pending_count = 0
+            # Shielded: stopping the writer must not orphan a commit already running.
+            self._inflight = asyncio.ensure_future(self._commit_and_resolve(batch))
+            await asyncio.shield(self._inflight)
+        self._opened = False
+        loop = asyncio.get_running_loop()
+        wconn, self._wconn = self._wconn, None
+        if wconn is not None:
+            await loop.run_in_executor(self._executor, self._close_writer, wconn)
+        if self._rconn is not None:
+            self._rconn.close()
+            self._rconn = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    @staticmethod
+    def _close_writer(conn: sqlite3.Connection) -> None:
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            conn.close()
+
+    async def receive(self, msg: Any) -> Any:  # the store is driven by its write methods
+        raise NotImplementedError(f"store: unknown message {msg!r}")
+
+    # -- writes (group-committed) -----------------------------------------
+    def _enqueue(self) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.futures.append(fut)
+        self._pending_count += 1
+        self._have_work.set()
+        return fut
+
+    def insert(self, jobs: Iterable[Job], properties_json: list[str] | None = None) -> asyncio.Future[Any]:
+        """Add new jobs; assigns each ``job.seq`` now (arrival order), durable when the future resolves."""
+        rows = self._pending.inserts
+        seq = self._next_seq
+        for i, job in enumerate(jobs):
+            job.seq = seq
+            seq += 1
+            props = properties_json[i] if properties_json is not None else json.dumps(job.properties)
+            rows.append((
+                job.seq, job.id, job.topic, job.queue, job.state.value, props, job.origin,
+                job.target, job.created, job.started, job.finished, job.retry_count,
+                job.max_retries, job.attempt, job.not_before, progress_json(job.progress),
+                job.result_message,
+            ))
+        self._next_seq = seq
+        return self._enqueue()
+
+    def update(self, job: Job) -> asyncio.Future[Any]:
+        """Persist the job's current state, progress and counters (a snapshot taken now)."""
+        self._pending.updates[job.id] = update_row(job)
+        return self._enqueue()
+
+    def delete(self, job_ids: Iterable[str]) -> asyncio.Future[Any]:
+        self._pending.deletes.extend(job_ids)
+        return self._enqueue()
+
+    def call(self, fn: Callable[[sqlite3.Connection], Any]) -> asyncio.Future[Any]:
+        """Run ``fn(conn)`` on the writer connection inside the next transaction; its result resolves the future."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.calls.append((fn, fut))
+        self._pending_count += 1
+        self._have_work.set()
+        return fut
+
+    async def flush(self) -> None:
+        """Wait until everything requested so far is committed."""
+        if self._pending_count:
+            await self._enqueue()
+
+    async def _writer(self) -> None:
+        while True:
+            if not self._pending_count:
+                self._have_work.clear()
+                await self._have_work.wait()
+                continue
+            # Let the tasks that are ready right now add their writes to this batch.
+            await asyncio.sleep(0)
+            batch, self._pending = self._pending, self._new_batch()
+            self._pending_count = 0
+            # Shielded: stopping the writer must not orphan a commit already running.
+            self._inflight = asyncio.ensure_future(self._commit_and_resolve(batch))
+            await asyncio.shield(self._inflight)
+
+    async def _commit_and_resolve(self, batch: _Batch) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(self._executor, self._commit, batch)
+        except Exception as exc:  # disk full, I/O error: every waiter learns it, the writer lives on
+            log.error("store commit failed", error=repr(exc), writes=len(batch.futures))
+            for fut in batch.futures:
+                if not fut.done():
+                    fut.set_exception(exc)
+            for _, fut in batch.calls:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        self.commits += 1
+        for fut in batch.futures:
+            if not fut.done():
+                fut.set_result(None)
+        for (_, fut), res in zip(batch.calls, results):
+            if fut.done():
+                continue
+            if isinstance(res, BaseException):
+                fut.set_exception(res)
+            else:
+                fut.set_result(res)
+
+    def _commit(self, batch: _Batch) -> list[Any]:
+        conn = self._wconn
+        assert conn is not None, "store is closed"
+        results: list[Any] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if batch.inserts:
+                conn.executemany(_INSERT, batch.inserts)
+            if batch.updates:
+                conn.executemany(_UPDATE, batch.updates.values())
+            if batch.deletes:
+                conn.executemany(_DELETE, ((i,) for i in batch.deletes))
+            for fn, _ in batch.calls:
+                conn.execute("SAVEPOINT call")
+                try:
+                    results.append(fn(conn))
+                    conn.execute("RELEASE call")
+                except Exception as e:  # one bad call must not lose the batch's other writes
+                    conn.execute("ROLLBACK TO call")
+                    conn.execute("RELEASE call")
+                    results.append(e)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return results
+
+    # -- reads (second connection, committed state) -----------------------
+    @property
+    def reader(self) -> sqlite3.Connection:
+        if self._rconn is None:
+            raise RuntimeError("store is not open")
+        return self._rconn
+
+    def get(self, job_id: str) -> Job | None:
+        row = self.reader.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return row_to_job(row) if row else None
+
+    def find(self, state: str | None = None, topic: str | None = None, queue: str | None = None, limit: int = 100) -> list[Job]:
+        """Newest first. Filters are exact matches."""
+        where, args = [], []
+        if state is not None:
+            where.append("state=?")
+            args.append(state)
+        if topic is not None:
+            where.append("topic=?")
+            args.append(topic)
+        if queue is not None:
+            where.append("queue=?")
+            args.append(queue)
+        sql = f"SELECT {JOB_COLUMNS} FROM jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq DESC LIMIT ?"
+        args.append(int(limit))
+        return [row_to_job(r) for r in self.reader.execute(sql, args)]
+
+    def ready(self, queue: str, after_seq: int, limit: int) -> list[Job]:
+        """The next QUEUED jobs of ``queue`` in arrival order (the window refill; uses jobs_ready)."""
+        rows = self.reader.execute(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE queue=? AND state='QUEUED' AND seq>? ORDER BY seq LIMIT ?",
+            (queue, after_seq, limit),
+        ).fetchall()
+        return [row_to_job(r) for r in rows]
+
+    def open_counts(self) -> list[tuple[str, str, str, int]]:
+        """(queue, topic, state, count) of QUEUED and ACTIVE jobs: the statistics gauges at start."""
+        return self.reader.execute(
+            "SELECT queue, topic, state, count(*) FROM jobs WHERE state IN ('QUEUED','ACTIVE') "
+            "GROUP BY queue, topic, state"
+        ).fetchall()
+
+    def queued_queues(self) -> list[tuple[str, str]]:
+        """Distinct (queue, topic) of QUEUED jobs: to re-home jobs of queues no longer configured."""
+        return self.reader.execute(
+            "SELECT DISTINCT queue, topic FROM jobs WHERE state='QUEUED'"
+        ).fetchall()
+
+    def count(self) -> int:
+        return self.reader.execute("SELECT count(*) FROM jobs").fetchone()[0]
+
+    # -- maintenance (run inside a write transaction) ---------------------
+    async def recover(self, now: float) -> list[tuple[str, str]]:
+        """Jobs ACTIVE at a crash go back to QUEUED counted as a retry, or GIVEN_UP when out of retries.
+
+        Returns (job_id, new_state) for every recovered job.
+        """
+        def run(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+            rows = conn.execute(
+                "SELECT id, retry_count, max_retries FROM jobs WHERE state='ACTIVE'"
+            ).fetchall()
+            out = []
+            requeue, give_up = [], []
+            for job_id, rc, mr in rows:
+                if mr >= 0 and rc + 1 > mr:
+                    give_up.append((now, "interrupted by a node crash; no retries left", job_id))
+                    out.append((job_id, JobState.GIVEN_UP.value))
+                else:
+                    requeue.append((job_id,))
+                    out.append((job_id, JobState.QUEUED.value))
+            conn.executemany(
+                "UPDATE jobs SET state='QUEUED', retry_count=retry_count+1, not_before=0 WHERE id=?", requeue
+            )
+            conn.executemany(
+                "UPDATE jobs SET state='GIVEN_UP', finished=?, result_message=? WHERE id=?", give_up
+            )
+            return out
+
+        return await self.call(run)
+
+    async def purge(self, succeeded_before: float, others_before: float, keep_queues: list[str], limit: int = 5000) -> int:
+        """Delete finished jobs past their history TTL, at most ``limit`` per call (bounded work)."""
+        keep = tuple(keep_queues)
+        marks = ",".join("?" * len(keep)) or "''"
+
+        def run(conn: sqlite3.Connection) -> int:
+            n = conn.execute(
+                f"DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE state='SUCCEEDED' "
+                f"AND finished < ? AND queue NOT IN ({marks}) LIMIT ?)",
+                (succeeded_before, *keep, limit),
+            ).rowcount
+            for st in ("STOPPED", "GIVEN_UP", "ERROR", "DROPPED"):
+                n += conn.execute(
+                    f"DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE state=? "
+                    f"AND finished < ? AND queue NOT IN ({marks}) LIMIT ?)",
+                    (st, others_before, *keep, limit),
+                ).rowcount
+            return n
+
+        return await self.call(run)
+
+    async def rehome(self, moves: list[tuple[str, str, str]]) -> None:
+        """Move QUEUED jobs of (old queue, topic) to a new queue: the configuration changed."""
+        def run(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "UPDATE jobs SET queue=? WHERE state='QUEUED' AND queue=? AND topic=?",
+                [(new, old, topic) for old, topic, new in moves],
+            )
+
+        await self.call(run)
