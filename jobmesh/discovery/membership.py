@@ -612,6 +612,11 @@ class Membership:
             self._out.append(Disconnect(ep))
         self._subscribed = wanted  # type: ignore[assignment]
 
+    def resubscribe(self) -> None:
+        """The SUB socket was recreated (actor restart): connect to every member again."""
+        self._subscribed = set()
+        self._sync_subscriptions()
+
     def drain(self) -> list[Output]:
         """Outputs not yet handed out (e.g. the INIT of a node that starts alone)."""
         return self._drain()
