@@ -67,7 +67,7 @@ class SchedulerActor(Actor):
         self,
         node: Any,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
         path: str | Path | None = None,
         max_sleep: float = 5.0,
         follower_poll: float = 0.5,
@@ -78,6 +78,7 @@ class SchedulerActor(Actor):
     ) -> None:
         super().__init__("scheduler")
         self.node = node
+        clock = clock or getattr(node, "clock", None) or time.time  # the node's clock by default
         self.clock = clock
         data_dir = getattr(node, "data_dir", None) or node.config.data
         self.path = Path(path) if path is not None else Path(data_dir) / DB_FILE
@@ -164,8 +165,11 @@ class SchedulerActor(Actor):
         if not self._listening:
             add_listener = getattr(self.node, "add_topology_listener", None)
             if add_listener is not None:
-                add_listener(self._on_topology_event)
-                self._listening = True
+                try:
+                    add_listener(self._on_topology_event)
+                    self._listening = True
+                except Exception as e:  # the timer still polls the topology; only wake-ups are slower
+                    self.log.warning("could not listen to topology events", error=repr(e))
         self.spawn(self._timer(), name="scheduler:timer")
         self._publish()
         self.log.info("scheduler started", schedules=len(self._live()), path=str(self.path))
