@@ -84,6 +84,7 @@ class Node:
         self._pending_consumers: list[ConsumerSpec] = []
         self._consumer_actors: list[Actor] = []
         self.discovery: Any = None
+        self.schedules: Any = None  # SchedulerActor once started
         self.http: Any = None
         self.http_url: str | None = None
         self._properties: dict[str, Any] = {}
@@ -141,6 +142,9 @@ class Node:
             else:
                 self.discovery = mod.DiscoveryActor(self)
                 await self._system.start(self.discovery)
+        from .scheduler.actor import SchedulerActor  # node.schedules: after discovery, before HTTP
+        self.schedules = SchedulerActor(self)
+        await self._system.start(self.schedules)
         if self.config.http:
             try:
                 mod = importlib.import_module("jobmesh.http")
