@@ -345,7 +345,7 @@ class SchedulerActor(Actor):
             await self._save(removed, fired)
             for r in removed:
                 self._records[r.id] = r
-            self._publish()
+        self._publish()  # also catches node.http_url, known only once HTTP serves
         nxt = next_wakeup([r.schedule() for r in self._live()], self._fired, self.clock())
         if failed:
             retry = self.clock() + 1.0
