@@ -1,0 +1,501 @@
+"""The discovery actor: the async shell around the membership core (DESIGN §2 discovery).
+
+``DiscoveryActor(node)`` is started by the node when ``node.config.bind`` is set.
+It owns:
+
+- the node's ``Endpoint`` (its ROUTER, ``--bind``), where it answers ``join``
+  requests; other parts (transfer) register their own message types on
+  ``actor.endpoint`` — registrations survive actor restarts;
+- a ``HeartbeatSender`` thread with the PUB socket (``pub_endpoint``);
+- a SUB socket connected to every known member's PUB endpoint;
+- tasks: receive heartbeats, tick the core, join through the seeds (DEALER
+  request with timeout, next seed on failure, retried while alone), monitor the
+  event loop's lag.
+
+Public face for the node: ``view`` (the current ``TopologyView``),
+``add_listener(cb)`` / ``remove_listener(cb)`` (Sling's TopologyEventListener:
+INIT first, events in order, sync or async callbacks), ``set_property(key, value)``
+(user properties carried by the heartbeats, reach every member within one interval).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import Any, Callable, Iterable, Protocol
+
+import msgpack
+import structlog
+
+from .. import wire
+from ..actor import Actor
+from ..errors import ValidationError
+from ..topics import matches
+from ..transport import (
+    Dealer,
+    Endpoint,
+    PeerUnreachable,
+    RequestTimeout,
+    Transport,
+    ZMQError,
+    is_socket_closed_error,
+    load_curve_keys,
+)
+from .heartbeat import HeartbeatSender
+from .membership import (
+    Connect,
+    Disconnect,
+    Dropped,
+    InvalidMember,
+    ListenerHub,
+    MemberInfo,
+    Membership,
+    Rejoin,
+    ViewEvent,
+)
+from .view import InstanceView, TopologyEvent, TopologyView
+
+log = structlog.get_logger("jobmesh.discovery")
+
+MAX_USER_PROPERTIES_BYTES = 256 * 1024  # heartbeats stay far below the wire maximum
+LISTENER_QUEUE_LIMIT = 10_000
+
+
+class DiscoveryHost(Protocol):
+    """What discovery needs from its node."""
+
+    name: str
+    config: Any
+    started_at: float
+
+    def consumer_topics(self) -> list[str]: ...
+
+    def capacity_snapshot(self) -> dict[str, Any]: ...
+
+
+Listener = Callable[[TopologyEvent], Any]
+
+
+def offload_topics_for(topics: Iterable[str], enabled: Iterable[str], disabled: Iterable[str]) -> list[str]:
+    """Consumer topics enabled for offloading by the ``[offloading]`` patterns (a pattern counts as
+    matched when the consumer pattern itself, read as a topic, matches)."""
+    enabled, disabled = list(enabled), list(disabled)
+    out = []
+    for t in topics:
+        probe = t.replace("/**", "/x").replace("/*", "/x") if t not in ("*", "**") else "x"
+        if any(p == t or matches(p, probe) for p in enabled) and not any(p == t or matches(p, probe) for p in disabled):
+            out.append(t)
+    return out
+
+
+class _ListenerTask:
+    """One listener's queue and the task delivering to it, in order."""
+
+    def __init__(self, callback: Listener, node: str) -> None:
+        self.callback = callback
+        self.queue: deque[TopologyEvent] = deque()
+        self.wakeup = asyncio.Event()
+        self.log = log.bind(node=node)
+        self.task = asyncio.get_running_loop().create_task(self._run(), name=f"topology-listener:{node}")
+
+    def put(self, event: TopologyEvent) -> None:
+        if len(self.queue) >= LISTENER_QUEUE_LIMIT:
+            self.log.error("topology listener is not keeping up; oldest event dropped")
+            self.queue.popleft()
+        self.queue.append(event)
+        self.wakeup.set()
+
+    async def _run(self) -> None:
+        while True:
+            if not self.queue:
+                self.wakeup.clear()
+                await self.wakeup.wait()
+                continue
+            event = self.queue.popleft()
+            try:
+                result = self.callback(event)
+                if asyncio.iscoroutine(result):
+                    await result
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.log.exception("topology listener failed", kind=event.type.value)
+
+
+class DiscoveryActor(Actor):
+    """Heartbeats, membership and topology events for one node."""
+
+    tick_fraction = 5  # ticks per heartbeat interval
+    lag_warning = 0.1  # seconds of event-loop lag worth a log line
+
+    def __init__(self, node: DiscoveryHost) -> None:
+        super().__init__("discovery")
+        self.node = node
+        cfg = node.config
+        self.interval: float = cfg.discovery.heartbeat_interval
+        self.timeout: float = cfg.discovery.heartbeat_timeout
+        self.bind: str = cfg.bind
+        self.pub: str = cfg.pub_endpoint
+        self.seeds: list[str] = [s for s in cfg.seeds if s != cfg.bind]
+        self.log = log.bind(node=node.name)
+        self.curve = load_curve_keys(cfg.security)  # bad keys: a ConfigError before anything binds
+        self.endpoint = Endpoint(node.name)
+        self.endpoint.register("join", self._on_join)
+        self.endpoint.on_activity(self._on_activity)
+        self._user_properties: dict[str, Any] = {}
+        self._hub = ListenerHub()
+        self._listeners: list[_ListenerTask] = []
+        self._core: Membership | None = None
+        self._transport: Transport | None = None
+        self._sender: HeartbeatSender | None = None
+        self._sub: Any = None
+        self._join_wanted = asyncio.Event()
+        self._last_payload_at = 0.0
+        self.loop_lag = 0.0  # the largest event-loop lag seen in the last monitor window
+        self.heartbeats_received = 0
+        self.messages_dropped = 0
+        self._drop_log_at = 0.0
+
+    # -- public face ------------------------------------------------------------------
+    @property
+    def view(self) -> TopologyView:
+        if self._core is None:
+            return self._alone_view()
+        return self._core.view
+
+    @property
+    def transport(self) -> Transport | None:
+        """The node's transport (for the transfer actor's DEALERs), once started."""
+        return self._transport
+
+    def add_listener(self, callback: Listener) -> None:
+        """Sling's TopologyEventListener: INIT first, then every event, in order."""
+        task = _ListenerTask(callback, self.node.name)
+        self._listeners.append(task)
+        for t, event in self._hub.add(task):
+            t.put(event)
+
+    def remove_listener(self, callback: Listener) -> None:
+        for task in [t for t in self._listeners if t.callback == callback]:
+            self._hub.remove(task)
+            self._listeners.remove(task)
+            task.task.cancel()
+
+    def set_property(self, key: str, value: Any) -> None:
+        """Publish ``key = value`` in this node's heartbeats (``None`` removes it).
+
+        Raises ``ValidationError`` for a value msgpack cannot carry or properties
+        beyond ``MAX_USER_PROPERTIES_BYTES`` — the caller keeps running.
+        """
+        if not isinstance(key, str) or not key:
+            raise ValidationError("property key must be a non-empty string")
+        props = dict(self._user_properties)
+        if value is None:
+            props.pop(key, None)
+        else:
+            props[key] = value
+        try:
+            size = len(msgpack.packb(props, use_bin_type=True))
+        except (TypeError, ValueError, OverflowError) as e:
+            raise ValidationError(f"property {key!r} cannot be published: {e}") from None
+        if size > MAX_USER_PROPERTIES_BYTES:
+            raise ValidationError(
+                f"properties would take {size} bytes; at most {MAX_USER_PROPERTIES_BYTES} ride in a heartbeat"
+            )
+        self._user_properties = props
+        if self._core is not None:
+            self._apply(self._core.set_local(time.monotonic(), properties=props))
+            self._publish_heartbeat(send_now=True)
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def on_start(self) -> None:
+        now = time.monotonic()
+        self._transport = Transport(self.node.name, self.curve)
+        try:
+            self.endpoint.bind(self._transport, self.bind)
+            self._sender = HeartbeatSender(self._transport, self.pub, self.interval, self.timeout, self.node.name)
+            await asyncio.get_running_loop().run_in_executor(None, self._sender.start_and_wait)
+            self._sub = self._transport.sub_socket()
+        except BaseException:
+            self._close_sockets()
+            raise
+        if self._core is None:
+            self._core = Membership(
+                self._local_info(),
+                now=now,
+                heartbeat_interval=self.interval,
+                heartbeat_timeout=self.timeout,
+                expect_join=bool(self.seeds),
+            )
+        else:  # a restart after a crash: same membership, fresh sockets
+            self._core.resubscribe()
+        self._apply(self._core.drain())
+        self._publish_heartbeat(send_now=True)
+        self.spawn(self._receive_heartbeats(), name="discovery:sub")
+        self.spawn(self.endpoint.run(), name="discovery:router")
+        self.spawn(self._tick_loop(), name="discovery:tick")
+        self.spawn(self._join_loop(), name="discovery:join")
+        self.spawn(self._lag_monitor(), name="discovery:lag")
+        if self.seeds and not self._core.joined:
+            self._join_wanted.set()
+        self.log.info(
+            "discovery started", bind=self.bind, pub=self.pub, seeds=self.seeds, secure=self.curve is not None
+        )
+
+    async def on_stop(self) -> None:
+        final = None
+        if self._core is not None and self._sender is not None:
+            try:
+                final = wire.encode("heartbeat", self._heartbeat_body(leaving=True))
+            except wire.WireError:
+                final = None
+        if self._sender is not None:
+            sender = self._sender
+            await asyncio.get_running_loop().run_in_executor(None, lambda: sender.stop(final))
+        self._close_sockets()
+
+    def _close_sockets(self) -> None:
+        self.endpoint.close()
+        if self._sub is not None:
+            self._sub.close(0)
+            self._sub = None
+        if self._sender is not None and self._sender.is_alive():
+            self._sender.stop()
+        self._sender = None
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    async def receive(self, msg: Any) -> Any:
+        if msg == "view":
+            return self.view
+        raise ValidationError(f"discovery does not understand {msg!r}")
+
+    # -- the node's side of the heartbeat -------------------------------------------------
+    def _alone_view(self) -> TopologyView:
+        info = self._local_info()
+        inst = InstanceView(
+            name=info.name, incarnation=info.incarnation, endpoint=info.endpoint, pub_endpoint=info.pub_endpoint,
+            topics=info.topics, offload_topics=info.offload_topics, capacity=dict(info.capacity),
+            properties=dict(info.properties), leader=True, local=True,
+        )
+        return TopologyView(local=info.name, leader=info.name, instances=(inst,), current=False)
+
+    def _local_topics(self) -> tuple[list[str], list[str]]:
+        node = self.node
+        try:
+            topics = sorted(node.consumer_topics())
+        except Exception:
+            self.log.exception("consumer_topics failed")
+            topics = []
+        getter = getattr(node, "offload_topics", None)
+        try:
+            if callable(getter):
+                offload = sorted(getter())
+            else:
+                off = node.config.offloading
+                offload = offload_topics_for(topics, off.enabled_topics, off.disabled_topics)
+        except Exception:
+            self.log.exception("offload topics failed")
+            offload = []
+        return topics, offload
+
+    def _capacity(self) -> dict[str, Any]:
+        try:
+            return dict(self.node.capacity_snapshot())
+        except Exception:
+            self.log.exception("capacity_snapshot failed")
+            return {}
+
+    def _local_info(self) -> MemberInfo:
+        topics, offload = self._local_topics()
+        inc = float(self.node.started_at)
+        return MemberInfo(
+            name=self.node.name, incarnation=inc, rank=inc, endpoint=self.bind, pub_endpoint=self.pub,
+            topics=tuple(topics), offload_topics=tuple(offload), capacity=self._capacity(),
+            properties=dict(self._user_properties),
+        )
+
+    def _heartbeat_body(self, leaving: bool = False) -> dict[str, Any]:
+        assert self._core is not None
+        body = self._core.heartbeat_body(time.monotonic(), leaving=leaving)
+        body["version"] = wire.PROTOCOL_VERSION
+        return body
+
+    def _publish_heartbeat(self, send_now: bool = False) -> None:
+        if self._core is None or self._sender is None:
+            return
+        try:
+            frames = wire.encode("heartbeat", self._heartbeat_body())
+        except wire.WireError as e:
+            self.log.error("heartbeat cannot be encoded", reason=e.reason)
+            return
+        self._sender.publish(frames, send_now=send_now)
+        self._last_payload_at = time.monotonic()
+
+    def _refresh_local(self, now: float) -> None:
+        assert self._core is not None
+        topics, offload = self._local_topics()
+        self._apply(
+            self._core.set_local(now, topics=topics, offload_topics=offload, capacity=self._capacity())
+        )
+
+    # -- carrying out what the core decided ----------------------------------------------
+    def _apply(self, outs: list[Any]) -> None:
+        for o in outs:
+            if isinstance(o, ViewEvent):
+                for task, event in self._hub.publish(o.event):
+                    task.put(event)
+                ev = o.event
+                if ev.type.value in ("TOPOLOGY_INIT", "TOPOLOGY_CHANGED"):
+                    v = ev.new_view
+                    self.log.info("topology", kind=ev.type.value, members=v.names, leader=v.leader)
+            elif isinstance(o, Connect):
+                if self._sub is not None:
+                    try:
+                        self._sub.connect(o.endpoint)
+                    except ZMQError as e:
+                        self.log.warning("cannot connect to a member's heartbeats", endpoint=o.endpoint, error=str(e))
+            elif isinstance(o, Disconnect):
+                if self._sub is not None:
+                    try:
+                        self._sub.disconnect(o.endpoint)
+                    except ZMQError:
+                        pass  # never connected (a failed connect above)
+            elif isinstance(o, Dropped):
+                self.log.info("member dropped", member=o.name, reason=o.reason)
+            elif isinstance(o, Rejoin):
+                self.log.warning("rejoining the topology", reason=o.reason)
+                self._join_wanted.set()
+                self._publish_heartbeat(send_now=True)  # our new rank, at once
+
+    def _dropped(self, reason: str, **kw: Any) -> None:
+        self.messages_dropped += 1
+        now = time.monotonic()
+        if now - self._drop_log_at > 1.0:  # garbage floods must not flood the log
+            self._drop_log_at = now
+            self.log.warning("heartbeat dropped", reason=reason, dropped_total=self.messages_dropped, **kw)
+
+    # -- tasks ---------------------------------------------------------------------
+    async def _receive_heartbeats(self) -> None:
+        sub = self._sub
+        while True:
+            try:
+                frames = await sub.recv_multipart()
+            except ZMQError as e:
+                if is_socket_closed_error(e):
+                    return
+                raise
+            try:
+                msg = wire.decode(frames)
+            except wire.WireError as e:
+                self._dropped(e.reason, version=wire.peer_version(frames))
+                continue
+            if msg.type != "heartbeat":
+                self._dropped(f"{msg.type!r} is not a heartbeat")
+                continue
+            try:
+                outs = self._core.on_heartbeat(msg.body, time.monotonic())  # type: ignore[union-attr]
+            except InvalidMember as e:
+                self._dropped(str(e))
+                continue
+            self.heartbeats_received += 1
+            self._apply(outs)
+
+    async def _tick_loop(self) -> None:
+        period = self.interval / self.tick_fraction
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            core = self._core
+            assert core is not None and self._sender is not None
+            due = now - self._last_payload_at >= self.interval * 0.9
+            if due:
+                self._refresh_local(now)
+            self._apply(core.tick(now, own_silence=self._sender.take_max_gap()))
+            if due:
+                self._publish_heartbeat()
+            if self.seeds and not core.joined and not core.rejoining and core.established:
+                self._join_wanted.set()  # alone after the join deadline: keep trying the seeds
+
+    async def _join_loop(self) -> None:
+        attempt_timeout = max(0.5, 2 * self.interval)
+        while True:
+            await self._join_wanted.wait()
+            self._join_wanted.clear()
+            core = self._core
+            assert core is not None
+            targets = list(dict.fromkeys([*core.endpoints(), *self.seeds]))
+            if not targets:
+                continue
+            joined = False
+            for ep in targets:
+                reply = await self._ask_join(ep, attempt_timeout)
+                if reply is None:
+                    continue
+                try:
+                    outs = core.on_join_reply(reply, time.monotonic())
+                except InvalidMember as e:
+                    self.log.warning("bad join reply", seed=ep, error=str(e))
+                    continue
+                self._apply(outs)
+                self._publish_heartbeat(send_now=True)
+                self.log.info("joined", via=ep, members=core.member_names())
+                joined = True
+                break
+            if not joined:
+                # nobody answered: retry later (the tick loop asks again while we are alone)
+                await asyncio.sleep(min(5.0, max(1.0, 4 * self.interval)))
+                if core.rejoining:
+                    self._join_wanted.set()
+
+    async def _ask_join(self, endpoint: str, timeout: float) -> dict[str, Any] | None:
+        assert self._transport is not None and self._core is not None
+        body = self._core.local.to_wire()
+        body["from"] = self.node.name
+        dealer = Dealer(self._transport, endpoint)
+        try:
+            msg = await dealer.request("join", body, timeout)
+        except (RequestTimeout, PeerUnreachable) as e:
+            self.log.info("join attempt failed", seed=endpoint, error=str(e))
+            return None
+        finally:
+            dealer.close()
+        if msg.type == "error":
+            self.log.warning("join refused", seed=endpoint, error=msg.body.get("error"))
+            return None
+        if msg.type != "join_reply":
+            self.log.warning("unexpected answer to join", seed=endpoint, type=msg.type)
+            return None
+        return msg.body
+
+    def _on_join(self, identity: bytes, msg: wire.Message) -> tuple[str, dict[str, Any]]:
+        core = self._core
+        if core is None:
+            raise ValidationError("discovery is not running")
+        outs, reply = core.on_join_request(msg.body, time.monotonic())  # InvalidMember -> error reply
+        self._apply(outs)
+        self._publish_heartbeat(send_now=True)  # spread the newcomer to everyone at once
+        return "join_reply", reply
+
+    def _on_activity(self, sender: str) -> None:
+        if self._core is not None:
+            self._core.touch(sender, time.monotonic())
+
+    async def _lag_monitor(self) -> None:
+        """Measure how late the loop wakes up; a blocked loop is logged (heartbeats go on regardless)."""
+        period = 0.25
+        worst = 0.0
+        window_start = time.monotonic()
+        while True:
+            t0 = time.monotonic()
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            lag = max(0.0, now - t0 - period)
+            worst = max(worst, lag)
+            self.loop_lag = max(self.loop_lag, lag)
+            if lag > self.lag_warning:
+                self.log.warning("event loop lag", lag_ms=round(lag * 1000, 1))
+            if now - window_start >= 10.0:  # loop_lag: the worst lag of the last window
+                self.loop_lag, worst, window_start = worst, 0.0, now
