@@ -13,6 +13,7 @@ import asyncio
 import copy
 import json
 import time
+from functools import lru_cache
 from typing import Any, Callable
 
 import structlog
@@ -58,6 +59,15 @@ class Stats:
             "average_waiting_time": round(self.waiting_total / self.waiting_n, 3) if self.waiting_n else 0.0,
             "average_processing_time": round(self.processing_total / self.processing_n, 3) if self.processing_n else 0.0,
         }
+
+
+@lru_cache(maxsize=16384)
+def _valid_topic(topic: str) -> None:
+    """validate_topic, remembered: most nodes see a handful of distinct topics."""
+    try:
+        validate_topic(topic)
+    except TopicError as e:
+        raise ValidationError(str(e)) from None
 
 
 def _check_properties(props: Any) -> str:
@@ -130,17 +140,16 @@ class JobManager(Actor):
         now = self.clock()
         jobs: list[Job] = []
         texts: list[str] = []
-        nid, match, node = self.ids.next, self.matcher.match, self.node_name
+        nid, match, node, valid = self.ids.next, self.matcher.match, self.node_name, _valid_topic
         for i, item in enumerate(items):
             try:
                 topic, props = item
             except (TypeError, ValueError):
                 raise ValidationError(f"item {i}: expected (topic, properties)") from None
-            try:
-                validate_topic(topic)
-            except TopicError as e:
-                raise ValidationError(str(e)) from None
-            texts.append(_check_properties(props))
+            if not isinstance(topic, str):
+                raise ValidationError(f"item {i}: topic must be a string")
+            valid(topic)
+            texts.append("{}" if props is None or props == {} else _check_properties(props))
             q = match(topic)
             jobs.append(Job(id=nid(), topic=topic, properties=props if props is not None else {},
                             queue=q.name, origin=node, created=now, max_retries=q.retries))
@@ -298,22 +307,23 @@ class JobManager(Actor):
     def receive(self, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
         if kind == "started":
-            _, job, waiting_ms = msg
-            self._live[job.id] = job
             now = self.clock()
-            for s in self._scopes(job.queue, job.topic):
-                s.queued -= 1
-                s.active += 1
-                s.last_activated = now
-                s.waiting_total += waiting_ms
-                s.waiting_n += 1
-            if self.events.wants("job/started"):
-                n = Notification("job/started", job.id, job.topic, job.queue, self.node_name,
-                                 JobState.ACTIVE.value, now, round(waiting_ms, 3), None, job.retry_count, None)
-                self.events.publish(n)
-        elif kind == "transition":
-            _, job, old, new, processing_ms, how = msg
-            self._transition(job, old, new, processing_ms, how)
+            live, wants = self._live, self.events.wants("job/started")
+            for job, waiting_ms in msg[1]:
+                live[job.id] = job
+                for s in self._scopes(job.queue, job.topic):
+                    s.queued -= 1
+                    s.active += 1
+                    s.last_activated = now
+                    s.waiting_total += waiting_ms
+                    s.waiting_n += 1
+                if wants:
+                    n = Notification("job/started", job.id, job.topic, job.queue, self.node_name,
+                                     JobState.ACTIVE.value, now, round(waiting_ms, 3), None, job.retry_count, None)
+                    self.events.publish(n)
+        elif kind == "transitions":
+            for job, old, new, processing_ms, how in msg[1]:
+                self._transition(job, old, new, processing_ms, how)
         else:
             raise ValueError(f"job manager: unknown message {kind!r}")
 

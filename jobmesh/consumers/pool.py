@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 import traceback
+from functools import partial
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
@@ -23,7 +24,7 @@ from typing import Any, Callable
 from ..actor import Actor
 from ..job import Job, JobResult, JobState, ResultKind, check_transition
 from ..queues.core import Outcome
-from .context import ExecutionContext, append_log
+from .context import ExecutionContext
 from .registry import ConsumerIndex, ConsumerSpec
 
 _OK = Outcome("OK")
@@ -32,7 +33,7 @@ _OK = Outcome("OK")
 class _Run:
     """One job in a slot: its stop flag and how to cancel it."""
 
-    __slots__ = ("job", "queue", "stop_state", "task", "executing", "is_async", "abort", "timer")
+    __slots__ = ("job", "queue", "stop_state", "task", "executing", "is_async", "abort", "timer", "waiting_ms")
 
     def __init__(self, job: Job, queue: str) -> None:
         self.job = job
@@ -43,6 +44,7 @@ class _Run:
         self.is_async = True
         self.abort = False  # node shutdown cancelled it: back to QUEUED, not a retry
         self.timer: asyncio.TimerHandle | None = None
+        self.waiting_ms = 0.0
 
     def stopped(self) -> bool:
         return self.stop_state is not None or self.abort
@@ -69,14 +71,21 @@ class ConsumerPool(Actor):
         self._buffers: list[tuple[int, str, deque[Job]]] = []  # (priority, queue, jobs), priority desc
         self._buffer_of: dict[str, deque[Job]] = {}
         self._buffered = 0
+        self._active: dict[str, int] = {}  # reserved/running jobs per queue (max_parallel)
+        self._limit: dict[str, int] = {}
         self._runs: dict[str, _Run] = {}
-        self._work = asyncio.Event()
+        self._ready: deque[_Run] = deque()  # ACTIVE committed, waiting for a worker
+        self._idle_workers: list[asyncio.Future[None]] = []
         self._idle = asyncio.Event()
         self._draining = False
         self._threads: ThreadPoolExecutor | None = None
         self._workers: list[asyncio.Task[Any]] = []
         self._done_per_second: deque[list[float]] = deque()  # [second, count] for the last ~10 s
         self.finished_total = 0
+        self._started_fut: asyncio.Future[Any] | None = None
+        self._started: list[_Run] = []
+        self._finished: dict[str, list[tuple[Job, Outcome]]] = {}
+        self._flush_scheduled = False
 
     def bind(self, manager: Actor, queues: dict[str, Actor]) -> None:
         self.manager = manager
@@ -91,6 +100,7 @@ class ConsumerPool(Actor):
     async def on_start(self) -> None:
         self._draining = False
         self._threads = ThreadPoolExecutor(max_workers=self.capacity, thread_name_prefix="jobmesh-consumer")
+        self._idle_workers = []
         self._workers = [self.spawn(self._worker(), name=f"slot-{i}") for i in range(self.capacity)]
 
     async def on_stop(self) -> None:
@@ -102,7 +112,8 @@ class ConsumerPool(Actor):
     def receive(self, msg: tuple[Any, ...]) -> Any:
         kind = msg[0]
         if kind == "dispatch":
-            _, queue, priority, jobs = msg
+            _, queue, priority, parallelism, jobs = msg
+            self._limit[queue] = parallelism
             if self._draining:  # not started: they stay QUEUED in the store
                 self.queues[queue].tell(("returned", jobs))
                 return None
@@ -114,7 +125,7 @@ class ConsumerPool(Actor):
                 self._buffers.sort(key=lambda b: -b[0])
             buf.extend(jobs)
             self._buffered += len(jobs)
-            self._work.set()
+            self._reserve()
             return None
         if kind == "cancel":
             return self._cancel(msg[1], msg[2])
@@ -128,14 +139,14 @@ class ConsumerPool(Actor):
                 if job.id == job_id:
                     buf.remove(job)
                     self._buffered -= 1
-                    self.queues[queue].tell(("finished", job, Outcome("STOPPED", stop_state=state)))
+                    self.queues[queue].tell(("finished", [(job, Outcome("STOPPED", stop_state=state))]))
                     return "buffered"
         run = self._runs.get(job_id)
         if run is None:
             return None
         if run.stop_state is None:
             run.stop_state = state
-            if run.is_async:
+            if run.executing and run.is_async:
                 loop = asyncio.get_running_loop()
                 run.timer = loop.call_later(self.stop_grace, self._cancel_run, run)
         return "running"
@@ -153,7 +164,6 @@ class ConsumerPool(Actor):
                 self.queues[queue].tell(("returned", list(buf)))
                 self._buffered -= len(buf)
                 buf.clear()
-        self._work.set()
         deadline = time.monotonic() + grace
         while self._runs and time.monotonic() < deadline:
             self._idle.clear()
@@ -173,57 +183,105 @@ class ConsumerPool(Actor):
         return len(left)
 
     # -- the slots ---------------------------------------------------------
-    def _take(self) -> tuple[Job, str] | None:
-        if not self._buffered:
-            return None
-        for _, queue, buf in self._buffers:
-            if buf:
-                self._buffered -= 1
-                return buf.popleft(), queue
-        return None
+    def _reserve(self) -> None:
+        """Fill free slots: mark the next jobs ACTIVE (one shared commit); they start once it is durable.
 
-    async def _worker(self) -> None:
-        store, clock, running = self.store, self.clock, self._runs
-        me = asyncio.current_task()
-        while True:
-            item = self._take() if not self._draining else None
-            if item is None:
-                if self._draining:
-                    return
-                self._work.clear()
-                await self._work.wait()
-                continue
-            job, queue = item
-            run = _Run(job, queue)
-            run.task = me
-            running[job.id] = run
-            try:
+        Higher-priority queues' jobs are reserved first. A slot stays reserved from
+        here until the run's outcome is reported, so ``capacity`` bounds the
+        ACTIVE jobs of this node.
+        """
+        runs, cap = self._runs, self.capacity
+        if self._draining or not self._buffered or len(runs) >= cap:
+            return
+        store, now, node = self.store, self.clock(), self.node_name
+        active, limits = self._active, self._limit
+        for _, queue, buf in self._buffers:
+            n, limit = active.get(queue, 0), limits.get(queue, cap)
+            while buf and len(runs) < cap and n < limit:
+                n += 1
+                active[queue] = n
+                job = buf.popleft()
+                self._buffered -= 1
                 check_transition(job.state, JobState.ACTIVE)
-                now = clock()
-                waiting_ms = (now - max(job.created, job.not_before)) * 1000.0
+                run = _Run(job, queue)
+                run.waiting_ms = (now - max(job.created, job.not_before)) * 1000.0
+                runs[job.id] = run
                 job.state = JobState.ACTIVE
                 job.attempt += 1
                 job.started = now
                 job.finished = None
-                job.target = self.node_name
-                try:
-                    await store.update(job)  # durable ACTIVE before the consumer starts
-                except Exception as exc:
-                    outcome = Outcome("ABORTED", f"could not record the start: {exc!r}")
-                else:
-                    self.manager.tell(("started", job, waiting_ms))  # type: ignore[union-attr]
-                    if run.stop_state is not None:
-                        outcome = Outcome("STOPPED", stop_state=run.stop_state)
-                    else:
-                        outcome = await self._execute(run)
-            finally:
-                del running[job.id]
-                if run.timer is not None:
-                    run.timer.cancel()
-                if not running:
-                    self._idle.set()
-            self._count_done()
-            self.queues[queue].tell(("finished", job, outcome))
+                job.target = node
+                fut = store.update(job)
+                if fut is not self._started_fut:  # one callback per transaction
+                    self._started_fut = fut
+                    self._started = []
+                    fut.add_done_callback(partial(self._committed_started, self._started))
+                self._started.append(run)
+            if len(runs) >= cap:
+                break
+
+    def _committed_started(self, started: list[_Run], fut: asyncio.Future[Any]) -> None:
+        """ACTIVE rows are durable: announce the starts and hand the jobs to idle workers."""
+        if fut.cancelled() or fut.exception() is not None:
+            err = "cancelled" if fut.cancelled() else repr(fut.exception())
+            for run in started:
+                self._end(run, Outcome("ABORTED", f"could not record the start: {err}"))
+            return
+        self.manager.tell(("started", [(r.job, r.waiting_ms) for r in started]))  # type: ignore[union-attr]
+        self._ready.extend(started)
+        idle = self._idle_workers
+        for _ in range(min(len(started), len(idle))):
+            w = idle.pop()
+            if not w.done():
+                w.set_result(None)
+
+    async def _worker(self) -> None:
+        me = asyncio.current_task()
+        ready, loop = self._ready, asyncio.get_running_loop()
+        while True:
+            if not ready:
+                waiter = loop.create_future()
+                self._idle_workers.append(waiter)
+                await waiter
+                continue
+            run = ready.popleft()
+            run.task = me
+            if run.abort:
+                outcome = Outcome("ABORTED", "interrupted by node shutdown")
+            elif run.stop_state is not None:
+                outcome = Outcome("STOPPED", stop_state=run.stop_state)
+            else:
+                outcome = await self._execute(run)
+            self._end(run, outcome)
+
+    def _end(self, run: _Run, outcome: Outcome) -> None:
+        job = run.job
+        if self._runs.get(job.id) is run:
+            del self._runs[job.id]
+            self._active[run.queue] -= 1
+        if run.timer is not None:
+            run.timer.cancel()
+        if not self._runs:
+            self._idle.set()
+        self._count_done()
+        self._report(run.queue, job, outcome)
+        self._reserve()
+
+    def _report(self, queue: str, job: Job, outcome: Outcome) -> None:
+        """Outcomes go to their queue in one message per loop iteration, not one per job."""
+        lst = self._finished.get(queue)
+        if lst is None:
+            self._finished[queue] = lst = []
+        lst.append((job, outcome))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_finished)
+
+    def _flush_finished(self) -> None:
+        self._flush_scheduled = False
+        finished, self._finished = self._finished, {}
+        for queue, lst in finished.items():
+            self.queues[queue].tell(("finished", lst))
 
     async def _execute(self, run: _Run) -> Outcome:
         job = run.job

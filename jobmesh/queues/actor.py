@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from functools import partial
 from typing import Any, Callable
 
 from ..actor import Actor
@@ -20,7 +21,7 @@ from ..job import FINAL_STATES, Job, JobState, check_transition
 from ..consumers.context import append_log
 from .core import Outcome, decide, make_window
 
-WINDOW = 2048  # jobs held in memory per queue
+WINDOW = 8192  # jobs held in memory per queue
 REFILL_BELOW = WINDOW // 4
 
 
@@ -40,6 +41,10 @@ class QueueActor(Actor):
         self.runnable = runnable
         self.clock = clock
         self.parallelism = config.parallelism(cores)
+        # Jobs handed to the pool ahead of a free slot, so a finishing job's slot is refilled
+        # without a round trip through this actor; the pool enforces ``parallelism``.
+        # Ordered queues never run ahead: a failed head must be retried before the next starts.
+        self.dispatch_limit = self.parallelism if config.type == "ordered" else self.parallelism * 2
         self.window_size = window
         self.refill_below = max(1, window // 4)
         self.suspended = False
@@ -53,6 +58,8 @@ class QueueActor(Actor):
         self.draining = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._notify_fut: asyncio.Future[Any] | None = None
+        self._notify_msgs: list[tuple[Any, ...]] = []
 
     async def on_start(self) -> None:
         """(Re)load from the store: whatever is QUEUED is this queue's durable state."""
@@ -71,7 +78,8 @@ class QueueActor(Actor):
     def receive(self, msg: tuple[Any, ...]) -> Any:
         kind = msg[0]
         if kind == "finished":
-            self._finished(msg[1], msg[2])
+            for job, outcome in msg[1]:
+                self._finished(job, outcome)
         elif kind == "enqueue":
             self._enqueue(msg[1])
         elif kind == "tick":
@@ -144,7 +152,7 @@ class QueueActor(Actor):
             return
         if self.store_has_more and len(self.window) < self.refill_below:
             self._refill()
-        free = self.parallelism - len(self.in_flight)
+        free = self.dispatch_limit - len(self.in_flight)
         if free <= 0:
             return
         now = self.clock()
@@ -162,7 +170,7 @@ class QueueActor(Actor):
             batch.append(job)
             free -= 1
         if batch:
-            self.pool.tell(("dispatch", self.config.name, self.config.priority, batch))
+            self.pool.tell(("dispatch", self.config.name, self.config.priority, self.parallelism, batch))
         wake = window.next_wakeup()
         if wake is not None and wake > now and (self._timer_at is None or wake < self._timer_at):
             if self._timer is not None:
@@ -193,11 +201,21 @@ class QueueActor(Actor):
         for line in outcome.log:
             append_log(job, line)
         fut = self.store.update(job)
-        manager = self.manager
-        msg = ("transition", job, old, new, processing_ms, outcome.kind)
-        fut.add_done_callback(lambda f: manager.tell(msg) if not f.cancelled() and f.exception() is None else None)
+        if fut is not self._notify_fut:  # one callback per transaction, not per job
+            self._notify_fut = fut
+            self._notify_msgs = []
+            fut.add_done_callback(partial(self._committed, self._notify_msgs))
+        self._notify_msgs.append((job, old, new, processing_ms, outcome.kind))
         if new is JobState.QUEUED and not self.draining:
             self.window.add(job, now)
+
+    def _committed(self, transitions: list[tuple[Any, ...]], fut: asyncio.Future[Any]) -> None:
+        """The transaction holding these transitions committed: now the manager may announce them."""
+        if fut.cancelled() or fut.exception() is not None:
+            self.log.error("could not record job outcomes; they run again after a restart",
+                           jobs=len(transitions), error=repr(None if fut.cancelled() else fut.exception()))
+            return
+        self.manager.tell(("transitions", transitions))
 
     async def _cancel(self, job_id: str, state: JobState) -> Any:
         """Stop (STOPPED) or remove (DROPPED) a job of this queue that is not final yet.
@@ -227,7 +245,7 @@ class QueueActor(Actor):
         job.state = state
         job.finished = self.clock()
         await self.store.update(job)
-        self.manager.tell(("transition", job, old, state, None, "STOPPED"))
+        self.manager.tell(("transitions", [(job, old, state, None, "STOPPED")]))
         return job
 
     def info(self) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import heapq
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 from ..config import MAIN_QUEUE, QueueConfig
 from ..job import Job, JobState, ResultKind
@@ -42,6 +42,8 @@ class QueueMatcher:
 
 # --------------------------------------------------------------------------- decisions
 
+_SUCCEEDED = JobState.SUCCEEDED  # enum member lookups are slow on the hot path
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -69,8 +71,7 @@ def retry_delay_for(job: Job, queue: QueueConfig, consumer_delay: float | None) 
     return min(delay, queue.max_retry_delay)
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     state: JobState
     retry_count: int
     not_before: float
@@ -81,9 +82,9 @@ class Decision:
 def decide(job: Job, outcome: Outcome, queue: QueueConfig, now: float) -> Decision:
     """The state an ACTIVE job goes to after a run (DESIGN §1)."""
     kind = outcome.kind
-    if kind == ResultKind.OK.value:
-        return Decision(JobState.SUCCEEDED, job.retry_count, job.not_before, now, outcome.message)
-    if kind == ResultKind.CANCEL.value:
+    if kind == "OK":
+        return Decision(_SUCCEEDED, job.retry_count, job.not_before, now, outcome.message)
+    if kind == "CANCEL":
         return Decision(JobState.ERROR, job.retry_count, job.not_before, now, outcome.message)
     if kind == "STOPPED":
         return Decision(outcome.stop_state, job.retry_count, job.not_before, now, outcome.message)
