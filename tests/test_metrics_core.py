@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from jobmesh.actor import Actor
 from jobmesh.http.metrics import (
     Histogram,
     JobMetricsRecorder,
@@ -113,17 +114,24 @@ class FakeActor:
         self.mailbox_size = size
 
 
-def test_mailbox_depths_reads_the_actor_system() -> None:
-    class System:
-        actors = [FakeActor("store", 2), FakeActor("http", 0)]
-
-    class NodeWithSystem:
-        system = System()
-
+def test_mailbox_depths_reads_the_nodes_actors() -> None:
     class NodeWithActors:
         def actors(self) -> list[FakeActor]:
             return [FakeActor("q", 5)]
 
-    assert mailbox_depths(NodeWithSystem()) == {"store": 2, "http": 0}
+    class NodeWithAttributes:
+        def __init__(self) -> None:
+            self.store = Actor("store")
+            self.store.tell("x")
+            self.store.tell("y")
+            self.http = Actor("http")
+            self.name = "n1"  # not an actor: ignored
+            self._hidden = Actor("private")  # private attributes are not read
+            self._queues = {"main": Actor("queue:main")}
+
+        def queue_actor(self, name: str) -> Actor | None:
+            return self._queues.get(name)
+
     assert mailbox_depths(NodeWithActors()) == {"q": 5}
+    assert mailbox_depths(NodeWithAttributes(), ["main", "gone"]) == {"store": 2, "http": 0, "queue:main": 0}
     assert mailbox_depths(object()) == {}

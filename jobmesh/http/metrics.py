@@ -12,7 +12,7 @@ Two sources feed ``/metrics``:
   should not pay. So these counters and histograms cover the time since the first
   scrape (Prometheus' ``rate()`` and ``increase()`` handle a counter that starts
   late); the Sling statistics below are totals since the node started.
-* A snapshot taken on scrape (``collect_snapshot``): jobs queued/active per queue,
+* A snapshot taken on scrape (``NodeMetrics.snapshot``): jobs queued/active per queue,
   suspended queues, topology size and leadership, advertised capacity and actor
   mailbox depths.
 
@@ -34,6 +34,8 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+
+from ..actor import Actor
 
 # seconds; from a fast no-op job to an hour-long render
 TIME_BUCKETS: tuple[float, ...] = (
@@ -284,7 +286,7 @@ class NodeMetrics:
                 snap.capacity = dict(cap())
             except Exception as e:
                 errors.append(f"capacity: {e!r}")
-        snap.mailboxes = mailbox_depths(node)
+        snap.mailboxes = mailbox_depths(node, [str(q.get("name")) for q in snap.queues])
         snap.scrape_error = "; ".join(errors) or None
         return snap
 
@@ -294,27 +296,31 @@ class NodeMetrics:
         return generate_latest(self.registry)
 
 
-def mailbox_depths(node: Any) -> dict[str, int]:
-    """Mailbox sizes of the node's actors, read through the public ``mailbox_size``."""
-    actors: Iterable[Any] = ()
+def mailbox_depths(node: Any, queue_names: Iterable[str] = ()) -> dict[str, int]:
+    """Mailbox sizes of the node's actors, read through the public ``mailbox_size``.
+
+    Uses ``node.actors()`` when the node offers it; otherwise the actors the node
+    exposes as public attributes (store, jobs, pool, discovery, ...) and its queue
+    actors through ``node.queue_actor(name)``.
+    """
+    actors: list[Any] = []
     provider = getattr(node, "actors", None)
-    if callable(provider):
-        try:
-            actors = provider()
-        except Exception:
-            actors = ()
-    elif provider is not None:
-        actors = provider
-    else:
-        system = getattr(node, "system", None) or getattr(node, "actor_system", None)
-        actors = getattr(system, "actors", ()) if system is not None else ()
-    out: dict[str, int] = {}
     try:
-        for a in list(actors):
-            size = getattr(a, "mailbox_size", None)
-            name = getattr(a, "name", None)
-            if isinstance(size, int) and isinstance(name, str):
-                out[name] = size
+        if callable(provider):
+            actors = list(provider())
+        elif provider is not None:
+            actors = list(provider)
+        else:
+            actors = [v for k, v in vars(node).items() if not k.startswith("_") and isinstance(v, Actor)]
+            lookup = getattr(node, "queue_actor", None)
+            if callable(lookup):
+                actors += [a for a in (lookup(n) for n in queue_names) if isinstance(a, Actor)]
     except Exception:
-        return out
+        return {}
+    out: dict[str, int] = {}
+    for a in actors:
+        size = getattr(a, "mailbox_size", None)
+        name = getattr(a, "name", None)
+        if isinstance(size, int) and isinstance(name, str):
+            out[name] = size
     return out
