@@ -314,3 +314,33 @@ async def test_junk_in_peer_properties_is_ignored(cluster):
     b.properties[PROPERTY] = "not even a dict"
     await tick(a)
     assert a.schedules.alive
+
+
+async def test_a_state_that_cannot_be_used_is_not_pulled_again_and_again(cluster):
+    from aiohttp import web
+
+    mesh, clock, start, _ = cluster
+    a, b = await start("a"), await start("b")
+    hits = []
+
+    async def records(request: web.Request) -> web.Response:
+        hits.append(request.query.get("records"))
+        return web.json_response({"records": [{"spec": "from a newer version we cannot read"}]})
+
+    app = web.Application()
+    app.router.add_get("/api/v1/schedules", records)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        b.properties[PROPERTY] = {"digest": "other", "fired": {}, "records": None,
+                                  "url": f"http://127.0.0.1:{port}"}
+        for _ in range(10):
+            await tick(a)
+            await asyncio.sleep(0.02)
+        assert hits == ["1"]  # one pull; the unusable answer is not fetched again at once
+        assert await a.schedules.list() == [] and a.schedules.alive
+    finally:
+        await runner.cleanup()

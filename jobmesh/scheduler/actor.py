@@ -75,6 +75,7 @@ class SchedulerActor(Actor):
         inline_limit: int = 16 * 1024,
         tombstone_ttl: float = 7 * 86400.0,
         pull_timeout: float = 5.0,
+        pull_interval: float = 10.0,
     ) -> None:
         super().__init__("scheduler")
         self.node = node
@@ -93,6 +94,7 @@ class SchedulerActor(Actor):
         self.inline_limit = inline_limit
         self.tombstone_ttl = tombstone_ttl
         self.pull_timeout = pull_timeout
+        self.pull_interval = pull_interval
         self.log = log.bind(node=node.name)
         self._born = clock()
         self._store: ScheduleStore | None = None
@@ -101,6 +103,7 @@ class SchedulerActor(Actor):
         self._changed = asyncio.Event()
         self._published: Any = None
         self._pulling: set[str] = set()
+        self._pulled: dict[str, tuple[Any, float]] = {}  # peer -> (digest, monotonic time) of the last pull
         self._listening = False
         self._own_system: ActorSystem | None = None
         self.fired_count = 0  # jobs this node made from schedules (for metrics/tests)
@@ -409,7 +412,7 @@ class SchedulerActor(Actor):
                 if isinstance(inline, list):
                     records = self._decode_records(inline, inst.name)
                 else:
-                    self._pull(inst.name, value.get("url"))
+                    self._pull(inst.name, value.get("url"), value.get("digest"))
             if newer_fired or records:
                 await self._merge(records, newer_fired)
                 my_digest = records_digest(self._records)
@@ -436,9 +439,14 @@ class SchedulerActor(Actor):
         self._fired.update(fired)
         self._after_change()
 
-    def _pull(self, peer: str, url: Any) -> None:
+    def _pull(self, peer: str, url: Any, digest: Any) -> None:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")) or peer in self._pulling:
             return
+        now = time.monotonic()
+        last = self._pulled.get(peer)
+        if last is not None and last[0] == digest and now - last[1] < self.pull_interval:
+            return  # pulled this very state lately; a record we cannot use stays unusable
+        self._pulled[peer] = (digest, now)
         self._pulling.add(peer)
         self.spawn(self._pull_from(peer, url), name=f"scheduler:pull:{peer}")
 
