@@ -1,6 +1,6 @@
 // jobmesh console: boot, routing between views, the live counters and event stream.
 import {api, ApiError, EventStream, getToken, setToken, setTokenPrompt, onTokenChange} from './api.js';
-import {h, ms, num, throttle} from './dom.js';
+import {h, ms, num, replace, throttle} from './dom.js';
 import {OverviewView} from './overview.js';
 import {JobsView} from './jobs.js';
 import {QueuesView} from './queues.js';
@@ -23,6 +23,7 @@ const VIEWS = {
 const ctx = {
   api,
   topology: null,
+  stats: null,             // the latest /api/v1/stats
   activity: [],            // newest first, bounded
   toast,
   navigate(hash) { if (location.hash !== hash) location.hash = hash; else route(); },
@@ -89,7 +90,7 @@ function renderNodeChip(topology) {
   const local = topology.local || chip.textContent;
   const isLeader = topology.leader && topology.leader === local;
   const count = (topology.instances || []).length;
-  chip.replaceChildren(
+  replace(chip,
     h('b', {}, local),
     isLeader ? h('span', {class: 'tag tag-leader'}, 'leader') : null,
     h('span', {class: 'muted'}, ` · ${count} node${count === 1 ? '' : 's'}`),
@@ -104,6 +105,7 @@ async function refreshStats() {
   } catch (err) {
     return;  // the counters keep their last values; the topology banner tells about outages
   }
+  ctx.stats = stats;
   const overall = (stats && (stats.overall || stats)) || {};
   for (const el of document.querySelectorAll('#counters .counter')) {
     const key = el.dataset.stat;
@@ -190,8 +192,12 @@ function boot() {
     if (!stream.source) stream.connect();
     refreshStats();
   });
-  setInterval(refreshTopology, TOPOLOGY_POLL_MS);
-  setInterval(refreshStats, STATS_POLL_MS);
+  // Polls pause while the tab is hidden; the event stream keeps the counters honest.
+  setInterval(() => { if (!document.hidden) refreshTopology(); }, TOPOLOGY_POLL_MS);
+  setInterval(() => { if (!document.hidden) refreshStats(); }, STATS_POLL_MS);
+  document.addEventListener('visibilitychange', () => {
+    if (!document.hidden) { refreshTopology(); refreshStats(); }
+  });
   window.jobmeshConsole = ctx;  // handy in the browser's devtools
 }
 

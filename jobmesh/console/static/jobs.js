@@ -10,6 +10,11 @@ const LIST_POLL_MS = 5000;
 // Filters survive switching tabs (not reloads).
 const filters = {state: '', topic: '', limit: 100};
 
+/** Preset the list's filters (e.g. from a topic link elsewhere) before opening #/jobs. */
+export function setJobFilters(values) {
+  Object.assign(filters, values);
+}
+
 export class JobsView {
   constructor(ctx) {
     this.ctx = ctx;

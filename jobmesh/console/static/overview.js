@@ -1,7 +1,8 @@
 // Overview: the topology (Sling Discovery's view: nodes, leader, capacity and load)
 // and the live activity feed of job notifications.
-import {h, replace, num, shortId, empty} from './dom.js';
+import {h, replace, num, ms, shortId, empty} from './dom.js';
 import {pathOf} from './api.js';
+import {setJobFilters} from './jobs.js';
 
 const KNOWN_CAPACITY = new Set(['slots', 'active', 'queued', 'throughput']);
 
@@ -18,12 +19,22 @@ export class OverviewView {
         h('header', {class: 'panel-head'}, h('h2', {}, 'Topology'),
           this.summary = h('span', {class: 'muted'}, '')),
         this.nodes),
-      h('section', {class: 'panel'},
-        h('header', {class: 'panel-head'}, h('h2', {}, 'Activity'),
-          h('span', {class: 'muted'}, 'job notifications as they happen')),
-        this.feed),
+      h('div', {class: 'columns'},
+        h('section', {class: 'panel'},
+          h('header', {class: 'panel-head'}, h('h2', {}, 'Activity'),
+            h('span', {class: 'muted'}, 'job notifications as they happen')),
+          this.feed),
+        h('section', {class: 'panel'},
+          h('header', {class: 'panel-head'}, h('h2', {}, 'Topics'),
+            h('span', {class: 'muted'}, 'on this node')),
+          h('div', {class: 'table-wrap'},
+            h('table', {class: 'table compact', id: 'overview-topics'},
+              h('thead', {}, h('tr', {}, ['topic', 'queued', 'active', 'succeeded', 'failed', 'cancelled', 'avg time']
+                .map((t, i) => h('th', {class: i ? 'num' : ''}, t)))),
+              this.topicsBody = h('tbody', {}, h('tr', {}, h('td', {colspan: 7}, empty('Loading…')))))))),
     );
     if (this.ctx.topology) this.onTopology(this.ctx.topology);
+    if (this.ctx.stats) this.onStats(this.ctx.stats);
     this.renderFeed();
   }
 
@@ -40,6 +51,18 @@ export class OverviewView {
 
   onEvent() {
     this.renderFeed();
+  }
+
+  onStats(stats) {
+    const topics = Object.entries((stats && stats.topics) || {}).sort(([a], [b]) => a.localeCompare(b));
+    if (!topics.length) {
+      replace(this.topicsBody, h('tr', {}, h('td', {colspan: 7}, empty('No job has run here yet.'))));
+      return;
+    }
+    replace(this.topicsBody, topics.map(([topic, s]) => h('tr', {'data-topic': topic},
+      h('td', {class: 'mono'}, h('a', {href: '#/jobs', title: 'show its jobs', onclick: () => setJobFilters({topic, state: ''})}, topic)),
+      ['queued', 'active', 'finished', 'failed', 'cancelled'].map((k) => h('td', {class: `num${k === 'cancelled' && s[k] ? ' bad' : ''}`}, num(s[k]))),
+      h('td', {class: 'num muted'}, ms(s.average_processing_time)))));
   }
 
   renderFeed() {

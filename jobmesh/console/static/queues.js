@@ -69,7 +69,9 @@ export class QueuesView {
       return h('tr', {'data-queue': q.name, class: suspended ? 'suspended' : ''},
         h('td', {}, h('b', {}, q.name), suspended ? h('span', {class: 'tag tag-warn'}, 'suspended') : null),
         h('td', {}, q.type || '–'),
-        h('td', {}, (q.topics || []).map((t) => h('span', {class: 'chip'}, t))),
+        h('td', {}, (q.topics || []).length
+          ? q.topics.map((t) => h('span', {class: 'chip'}, t))
+          : h('span', {class: 'muted'}, q.name === 'main' ? 'every topic no other queue takes' : '–')),
         h('td', {class: 'num'}, num(q.max_parallel)),
         h('td', {class: 'num'}, q.retries === -1 ? '∞' : num(q.retries)),
         h('td', {class: 'num'}, num(s.queued)),

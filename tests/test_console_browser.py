@@ -1,0 +1,507 @@
+"""The web console in a real headless browser against real ``jobmesh node`` processes.
+
+Playwright drives Debian's chromium (``scripts/setup-browser`` installs it; Playwright's
+own browser download cannot work here). Three nodes form a topology (a, b, c with
+different consumers), a fourth runs alone with an API token. Each test loads the page
+the way an operator would and checks the outcome through the HTTP API, not through
+the page alone. Screenshots go to ``test-output/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+ROOT = Path(__file__).resolve().parent.parent
+OUTPUT = ROOT / "test-output"
+TOKEN = "t0ken-for-the-console"
+UI_TIMEOUT_MS = 8000
+
+pytestmark = pytest.mark.slow
+
+CONSUMERS = {
+    "console_work.py": '''
+        """Consumers for the console tests: a slow stoppable job with progress, a fast one."""
+        import asyncio
+        import jobmesh
+
+        @jobmesh.consumer("console/slow")
+        async def slow(job, ctx):
+            steps = int(job.properties.get("steps", 100))
+            ctx.init_progress(steps=steps, eta=steps * float(job.properties.get("step_seconds", 0.1)))
+            for i in range(steps):
+                if ctx.is_stopped():
+                    return ctx.result().message(f"stopped at step {i}").cancelled()
+                await asyncio.sleep(float(job.properties.get("step_seconds", 0.1)))
+                ctx.increment_progress()
+                ctx.log("step %d done", i + 1)
+            return ctx.result().message("all steps done").succeeded()
+
+        @jobmesh.consumer("console/fast")
+        async def fast(job):
+            await asyncio.sleep(float(job.properties.get("seconds", 0.02)))
+            return None
+    ''',
+    "console_media.py": '''
+        """Consumers present on some nodes only, so the Offloading Browser has holes."""
+        import asyncio
+        import jobmesh
+
+        @jobmesh.consumer("media/render")
+        async def render(job, ctx):
+            ctx.log("rendering %s", job.properties.get("path", "?"))
+            await asyncio.sleep(0.05)
+            return ctx.result().message("rendered").succeeded()
+
+        @jobmesh.consumer("media/thumbnail/**")
+        async def thumbnail(job):
+            await asyncio.sleep(0.02)
+    ''',
+}
+
+
+# --- processes and HTTP ----------------------------------------------------------
+
+
+def free_port_pair() -> int:
+    """A free port P with P+1 free too (the node's PUB endpoint is the next port)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port >= 65535:
+            continue
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 1))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no pair of free ports found")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def call(method: str, url: str, body: Any = None, token: str | None = None, timeout: float = 5.0) -> tuple[int, Any]:
+    """One HTTP call; returns (status, parsed JSON or None). Never raises for HTTP errors."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            raw = resp.read()
+            return resp.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        try:
+            return e.code, json.loads(raw) if raw else None
+        except ValueError:
+            return e.code, None
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+@dataclass
+class NodeProcess:
+    name: str
+    url: str
+    proc: subprocess.Popen
+    log_path: Path
+    token: str | None = None
+
+    def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        return call(method, self.url + path, body, token=self.token)
+
+    def log_tail(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-3000:]
+        except OSError:
+            return ""
+
+
+@dataclass
+class Mesh:
+    nodes: dict[str, NodeProcess] = field(default_factory=dict)
+    multi_node: bool = False  # discovery joined the nodes into one topology
+
+
+def start_node(workdir: Path, name: str, consumers: list[str], seeds: list[str], bind_port: int | None,
+               config: Path | None = None) -> tuple[subprocess.Popen, str, Path]:
+    http_port = free_port()
+    cmd = [sys.executable, "-m", "jobmesh", "node", "--name", name, "--data", str(workdir / f"data-{name}"),
+           "--http", f"127.0.0.1:{http_port}", "--log-format", "json", "--capacity", "4"]
+    if config is not None:
+        cmd += ["--config", str(config)]
+    if bind_port is not None:
+        cmd += ["--bind", f"tcp://127.0.0.1:{bind_port}"]
+    for seed in seeds:
+        cmd += ["--seed", seed]
+    for module in consumers:
+        cmd += ["--consumers", module]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(workdir), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    log_path = workdir / f"{name}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    return proc, f"http://127.0.0.1:{http_port}", log_path
+
+
+def stop_processes(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM all at once (graceful drains run in parallel), SIGKILL whatever outlives 5 s."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    """Nodes a, b, c in one topology (a is the seed) and t alone, with an API token."""
+    workdir = tmp_path_factory.mktemp("console-mesh")
+    for filename, source in CONSUMERS.items():
+        (workdir / filename).write_text(textwrap.dedent(source))
+    (workdir / "token.toml").write_text(f'[security]\nhttp_token = "{TOKEN}"\n')
+    mesh = Mesh()
+    procs: list[subprocess.Popen] = []
+    try:
+        seed_port = free_port_pair()
+        seed = f"tcp://127.0.0.1:{seed_port}"
+        layout = [
+            ("a", ["console_work"], [], seed_port, None, None),
+            ("b", ["console_work", "console_media"], [seed], free_port_pair(), None, None),
+            ("c", ["console_media"], [seed], free_port_pair(), None, None),
+            ("t", ["console_work"], [], None, workdir / "token.toml", TOKEN),
+        ]
+        for name, consumers, seeds, bind_port, config, token in layout:
+            proc, url, log_path = start_node(workdir, name, consumers, seeds, bind_port, config)
+            procs.append(proc)
+            mesh.nodes[name] = NodeProcess(name, url, proc, log_path, token)
+        for node in mesh.nodes.values():
+            def healthy(node: NodeProcess = node) -> bool:
+                if node.proc.poll() is not None:
+                    raise AssertionError(f"node {node.name} exited:\n{node.log_tail()}")
+                try:
+                    status, body = node.api("GET", "/api/v1/health")
+                except OSError:
+                    return False
+                return status == 200 and body.get("status") == "ready"
+            wait_for(healthy, 20, f"node {node.name} to be ready")
+        try:
+            import jobmesh.discovery.actor  # noqa: F401
+            has_discovery = True
+        except ImportError:
+            has_discovery = False
+        if has_discovery:
+            wait_for(lambda: len(mesh.nodes["a"].api("GET", "/api/v1/topology")[1]["instances"]) == 3
+                     and len(mesh.nodes["c"].api("GET", "/api/v1/topology")[1]["instances"]) == 3,
+                     15, "a, b and c to see each other")
+            mesh.multi_node = True
+        yield mesh
+    finally:
+        stop_processes(procs)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip(f"{CHROMIUM} is not installed (scripts/setup-browser installs Debian's chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("the playwright package is not installed (scripts/setup-browser installs it)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    """A fresh tab (own sessionStorage) that fails the test on any script error."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    tab = context.new_page()
+    tab.set_default_timeout(UI_TIMEOUT_MS)
+    errors: list[str] = []
+    tab.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        yield tab
+        assert errors == [], f"script errors in the console: {errors}"
+    finally:
+        context.close()
+
+
+def open_console(page: Any, node: NodeProcess, hash_: str = "") -> None:
+    page.goto(f"{node.url}/{hash_}")
+    page.wait_for_selector('#live[data-status="live"]')
+
+
+def screenshot(page: Any, name: str) -> None:
+    OUTPUT.mkdir(exist_ok=True)
+    page.screenshot(path=str(OUTPUT / name), full_page=True)
+
+
+# --- tests -----------------------------------------------------------------------------
+
+
+def test_topology_shows_every_node_with_leader_and_load(page: Any, mesh: Mesh) -> None:
+    a = mesh.nodes["a"]
+    open_console(page, a)
+    status, topology = a.api("GET", "/api/v1/topology")
+    assert status == 200
+    names = [i["name"] for i in topology["instances"]]
+    if mesh.multi_node:
+        assert sorted(names) == ["a", "b", "c"]
+    for name in names:
+        card = page.locator(f'#topology .node-card[data-node="{name}"]')
+        card.wait_for()
+        assert "slots busy" in card.inner_text()
+    leader_cards = page.locator("#topology .node-card:has(.tag-leader)")
+    assert leader_cards.count() == 1
+    assert leader_cards.get_attribute("data-node") == topology["leader"]
+    assert page.locator("#topology .node-card.local").get_attribute("data-node") == "a"
+    # consumer topics per node, with the ones open to offloading marked
+    b_card = page.locator('#topology .node-card[data-node="b"]')
+    if mesh.multi_node:
+        assert "media/render" in b_card.inner_text()
+    assert page.locator("#node-chip").inner_text().startswith("a")
+
+
+def test_live_counts_move_when_jobs_are_added(page: Any, mesh: Mesh) -> None:
+    a = mesh.nodes["a"]
+    open_console(page, a)
+    finished = page.locator('#counters [data-stat="finished"] b')
+    page.wait_for_function("document.querySelector('#counters [data-stat=\"finished\"] b').textContent !== '–'")
+    before = int(finished.inner_text().replace(",", ""))
+    page.evaluate("window.__sameDocument = true")  # proves the update came without a reload
+
+    status, jobs = a.api("POST", "/api/v1/jobs", [{"topic": "console/fast", "properties": {"n": i}} for i in range(6)])
+    assert status == 201 and len(jobs) == 6
+
+    page.wait_for_function(
+        "n => Number(document.querySelector('#counters [data-stat=\"finished\"] b').textContent.replace(/,/g, '')) >= n",
+        arg=before + 6)
+    assert page.evaluate("window.__sameDocument") is True
+    # the activity feed shows the notifications that moved the counters
+    page.locator("#activity .ev-finished").first.wait_for()
+    assert page.locator("#activity .ev-added").count() >= 1
+    status, stats = a.api("GET", "/api/v1/stats")
+    assert stats["overall"]["finished"] >= before + 6
+
+
+def test_stop_a_running_job_from_its_page(page: Any, mesh: Mesh) -> None:
+    a = mesh.nodes["a"]
+    status, job = a.api("POST", "/api/v1/jobs", {"topic": "console/slow", "properties": {"steps": 200, "step_seconds": 0.05}})
+    assert status == 201
+    wait_for(lambda: a.api("GET", f"/api/v1/jobs/{job['id']}")[1]["state"] == "ACTIVE", 10, "the job to start")
+
+    open_console(page, a, f"#/jobs/{job['id']}")
+    panel = page.locator("#job-panel")
+    panel.locator(".state-active").wait_for()
+    # progress from the consumer shows up while it runs (polled: progress is no notification)
+    page.wait_for_function("document.querySelector('#job-log') && document.querySelector('#job-log').textContent.includes('step')")
+    assert "console/slow" in panel.locator("h2").inner_text()
+    assert '"steps": 200' in panel.locator("#job-properties").inner_text()
+    assert page.locator("#job-retry").is_disabled()
+
+    page.click("#job-stop")
+    wait_for(lambda: a.api("GET", f"/api/v1/jobs/{job['id']}")[1]["state"] == "STOPPED", 10, "the job to be STOPPED")
+    panel.locator(".state-stopped").wait_for()
+    assert page.locator("#job-stop").is_disabled()
+    # the list beside the panel shows it too, selected
+    page.locator(f'#jobs-table tr.selected[data-job="{job["id"]}"] .state-stopped').wait_for()
+    screenshot(page, "console-job.png")
+
+    # a stopped job can be retried from the same page: back to QUEUED/ACTIVE, same id
+    page.click("#job-retry")
+    wait_for(lambda: a.api("GET", f"/api/v1/jobs/{job['id']}")[1]["state"] in ("QUEUED", "ACTIVE"), 10, "the retry")
+    # and removed: a running job is dropped
+    page.click("#job-remove")
+    page.click("#job-remove-confirm")
+    wait_for(lambda: a.api("GET", f"/api/v1/jobs/{job['id']}")[1]["state"] == "DROPPED", 10, "the job to be DROPPED")
+
+
+def test_job_list_filters_by_state_and_topic(page: Any, mesh: Mesh) -> None:
+    a = mesh.nodes["a"]
+    status, jobs = a.api("POST", "/api/v1/jobs", [{"topic": "console/fast"}, {"topic": "console/fast"}])
+    assert status == 201
+    for j in jobs:
+        wait_for(lambda j=j: a.api("GET", f"/api/v1/jobs/{j['id']}")[1]["state"] == "SUCCEEDED", 10, "fast jobs")
+    open_console(page, a, "#/jobs")
+    page.select_option("#filter-state", "SUCCEEDED")
+    page.fill("#filter-topic", "console/fast")
+    page.locator(f'#jobs-table tr[data-job="{jobs[0]["id"]}"]').wait_for()
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#jobs-table tbody tr[data-job]')].every("
+        "tr => tr.querySelector('.state-succeeded') && tr.textContent.includes('console/fast'))")
+    page.fill("#filter-topic", "no/such/topic")
+    page.locator("#jobs-table .empty").wait_for()
+    assert page.locator("#jobs-table tbody tr[data-job]").count() == 0
+
+
+def test_offloading_browser_toggles_a_topic(page: Any, mesh: Mesh) -> None:
+    a = mesh.nodes["a"]
+    target = "b" if mesh.multi_node else "a"
+    open_console(page, a, "#/offloading")
+    switch = page.locator(f'#offloading-grid button.switch[data-node="{target}"][data-topic="console/fast"]')
+    switch.wait_for()
+    if mesh.multi_node:  # c has no consumer for console/fast: no toggle, a dash
+        assert page.locator('#offloading-grid tr[data-topic="console/fast"] button.switch[data-node="c"]').count() == 0
+    was_on = switch.get_attribute("aria-checked") == "true"
+    status, _ = a.api("PUT", f"/api/v1/offloading/{target}/console/fast", {"enabled": was_on})  # probe: same value
+    switch.click()
+    if status == 501:  # offloading settings not built yet: the console must say so
+        page.locator("#offloading-error").wait_for()
+        assert "not available" in page.locator("#offloading-error").inner_text()
+        assert switch.get_attribute("aria-checked") == str(was_on).lower()
+        screenshot(page, "console-offloading.png")
+        pytest.xfail("PUT /api/v1/offloading answers 501: offloading settings are not available yet")
+
+    def api_state() -> bool | None:
+        _, body = a.api("GET", "/api/v1/offloading")
+        for node in body["nodes"]:
+            if node["name"] == target:
+                for t in node["topics"]:
+                    if t["topic"] == "console/fast":
+                        return t["enabled"]
+        return None
+
+    wait_for(lambda: api_state() is (not was_on), 10, f"console/fast on {target} to be {'off' if was_on else 'on'}")
+    page.wait_for_function(
+        "([n, on]) => document.querySelector(`#offloading-grid button.switch[data-node='${n}'][data-topic='console/fast']`)"
+        "?.getAttribute('aria-checked') === on", arg=[target, str(not was_on).lower()])
+    screenshot(page, "console-offloading.png")
+    # and back, so the other tests see the default
+    switch.click()
+    wait_for(lambda: api_state() is was_on, 10, f"console/fast on {target} to be restored")
+
+
+def test_queue_suspend_and_resume(page: Any, mesh: Mesh) -> None:
+    a = mesh.nodes["a"]
+    open_console(page, a, "#/queues")
+    row = page.locator('#queues-table tr[data-queue="main"]')
+    row.locator('button[data-action="suspend"]').click()
+    wait_for(lambda: next(q for q in a.api("GET", "/api/v1/queues")[1]["queues"] if q["name"] == "main")["suspended"],
+             5, "main to be suspended")
+    row.locator(".tag-warn").wait_for()
+    row.locator('button[data-action="resume"]').click()
+    wait_for(lambda: not next(q for q in a.api("GET", "/api/v1/queues")[1]["queues"] if q["name"] == "main")["suspended"],
+             5, "main to be resumed")
+    row.locator('button[data-action="suspend"]').wait_for()
+    page.locator('#topics-table tr[data-topic="console/fast"]').wait_for()
+    screenshot(page, "console-queues.png")
+
+
+def test_schedules_add_and_remove(page: Any, mesh: Mesh) -> None:
+    a = mesh.nodes["a"]
+    status, _ = a.api("GET", "/api/v1/schedules")
+    open_console(page, a, "#/schedules")
+    if status == 404:
+        page.locator("#schedules-unavailable").wait_for()
+        assert page.locator("#schedule-form").is_hidden()
+        return
+    form = page.locator("#schedule-form")
+    form.locator('input[name="topic"]').fill("console/fast")
+    form.locator('input[name="properties"]').fill('{"from": "console"}')
+    form.locator('select[name="kind"]').select_option("daily")
+    form.locator('input[name="time"]').fill("06:30")
+    form.locator('button[type="submit"]').click()
+
+    def created() -> dict | None:
+        _, body = a.api("GET", "/api/v1/schedules")
+        return next((s for s in body["schedules"] if s["topic"] == "console/fast" and s.get("daily")), None)
+
+    schedule = wait_for(created, 5, "the schedule to exist")
+    assert schedule["daily"] == {"hour": 6, "minute": 30}
+    assert schedule["properties"] == {"from": "console"}
+    row = page.locator(f'#schedules-table tr[data-schedule="{schedule["id"]}"]')
+    row.wait_for()
+    assert "daily at 06:30 UTC" in row.inner_text()
+    screenshot(page, "console-schedules.png")
+    row.locator('button[data-action="remove"]').click()
+    wait_for(lambda: created() is None, 5, "the schedule to be removed")
+    row.wait_for(state="detached")
+
+
+def test_token_is_asked_once_and_sent_everywhere(page: Any, mesh: Mesh) -> None:
+    t = mesh.nodes["t"]
+    page.goto(f"{t.url}/")
+    dialog = page.locator("#token-dialog")
+    dialog.wait_for()
+    page.fill("#token-input", "wrong-token")
+    page.click("#token-submit")
+    page.locator("#token-error").wait_for()  # refused: asked again, saying why
+    page.fill("#token-input", TOKEN)
+    page.click("#token-submit")
+    page.locator('#topology .node-card[data-node="t"]').wait_for()
+    page.wait_for_selector('#live[data-status="live"]')  # the event stream got ?token= too
+    assert page.evaluate("sessionStorage.getItem('jobmesh.token')") == TOKEN
+
+    # live counts through the token-protected stream, and no second prompt after a reload
+    page.reload()
+    page.wait_for_selector('#live[data-status="live"]')
+    assert not dialog.is_visible()
+    page.wait_for_function("document.querySelector('#counters [data-stat=\"finished\"] b').textContent !== '–'")
+    before = int(page.locator('#counters [data-stat="finished"] b').inner_text().replace(",", ""))
+    status, _ = t.api("POST", "/api/v1/jobs", {"topic": "console/fast"})
+    assert status == 201
+    page.wait_for_function(
+        "n => Number(document.querySelector('#counters [data-stat=\"finished\"] b').textContent.replace(/,/g, '')) > n",
+        arg=before)
+    page.locator("#activity .ev-finished").first.wait_for()
+
+
+def test_screenshot_of_a_busy_mesh(page: Any, mesh: Mesh) -> None:
+    """The overview while work flows: written to test-output/console.png."""
+    a = mesh.nodes["a"]
+    open_console(page, a)
+    a.api("POST", "/api/v1/jobs", [{"topic": "console/fast", "properties": {"seconds": 0.2}} for _ in range(12)]
+          + [{"topic": "console/slow", "properties": {"steps": 40, "step_seconds": 0.1}} for _ in range(3)])
+    if mesh.multi_node:
+        mesh.nodes["b"].api("POST", "/api/v1/jobs", [{"topic": "media/render", "properties": {"path": f"/img/{i}.png"}}
+                                                     for i in range(8)])
+    page.locator("#activity .ev-started").first.wait_for()
+    page.wait_for_timeout(1200)  # let a topology poll show the load
+    screenshot(page, "console.png")
+    assert (OUTPUT / "console.png").stat().st_size > 10_000
