@@ -14,6 +14,7 @@ exits 1. Exit codes: 0 ok, 1 error, 2 usage.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import sys
@@ -42,6 +43,9 @@ class ApiClient:
     """A tiny JSON client for a node's /api/v1 over urllib (no third-party import)."""
 
     def __init__(self, url: str, token: str | None = None, timeout: float = 10.0) -> None:
+        url = url.strip()
+        if "://" not in url:  # "127.0.0.1:8471" is what people type
+            url = "http://" + url
         self.url = url.rstrip("/")
         self.token = token or None
         self.timeout = timeout
@@ -59,7 +63,10 @@ class ApiClient:
             headers["Content-Type"] = "application/json"
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        req = urllib.request.Request(url, data=data, method=method, headers=headers)
+        try:
+            req = urllib.request.Request(url, data=data, method=method, headers=headers)
+        except ValueError as e:
+            raise CliError(f"invalid node URL {self.url!r}: {e}", code=2) from None
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 raw = resp.read()
@@ -70,6 +77,10 @@ class ApiClient:
             if isinstance(reason, (TimeoutError,)) or "timed out" in str(reason):
                 raise CliError(f"node at {self.url} did not answer within {self.timeout:g} s") from None
             raise CliError(f"cannot reach node at {self.url} ({_reason_text(reason)})") from None
+        except (ValueError, http.client.InvalidURL) as e:  # e.g. a port that is not a number
+            raise CliError(f"invalid node URL {self.url!r}: {e}", code=2) from None
+        except http.client.HTTPException as e:  # the connection broke mid-answer
+            raise CliError(f"node at {self.url} broke off the answer ({type(e).__name__})") from None
         except (TimeoutError, OSError) as e:
             if isinstance(e, TimeoutError) or "timed out" in str(e):
                 raise CliError(f"node at {self.url} did not answer within {self.timeout:g} s") from None

@@ -94,3 +94,12 @@ def test_node_with_bad_config_file_is_usage(tmp_path, capsys: pytest.CaptureFixt
     assert cli.main(["node", "--config", str(bad)]) == 2
     assert "capacity" in capsys.readouterr().err
     assert cli.main(["node", "--config", str(tmp_path / "missing.toml")]) == 2
+
+
+def test_url_without_scheme_and_invalid_urls(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.ApiClient("127.0.0.1:8471/").url == "http://127.0.0.1:8471"
+    url = f"127.0.0.1:{_closed_port()}"
+    assert cli.main(["stats", "--url", url]) == 1
+    assert f"cannot reach node at http://{url}" in capsys.readouterr().err
+    assert cli.main(["stats", "--url", "http://127.0.0.1:notaport"]) == 2
+    assert "invalid node URL" in capsys.readouterr().err

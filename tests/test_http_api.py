@@ -173,6 +173,14 @@ async def test_bad_queries_and_unknown_ids(http: aiohttp.ClientSession) -> None:
             await error_of(r, 404)
 
 
+async def test_schedule_routes_are_mounted(http: aiohttp.ClientSession) -> None:
+    async with http.get("/api/v1/schedules") as r:
+        assert r.status == 200, await r.text()
+        assert "schedules" in await r.json()
+    async with http.post("/api/v1/schedules", data=b"{") as r:
+        await error_of(r, 400)
+
+
 async def test_unknown_routes_and_methods_are_json(http: aiohttp.ClientSession) -> None:
     async with http.get("/api/v1/nothing-here") as r:
         assert "no such endpoint" in await error_of(r, 404)
