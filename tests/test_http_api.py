@@ -415,3 +415,49 @@ async def test_http_actor_on_a_busy_port_fails_clearly(node: Any) -> None:
             await ActorSystem().start(actor)
     finally:
         sock.close()
+
+
+async def test_event_stream_subscription_is_released_when_the_client_leaves(node: Any, http: aiohttp.ClientSession) -> None:
+    assert not node.events.active
+    async with http.get("/api/v1/events", params={"heartbeat": "0.1"}) as resp:
+        await resp.content.readline()
+        assert node.events.active
+    for _ in range(100):  # the next heartbeat write notices the closed connection
+        if not node.events.active:
+            break
+        await asyncio.sleep(0.05)
+    assert not node.events.active
+
+
+async def test_unexpected_errors_and_slow_handlers_are_json(node: Any) -> None:
+    """Extra routes on the real app: a crash is a 500 without a traceback, a hang a 504."""
+    from aiohttp import web
+
+    from jobmesh.http import build_app
+
+    app = build_app(node, request_timeout=0.2)
+
+    async def boom(request: web.Request) -> web.Response:
+        raise RuntimeError("secret internals")
+
+    async def hang(request: web.Request) -> web.Response:
+        await asyncio.sleep(5)
+        return web.Response(text="late")
+
+    app.router.add_get("/api/v1/test-boom", boom)
+    app.router.add_get("/api/v1/test-hang", hang)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}") as s:
+            async with s.get("/api/v1/test-boom") as r:
+                assert await error_of(r, 500) == "internal error"
+            async with s.get("/api/v1/test-hang") as r:
+                assert "in time" in await error_of(r, 504)
+            async with s.get("/api/v1/health") as r:
+                assert r.status == 200
+    finally:
+        await runner.cleanup()
