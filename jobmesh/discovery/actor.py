@@ -143,7 +143,9 @@ class DiscoveryActor(Actor):
         self.endpoint = Endpoint(node.name)
         self.endpoint.register("join", self._on_join)
         self.endpoint.on_activity(self._on_activity)
-        self._user_properties: dict[str, Any] = {}
+        # properties the node was given before discovery started
+        early = getattr(node, "properties", None)
+        self._user_properties: dict[str, Any] = dict(early) if isinstance(early, dict) else {}
         self._hub = ListenerHub()
         self._listeners: list[_ListenerTask] = []
         self._core: Membership | None = None
@@ -416,39 +418,46 @@ class DiscoveryActor(Actor):
             self._apply(core.tick(now, own_silence=self._sender.take_max_gap()))
             if due:
                 self._publish_heartbeat()
-            if self.seeds and not core.joined and not core.rejoining and core.established:
-                self._join_wanted.set()  # alone after the join deadline: keep trying the seeds
 
     async def _join_loop(self) -> None:
+        """Join (or rejoin) through the seeds and known members; retry with backoff until it works."""
         attempt_timeout = max(0.5, 2 * self.interval)
+        backoff_min, backoff_max = 0.1, max(2.0, 4 * self.interval)
+        backoff = backoff_min
         while True:
             await self._join_wanted.wait()
             self._join_wanted.clear()
             core = self._core
             assert core is not None
-            targets = list(dict.fromkeys([*core.endpoints(), *self.seeds]))
-            if not targets:
+            if await self._join_once(core, attempt_timeout):
+                backoff = backoff_min
                 continue
-            joined = False
-            for ep in targets:
-                reply = await self._ask_join(ep, attempt_timeout)
-                if reply is None:
-                    continue
-                try:
-                    outs = core.on_join_reply(reply, time.monotonic())
-                except InvalidMember as e:
-                    self.log.warning("bad join reply", seed=ep, error=str(e))
-                    continue
-                self._apply(outs)
-                self._publish_heartbeat(send_now=True)
-                self.log.info("joined", via=ep, members=core.member_names())
-                joined = True
-                break
-            if not joined:
-                # nobody answered: retry later (the tick loop asks again while we are alone)
-                await asyncio.sleep(min(5.0, max(1.0, 4 * self.interval)))
-                if core.rejoining:
-                    self._join_wanted.set()
+            await asyncio.sleep(backoff)  # nobody answered: try again, less and less often
+            backoff = min(backoff_max, backoff * 2)
+            if core.rejoining or (self.seeds and not core.joined):
+                self._join_wanted.set()
+
+    async def _join_once(self, core: Membership, attempt_timeout: float) -> bool:
+        # the first join goes to the seeds (members that joined *us* meanwhile may not know
+        # them); a rejoin asks the members we know first, the seeds after
+        if core.rejoining:
+            targets = list(dict.fromkeys([*core.endpoints(), *self.seeds]))
+        else:
+            targets = list(dict.fromkeys([*self.seeds, *core.endpoints()]))
+        for ep in targets:
+            reply = await self._ask_join(ep, attempt_timeout)
+            if reply is None:
+                continue
+            try:
+                outs = core.on_join_reply(reply, time.monotonic())
+            except InvalidMember as e:
+                self.log.warning("bad join reply", seed=ep, error=str(e))
+                continue
+            self._apply(outs)
+            self._publish_heartbeat(send_now=True)
+            self.log.info("joined", via=ep, members=core.member_names())
+            return True
+        return False
 
     async def _ask_join(self, endpoint: str, timeout: float) -> dict[str, Any] | None:
         assert self._transport is not None and self._core is not None

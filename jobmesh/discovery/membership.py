@@ -240,7 +240,8 @@ class Membership:
 
     @property
     def joined(self) -> bool:
-        """True once a member list came back from a join (or a peer was heard)."""
+        """True once a member list came back from a join (being joined by others does not count:
+        a node whose seed was down must still reach it, or two topologies would stay apart)."""
         return self._joined
 
     @property
@@ -481,8 +482,6 @@ class Membership:
             current.info = info
             current.last_seen = max(current.last_seen, seen)
         self._candidates.pop(info.name, None)
-        if direct:
-            self._joined = True
 
     def _consider_candidate(self, g: MemberInfo, now: float) -> None:
         if g.name == self.local.name or not g.pub_endpoint:
