@@ -413,7 +413,7 @@ def test_no_ping_pong_over_repeated_rounds() -> None:
             if src2 == dst and dst2 == src:
                 assert abs(t2 - t1) > cfg.cooldown, (t1, src, dst, t2)
     ideal = 180 * 0.05 / 11
-    assert makespan <= 1.6 * ideal  # several bursts, stale views: still near ideal
+    assert makespan <= 1.2 * ideal  # several origins at once: their shares add up, no pile-up
     # and once balanced, repeated rounds with nothing changing move nothing more
     before = len(sim.moves)
     for n in sim.slots:

@@ -629,3 +629,99 @@ def test_lossy_duplicating_network_every_job_committed_exactly_once(seed: int) -
     assert set(committed.values()) == {1}
     assert nodes["a"].origin.in_flight() == 0
     assert nodes["b"].target.copies() == 0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_chaos_targets_fail_and_return_every_job_committed_exactly_once(seed: int) -> None:
+    """Origin a, targets b and c; a lossy network; targets declared failed at random (they
+    keep running, as after a SIGSTOP) and coming back; requeued jobs are offered again with
+    a new attempt. At the end every job's result is committed exactly once, nothing is in
+    flight, and the targets hold no copies."""
+    rng = random.Random(1000 + seed)
+    clock = FakeClock()
+    nodes = {n: TransferProtocol(n, clock) for n in "abc"}
+    committed: dict[str, list[int]] = {}
+    network: list[tuple[str, str, Any]] = []
+    target_commits: list[tuple[str, str, JobRef]] = []  # (target, origin, ref)
+    running: list[tuple[str, JobRef]] = []
+    origin_commits: list[ResultItem] = []
+    home: list[JobRef] = []  # requeued at a, waiting for a new offer
+    attempts: dict[str, int] = {}
+    down: set[str] = set()
+
+    def handle(node: str, instrs: list[Any]) -> None:
+        for ins in instrs:
+            if isinstance(ins, Send):
+                if rng.random() < 0.2:
+                    continue
+                for _ in range(2 if rng.random() < 0.1 else 1):
+                    network.append((ins.peer, node, roundtrip(ins.message)))
+            elif isinstance(ins, CommitAccepted):
+                target_commits.extend((node, ins.origin, JobRef(j.id, j.attempt)) for j in ins.jobs)
+            elif isinstance(ins, CommitResult):
+                origin_commits.append(ins.result)
+            elif isinstance(ins, RequeueLocal):
+                home.extend(ins.jobs)
+            elif isinstance(ins, (StopLocal, ForgetJob)):
+                # a stopped run still ends with a result; a forgotten copy stops running
+                if isinstance(ins, ForgetJob):
+                    running[:] = [(t, r) for t, r in running if not (t == node and r == JobRef(ins.id, ins.attempt))]
+
+    def offer(refs: list[JobRef]) -> None:
+        live = [t for t in "bc" if t not in down]
+        if not live:
+            home.extend(refs)
+            return
+        for ref in refs:
+            attempts[ref.id] = attempts.get(ref.id, 0) + 1
+            handle("a", nodes["a"].origin.offer(rng.choice(live), [spec(ref.id.removeprefix("job-"),
+                                                                         attempt=attempts[ref.id])]))
+
+    n_jobs = 40
+    offer([JobRef(f"job-{i}", 0) for i in range(n_jobs)])
+    for _ in range(20000):
+        if (len(committed) == n_jobs and not network and not home and nodes["a"].origin.in_flight() == 0
+                and nodes["b"].target.copies() == 0 and nodes["c"].target.copies() == 0):
+            break
+        r = rng.random()
+        if network and r < 0.5:
+            to, frm, msg = network.pop(rng.randrange(len(network)))
+            if to == "a" and frm in down:
+                handle("a", nodes["a"].peer_up(frm))  # proof of life: a sees it again
+                handle(frm, nodes[frm].peer_up("a"))
+                down.discard(frm)
+            handle(to, nodes[to].receive(frm, msg))
+        elif target_commits and 0.5 <= r < 0.6:
+            batch, target_commits[:] = list(target_commits), []  # group commit
+            for t, origin, ref in batch:
+                if nodes[t].target.copy_state(ref.id) == (origin, ref.attempt, TargetJobState.COMMITTING):
+                    running.append((t, ref))
+                handle(t, nodes[t].target.committed(origin, [ref]))
+        elif running and 0.6 <= r < 0.7:
+            t, ref = running.pop(rng.randrange(len(running)))
+            handle(t, nodes[t].target.results_ready([ok(ref.id, ref.attempt)]))
+        elif origin_commits and 0.7 <= r < 0.8:
+            res = origin_commits.pop(0)
+            committed.setdefault(res.id, []).append(res.attempt)
+            handle("a", nodes["a"].origin.result_committed([(res.id, res.attempt)]))
+        elif home and 0.8 <= r < 0.85:
+            refs, home[:] = list(home), []
+            offer(refs)
+        elif 0.85 <= r < 0.855 and not down:
+            victim = rng.choice("bc")
+            if victim not in down:
+                down.add(victim)
+                handle("a", nodes["a"].peer_down(victim))
+        elif 0.86 <= r < 0.89 and down:
+            back = down.pop()
+            handle("a", nodes["a"].peer_up(back))
+            handle(back, nodes[back].peer_up("a"))
+        elif r >= 0.89 or not network:
+            clock.advance(rng.choice([0.2, 1.0, 5.0]))
+            for name, node in nodes.items():
+                handle(name, node.on_timer())
+    assert len(committed) == n_jobs
+    assert all(len(v) == 1 for v in committed.values()), {k: v for k, v in committed.items() if len(v) > 1}
+    assert nodes["a"].origin.in_flight() == 0
+    assert nodes["b"].target.copies() == 0 and nodes["c"].target.copies() == 0
+    assert any(a_ > 1 for a_ in attempts.values())  # failures did happen and jobs were re-offered
