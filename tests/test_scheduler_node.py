@@ -85,6 +85,18 @@ async def test_every_fires_real_jobs_that_consumers_run(node):
     assert all(round((b - a) * 1000) % 200 == 0 and b > a for a, b in zip(stamps, stamps[1:]))
 
 
+async def test_schedules_due_at_the_same_instant_all_fire(node):
+    ids = [(await node.schedules.add("sched/tick", {"i": i}, every=0.2))["id"] for i in range(3)]
+    await wait_for(lambda: all(sum(1 for r in ran if r.get("i") == i) >= 2 for i in range(3)))
+    jobs = await scheduled_jobs(node)
+    by_schedule: dict[str, set[str]] = {sid: set() for sid in ids}
+    for j in jobs:
+        by_schedule[j.properties["schedule_id"]].add(j.properties["scheduled_time"])
+    common = set.intersection(*by_schedule.values())
+    assert len(common) >= 1  # the same slot fired for all three (in one batch)
+    assert sum(len(v) for v in by_schedule.values()) == len(jobs)  # and each slot once per schedule
+
+
 async def test_suspended_schedule_does_not_fire_and_resume_goes_on(node):
     s = await node.schedules.add("sched/tick", {"k": "s"}, every=0.2)
     await node.schedules.suspend(s["id"])

@@ -54,6 +54,9 @@ class JobSink:
         self.added.append(job)
         return job
 
+    async def add_many(self, items: list[tuple[str, dict[str, Any] | None]]) -> list[AddedJob]:
+        return [await self.add(t, p) for t, p in items]
+
 
 @dataclass
 class Member:

@@ -317,23 +317,40 @@ class SchedulerActor(Actor):
         now = self.clock()
         await self._absorb_topology()
         await self._collect_tombstones(now)
-        if not self._is_leader(now):
+        if not self._is_leader(now) or not getattr(self.node.jobs, "accepting", True):
+            # a follower, or a node draining for shutdown: the next leader fires what is due
             return now + self.follower_poll
         schedules = [r.schedule() for r in self._live()]
         fires = due(schedules, self._fired, now)
         fired: dict[str, float] = {}
         removed: list[ScheduleRecord] = []
         failed = False
-        for f in fires:
-            rec = self._records[f.schedule_id]
-            props = {**rec.spec.properties, "schedule_id": rec.id, "scheduled_time": iso(f.slot)}
-            try:
-                job = await self.node.jobs.add(rec.spec.topic, props)
-            except Exception as e:  # the job store refused: try again on the next tick
-                self.log.error("scheduled job could not be added", schedule_id=rec.id,
-                               topic=rec.spec.topic, error=repr(e))
-                failed = True
+        items = [
+            (self._records[f.schedule_id].spec.topic,
+             {**self._records[f.schedule_id].spec.properties, "schedule_id": f.schedule_id,
+              "scheduled_time": iso(f.slot)})
+            for f in fires
+        ]
+        jobs: list[Any] = []
+        if len(items) > 1:
+            try:  # many slots at one instant (crons on the minute): one transaction
+                jobs = await self.node.jobs.add_many(items)
+            except Exception as e:
+                self.log.warning("batch add of scheduled jobs failed; adding one by one", error=repr(e))
+                jobs = []
+        if not jobs:
+            for topic, props in items:
+                try:
+                    jobs.append(await self.node.jobs.add(topic, props))
+                except Exception as e:  # the job store refused: try again on the next tick
+                    self.log.error("scheduled job could not be added", schedule_id=props["schedule_id"],
+                                   topic=topic, error=repr(e))
+                    failed = True
+                    jobs.append(None)
+        for f, job in zip(fires, jobs):
+            if job is None:
                 continue
+            rec = self._records[f.schedule_id]
             self.fired_count += 1
             fired[rec.id] = f.slot
             self._fired[rec.id] = f.slot
