@@ -445,3 +445,73 @@ def test_stealing_helps_when_the_origin_decides_late() -> None:
     assert fast <= 0.5 + 1.2 * (90 * 0.1 / 9)  # the thieves see a's queue at the 0.5 s heartbeat
     assert all(c == 1 for c in with_steal.moved.values())
     assert min(m[0] for m in with_steal.moves) <= 0.5 < min(m[0] for m in push_only.moves)
+
+
+# ---------------------------------------------------------------- invariants over random topologies
+
+TOPIC_POOL = ["media/image/render", "media/video/encode", "mail/send", "report/daily", "demo/sleep"]
+PATTERN_POOL = ["media/**", "media/image/*", "mail/send", "report/*", "demo/sleep", "**"]
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_policy_invariants_on_random_topologies(seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    names = [f"n{i}" for i in range(rng.randint(1, 6))]
+    instances = []
+    for n in names:
+        topics = tuple(rng.sample(PATTERN_POOL, rng.randint(0, 3)))
+        enabled = ("**",) if rng.random() < 0.7 else tuple(rng.sample(PATTERN_POOL, 1))
+        disabled = tuple(rng.sample(PATTERN_POOL[:-1], 1)) if rng.random() < 0.2 else ()
+        slots = rng.choice([0, 1, 2, 4, 8])
+        instances.append(inst(n, slots=slots, active=rng.randint(0, max(0, slots)), queued=rng.randint(0, 50),
+                              topics=topics, enabled=enabled, disabled=disabled))
+    local = names[0]
+    v = view(local, *instances)
+    groups = []
+    for i, topic in enumerate(rng.sample(TOPIC_POOL, rng.randint(1, 4))):
+        ordered = rng.random() < 0.3
+        placed = rng.choice([None, *names]) if ordered else None
+        groups.append(q(rng.randint(1, 40), topic, queue=f"q{i}", ordered=ordered, placed_on=placed,
+                        age=rng.random()))
+    history = [MoveRecord(rng.uniform(0, 10), rng.choice(names), rng.choice(names), rng.randint(1, 5))
+               for _ in range(rng.randint(0, 3))]
+    cfg = PolicyConfig(max_moves=rng.choice([5, 1000]))
+    plan = plan_moves(v, groups, now=10.0, history=history, config=cfg, durations={"demo/sleep": 0.1})
+    assert plan == plan_moves(v, groups, now=10.0, history=history, config=cfg, durations={"demo/sleep": 0.1})
+    loads = {i.name: NodeLoad.from_instance(i) for i in v.instances}
+    cooling = {r.source for r in history if r.target == local and r.source != local and 10.0 - r.at <= cfg.cooldown}
+    assert plan.total <= cfg.max_moves
+    for g in groups:
+        moves = [m for m in plan.moves if m.queue == g.queue]
+        capable = [n for n, l in loads.items() if can_run(l, g.topic)]
+        assert sum(m.count for m in moves) <= g.count
+        for m in moves:
+            assert m.target != local and m.target in loads
+            assert can_run(loads[m.target], g.topic), (m, g)  # never to a node that cannot run it
+            if m.reason == "balance":
+                assert m.target not in cooling
+        if not capable:
+            assert g in plan.unassignable and not moves
+        if g.ordered:
+            assert len({m.target for m in moves}) <= 1  # never split
+            if g.placed_on in capable and moves:
+                assert moves[0].target == g.placed_on
+            if local in capable and g.placed_on in (None, local) or g.placed_on not in capable and local in capable:
+                assert not moves
+        elif local not in capable and any(n != local for n in capable) and plan.total < cfg.max_moves:
+            assert sum(m.count for m in moves) == g.count  # capability routing: all of it, at once
+
+
+def test_balanced_random_views_make_no_moves() -> None:
+    import random
+
+    for seed in range(100):
+        rng = random.Random(seed)
+        per_slot = rng.randint(0, 5)
+        instances = [inst(f"n{i}", slots=s, active=s, queued=s * per_slot)
+                     for i, s in enumerate(rng.choice([1, 2, 4, 8]) for _ in range(rng.randint(2, 6)))]
+        v = view("n0", *instances)
+        summary = [q(instances[0].capacity["queued"])] if instances[0].capacity["queued"] else []
+        assert plan_moves(v, summary, now=0.0, durations={"demo/sleep": rng.choice([0.01, 0.1, 1.0])}).moves == []

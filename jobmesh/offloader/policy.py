@@ -274,9 +274,7 @@ def plan_moves(
         plan.held = True
         return plan
     local, nodes = _loads(view)
-    budget = min(cfg.max_moves, limit if limit is not None else cfg.max_moves)
-    if budget <= 0:
-        return plan
+    budget = max(0, min(cfg.max_moves, limit if limit is not None else cfg.max_moves))
 
     # backlog (jobs) per node: advertised active + queued, plus our recent moves it may not show yet
     backlog: dict[str, float] = {n: float(l.active + l.queued) for n, l in nodes.items()}
@@ -300,11 +298,11 @@ def plan_moves(
         key=lambda q: (not q.ordered, -q.oldest_age, q.queue, q.topic),
     )
     for g in groups:
-        if budget <= 0:
-            break
         capable = [n for n in nodes.values() if can_run(n, g.topic)]
         if not capable:
             plan.unassignable.append(g)
+            continue
+        if budget <= 0:
             continue
         local_ok = any(n.name == local.name for n in capable)
         remotes = [n for n in capable if n.name != local.name]
