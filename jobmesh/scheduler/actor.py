@@ -102,6 +102,7 @@ class SchedulerActor(Actor):
         self._fired: dict[str, float] = {}
         self._changed = asyncio.Event()
         self._published: Any = None
+        self._inline_cache: tuple[str, list[dict[str, Any]] | None] | None = None  # (digest, records)
         self._pulling: set[str] = set()
         self._pulled: dict[str, tuple[Any, float]] = {}  # peer -> (digest, monotonic time) of the last pull
         self._listening = False
@@ -385,16 +386,17 @@ class SchedulerActor(Actor):
 
     def _property_value(self) -> dict[str, Any]:
         digest = records_digest(self._records)
-        value: dict[str, Any] = {
+        if self._inline_cache is None or self._inline_cache[0] != digest:
+            wire: list[dict[str, Any]] | None = [r.to_wire() for r in self._records.values()]
+            if len(json.dumps(wire, separators=(",", ":"))) > self.inline_limit:
+                wire = None  # too large for a heartbeat: peers pull it from `url`
+            self._inline_cache = (digest, wire)
+        return {
             "digest": digest,
             "fired": dict(self._fired),
-            "records": None,
+            "records": self._inline_cache[1],
             "url": getattr(self.node, "http_url", None),
         }
-        wire = [r.to_wire() for r in self._records.values()]
-        if len(json.dumps(wire, separators=(",", ":"))) <= self.inline_limit:
-            value["records"] = wire
-        return value
 
     def _publish(self) -> None:
         set_property = getattr(self.node, "set_property", None)
