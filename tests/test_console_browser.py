@@ -380,6 +380,28 @@ def test_job_list_filters_by_state_and_topic(page: Any, mesh: Mesh) -> None:
     assert page.locator("#jobs-table tbody tr[data-job]").count() == 0
 
 
+def test_new_job_form_adds_a_job_and_reports_bad_input(page: Any, mesh: Mesh) -> None:
+    a = mesh.nodes["a"]
+    open_console(page, a, "#/jobs")
+    page.click("#new-job-btn")
+    form = page.locator("#new-job-form")
+    form.locator('input[name="topic"]').fill("console/fast")
+    form.locator('textarea[name="properties"]').fill('{"made_by": "the console form"')  # broken JSON
+    form.locator('button[type="submit"]').click()
+    page.locator(".toast-error", has_text="not valid JSON").wait_for()
+    form.locator('textarea[name="properties"]').fill('{"made_by": "the console form"}')
+    form.locator('input[name="topic"]').fill("bad//topic")  # the API refuses it: its message is shown
+    form.locator('button[type="submit"]').click()
+    page.locator(".toast-error", has_text="Could not add the job").wait_for()
+    form.locator('input[name="topic"]').fill("console/fast")
+    form.locator('button[type="submit"]').click()
+    page.locator(".toast-ok", has_text="Added console/fast").wait_for()
+    _, found = a.api("GET", "/api/v1/jobs?topic=console/fast&limit=500")
+    made = [j for j in found["jobs"] if j["properties"].get("made_by") == "the console form"]
+    assert len(made) == 1
+    page.locator(f'#jobs-table tr[data-job="{made[0]["id"]}"]').wait_for()
+
+
 def test_offloading_browser_toggles_a_topic(page: Any, mesh: Mesh) -> None:
     a = mesh.nodes["a"]
     target = "b" if mesh.multi_node else "a"
@@ -502,6 +524,21 @@ def test_screenshot_of_a_busy_mesh(page: Any, mesh: Mesh) -> None:
         mesh.nodes["b"].api("POST", "/api/v1/jobs", [{"topic": "media/render", "properties": {"path": f"/img/{i}.png"}}
                                                      for i in range(8)])
     page.locator("#activity .ev-started").first.wait_for()
-    page.wait_for_timeout(1200)  # let a topology poll show the load
+    # the node's load bar moves as its slots fill (topology re-read on job events)
+    page.wait_for_function(
+        "() => { const i = document.querySelector('#topology .node-card[data-node=\"a\"] .bar i');"
+        " return i && parseFloat(i.style.width) > 0; }")
     screenshot(page, "console.png")
     assert (OUTPUT / "console.png").stat().st_size > 10_000
+
+
+def test_a_node_that_goes_away_is_shown_offline(page: Any, mesh: Mesh) -> None:
+    """Runs last on t (only the token test uses it): stop the node under an open console."""
+    t = mesh.nodes["t"]
+    page.goto(f"{t.url}/")
+    page.evaluate(f"sessionStorage.setItem('jobmesh.token', {json.dumps(TOKEN)})")
+    page.reload()
+    page.wait_for_selector('#live[data-status="live"]')
+    stop_processes([t.proc])
+    page.locator("#banner", has_text="cannot reach the node").wait_for()
+    page.wait_for_selector('#live:not([data-status="live"])')

@@ -125,17 +125,20 @@ async function refreshStats() {
   current?.view.onStats?.(stats);
 }
 const refreshStatsSoon = throttle(refreshStats, 400);
+const refreshTopologySoon = throttle(refreshTopology, 1000);  // load per node moves with jobs
 
 function setLiveStatus(status) {
   const el = document.getElementById('live');
   el.dataset.status = status;
   el.querySelector('span').textContent = {live: 'live', connecting: 'connecting', offline: 'offline'}[status] || status;
+  if (status !== 'live') refreshTopologySoon();  // find out at once whether the node is gone
 }
 
 function onNotification(n) {
   ctx.activity.unshift({...n, received: Date.now()});
   if (ctx.activity.length > ACTIVITY_KEEP) ctx.activity.length = ACTIVITY_KEEP;
   refreshStatsSoon();
+  if (n.topic === 'job/started' || n.topic === 'job/finished') refreshTopologySoon();
   current?.view.onEvent?.(n);
 }
 
@@ -160,7 +163,6 @@ function showTokenDialog(rejected) {
       resolve(token);
     };
     form.addEventListener('submit', submit);
-    dialog.addEventListener('cancel', (event) => event.preventDefault());  // the API is useless without it
     if (!dialog.open) dialog.showModal();
     input.focus();
   });
@@ -170,6 +172,8 @@ function showTokenDialog(rejected) {
 
 function boot() {
   setTokenPrompt(showTokenDialog);
+  // Escape would leave the console without access to anything: the dialog stays.
+  document.getElementById('token-dialog').addEventListener('cancel', (event) => event.preventDefault());
   const stream = new EventStream({onEvent: onNotification, onStatus: setLiveStatus});
   const tokenButton = document.getElementById('token-btn');
   tokenButton.hidden = !getToken();
