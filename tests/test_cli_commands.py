@@ -135,6 +135,21 @@ def jm(*args: str, url: str | None = None, env: dict[str, str] | None = None, ti
     )
 
 
+def api_get(url: str, path: str) -> Any:
+    """Read state directly (faster than a CLI process) where the CLI is not what is tested."""
+    with urllib.request.urlopen(url + path, timeout=5) as r:
+        return json.loads(r.read())
+
+
+def wait_job(url: str, job_id: str, states: set[str], timeout: float = 5.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = api_get(url, f"/api/v1/jobs/{job_id}")
+        if job["state"] in states or time.monotonic() > deadline:
+            return job
+        time.sleep(0.05)
+
+
 def jm_json(*args: str, url: str) -> Any:
     r = jm(*args, "--json", url=url)
     assert r.returncode == 0, r.stderr
@@ -164,12 +179,7 @@ def test_stop_retry_remove_and_wait_timeout(node_url: str) -> None:
     job_id = r.stdout.split()[0]
     stopped = jm("stop", job_id, url=node_url)
     assert stopped.returncode == 0 and job_id in stopped.stdout
-    for _ in range(100):
-        if jm_json("job", job_id, url=node_url)["state"] == "STOPPED":
-            break
-        time.sleep(0.05)
-    else:
-        raise AssertionError("job did not stop")
+    assert wait_job(node_url, job_id, {"STOPPED"})["state"] == "STOPPED"
     again = jm_json("retry", job_id, url=node_url)
     assert again["id"] == job_id and again["retry_count"] == 0
     removed = jm("remove", job_id, url=node_url)
@@ -177,8 +187,12 @@ def test_stop_retry_remove_and_wait_timeout(node_url: str) -> None:
 
 
 def test_jobs_list_with_filters(node_url: str) -> None:
-    for _ in range(2):
-        assert jm("submit", "cli/ok", "--wait", url=node_url).returncode == 0
+    req = urllib.request.Request(
+        node_url + "/api/v1/jobs", data=json.dumps([{"topic": "cli/ok"}] * 2).encode(), method="POST"
+    )
+    with urllib.request.urlopen(req, timeout=5) as r:
+        for job in json.loads(r.read()):
+            assert wait_job(node_url, job["id"], {"SUCCEEDED"})["state"] == "SUCCEEDED"
     r = jm("jobs", "--state", "SUCCEEDED", "--topic", "cli/ok", "--limit", "2", url=node_url)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
@@ -207,7 +221,7 @@ def test_topology_queues_stats(node_url: str) -> None:
     assert r.returncode == 0 and r.stdout.startswith("NAME") and "main" in r.stdout
     r = jm("queues", "suspend", "main", url=node_url)
     assert r.returncode == 0 and "queue main: suspended" in r.stdout
-    assert any(q["suspended"] for q in jm_json("queues", url=node_url)["queues"] if q["name"] == "main")
+    assert any(q["suspended"] for q in api_get(node_url, "/api/v1/queues")["queues"] if q["name"] == "main")
     r = jm("queues", "resume", "main", url=node_url)
     assert r.returncode == 0 and "queue main: running" in r.stdout
     r = jm("queues", "suspend", "nosuch", url=node_url)
