@@ -1,6 +1,6 @@
 // Overview: the topology (Sling Discovery's view: nodes, leader, capacity and load)
 // and the live activity feed of job notifications.
-import {h, replace, num, ms, shortId, empty} from './dom.js';
+import {h, replace, num, ms, shortId, empty, throttle} from './dom.js';
 import {pathOf} from './api.js';
 import {setJobFilters} from './jobs.js';
 
@@ -9,6 +9,8 @@ const KNOWN_CAPACITY = new Set(['slots', 'active', 'queued', 'throughput']);
 export class OverviewView {
   constructor(ctx) {
     this.ctx = ctx;
+    // Thousands of notifications a second must not mean thousands of re-renders.
+    this.renderFeedSoon = throttle(() => this.renderFeed(), 250);
   }
 
   mount(el) {
@@ -50,7 +52,7 @@ export class OverviewView {
   }
 
   onEvent() {
-    this.renderFeed();
+    this.renderFeedSoon();
   }
 
   onStats(stats) {
