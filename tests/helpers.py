@@ -1,0 +1,169 @@
+"""Shared test helpers: free ports, and ``jobmesh node`` subprocesses that are always cleaned up.
+
+    with NodeProcess(tmp_path, "a", consumers=["my_consumers"]) as node:
+        node.url          # http://127.0.0.1:PORT (after /api/v1/health answered)
+        node.kill()       # kill -9
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Sequence
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_port_pair() -> int:
+    """A port P with P and P+1 free (the transfer endpoint and the heartbeat endpoint after it)."""
+    for _ in range(100):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            if port >= 65535:
+                continue
+            with socket.socket() as b:
+                try:
+                    b.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port pair")
+
+
+def http_json(method: str, url: str, body: Any = None, timeout: float = 10.0) -> tuple[int, Any]:
+    """(status, decoded JSON) for a request; 4xx/5xx answers are returned, not raised."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json"} if data else {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            raw = r.read()
+            return r.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        try:
+            return e.code, json.loads(raw) if raw else None
+        except ValueError:
+            return e.code, raw.decode(errors="replace")
+
+
+class NodeProcess:
+    """``jobmesh node`` as a subprocess (real process, real sockets), killed on exit no matter what."""
+
+    def __init__(self, workdir: Path, name: str, consumers: Sequence[str] = (), http: bool = True,
+                 bind: bool = False, seeds: Sequence[str] = (), config: Path | None = None,
+                 extra: Sequence[str] = (), env: dict[str, str] | None = None, data: Path | None = None) -> None:
+        self.workdir = Path(workdir)
+        self.name = name
+        self.data = data or self.workdir / name
+        self.http_port = free_port() if http else None
+        self.bind_port = free_port_pair() if bind else None
+        self.url = f"http://127.0.0.1:{self.http_port}" if http else None
+        self.endpoint = f"tcp://127.0.0.1:{self.bind_port}" if bind else None
+        args = [sys.executable, "-m", "jobmesh", "node", "--name", name, "--data", str(self.data),
+                "--log-format", "json"]
+        args += ["--http", f"127.0.0.1:{self.http_port}"] if http else ["--http", "off"]
+        if self.endpoint:
+            args += ["--bind", self.endpoint]
+        for s in seeds:
+            args += ["--seed", s]
+        if config is not None:
+            args += ["--config", str(config)]
+        if consumers:
+            args += ["--consumers", *consumers]
+        args += list(extra)
+        self.args = args
+        self.log_path = self.workdir / f"{name}.log"
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.env["PYTHONPATH"] = os.pathsep.join([str(self.workdir), str(REPO), self.env.get("PYTHONPATH", "")])
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20.0) -> "NodeProcess":
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.args, cwd=self.workdir, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env=self.env)
+        if self.url:
+            self.wait_healthy(timeout)
+        return self
+
+    def wait_healthy(self, timeout: float = 20.0) -> None:
+        assert self.proc is not None and self.url is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"node {self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                status, _ = http_json("GET", self.url + "/api/v1/health", timeout=1.0)
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"node {self.name} not healthy after {timeout}s:\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def api(self, method: str, path: str, body: Any = None, timeout: float = 10.0) -> tuple[int, Any]:
+        assert self.url is not None
+        return http_json(method, self.url + path, body, timeout)
+
+    def kill(self) -> None:
+        """kill -9: no drain, no flush (the crash case)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def terminate(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM and wait for the graceful drain; kill -9 if it takes longer than ``timeout``."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                return None
+        return self.proc.returncode
+
+    def close(self) -> None:
+        self.kill()
+        if getattr(self, "_log", None) is not None:
+            self._log.close()
+
+    def __enter__(self) -> "NodeProcess":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Poll ``predicate()`` until truthy (returns it) or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)

@@ -1,0 +1,166 @@
+"""The SQLite store on real files: group commit, schema versions, reads, recovery, clean-up."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import pytest
+
+from jobmesh.actor import ActorSystem
+from jobmesh.job import Job, JobState
+from jobmesh.store import SCHEMA_VERSION, SchemaError, Store
+
+
+def mk(i: int, topic: str = "t/a", queue: str = "main", **kw) -> Job:
+    return Job(id=f"job-{i}", topic=topic, properties={"i": i}, queue=queue, origin="n", created=float(i), **kw)
+
+
+async def open_store(path, **kw) -> tuple[Store, ActorSystem]:
+    system = ActorSystem()
+    store = Store(path, **kw)
+    await system.start(store)
+    return store, system
+
+
+async def test_insert_is_durable_and_group_committed(tmp_path):
+    store, system = await open_store(tmp_path / "jobs.db")
+    try:
+        jobs = [mk(i) for i in range(100)]
+        # 100 concurrent writers: they share a handful of transactions
+        await asyncio.gather(*(store.insert([j]) for j in jobs))
+        assert store.commits < 10
+        assert [j.seq for j in jobs] == list(range(1, 101))
+        # visible to a fresh connection (committed), not just this process' cache
+        conn = sqlite3.connect(tmp_path / "jobs.db")
+        assert conn.execute("SELECT count(*) FROM jobs").fetchone()[0] == 100
+        conn.close()
+        got = store.get("job-7")
+        assert got is not None and got.properties == {"i": 7} and got.state is JobState.QUEUED
+    finally:
+        await system.stop_all()
+
+
+async def test_updates_of_one_job_in_a_batch_collapse_to_the_last(tmp_path):
+    store, system = await open_store(tmp_path / "jobs.db")
+    try:
+        j = mk(1)
+        await store.insert([j])
+        j.state = JobState.ACTIVE
+        f1 = store.update(j)
+        j.state = JobState.SUCCEEDED
+        j.finished = 5.0
+        f2 = store.update(j)
+        assert f1 is f2  # same transaction
+        await f2
+        assert store.get("job-1").state is JobState.SUCCEEDED
+    finally:
+        await system.stop_all()
+
+
+async def test_find_filters_newest_first_and_ready_window(tmp_path):
+    store, system = await open_store(tmp_path / "jobs.db")
+    try:
+        jobs = [mk(i, topic="t/a" if i % 2 else "t/b", queue="q1" if i < 6 else "q2") for i in range(10)]
+        await store.insert(jobs)
+        assert [j.id for j in store.find(topic="t/a", limit=3)] == ["job-9", "job-7", "job-5"]
+        assert len(store.find(queue="q1")) == 6
+        jobs[0].state = JobState.ACTIVE
+        await store.update(jobs[0])
+        assert [j.id for j in store.find(state="ACTIVE")] == ["job-0"]
+        ready = store.ready("q1", after_seq=0, limit=10)
+        assert [j.id for j in ready] == ["job-1", "job-2", "job-3", "job-4", "job-5"]  # job-0 not QUEUED
+        assert [j.id for j in store.ready("q1", after_seq=3, limit=2)] == ["job-3", "job-4"]
+        counts = {(q, t, s): n for q, t, s, n in store.open_counts()}
+        assert counts[("q1", "t/b", "ACTIVE")] == 1
+    finally:
+        await system.stop_all()
+
+
+async def test_schema_version_recorded_and_newer_refused(tmp_path):
+    path = tmp_path / "jobs.db"
+    store, system = await open_store(path)
+    await system.stop_all()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
+    conn.execute("UPDATE schema_version SET version=?", (SCHEMA_VERSION + 1,))
+    conn.commit()
+    conn.close()
+    with pytest.raises(SchemaError):
+        await Store(path).on_start()
+
+
+async def test_reopen_keeps_sequence_and_rows(tmp_path):
+    path = tmp_path / "jobs.db"
+    store, system = await open_store(path)
+    await store.insert([mk(1), mk(2)])
+    await system.stop_all()
+    store, system = await open_store(path)
+    try:
+        j = mk(3)
+        await store.insert([j])
+        assert j.seq == 3 and store.count() == 3
+    finally:
+        await system.stop_all()
+
+
+async def test_recover_active_counts_a_retry_or_gives_up(tmp_path):
+    store, system = await open_store(tmp_path / "jobs.db")
+    try:
+        a = mk(1, state=JobState.ACTIVE, max_retries=3, retry_count=0)
+        b = mk(2, state=JobState.ACTIVE, max_retries=3, retry_count=3)
+        c = mk(3, state=JobState.ACTIVE, max_retries=-1, retry_count=99)
+        await store.insert([a, b, c, mk(4)])
+        res = dict(await store.recover(now=1000.0))
+        assert res == {"job-1": "QUEUED", "job-2": "GIVEN_UP", "job-3": "QUEUED"}
+        assert store.get("job-1").retry_count == 1
+        assert store.get("job-2").state is JobState.GIVEN_UP and store.get("job-2").finished == 1000.0
+        assert store.get("job-3").retry_count == 100
+        assert await store.recover(now=1001.0) == []
+    finally:
+        await system.stop_all()
+
+
+async def test_purge_respects_ttls_and_keep_queues(tmp_path):
+    store, system = await open_store(tmp_path / "jobs.db")
+    try:
+        old_ok = mk(1, state=JobState.SUCCEEDED, finished=10.0)
+        new_ok = mk(2, state=JobState.SUCCEEDED, finished=500.0)
+        old_err = mk(3, state=JobState.ERROR, finished=10.0)
+        kept = mk(4, state=JobState.SUCCEEDED, finished=10.0, queue="keep")
+        queued = mk(5)
+        await store.insert([old_ok, new_ok, old_err, kept, queued])
+        # succeeded before 100 go; other finals only before 5
+        assert await store.purge(succeeded_before=100.0, others_before=5.0, keep_queues=["keep"]) == 1
+        assert store.get("job-1") is None and store.get("job-3") is not None
+        assert await store.purge(succeeded_before=100.0, others_before=50.0, keep_queues=["keep"]) == 1
+        assert store.get("job-3") is None
+        assert {j.id for j in store.find(limit=10)} == {"job-2", "job-4", "job-5"}
+    finally:
+        await system.stop_all()
+
+
+async def test_a_failing_call_does_not_lose_the_batch(tmp_path):
+    store, system = await open_store(tmp_path / "jobs.db")
+    try:
+        def boom(conn):
+            conn.execute("INSERT INTO nosuchtable VALUES (1)")
+        j = mk(1)
+        f_ins = store.insert([j])
+        f_bad = store.call(boom)
+        await f_ins
+        with pytest.raises(sqlite3.OperationalError):
+            await f_bad
+        assert store.get("job-1") is not None
+    finally:
+        await system.stop_all()
+
+
+async def test_full_durability_commits_in_a_thread(tmp_path):
+    store, system = await open_store(tmp_path / "jobs.db", durability="full")
+    try:
+        assert store.inline_commits is False
+        await store.insert([mk(1)])
+        assert store.get("job-1") is not None
+    finally:
+        await system.stop_all()
