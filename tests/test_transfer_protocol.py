@@ -371,6 +371,20 @@ def test_any_message_from_the_origin_flushes_its_outbox(a: TransferProtocol, b: 
     b.target.results_ready([ok("job-1")])
     tout = deliver(b, "a", a.origin.offer("b", [spec(2)]))
     assert sends(tout, Result) and of(CommitAccepted, tout)
+    # a STOP (or any other message) does it too
+    b.peer_down("a")
+    tout = b.receive("a", Stop("job-2", 1))
+    assert sends(tout, Result) and sends(tout, StopAck)
+
+
+def test_an_attempt_number_is_never_reused_after_requeue(a: TransferProtocol) -> None:
+    a.origin.offer("b", [spec(1, attempt=1)])
+    a.peer_down("b")
+    a.peer_up("b")
+    out = a.origin.offer("b", [spec(1, attempt=1)])
+    (rq,) = of(RequeueLocal, out)
+    assert not sends(out) and "higher attempt" in rq.reason
+    assert sends(a.origin.offer("b", [spec(1, attempt=2)]), Handoff)
 
 
 def test_unacked_results_resend_with_backoff_while_origin_unreachable(b: TransferProtocol,

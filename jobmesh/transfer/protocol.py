@@ -792,6 +792,7 @@ class OriginProtocol:
         out: list[Any] = []
         sending: list[JobSpec] = []
         deferred: list[JobRef] = []
+        stale: list[JobRef] = []
         room = self.room(peer)
         for spec in jobs:
             existing = self._jobs.get(spec.id)
@@ -801,6 +802,11 @@ class OriginProtocol:
                 out.append(Log("warning", "offer_refused_in_flight",
                                {"job_id": spec.id, "attempt": spec.attempt, "peer": peer,
                                 "in_flight_at": existing.peer, "in_flight_attempt": existing.spec.attempt}))
+                continue
+            last = self._retired.get(spec.id)
+            if last is not None and spec.attempt <= last:
+                # the old attempt's copy or result may still be out there: never reuse its number
+                stale.append(JobRef(spec.id, spec.attempt))
                 continue
             if len(sending) >= room:
                 deferred.append(JobRef(spec.id, spec.attempt))
@@ -814,6 +820,9 @@ class OriginProtocol:
         if deferred:
             reason = "peer down" if peer in self._down else "backpressure"
             out.append(RequeueLocal(tuple(deferred), reason, peer))
+        if stale:
+            out.append(RequeueLocal(tuple(stale), "attempt already used: offer with a higher attempt", peer))
+            out.append(Log("error", "offer_with_used_attempt", {"peer": peer, "jobs": [r.id for r in stale]}))
         self._timers.maybe(self.next_deadline(), out)
         return out
 
@@ -1255,20 +1264,20 @@ class TargetProtocol:
 
     # -- messages
     def receive(self, peer: str, msg: Message) -> list[Any]:
+        # any message from an origin we thought gone is proof of life: flush its outbox first
+        out = self.peer_up(peer) if peer in self._down else []
         if isinstance(msg, Handoff):
-            return self._on_handoff(peer, msg)
+            return out + self._on_handoff(peer, msg)
         if isinstance(msg, ResultAck):
-            return self._on_result_ack(peer, msg)
+            return out + self._on_result_ack(peer, msg)
         if isinstance(msg, Stop):
-            return self._on_stop(peer, msg)
+            return out + self._on_stop(peer, msg)
         if isinstance(msg, Submit):
-            return self._on_submit(peer, msg)
-        return [Log("warning", "unexpected_message", {"peer": peer, "type": msg.TYPE, "side": "target"})]
+            return out + self._on_submit(peer, msg)
+        return out + [Log("warning", "unexpected_message", {"peer": peer, "type": msg.TYPE, "side": "target"})]
 
     def _on_handoff(self, peer: str, msg: Handoff) -> list[Any]:
         out: list[Any] = []
-        if peer in self._down:
-            out.extend(self.peer_up(peer))  # any message is proof of life
         commit: list[JobSpec] = []
         acks: list[AckItem] = []
         for spec in msg.items:
