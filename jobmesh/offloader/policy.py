@@ -7,15 +7,17 @@ below is tested deterministically.
 
 The policy (see ``docs/offloading.md`` for the long version):
 
-* **Push, by expected finish time.** Every node plans only for the jobs it is the
-  origin of and has never moved. For a group of jobs (queue, topic) it compares the
-  time the *last* queued job would finish here — ``backlog * duration / slots`` —
-  with the time it would finish on each capable node if moved there, plus a
-  transfer cost; it moves one job at a time to the node where it finishes first,
-  for as long as that is strictly sooner than keeping it (water filling). The
-  first decision therefore moves most of a burst at once, in proportion to free
-  capacity, instead of trickling it (dask's work stealing makes the same
-  comparison of expected wait against transfer cost).
+* **Push, by one water level.** Every node plans only for the jobs it is the
+  origin of and has never moved. For a group of jobs (queue, topic) it computes,
+  over the nodes that can run them, the backlog per slot at which what the busy
+  nodes can shed equals what the others can take, and sends its own excess to the
+  nodes below that level in proportion to their room. Every origin computes the
+  same level from the same view, so concurrent origins' moves add up to each
+  node's room instead of all filling the same idle node; and the first decision
+  moves most of a burst at once, in proportion to free capacity, instead of
+  trickling it. Whether to move at all compares expected finish times here and
+  there plus a transfer cost (as dask's work stealing compares expected wait
+  against transfer cost).
 * **Hysteresis.** Nothing moves unless the gap between here and the best node
   exceeds ``hysteresis`` job durations: a balanced topology causes no moves.
 * **Capability routing.** A job whose topic this node cannot run (no consumer,
@@ -40,8 +42,8 @@ The policy (see ``docs/offloading.md`` for the long version):
 from __future__ import annotations
 
 import hashlib
-import math
 import heapq
+import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -327,7 +329,7 @@ def plan_moves(
             continue
         if not local_ok:
             # capability routing: every job goes, spread by capacity; cooldown does not apply
-            moved = _fill(g, remotes, backlog, d, cfg, min(g.count, budget), local=None)
+            moved = _fill(remotes, backlog, d, cfg, min(g.count, budget))
             reason = "capability"
         else:
             candidates = [n for n in remotes if n.name not in cooling]
@@ -420,26 +422,18 @@ def _imbalanced(local: NodeLoad, remotes: list[NodeLoad], backlog: Mapping[str, 
     return here - best > cfg.hysteresis * d
 
 
-def _fill(g: QueueSummary, remotes: list[NodeLoad], backlog: dict[str, float], d: float,
-          cfg: PolicyConfig, count: int, local: NodeLoad | None) -> dict[str, int]:
-    """Water filling, one job at a time, to the node where it would finish first.
-
-    With ``local`` given, a job moves only while it finishes strictly sooner there
-    than as the last job here; without, all ``count`` jobs move (capability routing).
-    Updates ``backlog`` of the targets (the caller updates the local one).
-    """
+def _fill(remotes: list[NodeLoad], backlog: dict[str, float], d: float, cfg: PolicyConfig,
+          count: int) -> dict[str, int]:
+    """Capability routing: ``count`` jobs, one at a time, each to the node where it would
+    finish first (weighted round robin by capacity). Updates the targets' ``backlog``."""
     heap = [(_finish(backlog[n.name] + 1, n.slots, d) + cfg.transfer_cost, i, n.name, n.slots)
             for i, n in enumerate(remotes)]
     heapq.heapify(heap)
     moved: dict[str, int] = {}
-    here = backlog[local.name] if local is not None else 0.0
     for _ in range(count):
-        finish, i, name, slots = heap[0]
-        if local is not None and local.slots >= 1 and not finish < _finish(here, local.slots, d):
-            break
+        _finish_at, i, name, slots = heap[0]
         moved[name] = moved.get(name, 0) + 1
         backlog[name] += 1
-        here -= 1
         heapq.heapreplace(heap, (_finish(backlog[name] + 1, slots, d) + cfg.transfer_cost, i, name, slots))
     return moved
 
