@@ -424,9 +424,19 @@ def cmd_node(args: argparse.Namespace) -> int:
 
 
 def run_demo(argv: list[str]) -> int:
-    from . import demo
+    import importlib
 
-    return int(demo.main(argv) or 0)
+    try:
+        demo = importlib.import_module("jobmesh.demo")
+    except ModuleNotFoundError as e:
+        if e.name != "jobmesh.demo":
+            raise
+        print("jobmesh: the demo is not part of this installation", file=sys.stderr)
+        return 1
+    try:
+        return int(demo.main(argv) or 0)
+    except KeyboardInterrupt:
+        return 130
 
 
 # -- parser ------------------------------------------------------------------------------------
@@ -504,13 +514,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_client_options(p)
     p.set_defaults(func=cmd_offload)
 
-    try:
-        from . import cli_schedule  # written by the scheduler part; optional until it lands
-    except ImportError:
-        cli_schedule = None  # type: ignore[assignment]
-    if cli_schedule is not None and hasattr(cli_schedule, "add_parser"):
-        cli_schedule.add_parser(sub)
+    _add_optional_commands(sub, "jobmesh.cli_schedule")
     return parser
+
+
+def _add_optional_commands(sub: Any, module_name: str) -> None:
+    """Let a part's own module add its commands; a broken one costs only its commands."""
+    import importlib
+
+    try:
+        module = importlib.import_module(module_name)
+        add = getattr(module, "add_parser", None)
+        if add is not None:
+            add(sub)
+    except ModuleNotFoundError as e:
+        if e.name != module_name:
+            print(f"jobmesh: warning: {module_name} unavailable: {e}", file=sys.stderr)
+    except Exception as e:  # a bug there must not take `jobmesh node` down with it
+        print(f"jobmesh: warning: {module_name} unavailable: {e!r}", file=sys.stderr)
 
 
 def _positive_int(text: str) -> int:

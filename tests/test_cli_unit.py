@@ -103,3 +103,20 @@ def test_url_without_scheme_and_invalid_urls(capsys: pytest.CaptureFixture[str])
     assert f"cannot reach node at http://{url}" in capsys.readouterr().err
     assert cli.main(["stats", "--url", "http://127.0.0.1:notaport"]) == 2
     assert "invalid node URL" in capsys.readouterr().err
+
+
+def test_demo_is_dispatched_with_its_own_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+    import sys
+    import types
+
+    seen: list[list[str]] = []
+    real_import = importlib.import_module
+    if "jobmesh.demo" in sys.modules:
+        monkeypatch.setattr(sys.modules["jobmesh.demo"], "main", lambda argv: seen.append(argv) or 0)
+    else:
+        fake = types.ModuleType("jobmesh.demo")
+        fake.main = lambda argv: seen.append(argv) or 0  # type: ignore[attr-defined]
+        monkeypatch.setattr(importlib, "import_module", lambda name: fake if name == "jobmesh.demo" else real_import(name))
+    assert cli.main(["demo", "--seconds", "5", "--help"]) == 0
+    assert seen == [["--seconds", "5", "--help"]]
