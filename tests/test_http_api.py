@@ -461,3 +461,28 @@ async def test_unexpected_errors_and_slow_handlers_are_json(node: Any) -> None:
                 assert r.status == 200
     finally:
         await runner.cleanup()
+
+
+async def test_event_stream_tells_a_client_it_missed_notifications(node: Any) -> None:
+    """A burst larger than the subscriber's buffer: oldest lost, then a stream/overflow note."""
+    from aiohttp import web
+
+    from jobmesh.http import build_app
+
+    app = build_app(node, sse_queue=5)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
+            async with s.get(f"http://127.0.0.1:{port}/api/v1/events", params={"topics": "job/added"}) as resp:
+                await resp.content.readline()
+                await node.jobs.add_many([("test/ok", {"i": i}) for i in range(20)])  # 20 in one publish burst
+                events, _ = await read_events(resp, lambda evs, _c: any(e["topic"] == "stream/overflow" for e in evs))
+        overflow = next(e for e in events if e["topic"] == "stream/overflow")
+        assert overflow["dropped"] == 15
+        assert [e["topic"] for e in events].count("job/added") == 5
+    finally:
+        await runner.cleanup()

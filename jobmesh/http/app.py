@@ -155,6 +155,7 @@ def build_app(
     max_body: int = MAX_BODY,
     request_timeout: float = REQUEST_TIMEOUT,
     sse_heartbeat: float = SSE_HEARTBEAT,
+    sse_queue: int = sse.SUBSCRIBER_QUEUE,
     metrics: NodeMetrics | None = None,
 ) -> web.Application:
     app = web.Application(
@@ -168,6 +169,7 @@ def build_app(
         "max_body": max_body,
         "request_timeout": request_timeout,
         "sse_heartbeat": sse_heartbeat,
+        "sse_queue": sse_queue,
     }
     app[METRICS] = metrics or NodeMetrics(node)
     api.add_routes(app)

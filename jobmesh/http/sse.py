@@ -7,6 +7,11 @@ seconds keeps proxies from closing an idle stream and lets the server notice a
 client that went away. The stream ends cleanly when the node stops (the app's
 ``CLOSING`` event) instead of holding up the shutdown.
 
+A client too slow to keep up loses the oldest notifications (the node never waits
+for it) and then gets ``{"topic": "stream/overflow", "dropped": N}``: its picture is
+stale and should be re-read from the API. ``id:`` numbers the messages of one
+connection (there is no replay on reconnect).
+
 Query: ``topics=job/finished,job/failed`` to filter; ``heartbeat=SECONDS`` (0.1-60).
 """
 
@@ -44,7 +49,7 @@ async def events(request: web.Request) -> web.StreamResponse:
         parse_float(hb_text, "heartbeat", 0.1, 60.0) if hb_text else request.app[SETTINGS]["sse_heartbeat"]
     )
 
-    sub = node.events.subscribe(topics=topics, maxsize=SUBSCRIBER_QUEUE)
+    sub = node.events.subscribe(topics=topics, maxsize=request.app[SETTINGS].get("sse_queue", SUBSCRIBER_QUEUE))
     resp = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -55,6 +60,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     closing_task: asyncio.Task[Any] = asyncio.ensure_future(closing.wait())
     next_task: asyncio.Task[Any] | None = None
     sent = 0
+    reported_drops = 0
     try:
         await resp.prepare(request)
         await resp.write(b"retry: 2000\n: connected\n\n")
@@ -80,6 +86,11 @@ async def events(request: web.Request) -> web.StreamResponse:
                         break
                     sent += 1
                     chunks.append(format_event(more.to_json(), sent))
+                dropped = getattr(sub, "dropped", 0)
+                if dropped > reported_drops:  # tell the client it missed some: time to re-read
+                    sent += 1
+                    chunks.append(format_event({"topic": "stream/overflow", "dropped": dropped - reported_drops}, sent))
+                    reported_drops = dropped
                 await resp.write(b"".join(chunks))
             elif not done:
                 await resp.write(b": keep-alive\n\n")
