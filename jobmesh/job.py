@@ -89,6 +89,7 @@ class JobResult:
     kind: ResultKind
     message: str | None = None
     retry_delay: float | None = None  # seconds; only meaningful for FAILED
+    output: dict[str, Any] | None = None  # OK only: the job's output properties (workflows merge them)
 
     OK: "JobResult" = None  # type: ignore[assignment]  # set below
     FAILED: "JobResult" = None  # type: ignore[assignment]
@@ -143,13 +144,14 @@ class Job:
     max_retries: int = 10
     progress: Progress = field(default_factory=Progress)
     result_message: str | None = None
+    output: dict[str, Any] | None = None  # what the consumer output on success (persisted with the result)
     attempt: int = 0
     not_before: float = 0.0
     seq: int = 0  # store sequence number: the order of arrival, for ordered queues
 
     def to_json(self) -> dict[str, Any]:
         """The job as DESIGN §5.2's job JSON."""
-        return {
+        data = {
             "id": self.id,
             "topic": self.topic,
             "properties": self.properties,
@@ -165,6 +167,9 @@ class Job:
             "progress": self.progress.to_json(),
             "result_message": self.result_message,
         }
+        if self.output is not None:  # only jobs that produced output carry it (DESIGN's fields stay as they are)
+            data["output"] = self.output
+        return data
 
 
 def iso(ts: float | None) -> str | None:

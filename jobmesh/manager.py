@@ -29,6 +29,7 @@ from .topics import TopicError, validate_topic
 MAX_PROPERTIES_BYTES = 1_000_000
 MAX_BATCH = 10_000
 _STATE_NAMES = {s.value: s for s in JobState}
+_QUEUED, _ACTIVE, _SUCCEEDED = JobState.QUEUED, JobState.ACTIVE, JobState.SUCCEEDED
 
 
 class Stats:
@@ -264,6 +265,7 @@ class JobManager(Actor):
         job.not_before = 0.0
         job.finished = None
         job.result_message = None
+        job.output = None
         job.progress = Progress()
         await self.store.update(job)
         self._transition(job, old, JobState.QUEUED, None, "RETRY")
@@ -307,63 +309,87 @@ class JobManager(Actor):
     def receive(self, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
         if kind == "started":
-            now = self.clock()
-            live, wants = self._live, self.events.wants("job/started")
-            for job, waiting_ms in msg[1]:
-                live[job.id] = job
-                for s in self._scopes(job.queue, job.topic):
-                    s.queued -= 1
-                    s.active += 1
-                    s.last_activated = now
-                    s.waiting_total += waiting_ms
-                    s.waiting_n += 1
-                if wants:
-                    n = Notification("job/started", job.id, job.topic, job.queue, self.node_name,
-                                     JobState.ACTIVE.value, now, round(waiting_ms, 3), None, job.retry_count, None)
-                    self.events.publish(n)
+            self._started(msg[1])
         elif kind == "transitions":
-            for job, old, new, processing_ms, how in msg[1]:
-                self._transition(job, old, new, processing_ms, how)
+            self._transitions(msg[1])
         else:
             raise ValueError(f"job manager: unknown message {kind!r}")
 
-    def _transition(self, job: Job, old: JobState, new: JobState, processing_ms: float | None, how: str) -> None:
+    def _started(self, started: list[tuple[Job, float]]) -> None:
+        """Jobs whose ACTIVE row committed. Statistics are summed per (queue, topic) first:
+        a batch usually holds many jobs of few topics."""
         now = self.clock()
-        scopes = self._scopes(job.queue, job.topic)
-        for s in scopes:
-            if old is JobState.QUEUED:
-                s.queued -= 1
-            elif old is JobState.ACTIVE:
-                s.active -= 1
-            if new is JobState.QUEUED:
-                s.queued += 1
-                if old is JobState.ACTIVE and how != "ABORTED":
-                    s.failed += 1
-            elif new is JobState.SUCCEEDED:
-                s.finished += 1
-                s.last_finished = now
-            elif new in FINAL_STATES:
-                s.cancelled += 1
-                s.last_finished = now
-            if processing_ms is not None and how != "ABORTED":
-                s.processing_total += processing_ms
-                s.processing_n += 1
-        if new in FINAL_STATES:
-            self._live.pop(job.id, None)
-            waiters = self._waiters.pop(job.id, None)
-            if waiters:
+        live, wants = self._live, self.events.wants("job/started")
+        agg: dict[tuple[str, str], list[float]] = {}
+        for job, waiting_ms in started:
+            live[job.id] = job
+            a = agg.get((job.queue, job.topic))
+            if a is None:
+                agg[(job.queue, job.topic)] = [1, waiting_ms]
+            else:
+                a[0] += 1
+                a[1] += waiting_ms
+            if wants:
+                self.events.publish(Notification(
+                    "job/started", job.id, job.topic, job.queue, self.node_name, "ACTIVE", now,
+                    round(waiting_ms, 3), None, job.retry_count, None))
+        for (queue, topic), (n, waiting) in agg.items():
+            for st in self._scopes(queue, topic):
+                st.queued -= n
+                st.active += n
+                st.last_activated = now
+                st.waiting_total += waiting
+                st.waiting_n += n
+
+    def _transitions(self, transitions: list[tuple[Any, ...]]) -> None:
+        now = self.clock()
+        agg: dict[tuple[str, str, JobState, JobState, bool], list[float]] = {}
+        live, waiters, events = self._live, self._waiters, self.events
+        for job, old, new, processing_ms, how in transitions:
+            key = (job.queue, job.topic, old, new, how == "ABORTED")
+            a = agg.get(key)
+            if a is None:
+                agg[key] = a = [0, 0.0, 0]
+            a[0] += 1
+            if processing_ms is not None:
+                a[1] += processing_ms
+                a[2] += 1
+            if new is not _ACTIVE:
+                live.pop(job.id, None)
+            if new in FINAL_STATES and job.id in waiters:
                 snap = _snapshot(job)
-                for fut in waiters:
+                for fut in waiters.pop(job.id):
                     if not fut.done():
                         fut.set_result(snap)
-        elif new is JobState.QUEUED:
-            self._live.pop(job.id, None)
-        topic = notification_topic(old, new)
-        if topic is not None and self.events.wants(topic):
-            n = Notification(topic, job.id, job.topic, job.queue, self.node_name, new.value, now, None,
-                             round(processing_ms, 3) if processing_ms is not None else None,
-                             job.retry_count, job.result_message)
-            self.events.publish(n)
+            if events.active:
+                topic = notification_topic(old, new)
+                if topic is not None and events.wants(topic):
+                    events.publish(Notification(
+                        topic, job.id, job.topic, job.queue, self.node_name, new.value, now, None,
+                        round(processing_ms, 3) if processing_ms is not None else None,
+                        job.retry_count, job.result_message))
+        for (queue, topic, old, new, aborted), (n, proc_total, proc_n) in agg.items():
+            for st in self._scopes(queue, topic):
+                if old is _QUEUED:
+                    st.queued -= n
+                elif old is _ACTIVE:
+                    st.active -= n
+                if new is _QUEUED:
+                    st.queued += n
+                    if old is _ACTIVE and not aborted:
+                        st.failed += n
+                elif new is _SUCCEEDED:
+                    st.finished += n
+                    st.last_finished = now
+                elif new in FINAL_STATES:
+                    st.cancelled += n
+                    st.last_finished = now
+                if proc_n and not aborted:
+                    st.processing_total += proc_total
+                    st.processing_n += proc_n
+
+    def _transition(self, job: Job, old: JobState, new: JobState, processing_ms: float | None, how: str) -> None:
+        self._transitions([(job, old, new, processing_ms, how)])
 
     def _scopes(self, queue: str, topic: str) -> tuple[Stats, Stats, Stats]:
         return (self.overall, self._queue_stats(queue), self._topic_stats(topic))

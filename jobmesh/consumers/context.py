@@ -23,19 +23,33 @@ def append_log(job: Job, line: str) -> None:
 
 
 class ResultBuilder:
-    """``ctx.result().message("...").succeeded()`` / ``.failed(retry_delay=5)`` / ``.cancelled()``."""
+    """``ctx.result().message("...").succeeded()`` / ``.failed(retry_delay=5)`` / ``.cancelled()``.
 
-    __slots__ = ("_message",)
+    ``.output(key=value)`` (or ``.output({...})``) adds output properties to a success;
+    they are stored with the job's result (``job.output``) and a workflow merges them
+    into the next step's input.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_message", "_output")
+
+    def __init__(self, output: dict[str, Any] | None = None) -> None:
         self._message: str | None = None
+        self._output: dict[str, Any] | None = output
 
     def message(self, text: str) -> "ResultBuilder":
         self._message = str(text)
         return self
 
+    def output(self, values: dict[str, Any] | None = None, **more: Any) -> "ResultBuilder":
+        out = self._output if self._output is not None else {}
+        if values:
+            out.update(values)
+        out.update(more)
+        self._output = out
+        return self
+
     def succeeded(self) -> JobResult:
-        return JobResult(ResultKind.OK, self._message)
+        return JobResult(ResultKind.OK, self._message, output=self._output or None)
 
     def failed(self, retry_delay: float | None = None) -> JobResult:
         return JobResult(ResultKind.FAILED, self._message, retry_delay)
@@ -47,7 +61,7 @@ class ResultBuilder:
 class ExecutionContext:
     """Handed to consumers that take a second parameter (and to ``ConsumerActor.process``)."""
 
-    __slots__ = ("job", "_stopped", "_clock", "_on_progress")
+    __slots__ = ("job", "_stopped", "_clock", "_on_progress", "output")
 
     def __init__(self, job: Job, stopped: Callable[[], bool], clock: Callable[[], float] = time.time,
                  on_progress: Callable[[Job], Any] | None = None) -> None:
@@ -55,6 +69,8 @@ class ExecutionContext:
         self._stopped = stopped
         self._clock = clock
         self._on_progress = on_progress
+        # output properties of a successful run (``ctx.output["k"] = v``); stored as job.output
+        self.output: dict[str, Any] = {}
 
     def _changed(self) -> None:
         if self._on_progress is not None:
@@ -94,4 +110,4 @@ class ExecutionContext:
         return self._stopped()
 
     def result(self) -> ResultBuilder:
-        return ResultBuilder()
+        return ResultBuilder(dict(self.output) if self.output else None)

@@ -322,7 +322,10 @@ class ConsumerPool(Actor):
             return Outcome("STOPPED", stop_state=run.stop_state)
         if run.abort:
             return Outcome("ABORTED", "interrupted by node shutdown")
-        return _outcome_of(result)
+        outcome = _outcome_of(result)
+        if ctx is not None and ctx.output and outcome.kind == "OK" and outcome.output is None:
+            outcome = Outcome("OK", outcome.message, output=dict(ctx.output))  # ctx.output[...] = v
+        return outcome
 
     def _count_done(self) -> None:
         self.finished_total += 1
@@ -357,6 +360,8 @@ def _outcome_of(result: Any) -> Outcome:
         return _OK
     if isinstance(result, JobResult):
         if result.kind is ResultKind.OK:
+            if result.output:
+                return Outcome("OK", result.message, output=dict(result.output))
             return _OK if result.message is None else Outcome("OK", result.message)
         if result.kind is ResultKind.CANCEL:
             return Outcome("CANCEL", result.message)

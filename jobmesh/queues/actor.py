@@ -21,7 +21,7 @@ from ..job import FINAL_STATES, Job, JobState, check_transition
 from ..consumers.context import append_log
 from .core import Outcome, decide, make_window
 
-WINDOW = 8192  # jobs held in memory per queue
+WINDOW = 16384  # jobs held in memory per queue
 REFILL_BELOW = WINDOW // 4
 
 
@@ -198,6 +198,8 @@ class QueueActor(Actor):
         job.not_before = not_before
         if message is not None or new is JobState.SUCCEEDED:
             job.result_message = message
+        if new is JobState.SUCCEEDED:
+            job.output = outcome.output
         for line in outcome.log:
             append_log(job, line)
         fut = self.store.update(job)

@@ -11,7 +11,7 @@ import heapq
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 from ..config import MAIN_QUEUE, QueueConfig
 from ..job import Job, JobState, ResultKind
@@ -54,6 +54,7 @@ class Outcome:
     retry_delay: float | None = None  # the consumer's failed(retry_delay)
     stop_state: JobState = JobState.STOPPED  # STOPPED for stop, DROPPED for remove
     log: tuple[str, ...] = ()  # lines to append to the progress log (e.g. a traceback)
+    output: dict[str, Any] | None = None  # OK only: the consumer's output properties
 
 
 def retry_delay_for(job: Job, queue: QueueConfig, consumer_delay: float | None) -> float:

@@ -39,6 +39,11 @@ MIGRATIONS: list[list[str]] = [
         # the restart recovery of ACTIVE jobs scan instead (rare; newest first with LIMIT).
         "CREATE INDEX jobs_finished ON jobs(finished) WHERE finished IS NOT NULL",
     ],
+    [
+        # A successful job's output properties (JSON or NULL): a workflow merges them into
+        # the next step's input, so they must survive restarts with the result.
+        "ALTER TABLE jobs ADD COLUMN output TEXT",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

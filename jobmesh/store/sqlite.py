@@ -34,12 +34,12 @@ log = structlog.get_logger("jobmesh.store")
 
 JOB_COLUMNS = (
     "seq, id, topic, queue, state, properties, origin, target, created, started, finished, "
-    "retry_count, max_retries, attempt, not_before, progress, result_message"
+    "retry_count, max_retries, attempt, not_before, progress, result_message, output"
 )
-_INSERT = f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({', '.join('?' * 17)})"
+_INSERT = f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({', '.join('?' * 18)})"
 _UPDATE = (
     "UPDATE jobs SET state=?, started=?, finished=?, retry_count=?, attempt=?, not_before=?, "
-    "progress=?, result_message=?, target=?, queue=? WHERE seq=?"
+    "progress=?, result_message=?, target=?, queue=?, output=? WHERE seq=?"
 )
 _DELETE = "DELETE FROM jobs WHERE id=?"
 
@@ -55,7 +55,7 @@ def progress_json(p: Progress) -> str | None:
 
 def row_to_job(row: tuple[Any, ...]) -> Job:
     (seq, id_, topic, queue, state, props, origin, target, created, started, finished,
-     retry_count, max_retries, attempt, not_before, progress, result_message) = row
+     retry_count, max_retries, attempt, not_before, progress, result_message, output) = row
     if progress:
         p = json.loads(progress)
         prog = Progress(steps=p.get("steps"), step=p.get("step", 0), eta=p.get("eta"), log=p.get("log", []))
@@ -66,6 +66,7 @@ def row_to_job(row: tuple[Any, ...]) -> Job:
         origin=origin, target=target, created=created, started=started, finished=finished,
         retry_count=retry_count, max_retries=max_retries, progress=prog,
         result_message=result_message, attempt=attempt, not_before=not_before, seq=seq,
+        output=json.loads(output) if output else None,
     )
 
 
@@ -73,7 +74,8 @@ def update_row(job: Job) -> tuple[Any, ...]:
     """A snapshot of a job's mutable columns, taken when the write is requested."""
     return (
         job.state._value_, job.started, job.finished, job.retry_count, job.attempt, job.not_before,
-        progress_json(job.progress), job.result_message, job.target, job.queue, job.seq,
+        progress_json(job.progress), job.result_message, job.target, job.queue,
+        json.dumps(job.output) if job.output else None, job.seq,
     )
 
 
@@ -199,7 +201,7 @@ class Store(Actor):
                 job.seq, job.id, job.topic, job.queue, job.state.value, props, job.origin,
                 job.target, job.created, job.started, job.finished, job.retry_count,
                 job.max_retries, job.attempt, job.not_before, progress_json(job.progress),
-                job.result_message,
+                job.result_message, json.dumps(job.output) if job.output else None,
             ))
         self._next_seq = seq
         return self._enqueue()
