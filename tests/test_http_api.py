@@ -486,3 +486,30 @@ async def test_event_stream_tells_a_client_it_missed_notifications(node: Any) ->
         assert [e["topic"] for e in events].count("job/added") == 5
     finally:
         await runner.cleanup()
+
+
+async def test_health_says_stopping_while_the_node_drains(tmp_path: Path) -> None:
+    n = make_node(tmp_path, name="h4")
+    await n.start()
+    stop_task: asyncio.Task[None] | None = None
+    try:
+        async with aiohttp.ClientSession(base_url=n.http_url, timeout=aiohttp.ClientTimeout(total=5)) as s:
+            async with s.post("/api/v1/jobs", json={"topic": "test/block"}) as r:
+                job_id = (await r.json())["id"]
+            await wait_state(s, job_id, {"ACTIVE"})
+            stop_task = asyncio.ensure_future(n.stop(grace=1.0))  # the running job holds the drain
+            for _ in range(50):
+                async with s.get("/api/v1/health") as r:
+                    if r.status == 503:
+                        assert await r.json() == {"node": "h4", "status": "stopping"}
+                        break
+                await asyncio.sleep(0.02)
+            else:
+                raise AssertionError("health never reported stopping")
+            async with s.post("/api/v1/jobs", json={"topic": "test/ok"}) as r:
+                assert "shutting down" in await error_of(r, 409)
+    finally:
+        if stop_task is not None:
+            await stop_task
+        else:
+            await n.stop()

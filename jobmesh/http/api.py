@@ -53,12 +53,12 @@ def _job_id(request: web.Request) -> str:
 
 
 async def health(request: web.Request) -> web.Response:
+    """200 "ready" while the node runs; 503 once it is no longer taking jobs (draining)."""
     node = request.app[NODE]
-    ready = getattr(node, "ready", True)
-    if callable(ready):
-        ready = ready()
-    if not ready:
-        return json_response({"node": node.name, "status": "starting"}, status=503)
+    running = getattr(node, "running", True)
+    accepting = getattr(getattr(node, "jobs", None), "accepting", True)
+    if not running or accepting is False:
+        return json_response({"node": node.name, "status": "stopping"}, status=503)
     return json_response({"node": node.name, "status": "ready"})
 
 
