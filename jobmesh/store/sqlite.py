@@ -114,6 +114,9 @@ class Store(Actor):
         # running it on the loop's thread beats a thread hop (no GIL hand-offs per row).
         # With durability="full" each commit fsyncs, so it runs in the writer thread.
         self.inline_commits = durability != "full"
+        self.checkpoint_interval = 0.5
+        self._last_ckpt_commits = 0
+        self._ckpt_executor: ThreadPoolExecutor | None = None
 
     @staticmethod
     def _new_batch() -> _Batch:
@@ -126,6 +129,7 @@ class Store(Actor):
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobmesh-store")
+        self._ckpt_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobmesh-checkpoint")
         loop = asyncio.get_running_loop()
         self._wconn = await loop.run_in_executor(self._executor, self._open_writer)
         self._rconn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -135,6 +139,7 @@ class Store(Actor):
         self._next_seq = (row[0] or 0) + 1
         self._opened = True
         self.spawn(self._writer(), name="store:writer")
+        self.spawn(self._checkpointer(), name="store:checkpointer")
 
     def _open_writer(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -142,6 +147,9 @@ class Store(Actor):
         conn.execute("PRAGMA synchronous=" + ("FULL" if self.durability == "full" else "NORMAL"))
         conn.execute("PRAGMA busy_timeout=5000")
         conn.execute("PRAGMA cache_size=-16000")  # 16 MB page cache: bounded memory
+        # No checkpoint inside a commit (it would stall the loop for milliseconds, the p99):
+        # the checkpointer copies the WAL back from its own thread (see _checkpointer).
+        conn.execute("PRAGMA wal_autocheckpoint=0")
         migrate(conn)
         return conn
 
@@ -168,6 +176,9 @@ class Store(Actor):
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+        if self._ckpt_executor is not None:
+            self._ckpt_executor.shutdown(wait=True)
+            self._ckpt_executor = None
 
     @staticmethod
     def _close_writer(conn: sqlite3.Connection) -> None:
@@ -238,6 +249,28 @@ class Store(Actor):
             await self._pending.futures[0]
         elif self._inflight is not None and not self._inflight.done():
             await asyncio.shield(self._inflight)
+
+    async def _checkpointer(self) -> None:
+        """Copy the WAL back into the database from a thread (SQLite releases the GIL there)."""
+        loop = asyncio.get_running_loop()
+        conn = await loop.run_in_executor(self._ckpt_executor, self._open_checkpointer)
+        try:
+            while True:
+                await asyncio.sleep(self.checkpoint_interval)
+                if self.commits == self._last_ckpt_commits:
+                    continue
+                self._last_ckpt_commits = self.commits
+                try:
+                    await loop.run_in_executor(self._ckpt_executor, conn.execute, "PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as exc:  # busy or I/O: the next round tries again
+                    log.warning("WAL checkpoint failed", error=repr(exc))
+        finally:
+            await asyncio.shield(loop.run_in_executor(self._ckpt_executor, conn.close))
+
+    def _open_checkpointer(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout=1000")
+        return conn
 
     async def _writer(self) -> None:
         while True:

@@ -1,0 +1,82 @@
+"""End-to-end throughput of one node: N no-op jobs added through the public API and run.
+
+Prints ONE JSON object. Default durability (WAL, synchronous=NORMAL).
+
+    .venv/bin/python benchmarks/throughput.py [--jobs 20000] [--batch 1000] [--capacity 64] [--max-parallel 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import jobmesh  # noqa: E402
+from jobmesh.log import configure_logging  # noqa: E402
+
+
+@jobmesh.consumer("bench/noop")
+async def noop(job: jobmesh.Job) -> None:
+    return None
+
+
+async def run(args: argparse.Namespace, data: Path) -> dict:
+    queues = [jobmesh.QueueConfig(name="main", max_parallel=args.max_parallel)]
+    async with jobmesh.Node(name="bench", data_dir=data, capacity=args.capacity, queues=queues) as node:
+        node.add_consumer(noop)
+        n = args.jobs
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        for i in range(0, n, args.batch):
+            await node.jobs.add_many([("bench/noop", None)] * min(args.batch, n - i))
+        added = time.perf_counter() - wall0
+        deadline = time.monotonic() + 300
+        while True:
+            stats = await node.jobs.statistics()
+            if stats["overall"]["finished"] >= n:
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit("benchmark did not finish within 300 s")
+            await asyncio.sleep(0.005)
+        wall = time.perf_counter() - wall0
+        cpu = time.process_time() - cpu0
+        commits = node.store.commits
+    return {
+        "benchmark": "throughput",
+        "jobs": n,
+        "seconds": round(wall, 3),
+        "jobs_per_second": round(n / wall, 1),
+        "add_seconds": round(added, 3),
+        "cpu_seconds": round(cpu, 3),
+        "jobs_per_cpu_second": round(n / cpu, 1),
+        "commits": commits,
+        "capacity": args.capacity,
+        "max_parallel": args.max_parallel,
+        "durability": "normal",
+        "target_jobs_per_second": 15000,
+        "load_average_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--jobs", type=int, default=20000)
+    p.add_argument("--batch", type=int, default=1000)
+    p.add_argument("--capacity", type=int, default=64)
+    p.add_argument("--max-parallel", type=int, default=64)
+    args = p.parse_args()
+    configure_logging("console", "WARNING")
+    with tempfile.TemporaryDirectory(prefix="jobmesh-bench-") as d:
+        result = asyncio.run(run(args, Path(d) / "node"))
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
