@@ -380,7 +380,8 @@ def cmd_offload(args: argparse.Namespace) -> int:
 # -- node and demo ------------------------------------------------------------------------
 
 
-def cmd_node(args: argparse.Namespace) -> int:
+def node_config(args: argparse.Namespace) -> Any:
+    """The config file (or defaults) with the command-line flags applied, validated."""
     from .config import ConfigError, load_config
 
     try:
@@ -401,9 +402,13 @@ def cmd_node(args: argparse.Namespace) -> int:
             config.capacity = args.capacity
         if args.log_format:
             config.log_format = args.log_format
-        config.validate()
+        return config.validate()
     except ConfigError as e:
         raise CliError(f"configuration: {e}", code=2) from None
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    config = node_config(args)
 
     cwd = os.getcwd()
     if cwd not in sys.path and "" not in sys.path:
@@ -455,12 +460,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="data directory (the job store)")
     p.add_argument("--bind", help="transfer endpoint tcp://HOST:PORT (heartbeats on the next port)")
     p.add_argument("--pub", help="heartbeat endpoint tcp://HOST:PORT (default: the port after --bind)")
-    p.add_argument("--seed", action="append", metavar="ENDPOINT", help="a live member's --bind endpoint (repeatable)")
+    p.add_argument("--seed", nargs="+", action="extend", metavar="ENDPOINT",
+                   help="live members' --bind endpoints (--seed A B or --seed A --seed B)")
     p.add_argument("--http", help="HTTP API address HOST:PORT, or 'off'")
     p.add_argument("--consumers", nargs="+", action="extend", metavar="MODULE", help="modules whose consumers to register")
     p.add_argument("--capacity", type=_positive_int, help="consumer slots")
     p.add_argument("--log-format", choices=("console", "json"), help="log output format")
-    p.add_argument("--log-level", default=os.environ.get("JOBMESH_LOG_LEVEL", "INFO"), help="log level (default INFO)")
+    p.add_argument("--log-level", type=str.upper, choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                   default=(os.environ.get("JOBMESH_LOG_LEVEL") or "INFO").upper(), help="log level (default INFO)")
     p.set_defaults(func=cmd_node)
 
     sub.add_parser("demo", help="run a small local mesh with sample consumers and a workload", add_help=False)

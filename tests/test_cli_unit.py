@@ -120,3 +120,23 @@ def test_demo_is_dispatched_with_its_own_arguments(monkeypatch: pytest.MonkeyPat
         monkeypatch.setattr(importlib, "import_module", lambda name: fake if name == "jobmesh.demo" else real_import(name))
     assert cli.main(["demo", "--seconds", "5", "--help"]) == 0
     assert seen == [["--seconds", "5", "--help"]]
+
+
+def test_node_flags_override_the_config_file(tmp_path) -> None:
+    cfg = tmp_path / "n.toml"
+    cfg.write_text('[node]\nname = "file"\ncapacity = 3\nhttp = "127.0.0.1:9000"\nseeds = ["tcp://x:1"]\n')
+    parser = cli.build_parser()
+    args = parser.parse_args(["node", "--config", str(cfg), "--name", "flag", "--seed", "tcp://a:1", "tcp://b:2",
+                              "--capacity", "7", "--log-format", "json", "--data", str(tmp_path / "d")])
+    c = cli.node_config(args)
+    assert (c.name, c.capacity, c.log_format, c.http) == ("flag", 7, "json", "127.0.0.1:9000")
+    assert c.seeds == ["tcp://a:1", "tcp://b:2"] and c.data == str(tmp_path / "d")
+    assert cli.node_config(parser.parse_args(["node", "--http", "off"])).http is None
+    args = parser.parse_args(["node", "--bind", "tcp://127.0.0.1:6000"])
+    assert cli.node_config(args).pub_endpoint == "tcp://127.0.0.1:6001"
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[node]\ndurability = 'sometimes'\n")
+    with pytest.raises(cli.CliError) as e:
+        cli.node_config(parser.parse_args(["node", "--config", str(bad)]))
+    assert e.value.code == 2 and "durability" in str(e.value)
+    assert cli.main(["node", "--log-level", "chatty"]) == 2
