@@ -267,3 +267,6 @@ def test_node_with_config_token_and_graceful_sigterm(tmp_path: Path) -> None:
     finally:
         code = stop_node(proc)
     assert code == 0
+    lines = [line for line in (tmp_path / "c2.log").read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # --log-format json: every line is a JSON object
+    assert any(r.get("event") == "http serving" and r.get("node") == "c2" for r in records)
