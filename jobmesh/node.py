@@ -85,6 +85,7 @@ class Node:
         self._consumer_actors: list[Actor] = []
         self.discovery: Any = None
         self.schedules: Any = None  # SchedulerActor once started
+        self.workflows: Any = None  # WorkflowActor once started
         self.http: Any = None
         self.http_url: str | None = None
         self._properties: dict[str, Any] = {}
@@ -145,6 +146,9 @@ class Node:
         from .scheduler.actor import SchedulerActor  # node.schedules: after discovery, before HTTP
         self.schedules = SchedulerActor(self)
         await self._system.start(self.schedules)
+        from .workflow.actor import WorkflowActor  # node.workflows: after the scheduler, before HTTP
+        self.workflows = WorkflowActor(self)
+        await self._system.start(self.workflows)
         if self.config.http:
             try:
                 mod = importlib.import_module("jobmesh.http")
