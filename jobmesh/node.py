@@ -82,6 +82,7 @@ class Node:
         self.pool.bind(self.jobs, self._queue_actors)  # type: ignore[arg-type]
         self.jobs.bind(self.pool, self._queue_actors)  # type: ignore[arg-type]
         self._pending_consumers: list[ConsumerSpec] = []
+        self._starting: list[ConsumerSpec] = []  # ConsumerActors added while running, starting up
         self._consumer_actors: list[Actor] = []
         self.discovery: Any = None
         self.schedules: Any = None  # SchedulerActor once started
@@ -217,9 +218,16 @@ class Node:
         if not self._running:
             self._pending_consumers.append(spec)
         elif spec.actor is not None:
+            self._starting.append(spec)
+
             async def start_then_add() -> None:
-                await self._system.start(spec.actor)  # type: ignore[arg-type]
-                self._register(spec)
+                try:
+                    await self._system.start(spec.actor)  # type: ignore[arg-type]
+                    self._register(spec)
+                except Exception:
+                    self.log.exception("consumer actor failed to start", consumer=spec.name)
+                finally:
+                    self._starting.remove(spec)
             asyncio.ensure_future(start_then_add())
         else:
             self._register(spec)
@@ -235,7 +243,7 @@ class Node:
 
     def consumer_topics(self) -> list[str]:
         pats = self.pool.index.patterns()
-        for spec in self._pending_consumers:
+        for spec in [*self._pending_consumers, *self._starting]:
             for p in spec.patterns:
                 if p not in pats:
                     pats.append(p)
