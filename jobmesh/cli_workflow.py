@@ -1,0 +1,182 @@
+"""``jobmesh workflow start|list|show|abort|definitions``: workflows over a node's HTTP API.
+
+Follows ``jobmesh.cli``'s conventions (``--url``/``JOBMESH_URL``, ``--token``/
+``JOBMESH_TOKEN``, ``--json``, one-line errors, exit 1 on error and 2 on usage).
+``start --wait`` exits 0 when the workflow completed and 1 when it failed or was aborted.
+Only the stdlib: the command stays fast to start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import urllib.parse
+from typing import Any
+
+from .cli import CliError, _short_time, add_client_options, client, emit, parse_property, table
+
+FINAL = ("COMPLETED", "FAILED", "ABORTED")
+
+
+def _path(instance_id: str | None = None, action: str | None = None) -> str:
+    p = "/api/v1/workflows"
+    if instance_id is not None:
+        p += "/" + urllib.parse.quote(instance_id, safe="")
+    if action:
+        p += "/" + action
+    return p
+
+
+def _step_text(w: dict[str, Any]) -> str:
+    steps = w.get("steps") or 0
+    cur = int(w.get("current_step") or 0)
+    return f"{min(cur + 1, steps)}/{steps} {w.get('current_topic') or '-'}"
+
+
+def render_instance_line(w: dict[str, Any]) -> str:
+    text = f"{w['id']}  {w['workflow']}  {w['state']}  step {_step_text(w)}"
+    if w.get("reason"):
+        text += f"  {w['reason']}"
+    return text
+
+
+def render_instance(w: dict[str, Any]) -> str:
+    lines = [
+        f"id:          {w['id']}",
+        f"workflow:    {w['workflow']}",
+        f"state:       {w['state']}",
+        f"origin:      {w.get('origin')}",
+        f"step:        {_step_text(w)}",
+        f"created:     {_short_time(w.get('created'))}",
+        f"finished:    {_short_time(w.get('finished')) or '-'}",
+    ]
+    if w.get("reason"):
+        lines.append(f"reason:      {w['reason']}")
+    lines.append(f"properties:  {w.get('properties')}")
+    lines.append(f"data:        {w.get('data')}")
+    hist = w.get("history") or []
+    if hist:
+        lines.append("history:")
+        rows = [[h["index"] + 1, h["topic"], h.get("job_id"), h.get("state"), _short_time(h.get("finished")),
+                 h.get("result_message")] for h in hist]
+        lines.extend("  " + line for line in table(["#", "TOPIC", "JOB", "STATE", "FINISHED", "MESSAGE"], rows).splitlines())
+    return "\n".join(lines)
+
+
+def render_instances(data: dict[str, Any]) -> str:
+    items = data.get("workflows", []) if isinstance(data, dict) else []
+    if not items:
+        return "no workflows"
+    rows = [[w["id"], w["workflow"], w["state"], _step_text(w), _short_time(w.get("created")), w.get("reason")]
+            for w in items]
+    return table(["ID", "WORKFLOW", "STATE", "STEP", "CREATED", "REASON"], rows)
+
+
+def render_definitions(data: dict[str, Any]) -> str:
+    items = data.get("definitions", []) if isinstance(data, dict) else []
+    if not items:
+        return "no workflow definitions"
+    rows = [[d["name"], " -> ".join(s["topic"] + ("" if s.get("offloadable", True) else " (local)")
+                                    for s in d.get("steps", [])), d.get("description")] for d in items]
+    return table(["NAME", "STEPS", "DESCRIPTION"], rows)
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    c = client(args)
+    inst = c.post(_path(), {"workflow": args.name, "properties": dict(args.property or [])})
+    if not args.wait:
+        emit(args, inst, render_instance_line)
+        return 0
+    deadline = time.monotonic() + args.timeout
+    delay = 0.05
+    while inst["state"] not in FINAL:
+        if time.monotonic() >= deadline:
+            emit(args, inst, render_instance_line)
+            raise CliError(f"workflow {inst['id']} not finished after {args.timeout:g} s (state {inst['state']})")
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 1.5, 0.5)
+        inst = c.get(_path(inst["id"]))
+    emit(args, inst, render_instance_line)
+    return 0 if inst["state"] == "COMPLETED" else 1
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    query = {"state": args.state, "workflow": args.workflow, "limit": args.limit}
+    emit(args, client(args).request("GET", _path(), query=query), render_instances)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    emit(args, client(args).get(_path(args.id)), render_instance)
+    return 0
+
+
+def cmd_abort(args: argparse.Namespace) -> int:
+    body = {"reason": args.reason} if args.reason else None
+    emit(args, client(args).post(_path(args.id, "abort"), body), render_instance_line)
+    return 0
+
+
+def cmd_definitions(args: argparse.Namespace) -> int:
+    emit(args, client(args).get("/api/v1/workflow-definitions"), render_definitions)
+    return 0
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
+def _limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 1 <= value <= 10_000:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 10000, got {value}")
+    return value
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add ``jobmesh workflow ...`` to the ``jobmesh`` command's sub-parsers."""
+    sp = subparsers.add_parser("workflow", help="workflows: start, list, show, abort, definitions")
+    wsub = sp.add_subparsers(dest="workflow_command", metavar="ACTION", required=True)
+
+    p = wsub.add_parser("start", help="start a workflow instance")
+    p.add_argument("name", metavar="NAME", help="the workflow's name (see `jobmesh workflow definitions`)")
+    p.add_argument("-p", "--property", action="append", type=parse_property, metavar="KEY=VALUE",
+                   help="an input property; VALUE is JSON when it parses, else a string (repeatable)")
+    p.add_argument("--wait", action="store_true", help="wait until it ends; exit 1 unless it COMPLETED")
+    p.add_argument("--timeout", type=_positive_float, default=300.0, help="seconds to wait (default 300)")
+    add_client_options(p)
+    p.set_defaults(func=cmd_start)
+
+    p = wsub.add_parser("list", help="list workflow instances, newest first")
+    p.add_argument("--state", choices=("RUNNING", "COMPLETED", "FAILED", "ABORTED"), type=str.upper)
+    p.add_argument("--workflow", metavar="NAME", help="only instances of this workflow")
+    p.add_argument("--limit", type=_limit, default=100)
+    add_client_options(p)
+    p.set_defaults(func=cmd_list)
+
+    p = wsub.add_parser("show", help="one instance with its step history")
+    p.add_argument("id", metavar="ID")
+    add_client_options(p)
+    p.set_defaults(func=cmd_show)
+
+    p = wsub.add_parser("abort", help="abort a running instance (its running step job is stopped)")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--reason", help="recorded as the instance's reason")
+    add_client_options(p)
+    p.set_defaults(func=cmd_abort)
+
+    p = wsub.add_parser("definitions", help="the workflows this node can start")
+    add_client_options(p)
+    p.set_defaults(func=cmd_definitions)
+
+
+__all__ = ["add_parser", "render_instance", "render_instances", "render_instance_line", "render_definitions"]
