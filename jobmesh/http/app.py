@@ -176,6 +176,7 @@ def build_app(
     app.router.add_get(EVENTS_PATH, sse.events)
     app.router.add_get("/metrics", metrics_handler)
     _mount_optional("jobmesh.http.schedules", app, node)
+    _mount_optional("jobmesh.http.workflows", app, node)
     if not _mount_optional("jobmesh.console", app, node):
         app.router.add_get("/", index)
 
