@@ -522,6 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_offload)
 
     _add_optional_commands(sub, "jobmesh.cli_schedule")
+    _add_optional_commands(sub, "jobmesh.cli_workflow")
     return parser
 
 
