@@ -221,6 +221,14 @@ class Transport:
         sock.setsockopt(zmq.RCVHWM, 10_000)
         return sock
 
+    def sub_socket_sync(self) -> zmq.Socket:
+        """The same as ``sub_socket``, for a thread of its own (sync)."""
+        sock = self.sync_ctx.socket(zmq.SUB)
+        self._setup(sock, server=False)
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+        sock.setsockopt(zmq.RCVHWM, 10_000)
+        return sock
+
     def router_socket(self, endpoint: str) -> zmq.asyncio.Socket:
         sock = self.ctx.socket(zmq.ROUTER)
         self._setup(sock, server=True)

@@ -38,11 +38,9 @@ from ..transport import (
     PeerUnreachable,
     RequestTimeout,
     Transport,
-    ZMQError,
-    is_socket_closed_error,
     load_curve_keys,
 )
-from .heartbeat import HeartbeatSender
+from .heartbeat import HeartbeatReceiver, HeartbeatSender
 from .membership import (
     Connect,
     Disconnect,
@@ -151,7 +149,7 @@ class DiscoveryActor(Actor):
         self._core: Membership | None = None
         self._transport: Transport | None = None
         self._sender: HeartbeatSender | None = None
-        self._sub: Any = None
+        self._receiver: HeartbeatReceiver | None = None
         self._join_wanted = asyncio.Event()
         self._last_payload_at = 0.0
         self.loop_lag = 0.0  # the largest event-loop lag seen in the last monitor window
@@ -218,7 +216,9 @@ class DiscoveryActor(Actor):
             self.endpoint.bind(self._transport, self.bind)
             self._sender = HeartbeatSender(self._transport, self.pub, self.interval, self.timeout, self.node.name)
             await asyncio.get_running_loop().run_in_executor(None, self._sender.start_and_wait)
-            self._sub = self._transport.sub_socket()
+            self._receiver = HeartbeatReceiver(self._transport, self.node.name,
+                                               period=self.interval / self.tick_fraction)
+            await asyncio.get_running_loop().run_in_executor(None, self._receiver.start_and_wait)
         except BaseException:
             self._close_sockets()
             raise
@@ -234,7 +234,6 @@ class DiscoveryActor(Actor):
             self._core.resubscribe()
         self._apply(self._core.drain())
         self._publish_heartbeat(send_now=True)
-        self.spawn(self._receive_heartbeats(), name="discovery:sub")
         self.spawn(self.endpoint.run(), name="discovery:router")
         self.spawn(self._tick_loop(), name="discovery:tick")
         self.spawn(self._join_loop(), name="discovery:join")
@@ -259,9 +258,9 @@ class DiscoveryActor(Actor):
 
     def _close_sockets(self) -> None:
         self.endpoint.close()
-        if self._sub is not None:
-            self._sub.close(0)
-            self._sub = None
+        if self._receiver is not None:
+            self._receiver.stop()
+            self._receiver = None
         if self._sender is not None and self._sender.is_alive():
             self._sender.stop()
         self._sender = None
@@ -354,17 +353,11 @@ class DiscoveryActor(Actor):
                     v = ev.new_view
                     self.log.info("topology", kind=ev.type.value, members=v.names, leader=v.leader)
             elif isinstance(o, Connect):
-                if self._sub is not None:
-                    try:
-                        self._sub.connect(o.endpoint)
-                    except ZMQError as e:
-                        self.log.warning("cannot connect to a member's heartbeats", endpoint=o.endpoint, error=str(e))
+                if self._receiver is not None:
+                    self._receiver.connect(o.endpoint)
             elif isinstance(o, Disconnect):
-                if self._sub is not None:
-                    try:
-                        self._sub.disconnect(o.endpoint)
-                    except ZMQError:
-                        pass  # never connected (a failed connect above)
+                if self._receiver is not None:
+                    self._receiver.disconnect(o.endpoint)
             elif isinstance(o, Dropped):
                 self.log.info("member dropped", member=o.name, reason=o.reason)
             elif isinstance(o, Rejoin):
@@ -373,33 +366,24 @@ class DiscoveryActor(Actor):
                 self._publish_heartbeat(send_now=True)  # our new rank, at once
 
     def _dropped(self, reason: str, **kw: Any) -> None:
-        self.messages_dropped += 1
         now = time.monotonic()
         if now - self._drop_log_at > 1.0:  # garbage floods must not flood the log
             self._drop_log_at = now
             self.log.warning("heartbeat dropped", reason=reason, dropped_total=self.messages_dropped, **kw)
 
     # -- tasks ---------------------------------------------------------------------
-    async def _receive_heartbeats(self) -> None:
-        sub = self._sub
-        while True:
+    def _absorb_heartbeats(self) -> None:
+        """Feed the core what the receiver thread collected since the last tick."""
+        assert self._receiver is not None and self._core is not None
+        batch, reasons, rejected = self._receiver.take()
+        if rejected:
+            self.messages_dropped += rejected
+            self._dropped(reasons[0] if reasons else "rejected", count=rejected)
+        for arrived, body in batch:
             try:
-                frames = await sub.recv_multipart()
-            except ZMQError as e:
-                if is_socket_closed_error(e):
-                    return
-                raise
-            try:
-                msg = wire.decode(frames)
-            except wire.WireError as e:
-                self._dropped(e.reason, version=wire.peer_version(frames))
-                continue
-            if msg.type != "heartbeat":
-                self._dropped(f"{msg.type!r} is not a heartbeat")
-                continue
-            try:
-                outs = self._core.on_heartbeat(msg.body, time.monotonic())  # type: ignore[union-attr]
+                outs = self._core.on_heartbeat(body, arrived)
             except InvalidMember as e:
+                self.messages_dropped += 1
                 self._dropped(str(e))
                 continue
             self.heartbeats_received += 1
@@ -413,6 +397,7 @@ class DiscoveryActor(Actor):
             core = self._core
             assert core is not None and self._sender is not None
             due = now - self._last_payload_at >= self.interval * 0.9
+            self._absorb_heartbeats()
             if due:
                 self._refresh_local(now)
             self._apply(core.tick(now, own_silence=self._sender.take_max_gap()))

@@ -70,7 +70,7 @@ class MemberInfo:
 
     def property_key(self) -> tuple[Any, ...]:
         """What a PROPERTIES_CHANGED is made of (capacity deliberately left out)."""
-        return (self.topics, self.offload_topics, _freeze(self.properties))
+        return (self.topics, self.offload_topics, self.properties)
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -130,14 +130,6 @@ def _str_tuple(v: Any, what: str) -> tuple[str, ...]:
     if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
         raise InvalidMember(f"{what} must be a list of strings")
     return tuple(v)
-
-
-def _freeze(v: Any) -> Any:
-    if isinstance(v, dict):
-        return tuple(sorted((str(k), _freeze(x)) for k, x in v.items()))
-    if isinstance(v, (list, tuple)):
-        return tuple(_freeze(x) for x in v)
-    return v
 
 
 # -- outputs -----------------------------------------------------------------
@@ -230,6 +222,10 @@ class Membership:
         self._published_topology: tuple[Any, ...] = ()
         self._published_properties: tuple[Any, ...] = ()
         self._seen_topology: tuple[Any, ...] = ()
+        # what changed since the last evaluation: keeps a heartbeat that changes nothing cheap
+        self._topology_dirty = True
+        self._properties_dirty = True
+        self._subscriptions_dirty = True
         if self._established:
             self._establish()
 
@@ -317,7 +313,10 @@ class Membership:
             changes["capacity"] = dict(capacity)
         if properties is not None:
             changes["properties"] = dict(properties)
-        self.local = replace(self.local, **changes)
+        new = replace(self.local, **changes)
+        if new.property_key() != self.local.property_key():
+            self._properties_dirty = True
+        self.local = new
         self._evaluate(now)
         return self._drain()
 
@@ -349,6 +348,10 @@ class Membership:
             return self._drain()
         self._accept(info, now, direct=True)
         for item in gossip:
+            if isinstance(item, list) and len(item) == 5:  # fast path: someone we know already
+                known = self._members.get(item[0]) if isinstance(item[0], str) else None
+                if (known is not None and known.info.incarnation == item[1]) or item[0] == self.local.name:
+                    continue
             try:
                 g = MemberInfo.from_gossip(item)
             except InvalidMember:
@@ -396,6 +399,7 @@ class Membership:
         rank = body.get("rank")
         if isinstance(rank, (int, float)) and not isinstance(rank, bool) and rank > self.local.rank:
             self.local = replace(self.local, rank=float(rank))
+            self._topology_dirty = True
         if self._rejoining:
             listed = {info.name for info, _ in parsed}
             for name in list(self._members):
@@ -434,6 +438,7 @@ class Membership:
         for name, (_, expires) in list(self._candidates.items()):
             if now >= expires:
                 del self._candidates[name]
+                self._subscriptions_dirty = True
         for name, t in list(self._tombstones.items()):
             if now - t.dropped_at > self.tombstone_ttl:
                 del self._tombstones[name]
@@ -478,10 +483,17 @@ class Membership:
                 current = None
         if current is None:
             self._members[info.name] = _Member(info, seen)
+            self._topology_dirty = self._properties_dirty = self._subscriptions_dirty = True
         else:
+            old = current.info
+            if old.identity() != info.identity():
+                self._topology_dirty = self._subscriptions_dirty = True
+            if old.property_key() != info.property_key():
+                self._properties_dirty = True
             current.info = info
             current.last_seen = max(current.last_seen, seen)
-        self._candidates.pop(info.name, None)
+        if self._candidates.pop(info.name, None) is not None:
+            self._subscriptions_dirty = True
 
     def _consider_candidate(self, g: MemberInfo, now: float) -> None:
         if g.name == self.local.name or not g.pub_endpoint:
@@ -494,6 +506,9 @@ class Membership:
             return
         if g.name not in self._candidates and len(self._candidates) >= MAX_CANDIDATES:
             return
+        previous = self._candidates.get(g.name)
+        if previous is None or previous[0].pub_endpoint != g.pub_endpoint:
+            self._subscriptions_dirty = True
         self._candidates[g.name] = (g, now + self.timeout)
 
     def _drop(self, name: str, reason: str, now: float) -> None:
@@ -503,6 +518,7 @@ class Membership:
         m = self._members.pop(name, None)
         if m is None:
             return
+        self._topology_dirty = self._properties_dirty = self._subscriptions_dirty = True
         if tombstone:
             if len(self._tombstones) >= MAX_TOMBSTONES:
                 oldest = min(self._tombstones, key=lambda n: self._tombstones[n].dropped_at)
@@ -521,6 +537,7 @@ class Membership:
             self.local = replace(self.local, rank=top + RANK_STEP)
         else:
             self.local = replace(self.local, rank=self.local.rank + RANK_STEP)
+        self._topology_dirty = True
         self._out.append(Rejoin(reason))
 
     def _ordered(self) -> list[MemberInfo]:
@@ -555,7 +572,7 @@ class Membership:
         return tuple(i.identity() for i in self._ordered())
 
     def _properties_key(self) -> tuple[Any, ...]:
-        return tuple((i.name, i.property_key()) for i in self._ordered())
+        return tuple((i.name, *i.property_key()) for i in self._ordered())
 
     def _publish(self, view: TopologyView) -> None:
         self._published = view
@@ -574,32 +591,36 @@ class Membership:
         self._establish()
 
     def _evaluate(self, now: float) -> None:
-        self._sync_subscriptions()
+        if self._subscriptions_dirty:
+            self._subscriptions_dirty = False
+            self._sync_subscriptions()
         if not self._established:
             return
-        topo = self._topology_key()
-        if topo != self._seen_topology:
-            self._seen_topology = topo
-            self._last_change = now  # the settle time counts from the latest change
-        if topo != self._published_topology:
-            if not self._changing:
+        if self._topology_dirty:
+            self._topology_dirty = False
+            topo = self._topology_key()
+            if topo != self._seen_topology:
+                self._seen_topology = topo
+                self._last_change = now  # the settle time counts from the latest change
+            if topo != self._published_topology and not self._changing:
                 self._changing = True
                 old = replace(self._published, current=False) if self._published else None
                 self._out.append(ViewEvent(TopologyEvent(TopologyEventType.TOPOLOGY_CHANGING, old, None)))
-            return
         if self._changing:
             return  # CHANGED (at the next tick) will carry the new properties too
-        if self._properties_key() != self._published_properties:
-            old = self._published
-            new = self._build_view()
-            self._publish(new)
-            self._out.append(
-                ViewEvent(
-                    TopologyEvent(
-                        TopologyEventType.PROPERTIES_CHANGED, replace(old, current=False) if old else None, new
+        if self._properties_dirty:
+            self._properties_dirty = False
+            if self._properties_key() != self._published_properties:
+                old = self._published
+                new = self._build_view()
+                self._publish(new)
+                self._out.append(
+                    ViewEvent(
+                        TopologyEvent(
+                            TopologyEventType.PROPERTIES_CHANGED, replace(old, current=False) if old else None, new
+                        )
                     )
                 )
-            )
 
     def _sync_subscriptions(self) -> None:
         wanted = {m.info.pub_endpoint for m in self._members.values() if m.info.pub_endpoint}
@@ -614,7 +635,8 @@ class Membership:
     def resubscribe(self) -> None:
         """The SUB socket was recreated (actor restart): connect to every member again."""
         self._subscribed = set()
-        self._sync_subscriptions()
+        self._subscriptions_dirty = True
+        self._evaluate(self._last_tick)
 
     def drain(self) -> list[Output]:
         """Outputs not yet handed out (e.g. the INIT of a node that starts alone)."""
