@@ -235,6 +235,18 @@ class WorkflowActor(Actor):
                 if not lst:
                     del self._waiters[msg[1]]
             return None
+        if kind == "record_final":  # a final instance's step job ended: history only
+            inst = await self._load(msg[1])
+            job = await self.node.jobs.get(msg[2])
+            if job is not None and job.state in FINAL_STATES:
+                try:
+                    core.apply(inst, StepFinal(job.id, job.state.value, job.result_message, job.output), self.clock())
+                except core.InvalidWorkflowEvent as e:
+                    self.log.warning("workflow event refused", workflow_id=inst.id, error=str(e))
+                    return None
+                assert self._store is not None
+                await asyncio.to_thread(self._store.save, inst)
+            return None
         if kind == "sweep":
             for job_id in list(self._by_job):
                 await self._check_job(job_id)
@@ -355,7 +367,7 @@ class WorkflowActor(Actor):
                               topic=ins.topic, job_id=job.id)
                 todo = core.apply(inst, StepCommitted(ins.step, job.id), self.clock()) + todo
             elif isinstance(ins, StopJob):
-                self.spawn(self._stop_job(ins.job_id), name="workflows:stop")
+                self.spawn(self._stop_job(inst.id, ins.job_id), name="workflows:stop")
             elif isinstance(ins, (core.Completed, core.Failed, core.Aborted)):
                 if isinstance(ins, core.Failed):
                     self.log.warning("workflow failed", workflow=inst.name, workflow_id=inst.id, reason=ins.reason)
@@ -365,13 +377,19 @@ class WorkflowActor(Actor):
         if inst.state.final:
             self._untrack(inst)
 
-    async def _stop_job(self, job_id: str) -> None:
+    async def _stop_job(self, instance_id: str, job_id: str) -> None:
+        """Stop an aborted instance's step job, then record how it ended in the history."""
         try:
             await asyncio.wait_for(self.node.jobs.stop(job_id), 30.0)
         except (NotFound, Conflict):
             pass  # already over
         except Exception as e:  # the abort stands; the job may still finish (recorded, ignored)
             self.log.warning("could not stop an aborted workflow's step job", job_id=job_id, error=repr(e))
+        try:
+            await self.node.jobs.wait(job_id, timeout=60.0)
+        except (NotFound, asyncio.TimeoutError):
+            return
+        self.tell(("record_final", instance_id, job_id))
 
     def _track(self, inst: WorkflowInstance) -> None:
         self._instances[inst.id] = inst
