@@ -43,7 +43,7 @@ GATE: dict[str, asyncio.Event] = {}
 @jobmesh.consumer("wf/slow")
 async def slow(job, ctx):
     gate = GATE.setdefault("slow", asyncio.Event())
-    for _ in range(500):
+    for _ in range(3000):
         if gate.is_set() or ctx.is_stopped():
             break
         await asyncio.sleep(0.01)
@@ -182,7 +182,7 @@ async def test_survives_a_node_restart_mid_workflow(node_factory, tmp_path):
     node = await node_factory(CONSUMERS, name="r1")
     node.workflows.define(flow)
     inst = await node.workflows.start("restartable", {"text": "abcd"})
-    for _ in range(300):
+    for _ in range(1000):
         cur = (await node.workflows.get(inst.id)).history
         if len(cur) == 2 and cur[1].job_id and (await node.jobs.get(cur[1].job_id)).state.value == "ACTIVE":
             break

@@ -326,6 +326,7 @@ class WorkflowActor(Actor):
             if job_id is not None:
                 self.log.info("step job found after restart", workflow_id=inst.id, step=pending.step, job_id=job_id)
                 await self._perform(inst, [], committed=(pending.step, job_id))
+                await self._check_job(job_id)  # it may have ended already: no notification will come
             else:
                 await self._perform(inst, [pending])
             return
