@@ -80,6 +80,12 @@ class NodeProcess:
         args += ["--http", f"127.0.0.1:{self.http_port}"] if http else ["--http", "off"]
         if self.endpoint:
             args += ["--bind", self.endpoint]
+        elif config is None:
+            # No --bind: a node of its own, no discovery/transfer sockets (the CLI's default
+            # bind is a fixed port, which parallel tests must not share).
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            config = self.workdir / f"{name}-standalone.toml"
+            config.write_text('[node]\nbind = ""\n')
         for s in seeds:
             args += ["--seed", s]
         if config is not None:

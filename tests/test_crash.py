@@ -136,6 +136,9 @@ async def test_poison_job_ends_given_up_after_its_retries(tmp_path):
     (tmp_path / "crash_consumers.py").write_text(CONSUMERS)
     (tmp_path / "node.toml").write_text(textwrap.dedent(
         """
+        [node]
+        bind = ""
+
         [[queue]]
         name = "poison"
         topics = ["crash/poison"]

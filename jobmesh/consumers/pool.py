@@ -86,6 +86,9 @@ class ConsumerPool(Actor):
         self._started: list[_Run] = []
         self._finished: dict[str, list[tuple[Job, Outcome]]] = {}
         self._flush_scheduled = False
+        # Offloading hooks (the transfer actor): another node's job started here / reported progress.
+        self.foreign_started: Callable[[list[Job]], None] | None = None
+        self.foreign_progress: Callable[[Job], None] | None = None
 
     def bind(self, manager: Actor, queues: dict[str, Actor]) -> None:
         self.manager = manager
@@ -228,10 +231,21 @@ class ConsumerPool(Actor):
                 self._end(run, Outcome("ABORTED", f"could not record the start: {err}"))
             return
         self.manager.tell(("started", [(r.job, r.waiting_ms) for r in started]))  # type: ignore[union-attr]
+        if self.foreign_started is not None:
+            me = self.node_name
+            foreign = [r.job for r in started if r.job.origin != me]
+            if foreign:
+                self.foreign_started(foreign)
         self._ready.extend(started)
-        idle = self._idle_workers
-        for _ in range(min(len(started), len(idle))):
-            w = idle.pop()
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        """Wake one idle worker if jobs are waiting. A worker runs ready jobs one after the
+        other for as long as their consumers finish without waiting; a consumer that does
+        wait wakes the next worker (see ``_execute``). So fast jobs cost no wake-up each,
+        and slow ones still fan out over all slots."""
+        if self._ready and self._idle_workers:
+            w = self._idle_workers.pop()
             if not w.done():
                 w.set_result(None)
 
@@ -289,16 +303,26 @@ class ConsumerPool(Actor):
         if spec is None:
             return Outcome("FAILED", f"no consumer for topic {job.topic}")
         run.is_async = spec.is_async
-        ctx = ExecutionContext(job, run.stopped, self.clock) if spec.takes_context else None
+        on_progress = self.foreign_progress if job.origin != self.node_name else None
+        ctx = ExecutionContext(job, run.stopped, self.clock, on_progress) if spec.takes_context else None
         run.executing = True
         try:
             if spec.actor is not None:
                 assert spec.semaphore is not None
+                self._wake_one()
                 async with spec.semaphore:
                     result = await spec.actor.process(job, ctx)
             elif spec.is_async:
-                result = await (spec.fn(job, ctx) if ctx is not None else spec.fn(job))  # type: ignore[misc]
+                coro = spec.fn(job, ctx) if ctx is not None else spec.fn(job)  # type: ignore[misc]
+                try:
+                    yielded = coro.send(None)  # run it inline up to its first real wait
+                except StopIteration as done:
+                    result = done.value  # finished without waiting: no task switch at all
+                else:
+                    self._wake_one()  # this one waits: the next ready job gets another worker
+                    result = await _resume(coro, yielded)
             else:
+                self._wake_one()
                 loop = asyncio.get_running_loop()
                 fn = spec.fn
                 assert fn is not None
@@ -352,6 +376,33 @@ class ConsumerPool(Actor):
     def running_job(self, job_id: str) -> Job | None:
         run = self._runs.get(job_id)
         return run.job if run is not None else None
+
+
+async def _resume(coro: Any, yielded: Any) -> Any:
+    """Drive a consumer coroutine that ``_execute`` started inline, from its first wait on.
+
+    Does what an asyncio Task does for it: wait for the future it yielded, then resume
+    it; the future's result or exception (or cancellation, when the slot is cancelled
+    after the stop grace) reaches the coroutine through the future itself.
+    """
+    while True:
+        try:
+            if yielded is None:  # a bare yield (asyncio.sleep(0)): just let the loop run once
+                await asyncio.sleep(0)
+            else:
+                yielded._asyncio_future_blocking = False  # as Task.__step does before waiting on it
+                await yielded
+        except BaseException as exc:
+            if yielded is None or not yielded.done():
+                try:  # cancelled while not waiting on the coroutine's own future: tell it
+                    yielded = coro.throw(exc)
+                except StopIteration as done:
+                    return done.value
+                continue
+        try:
+            yielded = coro.send(None)
+        except StopIteration as done:
+            return done.value
 
 
 def _outcome_of(result: Any) -> Outcome:
