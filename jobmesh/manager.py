@@ -312,8 +312,35 @@ class JobManager(Actor):
             self._started(msg[1])
         elif kind == "transitions":
             self._transitions(msg[1])
+        elif kind == "foreign_added":
+            self._foreign_added(msg[1])
+        elif kind == "foreign_done":
+            self._foreign_done(msg[1])
         else:
             raise ValueError(f"job manager: unknown message {kind!r}")
+
+    def _foreign_added(self, jobs: list[Job]) -> None:
+        """Copies of other nodes' jobs, committed here by the transfer actor: they queue and
+        count like local jobs while here (no job/added: their origin announced them)."""
+        by_queue: dict[str, list[Job]] = {}
+        for job in jobs:
+            by_queue.setdefault(job.queue, []).append(job)
+            for s in self._scopes(job.queue, job.topic):
+                s.queued += 1
+        for qname, lst in by_queue.items():
+            actor = self._queue_actors.get(qname)
+            if actor is not None:
+                actor.tell(("enqueue", lst))
+
+    def _foreign_done(self, done: list[tuple[Job, JobState]]) -> None:
+        """Copies that ended here (their outcome went to the transfer outbox; the origin records it)."""
+        for job, old in done:
+            for s in self._scopes(job.queue, job.topic):
+                if old is JobState.QUEUED:
+                    s.queued -= 1
+                elif old is JobState.ACTIVE:
+                    s.active -= 1
+            self._live.pop(job.id, None)
 
     def _started(self, started: list[tuple[Job, float]]) -> None:
         """Jobs whose ACTIVE row committed. Statistics are summed per (queue, topic) first:

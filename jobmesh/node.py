@@ -81,6 +81,25 @@ class Node:
                                                      self.pool.index.has_consumer, clock=clock)
         self.pool.bind(self.jobs, self._queue_actors)  # type: ignore[arg-type]
         self.jobs.bind(self.pool, self._queue_actors)  # type: ignore[arg-type]
+        # Offloading (DESIGN §2 transfer/offloader): per-node settings decide what runs here, even
+        # this node's own jobs; with a transfer endpoint, jobs move between nodes.
+        from .offloading import OffloadSettings
+        self.offload_settings = OffloadSettings.load(cfg.data, cfg.offloading.enabled_topics,
+                                                     cfg.offloading.disabled_topics)
+        for qa in self._queue_actors.values():
+            qa.runnable = self._runnable
+        self.transfer: Any = None
+        self.offloader: Any = None
+        if cfg.bind:
+            from .transfer.actor import TransferActor
+            self.store.local_name = cfg.name
+            self.transfer = TransferActor(self)
+            for qa in self._queue_actors.values():
+                qa.local_name = cfg.name
+                qa.foreign_sink = self.transfer.foreign_finished
+                qa.remote_stop = self.transfer.remote_stop
+            self.pool.foreign_started = self.transfer.foreign_started
+            self.pool.foreign_progress = self.transfer.foreign_progress
         self._pending_consumers: list[ConsumerSpec] = []
         self._starting: list[ConsumerSpec] = []  # ConsumerActors added while running, starting up
         self._consumer_actors: list[Actor] = []
@@ -144,6 +163,12 @@ class Node:
             else:
                 self.discovery = mod.DiscoveryActor(self)
                 await self._system.start(self.discovery)
+                self._publish_offloading()
+                if self.transfer is not None:
+                    from .offloader.actor import OffloaderActor
+                    await self._system.start(self.transfer)
+                    self.offloader = OffloaderActor(self)
+                    await self._system.start(self.offloader)
         from .scheduler.actor import SchedulerActor  # node.schedules: after discovery, before HTTP
         self.schedules = SchedulerActor(self)
         await self._system.start(self.schedules)
@@ -252,12 +277,64 @@ class Node:
     # -- observation -------------------------------------------------------------
     def capacity_snapshot(self) -> dict[str, Any]:
         snap = self.pool.snapshot()
+        queued = max(0, self.jobs.queued_count())
+        foreign = 0
+        if self.transfer is not None:
+            # own jobs waiting at another node are not this node's backlog; copies here are, but
+            # only this node's own jobs can move
+            queued = max(0, queued - self.transfer.waiting_elsewhere())
+            foreign = self.transfer.foreign_copies()
         return {
             "slots": snap["slots"],
             "active": snap["active"],
-            "queued": max(0, self.jobs.queued_count()),
+            "queued": queued,
             "throughput": snap["throughput"],
+            "movable": max(0, queued - foreign),
         }
+
+    def queue_config(self, name: str) -> QueueConfig:
+        qa = self._queue_actors.get(name)
+        return qa.config if qa is not None else self.jobs.matcher.main
+
+    # -- offloading ------------------------------------------------------------------
+    def _runnable(self, topic: str) -> bool:
+        """A job of ``topic`` may start here: a consumer, and the topic enabled here."""
+        return self.pool.index.has_consumer(topic) and self.offload_settings.allows(topic)
+
+    def offload_topics(self) -> list[str]:
+        """What this node's heartbeat advertises as enabled (read by discovery)."""
+        return self.offload_settings.offload_topics(self.consumer_topics())
+
+    def _publish_offloading(self) -> None:
+        s = self.offload_settings
+        try:
+            self.set_property("offload_disabled_topics", s.disabled_patterns())
+            self.set_property("offloading", s.to_json())
+        except Exception as exc:
+            self.log.warning("offloading settings not published", error=repr(exc))
+
+    async def set_offloading(self, node_name: str, topic: str, mode: str) -> dict[str, Any]:
+        """Set ``topic`` to ``mode`` (enabled|disabled|exclusive) on ``node_name``: here, or
+        forwarded to that member; persisted there, advertised within one heartbeat."""
+        from .errors import NotFound, ValidationError
+        if node_name != self.name:
+            if self.transfer is None:
+                raise NotFound(f"node {node_name} is not in the topology")
+            return await self.transfer.forward_settings(node_name, topic, mode)
+        if not isinstance(mode, str):
+            raise ValidationError("mode must be a string")
+        self.offload_settings.apply(topic, mode)
+        try:
+            self.offload_settings.save(self.config.data)
+        except OSError as exc:
+            self.log.error("offloading settings not saved", error=str(exc))
+        self._publish_offloading()
+        for qa in self._queue_actors.values():
+            qa.tell(("consumers_changed",))  # parked jobs of a topic enabled now may start
+        if self.offloader is not None:
+            self.offloader.tell(("kick",))
+        self.log.info("offloading changed", topic=topic, mode=mode)
+        return {"node": self.name, "topic": topic, "mode": mode, "settings": self.offload_settings.to_json()}
 
     def queue_actor(self, name: str) -> QueueActor | None:
         return self._queue_actors.get(name)

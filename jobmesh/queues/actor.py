@@ -48,6 +48,13 @@ class QueueActor(Actor):
         self.window_size = window
         self.refill_below = max(1, window // 4)
         self.suspended = False
+        # Offloading hooks (set by the node when it has a transfer actor): ``local_name`` tells
+        # this node's own jobs from other nodes' copies; a copy's outcome goes to
+        # ``foreign_sink`` (the origin decides about retries); a stop of a job handed to
+        # another node goes to ``remote_stop``.
+        self.local_name: str | None = None
+        self.foreign_sink: Callable[[Job, Outcome], None] | None = None
+        self.remote_stop: Callable[[Job, JobState], Any] | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -110,6 +117,10 @@ class QueueActor(Actor):
         elif kind == "drain":
             self.draining = True
             return None
+        elif kind == "offload_summary":
+            return self._offload_summary()
+        elif kind == "take":
+            return self._take(msg[1], msg[2])
         else:
             raise ValueError(f"{self.name}: unknown message {kind!r}")
         self._pump()
@@ -181,6 +192,9 @@ class QueueActor(Actor):
 
     def _finished(self, job: Job, outcome: Outcome) -> None:
         self.in_flight.pop(job.id, None)
+        if self.foreign_sink is not None and job.origin != self.local_name and outcome.kind != "ABORTED":
+            self.foreign_sink(job, outcome)  # another node's job: its origin applies the outcome
+            return
         now = self.clock()
         old = job.state
         if old is JobState.QUEUED:  # stopped/removed before it started
@@ -227,6 +241,9 @@ class QueueActor(Actor):
         """
         job = self.window.remove(job_id)
         if job is not None:
+            if self.foreign_sink is not None and job.origin != self.local_name:
+                self.foreign_sink(job, Outcome("STOPPED", stop_state=state))
+                return job
             return await self._record_cancel(job, state)
         if job_id in self.in_flight:
             res = await self.pool.ask(("cancel", job_id, state))
@@ -237,7 +254,14 @@ class QueueActor(Actor):
             # between pool and us: the pool already reported it finished; the queue catches up
             return None
         stored = self.store.get(job_id)
-        if stored is None or stored.state is not JobState.QUEUED:
+        if stored is None:
+            return None
+        if (self.remote_stop is not None and stored.target is not None and stored.target != self.local_name
+                and stored.origin == self.local_name and stored.state in (JobState.QUEUED, JobState.ACTIVE)):
+            await self.remote_stop(stored, state)  # the stop travels to the target
+            if stored.state is not JobState.QUEUED:
+                return None  # running there: its result records the stop
+        if stored.state is not JobState.QUEUED:
             return None
         return await self._record_cancel(stored, state)
 
@@ -249,6 +273,47 @@ class QueueActor(Actor):
         await self.store.update(job)
         self.manager.tell(("transitions", [(job, old, state, None, "STOPPED")]))
         return job
+
+    # -- offloading ---------------------------------------------------------------
+    def _movable(self, job: Job, now: float) -> bool:
+        """This node's own job, ready now, not a workflow's local step."""
+        if job.origin != self.local_name or job.not_before > now:
+            return False
+        props = job.properties
+        return not (isinstance(props, dict) and props.get("jobmesh:local") is True)
+
+    def _offload_summary(self) -> list[tuple[str, int, float, bool]]:
+        """(topic, movable jobs in the window, age of the oldest, ordered) for the offloader."""
+        now = self.clock()
+        counts: dict[str, list[float]] = {}
+        for job in self.window.jobs():
+            if not self._movable(job, now):
+                continue
+            c = counts.get(job.topic)
+            if c is None:
+                counts[job.topic] = [1, job.created]
+            else:
+                c[0] += 1
+                if job.created < c[1]:
+                    c[1] = job.created
+        ordered = self.config.type == "ordered"
+        return [(t, int(c[0]), max(0.0, now - c[1]), ordered) for t, c in counts.items()]
+
+    def _take(self, topic: str, count: int) -> list[Job]:
+        """Take up to ``count`` movable jobs of ``topic`` out of the window, newest first
+        (the oldest keep their place in line here); the transfer actor hands them off."""
+        now = self.clock()
+        out: list[Job] = []
+        if count <= 0:
+            return out
+        for job in reversed(list(self.window.jobs())):
+            if job.topic != topic or not self._movable(job, now):
+                continue
+            self.window.remove(job.id)
+            out.append(job)
+            if len(out) >= count:
+                break
+        return out
 
     def info(self) -> dict[str, Any]:
         c = self.config

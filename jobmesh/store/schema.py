@@ -44,6 +44,22 @@ MIGRATIONS: list[list[str]] = [
         # the next step's input, so they must survive restarts with the result.
         "ALTER TABLE jobs ADD COLUMN output TEXT",
     ],
+    [
+        # Offloading (transfer actor). A target's copies of other nodes' jobs: the attempt the
+        # origin handed over (the jobs row's own attempt counts local starts).
+        """CREATE TABLE transfer_copies (
+            job_id TEXT PRIMARY KEY,
+            origin TEXT NOT NULL,
+            attempt INTEGER NOT NULL
+        )""",
+        # The durable outbox: final results of copies, kept until the origin acknowledged them.
+        """CREATE TABLE transfer_outbox (
+            job_id TEXT PRIMARY KEY,
+            origin TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            body TEXT NOT NULL                -- JSON of the protocol's ResultItem
+        )""",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -114,6 +114,10 @@ class Store(Actor):
         # running it on the loop's thread beats a thread hop (no GIL hand-offs per row).
         # With durability="full" each commit fsyncs, so it runs in the writer thread.
         self.inline_commits = durability != "full"
+        # The node's name, set by the node when it offloads: QUEUED jobs handed to another
+        # node (``target`` set to it) stay out of the queue windows, and a crash recovery
+        # leaves them and other nodes' copies to the transfer actor.
+        self.local_name: str | None = None
         self.checkpoint_interval = 0.5
         self._last_ckpt_commits = 0
         self._ckpt_executor: ThreadPoolExecutor | None = None
@@ -373,11 +377,24 @@ class Store(Actor):
 
     def ready(self, queue: str, after_seq: int, limit: int) -> list[Job]:
         """The next QUEUED jobs of ``queue`` in arrival order (the window refill; uses jobs_ready)."""
-        rows = self.reader.execute(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE queue=? AND state='QUEUED' AND seq>? ORDER BY seq LIMIT ?",
-            (queue, after_seq, limit),
-        ).fetchall()
+        if self.local_name is not None:
+            rows = self.reader.execute(
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE queue=? AND state='QUEUED' AND seq>? "
+                "AND (target IS NULL OR target=?) ORDER BY seq LIMIT ?",
+                (queue, after_seq, self.local_name, limit),
+            ).fetchall()
+        else:
+            rows = self.reader.execute(
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE queue=? AND state='QUEUED' AND seq>? ORDER BY seq LIMIT ?",
+                (queue, after_seq, limit),
+            ).fetchall()
         return [row_to_job(r) for r in rows]
+
+    def reserve_seqs(self, n: int) -> int:
+        """The first of ``n`` fresh sequence numbers, for rows written through ``call``."""
+        first = self._next_seq
+        self._next_seq += max(0, n)
+        return first
 
     def open_counts(self) -> list[tuple[str, str, str, int]]:
         """(queue, topic, state, count) of QUEUED and ACTIVE jobs: the statistics gauges at start."""
@@ -402,9 +419,19 @@ class Store(Actor):
         Returns (job_id, new_state) for every recovered job.
         """
         def run(conn: sqlite3.Connection) -> list[tuple[str, str]]:
-            rows = conn.execute(
-                "SELECT id, retry_count, max_retries FROM jobs WHERE state='ACTIVE'"
-            ).fetchall()
+            me = self.local_name
+            if me is not None:
+                # other nodes' copies run again here (their origin decides); jobs running at
+                # another node are the transfer actor's to settle
+                conn.execute("UPDATE jobs SET state='QUEUED' WHERE state='ACTIVE' AND origin!=?", (me,))
+                rows = conn.execute(
+                    "SELECT id, retry_count, max_retries FROM jobs WHERE state='ACTIVE' "
+                    "AND (target IS NULL OR target=?)", (me,)
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    "SELECT id, retry_count, max_retries FROM jobs WHERE state='ACTIVE'"
+                ).fetchall()
             out = []
             requeue, give_up = [], []
             for job_id, rc, mr in rows:

@@ -1,0 +1,195 @@
+"""The offloader actor: runs the rebalancing policy and applies its moves (DESIGN §2 offloader).
+
+A thin loop around ``offloader.policy``: on a short tick, on topology events and
+when asked (``kick``: settings changed, jobs added), it reads the topology view
+(the local instance replaced by this node's fresh capacity), asks every queue actor
+for a summary of its movable jobs, lets ``plan_moves`` decide, takes the chosen jobs
+out of the queue windows (newest first) and gives them to the transfer actor. An
+idle node asks the busiest one for work (``plan_steal``); a steal request is
+answered with the thief's part of the same balance. Every move made or received is
+recorded (``MoveRecord``) for the policy's no-ping-pong rules and counted for the
+metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections import deque
+from typing import Any
+
+import structlog
+
+from ..actor import Actor
+from ..discovery.view import TopologyView
+from ..transfer.protocol import StealRequest
+from .policy import MoveRecord, PolicyConfig, QueueSummary, plan_moves, plan_steal
+
+log = structlog.get_logger("jobmesh.offloader")
+
+MAX_JOBS_PER_ROUND = 8192  # jobs handed off per decision at most (bounded latency per round)
+HISTORY = 1000  # move records kept (the policy looks at the last seconds only)
+
+
+class OffloaderActor(Actor):
+    """Messages: ``("plan",)``/``("kick",)`` (decide now), ``("received", peer, n)`` (jobs pushed
+    to us), ``("steal", peer, count, topics)`` (a peer asks us for work)."""
+
+    def __init__(self, node: Any, config: PolicyConfig | None = None, interval: float | None = None) -> None:
+        super().__init__("offloader")
+        self.node = node
+        self.cfg = config or PolicyConfig()
+        hb = node.config.discovery.heartbeat_interval
+        self.interval = interval if interval is not None else max(0.02, min(0.1, hb / 5))
+        self.log = log.bind(node=node.name)
+        self.history: deque[MoveRecord] = deque(maxlen=HISTORY)
+        self.moves_out = 0  # jobs this node decided to move
+        self.moves_in = 0  # jobs other nodes pushed here
+        self.decisions = 0  # plans with at least one move
+        self.steal_requests = 0
+        self._last_plan = 0.0
+        self._last_unassignable_log = 0.0
+
+    async def on_start(self) -> None:
+        self.spawn(self._ticker(), name="offloader:tick")
+        d = self.node.discovery
+        if d is not None:
+            d.add_listener(self._on_topology)
+
+    def _on_topology(self, event: Any) -> None:
+        self.tell(("kick",))
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            if self.mailbox_size < 2:  # never pile up rounds behind a slow one
+                self.tell(("plan",))
+
+    def stats(self) -> dict[str, Any]:
+        return {"moves_out": self.moves_out, "moves_in": self.moves_in, "decisions": self.decisions,
+                "steal_requests": self.steal_requests}
+
+    async def receive(self, msg: Any) -> Any:
+        kind = msg[0]
+        if kind in ("plan", "kick"):
+            if kind == "plan" and time.monotonic() - self._last_plan < self.interval / 2:
+                return None
+            await self._plan()
+        elif kind == "received":
+            _, peer, n = msg
+            self.moves_in += n
+            self.history.append(MoveRecord(time.monotonic(), peer, self.node.name, n, "move"))
+        elif kind == "steal":
+            _, peer, count, topics = msg
+            await self._plan(only_target=peer, limit=count)
+        else:
+            raise ValueError(f"offloader: unknown message {kind!r}")
+        return None
+
+    # -- one decision ------------------------------------------------------------------------
+    def _view(self) -> TopologyView | None:
+        """The current view, the local instance carrying this node's fresh capacity and settings."""
+        node = self.node
+        view = node.topology
+        if len(view.instances) < 2:
+            return None
+        local = []
+        for inst in view.instances:
+            if inst.name == node.name:
+                props = dict(inst.properties)
+                props["offload_disabled_topics"] = node.offload_settings.disabled_patterns()
+                inst = dataclasses.replace(inst, capacity=node.capacity_snapshot(),
+                                           topics=tuple(node.consumer_topics()),
+                                           offload_topics=tuple(node.offload_topics()),
+                                           properties=props, local=True)
+            local.append(inst)
+        return dataclasses.replace(view, instances=tuple(local))
+
+    async def _summaries(self) -> list[tuple[Any, QueueSummary]]:
+        out = []
+        for qc in self.node.config.all_queues():
+            qa = self.node.queue_actor(qc.name)
+            if qa is None:
+                continue
+            try:
+                rows = await qa.ask(("offload_summary",), timeout=5.0)
+            except Exception as e:
+                self.log.warning("queue summary failed", queue=qc.name, error=repr(e))
+                continue
+            for topic, count, age, ordered in rows:
+                out.append((qa, QueueSummary(qc.name, topic, count, ordered, age, None)))
+        return out
+
+    async def _durations(self) -> dict[str, float]:
+        try:
+            stats = await self.node.jobs.statistics()
+        except Exception:
+            return {}
+        out = {}
+        for topic, s in stats.get("topics", {}).items():
+            ms = s.get("average_processing_time") or 0.0
+            if ms > 0:
+                out[topic] = ms / 1000.0
+        return out
+
+    async def _plan(self, only_target: str | None = None, limit: int | None = None) -> None:
+        self._last_plan = time.monotonic()
+        view = self._view()
+        if view is None or not view.current:
+            return
+        transfer = self.node.transfer
+        if transfer is None:
+            return
+        groups = await self._summaries()
+        now = time.monotonic()
+        if not groups:
+            if only_target is None:
+                self._maybe_steal(view, now)
+            return
+        durations = await self._durations()
+        summaries = [g for _, g in groups]
+        plan = plan_moves(view, summaries, now, durations, list(self.history), self.cfg,
+                          only_target=only_target, limit=limit, target_free=limit)
+        if plan.unassignable and now - self._last_unassignable_log > 10.0:
+            self._last_unassignable_log = now
+            self.log.info("jobs no node can run stay queued",
+                          groups=[(g.queue, g.topic, g.count) for g in plan.unassignable])
+        if not plan.moves:
+            return
+        actors = {g.queue: qa for qa, g in groups}
+        budget = MAX_JOBS_PER_ROUND
+        moved = 0
+        for m in plan.moves:
+            qa = actors.get(m.queue)
+            n = min(m.count, transfer.room(m.target), budget)
+            if qa is None or n <= 0:
+                continue
+            try:
+                jobs = await qa.ask(("take", m.topic, n), timeout=5.0)
+            except Exception as e:
+                self.log.warning("could not take jobs to move", queue=m.queue, error=repr(e))
+                continue
+            if not jobs:
+                continue
+            transfer.offer(m.target, jobs)
+            kind = "stolen" if m.reason == "steal" else "move"
+            self.history.append(MoveRecord(now, self.node.name, m.target, len(jobs), kind))
+            self.moves_out += len(jobs)
+            budget -= len(jobs)
+            moved += len(jobs)
+            self.log.debug("jobs moved", target=m.target, topic=m.topic, jobs=len(jobs), reason=m.reason)
+        if moved:
+            self.decisions += 1
+
+    def _maybe_steal(self, view: TopologyView, now: float) -> None:
+        ask = plan_steal(view, now, list(self.history), self.cfg)
+        if ask is None:
+            return
+        transfer = self.node.transfer
+        transfer.tell(("send", ask.victim, StealRequest(ask.count, ask.topics)))
+        self.history.append(MoveRecord(now, self.node.name, ask.victim, ask.count, "steal_request"))
+        self.steal_requests += 1
+
+
+__all__ = ["OffloaderActor"]
