@@ -47,7 +47,12 @@ async def run_node(config: NodeConfig, consumer_modules: list[str]) -> int:
     def on_signal(signame: str) -> None:
         nonlocal signals
         signals += 1
-        log.info("signal received; draining", signal=signame, node=config.name)
+        if signals == 1:
+            log.info("signal received; draining", signal=signame, node=config.name,
+                     grace=config.shutdown_grace)
+        else:
+            log.warning("second signal; not waiting for running jobs", signal=signame, node=config.name)
+            node.pool.hurry()
         stop_requested.set()
 
     installed = []

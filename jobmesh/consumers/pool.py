@@ -86,6 +86,7 @@ class ConsumerPool(Actor):
         self._started: list[_Run] = []
         self._finished: dict[str, list[tuple[Job, Outcome]]] = {}
         self._flush_scheduled = False
+        self._hurry = False
         # Offloading hooks (the transfer actor): another node's job started here / reported progress.
         self.foreign_started: Callable[[list[Job]], None] | None = None
         self.foreign_progress: Callable[[Job], None] | None = None
@@ -154,6 +155,11 @@ class ConsumerPool(Actor):
                 run.timer = loop.call_later(self.stop_grace, self._cancel_run, run)
         return "running"
 
+    def hurry(self) -> None:
+        """Cut a drain's grace short (a second SIGINT/SIGTERM). Safe to call from a signal handler."""
+        self._hurry = True
+        self._idle.set()
+
     def _cancel_run(self, run: _Run) -> None:
         """Grace is over: cancel an async consumer that ignored is_stopped()."""
         if self._runs.get(run.job.id) is run and run.executing and run.task is not None:
@@ -168,7 +174,7 @@ class ConsumerPool(Actor):
                 self._buffered -= len(buf)
                 buf.clear()
         deadline = time.monotonic() + grace
-        while self._runs and time.monotonic() < deadline:
+        while self._runs and not self._hurry and time.monotonic() < deadline:
             self._idle.clear()
             try:
                 await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - time.monotonic()))

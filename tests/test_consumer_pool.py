@@ -1,0 +1,138 @@
+"""Consumer details: inline-run async consumers, return values, sync failures, stops seen in threads."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+import jobmesh
+from jobmesh import JobResult, JobState, QueueConfig, ValidationError
+from jobmesh.consumers.pool import _outcome_of, _resume
+from jobmesh.consumers.registry import spec_of
+
+
+async def drive(coro):
+    """What the pool does: run inline until the first wait, then resume it."""
+    try:
+        yielded = coro.send(None)
+    except StopIteration as done:
+        return done.value
+    return await _resume(coro, yielded)
+
+
+async def test_resume_handles_futures_sleep0_exceptions_and_results():
+    gate = asyncio.Event()
+
+    async def c():
+        await asyncio.sleep(0)
+        await asyncio.wait_for(gate.wait(), 5)
+        await asyncio.sleep(0.001)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, lambda: 1 / 0)
+        except ZeroDivisionError:
+            pass
+        return "done"
+
+    task = asyncio.ensure_future(drive(c()))
+    await asyncio.sleep(0.01)
+    gate.set()
+    assert await asyncio.wait_for(task, 5) == "done"
+
+
+async def test_resume_delivers_cancellation_into_the_consumer():
+    seen = []
+
+    async def c():
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    task = asyncio.ensure_future(drive(c()))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert seen == ["cancelled"]
+
+
+def test_outcome_of_return_values():
+    assert _outcome_of(None).kind == "OK"
+    assert _outcome_of(True).kind == "OK"
+    assert _outcome_of(False).kind == "FAILED"
+    assert _outcome_of(JobResult.CANCEL).kind == "CANCEL"
+    o = _outcome_of({"rows": 3})
+    assert o.kind == "OK" and o.message == "{'rows': 3}"
+
+
+def test_spec_of_refuses_non_consumers():
+    with pytest.raises(ValidationError):
+        spec_of(lambda job: None)
+
+    class NoTopics(jobmesh.ConsumerActor):
+        async def process(self, job, ctx):
+            return None
+
+    with pytest.raises(ValidationError):
+        spec_of(NoTopics)
+    with pytest.raises(ValidationError):
+        jobmesh.consumer("a/**/b")
+
+
+async def test_sync_consumer_exception_is_a_failure_with_traceback(node_factory):
+    @jobmesh.consumer("s/boom")
+    def boom(job):
+        raise KeyError("missing")
+
+    node = await node_factory([boom], queues=[QueueConfig(name="main", retries=1, retry_delay=0.01)])
+    done = await node.jobs.wait((await node.jobs.add("s/boom")).id, timeout=5)
+    assert done.state is JobState.GIVEN_UP and done.retry_count == 1
+    assert "KeyError" in done.result_message and any("Traceback" in line for line in done.progress.log)
+
+
+async def test_sync_consumer_sees_stop(node_factory):
+    running = threading.Event()
+
+    @jobmesh.consumer("s/loop")
+    def loop(job, ctx):
+        running.set()
+        deadline = time.monotonic() + 5
+        while not ctx.is_stopped() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return ctx.result().cancelled()
+
+    node = await node_factory([loop])
+    job = await node.jobs.add("s/loop")
+    assert await asyncio.get_running_loop().run_in_executor(None, running.wait, 5)
+    await node.jobs.stop(job.id)
+    assert (await node.jobs.wait(job.id, timeout=5)).state is JobState.STOPPED
+
+
+async def test_fast_and_waiting_consumers_share_the_slots(node_factory):
+    """Inline-run fast consumers must not starve waiting ones (each wait wakes another worker)."""
+    peak = 0
+    running = 0
+
+    @jobmesh.consumer("mix/slow")
+    async def slow(job):
+        nonlocal peak, running
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.05)
+        running -= 1
+
+    @jobmesh.consumer("mix/fast")
+    async def fast(job):
+        return None
+
+    node = await node_factory([slow, fast], capacity=8, queues=[QueueConfig(name="main", max_parallel=8)])
+    t0 = time.monotonic()
+    jobs = await node.jobs.add_many([("mix/slow", None)] * 8 + [("mix/fast", None)] * 200)
+    for j in jobs:
+        await node.jobs.wait(j.id, timeout=5)
+    assert peak == 8  # all slots busy at once: the slow ones ran in parallel
+    assert time.monotonic() - t0 < 1.0
