@@ -121,6 +121,27 @@ class Node:
         if self.stopped is None:
             self.stopped = asyncio.Event()
         self.started_at = self.clock()
+        try:
+            await self._start_actors()
+        except BaseException:
+            self.log.error("node failed to start; stopping what was started")
+            await self._system.stop_all()
+            raise
+        self._running = True
+        await self._start_optional_guarded()
+        self.log.info("node started", data=self.config.data, queues=list(self._queue_actors),
+                      consumers=self.consumer_topics(), http=self.http_url)
+        return self
+
+    async def _start_optional_guarded(self) -> None:
+        try:
+            await self._start_optional()
+        except BaseException:
+            self._running = False
+            await self._system.stop_all()
+            raise
+
+    async def _start_actors(self) -> None:
         system = self._system
         await system.start(self.store)
         recovered = await self.store.recover(self.clock())
@@ -137,11 +158,6 @@ class Node:
         await system.start(self.pool)
         for actor in self._queue_actors.values():
             await system.start(actor)
-        self._running = True
-        await self._start_optional()
-        self.log.info("node started", data=self.config.data, queues=list(self._queue_actors),
-                      consumers=self.consumer_topics(), http=self.http_url)
-        return self
 
     async def _rehome_orphans(self) -> None:
         """QUEUED jobs of a queue that is no longer configured move to the queue that matches now."""

@@ -589,3 +589,29 @@ async def test_add_after_stop_is_refused(node_factory):
     await node.stop()
     with pytest.raises(Conflict):
         await node.jobs.add("t/ok")
+
+
+async def test_suspend_holds_jobs_already_handed_to_the_pool(node_factory):
+    gate = asyncio.Event()
+    started = []
+
+    @jobmesh.consumer("sus/x")
+    async def held(job):
+        started.append(job.id)
+        await asyncio.wait_for(gate.wait(), 5)
+
+    node = await node_factory([held], capacity=8, queues=[QueueConfig(name="main", max_parallel=2)])
+    jobs = await node.jobs.add_many([("sus/x", None)] * 10)
+    for _ in range(200):
+        if len(started) == 2:
+            break
+        await asyncio.sleep(0.01)
+    await node.jobs.suspend_queue("main")
+    gate.set()
+    await asyncio.sleep(0.2)
+    assert len(started) == 2  # the two running ones finished; nothing new started
+    states = [(await node.jobs.get(j.id)).state for j in jobs]
+    assert states.count(JobState.SUCCEEDED) == 2 and states.count(JobState.QUEUED) == 8
+    await node.jobs.resume_queue("main")
+    for j in jobs:
+        assert (await node.jobs.wait(j.id, timeout=5)).state is JobState.SUCCEEDED

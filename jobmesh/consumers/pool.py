@@ -102,6 +102,11 @@ class ConsumerPool(Actor):
 
     # -- lifecycle ---------------------------------------------------------
     async def on_start(self) -> None:
+        # After a crash: runs that were in the slots will never report; hand them back to
+        # their queues as interrupted (QUEUED again, not counted as a retry) to free the slots.
+        for run in list(self._runs.values()):
+            self._end(run, Outcome("ABORTED", "consumer pool restarted"))
+        self._ready.clear()
         self._draining = False
         self._threads = ThreadPoolExecutor(max_workers=self.capacity, thread_name_prefix="jobmesh-consumer")
         self._idle_workers = []
@@ -130,6 +135,13 @@ class ConsumerPool(Actor):
             buf.extend(jobs)
             self._buffered += len(jobs)
             self._reserve()
+            return None
+        if kind == "recall":  # the queue was suspended: hand back what has not started
+            buf = self._buffer_of.get(msg[1])
+            if buf:
+                self._buffered -= len(buf)
+                self.queues[msg[1]].tell(("returned", list(buf)))
+                buf.clear()
             return None
         if kind == "cancel":
             return self._cancel(msg[1], msg[2])

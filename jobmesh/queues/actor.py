@@ -105,6 +105,7 @@ class QueueActor(Actor):
             return self._cancel(msg[1], msg[2])
         elif kind == "suspend":
             self.suspended = True
+            self.pool.tell(("recall", self.config.name))  # jobs handed ahead must not start now
             return self.info()
         elif kind == "resume":
             self.suspended = False
