@@ -1,0 +1,1 @@
+"""Runnable jobmesh examples (see each folder's README section in docs/workflows.md)."""
