@@ -144,6 +144,15 @@ def start_mesh(tmp: Path, count: int, prefix: str) -> list[Node]:
     return nodes
 
 
+def last_views(nodes: list[Node]) -> dict[str, Any]:
+    """Each node's last logged member list and exit code (for a failed run's report)."""
+    out: dict[str, Any] = {}
+    for n in nodes:
+        tops = [r.get("members") for r in n.events() if r.get("event") == "topology"]
+        out[n.name] = {"members": tops[-1] if tops else None, "exit": n.proc.poll() if n.proc else None}
+    return out
+
+
 def stop_all(nodes: list[Node]) -> None:
     for n in nodes:
         n.stop()
@@ -156,7 +165,7 @@ def bench_join_and_detection(tmp: Path, count: int) -> dict[str, Any]:
     try:
         last_launch = max(n.launched for n in nodes)
         if not wait_until(lambda: all(n.first_time_with(count) for n in nodes), 60):
-            return {"error": "views did not complete within 60 s"}
+            return {"error": "views did not complete within 60 s", "views": last_views(nodes)}
         complete = max(n.first_time_with(count) or 0.0 for n in nodes)
         last_discovery = max(n.discovery_started() or 0.0 for n in nodes)
         join = {

@@ -152,6 +152,9 @@ class DiscoveryActor(Actor):
         self._receiver: HeartbeatReceiver | None = None
         self._join_wanted = asyncio.Event()
         self._last_payload_at = 0.0
+        # after a join, heartbeat every tick for a while: members that just learnt about us
+        # from gossip connect to our PUB and hear us without waiting a whole interval
+        self._burst_ticks = 0
         self.loop_lag = 0.0  # the largest event-loop lag seen in the last monitor window
         self.heartbeats_received = 0
         self.messages_dropped = 0
@@ -401,7 +404,10 @@ class DiscoveryActor(Actor):
             if due:
                 self._refresh_local(now)
             self._apply(core.tick(now, own_silence=self._sender.take_max_gap()))
-            if due:
+            if self._burst_ticks > 0:
+                self._burst_ticks -= 1
+                self._publish_heartbeat(send_now=True)
+            elif due:
                 self._publish_heartbeat()
 
     async def _join_loop(self) -> None:
@@ -440,6 +446,7 @@ class DiscoveryActor(Actor):
                 continue
             self._apply(outs)
             self._publish_heartbeat(send_now=True)
+            self._burst_ticks = 2 * self.tick_fraction
             self.log.info("joined", via=ep, members=core.member_names())
             return True
         return False
