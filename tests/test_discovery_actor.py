@@ -260,3 +260,23 @@ def test_offload_topics_follow_the_offloading_patterns() -> None:
     assert offload_topics_for(["a/b", "c/**", "d"], ["**"], ["c/**"]) == ["a/b", "d"]
     assert offload_topics_for(["a/b", "c/x"], ["a/*"], []) == ["a/b"]
     assert offload_topics_for(["a/b"], [], []) == []
+
+
+async def test_a_crashed_actor_restarts_on_the_same_ports_and_keeps_its_membership(cluster: Cluster) -> None:
+    a = await cluster.start("a")
+    b = await cluster.start("b", seeds=[a.bind])
+    await cluster.wait(lambda: cluster.agreed(["a", "b"], "a"))
+
+    async def boom() -> None:
+        raise RuntimeError("injected crash")
+
+    b.spawn(boom())
+    await cluster.wait(lambda: b.alive and b._sender is not None and b._sender.sent > 0, timeout=3)
+    await asyncio.sleep(TIMEOUT + 0.2)  # longer than the timeout: a must still hear b
+    assert cluster.agreed(["a", "b"], "a")
+    # the restarted ROUTER answers joins again
+    c = await cluster.start("c", seeds=[b.bind])
+    await cluster.wait(lambda: cluster.agreed(["a", "b", "c"], "a"))
+    kinds = [e.type for e in cluster.events["b"]]
+    assert kinds.count(T.TOPOLOGY_INIT) == 1
+    assert c.alive

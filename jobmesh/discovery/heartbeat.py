@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import structlog
 
@@ -28,8 +28,17 @@ log = structlog.get_logger("jobmesh.discovery.heartbeat")
 class HeartbeatSender(threading.Thread):
     """Sends the current heartbeat every ``interval`` from its own PUB socket."""
 
-    def __init__(self, transport: Transport, endpoint: str, interval: float, timeout: float, node: str) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        endpoint: str,
+        interval: float,
+        timeout: float,
+        node: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__(name=f"jobmesh-heartbeat-{node}", daemon=True)
+        self.clock = clock
         self.transport = transport
         self.endpoint = endpoint
         self.interval = interval
@@ -112,12 +121,12 @@ class HeartbeatSender(threading.Thread):
     def _loop(self, sock: Any) -> None:
         import zmq  # only to name the NOBLOCK flag; the socket came from the transport
 
-        next_due = time.monotonic()
+        next_due = self.clock()
         while True:
-            wait = max(0.0, next_due - time.monotonic())
+            wait = min(self.interval, max(0.0, next_due - self.clock()))
             self._wake.wait(wait)
             self._wake.clear()
-            now = time.monotonic()
+            now = self.clock()
             with self._lock:
                 if self._stop_requested:
                     final = self._final
