@@ -529,6 +529,8 @@ class TransferActor(Actor):
             job.not_before = d.not_before
             if d.message is not None or d.state is JobState.SUCCEEDED:
                 job.result_message = d.message
+            if d.state is JobState.SUCCEEDED:
+                job.output = r.output  # a workflow step's output, made at the target
             if r.log:
                 job.progress.log = list(r.log)[-1000:]
             if d.state is JobState.QUEUED:
@@ -661,7 +663,8 @@ class TransferActor(Actor):
             if outcome.kind == "STOPPED" and message is None:
                 message = "stopped"
             item = ResultItem(job.id, attempt, _KIND_OF_OUTCOME.get(outcome.kind, ResultKind.FAILED), message,
-                              outcome.retry_delay, job.started, now, log_lines)
+                              outcome.retry_delay, job.started, now, log_lines,
+                              output=outcome.output if outcome.kind == "OK" else None)
             items.append(item)
             rows.append((job.id, origin, attempt, json.dumps(item.to_wire())))
 

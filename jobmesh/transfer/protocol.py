@@ -214,9 +214,10 @@ class ResultItem:
     started: float | None = None
     finished: float | None = None
     log: tuple[str, ...] = ()
+    output: dict[str, Any] | None = None  # OK only: the consumer's output properties (workflow steps)
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        body = {
             "id": self.id,
             "attempt": self.attempt,
             "kind": self.kind.value,
@@ -226,6 +227,9 @@ class ResultItem:
             "finished": self.finished,
             "log": list(self.log),
         }
+        if self.output is not None:  # absent when there is none: older peers' bodies stay the same
+            body["output"] = self.output
+        return body
 
     @classmethod
     def from_wire(cls, body: dict[str, Any]) -> "ResultItem":
@@ -249,6 +253,7 @@ class ResultItem:
             started=None if started is None else float(started),
             finished=None if finished is None else float(finished),
             log=tuple(_str_list(body, "log", what)),
+            output=_opt(body, "output", dict, what),
         )
 
 
