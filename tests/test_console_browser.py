@@ -420,23 +420,37 @@ def test_offloading_browser_toggles_a_topic(page: Any, mesh: Mesh) -> None:
         screenshot(page, "console-offloading.png")
         pytest.xfail("PUT /api/v1/offloading answers 501: offloading settings are not available yet")
 
-    def api_state() -> bool | None:
+    def api_node(name: str) -> dict[str, Any]:
         _, body = a.api("GET", "/api/v1/offloading")
-        for node in body["nodes"]:
-            if node["name"] == target:
-                for t in node["topics"]:
-                    if t["topic"] == "console/fast":
-                        return t["enabled"]
-        return None
+        return next(n for n in body["nodes"] if n["name"] == name)
+
+    def api_state() -> bool | None:
+        return next((t["enabled"] for t in api_node(target)["topics"] if t["topic"] == "console/fast"), None)
+
+    def cell_is(topic: str, on: bool) -> None:
+        page.wait_for_function(
+            "([n, t, on]) => document.querySelector(`#offloading-grid button.switch[data-node='${n}'][data-topic='${t}']`)"
+            "?.getAttribute('aria-checked') === on", arg=[target, topic, str(on).lower()])
 
     wait_for(lambda: api_state() is (not was_on), 10, f"console/fast on {target} to be {'off' if was_on else 'on'}")
-    page.wait_for_function(
-        "([n, on]) => document.querySelector(`#offloading-grid button.switch[data-node='${n}'][data-topic='console/fast']`)"
-        "?.getAttribute('aria-checked') === on", arg=[target, str(not was_on).lower()])
-    screenshot(page, "console-offloading.png")
+    cell_is("console/fast", not was_on)
     # and back, so the other tests see the default
     switch.click()
     wait_for(lambda: api_state() is was_on, 10, f"console/fast on {target} to be restored")
+    cell_is("console/fast", was_on)
+
+    # exclusive (AEM's third mode): the node takes only this topic, its other topics go off
+    cell = page.locator(f'#offloading-grid tr[data-topic="console/fast"] td:has(button.switch[data-node="{target}"])')
+    cell.locator('button[data-action="exclusive"]').click()
+    wait_for(lambda: (api_node(target).get("offloading") or {}).get("exclusive") == "console/fast", 10,
+             f"{target} to be exclusive for console/fast")
+    cell.locator('button[data-action="leave-exclusive"]').wait_for()
+    cell_is("console/slow", False)
+    screenshot(page, "console-offloading.png")
+    cell.locator('button[data-action="leave-exclusive"]').click()
+    wait_for(lambda: (api_node(target).get("offloading") or {}).get("exclusive") is None
+             and api_state() is True, 10, f"{target} to leave exclusive mode")
+    cell_is("console/slow", True)
 
 
 def test_queue_suspend_and_resume(page: Any, mesh: Mesh) -> None:

@@ -18,9 +18,9 @@ export class OffloadingView {
       h('header', {class: 'panel-head'}, h('h2', {}, 'Offloading Browser'),
         h('span', {class: 'muted'}, 'which node takes offloaded jobs of which topic')),
       h('p', {class: 'muted small legend'},
-        h('span', {class: 'switch on demo', 'aria-hidden': 'true'}, h('i')), ' enabled: jobs of this topic may be sent here · ',
-        h('span', {class: 'switch demo', 'aria-hidden': 'true'}, h('i')), ' disabled: this node runs only its own · ',
-        h('span', {class: 'tag tag-excl'}, 'exclusive'), ' this node takes only this topic · – no consumer'),
+        h('span', {class: 'switch on demo', 'aria-hidden': 'true'}, h('i')), ' enabled: runs this topic, its own jobs and offloaded ones · ',
+        h('span', {class: 'switch demo', 'aria-hidden': 'true'}, h('i')), ' disabled: runs none (its own go to other nodes) · ',
+        h('span', {class: 'tag tag-excl'}, 'exclusive'), ' runs only this topic · – no consumer'),
       this.error,
       this.grid));
     this.refresh();
@@ -80,8 +80,10 @@ export class OffloadingView {
         onclick: () => this.set(node.name, topic, {enabled: !on}),
       }, h('i')),
       mode === 'exclusive'
-        ? h('span', {class: 'tag tag-excl'}, 'exclusive')
-        : h('button', {class: 'link small excl', type: 'button', disabled: busy,
+        ? h('button', {class: 'tag tag-excl', type: 'button', disabled: busy, 'data-action': 'leave-exclusive',
+          title: `${node.name} takes only ${topic}; click to take other topics again`,
+          onclick: () => this.set(node.name, topic, {enabled: true})}, 'exclusive ×')
+        : h('button', {class: 'link small excl', type: 'button', disabled: busy, 'data-action': 'exclusive',
           title: `${node.name} takes only ${topic}`,
           onclick: () => this.set(node.name, topic, {exclusive: true})}, 'exclusive'));
   }
@@ -95,10 +97,20 @@ export class OffloadingView {
       this.showError('');
       const what = body.exclusive ? 'exclusive' : body.enabled ? 'enabled' : 'disabled';
       this.ctx.toast(`${topic} on ${nodeName}: ${what}`, 'ok');
+      this.quietUntil = Date.now() + 2500;
       // Reflect the answer at once; the next read confirms it from the topology.
       const node = (this.data || []).find((n) => n.name === nodeName);
-      if (node) node.topics.set(topic, what);
-      this.quietUntil = Date.now() + 2500;
+      if (node && what === 'exclusive') {
+        node.exclusive = topic;
+        for (const t of node.topics.keys()) node.topics.set(t, t === topic ? 'exclusive' : 'disabled');
+      } else if (node && node.exclusive !== null) {
+        // Leaving exclusive mode: the other topics go back to their enabled/disabled lists.
+        node.exclusive = null;
+        for (const t of node.topics.keys()) node.topics.set(t, node.disabled.has(t) ? 'disabled' : 'enabled');
+        node.topics.set(topic, what);
+      } else if (node) {
+        node.topics.set(topic, what);
+      }
     } catch (err) {
       this.showError(`Could not change ${topic} on ${nodeName}: ${err.message}`);
       this.ctx.toast(`Offloading change refused: ${err.message}`);
@@ -110,27 +122,28 @@ export class OffloadingView {
 }
 
 /**
- * `{nodes: [{name, leader, local, topics: [{topic, enabled}], offloading}]}` to
- * [{name, leader, local, topics: Map(topic -> "enabled"|"disabled"|"exclusive")}].
- * Also takes topology instances (`topics` as strings + `offload_topics`).
+ * `{nodes: [{name, leader, local, topics: [{topic, enabled}], offloading: {enabled, disabled,
+ * exclusive}}]}` to [{name, leader, local, topics: Map(topic -> "enabled"|"disabled"|"exclusive")}].
+ * Also takes topology instances (`topics` as strings + `offload_topics`), the fallback
+ * while the offloading endpoint is unavailable.
  */
 function normalise(data) {
   const list = Array.isArray(data) ? data : (data && (data.nodes || data.instances)) || [];
   return list.map((n) => {
     const enabledList = new Set(n.offload_topics || []);
-    const modes = n.offloading && typeof n.offloading === 'object' && !Array.isArray(n.offloading) ? n.offloading : {};
+    const settings = n.offloading && typeof n.offloading === 'object' && !Array.isArray(n.offloading) ? n.offloading : {};
+    const exclusive = typeof settings.exclusive === 'string' ? settings.exclusive : null;
     const topics = new Map();
     for (const t of n.topics || []) {
-      const topic = typeof t === 'string' ? t : t.topic;
+      const topic = typeof t === 'string' ? t : t && t.topic;
       if (!topic) continue;
       let mode;
-      if (typeof t === 'object' && typeof t.mode === 'string') mode = t.mode;
-      else if (typeof modes[topic] === 'string') mode = modes[topic];
+      if (exclusive !== null) mode = topic === exclusive ? 'exclusive' : 'disabled';
       else if (typeof t === 'object' && typeof t.enabled === 'boolean') mode = t.enabled ? 'enabled' : 'disabled';
       else mode = enabledList.has(topic) ? 'enabled' : 'disabled';
-      if (typeof t === 'object' && t.exclusive === true) mode = 'exclusive';
       topics.set(topic, mode);
     }
-    return {name: n.name, leader: Boolean(n.leader), local: Boolean(n.local), topics};
+    const disabled = new Set(Array.isArray(settings.disabled) ? settings.disabled : []);
+    return {name: n.name, leader: Boolean(n.leader), local: Boolean(n.local), exclusive, disabled, topics};
   });
 }
