@@ -162,13 +162,17 @@ class JobManager(Actor):
 
     def _on_added(self, jobs: list[Job]) -> None:
         by_queue: dict[str, list[Job]] = {}
+        per_topic: dict[tuple[str, str], int] = {}
         for job in jobs:
             lst = by_queue.get(job.queue)
             if lst is None:
                 by_queue[job.queue] = lst = []
             lst.append(job)
-            for s in self._scopes(job.queue, job.topic):
-                s.queued += 1
+            key = (job.queue, job.topic)
+            per_topic[key] = per_topic.get(key, 0) + 1
+        for (queue, topic), n in per_topic.items():
+            for st in self._scopes(queue, topic):
+                st.queued += n
         for qname, lst in by_queue.items():
             actor = self._queue_actors.get(qname)
             if actor is not None:

@@ -164,3 +164,25 @@ async def test_full_durability_commits_in_a_thread(tmp_path):
         assert store.get("job-1") is not None
     finally:
         await system.stop_all()
+
+
+async def test_start_writes_and_full_snapshots_keep_their_order(tmp_path):
+    store, system = await open_store(tmp_path / "jobs.db")
+    try:
+        a, b = mk(1), mk(2)
+        await store.insert([a, b])
+        # a: started, then its final snapshot in the same batch -> the snapshot wins
+        a.state, a.started, a.attempt, a.target = JobState.ACTIVE, 5.0, 1, "n"
+        store.update_started(a)
+        a.state, a.finished = JobState.SUCCEEDED, 6.0
+        store.update(a)
+        # b: a full snapshot (back to QUEUED), then a start in the same batch -> the start wins
+        b.retry_count = 1
+        store.update(b)
+        b.state, b.started, b.attempt, b.target = JobState.ACTIVE, 7.0, 2, "n"
+        await store.update_started(b)
+        ga, gb = store.get("job-1"), store.get("job-2")
+        assert (ga.state, ga.finished) == (JobState.SUCCEEDED, 6.0)
+        assert (gb.state, gb.started, gb.attempt, gb.retry_count, gb.target) == (JobState.ACTIVE, 7.0, 2, 1, "n")
+    finally:
+        await system.stop_all()

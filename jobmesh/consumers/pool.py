@@ -232,7 +232,7 @@ class ConsumerPool(Actor):
                 job.started = now
                 job.finished = None
                 job.target = node
-                fut = store.update(job)
+                fut = store.update_started(job)
                 if fut is not self._started_fut:  # one callback per transaction
                     self._started_fut = fut
                     self._started = []

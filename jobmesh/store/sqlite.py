@@ -41,6 +41,8 @@ _UPDATE = (
     "UPDATE jobs SET state=?, started=?, finished=?, retry_count=?, attempt=?, not_before=?, "
     "progress=?, result_message=?, target=?, queue=?, output=? WHERE seq=?"
 )
+# The start of a run: only what changes (a narrower UPDATE binds and writes less).
+_START = "UPDATE jobs SET state='ACTIVE', started=?, finished=NULL, attempt=?, target=? WHERE seq=?"
 _DELETE = "DELETE FROM jobs WHERE id=?"
 
 _STATES = {s.value: s for s in JobState}
@@ -83,6 +85,7 @@ def update_row(job: Job) -> tuple[Any, ...]:
 class _Batch:
     inserts: list[tuple[Any, ...]]
     updates: dict[int, tuple[Any, ...]]  # by seq: the last snapshot of a job wins
+    starts: dict[int, tuple[Any, ...]]  # by seq: QUEUED -> ACTIVE, written before ``updates``
     deletes: list[str]
     calls: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]]
     futures: list[asyncio.Future[Any]]
@@ -124,7 +127,7 @@ class Store(Actor):
 
     @staticmethod
     def _new_batch() -> _Batch:
-        return _Batch([], {}, [], [], [])
+        return _Batch([], {}, {}, [], [], [])
 
     # -- lifecycle -------------------------------------------------------
     async def on_start(self) -> None:
@@ -227,13 +230,27 @@ class Store(Actor):
         The returned future is shared by every write of the same transaction: callers
         may await it, or add one done-callback per transaction (see ``QueueActor``).
         """
-        self._pending.updates[job.seq] = update_row(job)
+        pending = self._pending
+        pending.updates[job.seq] = update_row(job)
+        if pending.starts:
+            pending.starts.pop(job.seq, None)  # the full snapshot is newer
+        return self._enqueue()
+
+    def update_started(self, job: Job) -> asyncio.Future[Any]:
+        """Record the start of a run (ACTIVE, started, attempt, target): the hot path's write."""
+        pending = self._pending
+        if job.seq in pending.updates:  # an older full snapshot waits: keep the order by writing a full one
+            pending.updates[job.seq] = update_row(job)
+        else:
+            pending.starts[job.seq] = (job.started, job.attempt, job.target, job.seq)
         return self._enqueue()
 
     def update_many(self, jobs: Iterable[Job]) -> asyncio.Future[Any]:
-        updates = self._pending.updates
+        updates, starts = self._pending.updates, self._pending.starts
         for job in jobs:
             updates[job.seq] = update_row(job)
+            if starts:
+                starts.pop(job.seq, None)
         return self._enqueue()
 
     def delete(self, job_ids: Iterable[str]) -> asyncio.Future[Any]:
@@ -326,6 +343,8 @@ class Store(Actor):
         try:
             if batch.inserts:
                 conn.executemany(_INSERT, batch.inserts)
+            if batch.starts:
+                conn.executemany(_START, batch.starts.values())
             if batch.updates:
                 conn.executemany(_UPDATE, batch.updates.values())
             if batch.deletes:
