@@ -1,0 +1,1 @@
+"""Asset processing, like AEM's DAM Update Asset workflow with offloaded steps."""

@@ -1,0 +1,296 @@
+"""Run the asset processing example on a local 3-node mesh of ``jobmesh node`` processes.
+
+    python -m examples.asset_processing.run [--images 12] [--keep]
+
+It draws a folder of images with Pillow (PNGs, and JPEGs with EXIF) in a temp dir,
+starts three nodes that load ``examples.asset_processing.consumers`` and find each
+other through the first one, starts one ``dam-update-asset`` workflow per image on
+the first node (the origin), waits for all of them, and checks every manifest:
+metadata matching the image drawn, every thumbnail present and no larger than its
+size. It prints a JSON summary with which node ran which step; exit 0 when every
+check passed. With offloading active the offloadable steps may run on any node; the
+example does not assume they did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from PIL import Image, ImageDraw
+
+REPO = Path(__file__).resolve().parent.parent.parent
+WORKFLOW = "dam-update-asset"
+CONSUMERS = "examples.asset_processing.consumers"
+
+
+# -- images ----------------------------------------------------------------------
+
+def draw_images(folder: Path, count: int) -> list[dict[str, Any]]:
+    """``count`` images of varied sizes and formats; what was drawn, to check the manifests against."""
+    folder.mkdir(parents=True, exist_ok=True)
+    made = []
+    for i in range(count):
+        w, h = 160 + 97 * (i % 5), 120 + 61 * (i % 4)
+        img = Image.new("RGB", (w, h), (20 * i % 256, 80, 160))
+        d = ImageDraw.Draw(img)
+        for k in range(6):
+            x, y = (k * 37 + i * 13) % w, (k * 23 + i * 7) % h
+            d.ellipse([x, y, x + w // 4, y + h // 4], fill=((k * 40) % 256, (i * 30) % 256, 200 - k * 20))
+        d.rectangle([5, 5, w - 6, h - 6], outline=(255, 255, 255), width=3)
+        if i % 2:
+            path = folder / f"asset-{i:03d}.jpg"
+            exif = Image.Exif()
+            exif[0x010F] = "jobmesh example camera"  # Make
+            exif[0x0131] = "Pillow"  # Software
+            img.save(path, format="JPEG", quality=85, exif=exif)
+            fmt = "JPEG"
+        else:
+            path = folder / f"asset-{i:03d}.png"
+            img.save(path, format="PNG")
+            fmt = "PNG"
+        made.append({"path": str(path), "width": w, "height": h, "format": fmt})
+    return made
+
+
+# -- a local mesh -------------------------------------------------------------------
+
+def free_port(pair: bool = False) -> int:
+    for _ in range(100):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            if not pair:
+                return port
+            with socket.socket() as b:
+                try:
+                    b.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free port")
+
+
+class MeshNode:
+    """One ``jobmesh node`` process; ``start`` (again, after a kill: same name, data and ports), ``kill``, ``stop``."""
+
+    def __init__(self, workdir: Path, name: str, seeds: list[str], consumers: list[str],
+                 extra_pythonpath: list[str] | None = None) -> None:
+        self.workdir, self.name, self.seeds, self.consumers = workdir, name, seeds, consumers
+        self.http_port = free_port()
+        self.bind_port = free_port(pair=True)
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.endpoint = f"tcp://127.0.0.1:{self.bind_port}"
+        self.log_path = workdir / f"{name}.log"
+        self.pythonpath = [*(extra_pythonpath or []), str(REPO)]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "MeshNode":
+        args = [sys.executable, "-m", "jobmesh", "node", "--name", self.name, "--data", str(self.workdir / self.name),
+                "--bind", self.endpoint, "--http", f"127.0.0.1:{self.http_port}", "--log-format", "json"]
+        for s in self.seeds:
+            args += ["--seed", s]
+        if self.consumers:
+            args += ["--consumers", *self.consumers]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1",
+               "PYTHONPATH": os.pathsep.join([*self.pythonpath, os.environ.get("PYTHONPATH", "")])}
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(args, cwd=str(REPO), stdout=log, stderr=subprocess.STDOUT, env=env)
+        return self
+
+    def kill(self) -> None:
+        """kill -9: the crash case."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+async def api(http: aiohttp.ClientSession, method: str, url: str, body: Any = None) -> tuple[int, Any]:
+    async with http.request(method, url, json=body) as r:
+        try:
+            return r.status, await r.json()
+        except (aiohttp.ContentTypeError, ValueError):
+            return r.status, None
+
+
+async def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = await predicate()
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout:g} s")
+        await asyncio.sleep(interval)
+
+
+async def wait_healthy(http: aiohttp.ClientSession, node: MeshNode, timeout: float = 30.0) -> None:
+    async def ok() -> bool:
+        if not node.alive:
+            raise RuntimeError(f"node {node.name} exited; see {node.log_path}")
+        status, _ = await api(http, "GET", node.url + "/api/v1/health")
+        return status == 200
+    await wait_for(ok, timeout, f"node {node.name} healthy")
+
+
+async def wait_topology(http: aiohttp.ClientSession, node: MeshNode, names: list[str], timeout: float = 30.0) -> None:
+    async def all_seen() -> bool:
+        status, topo = await api(http, "GET", node.url + "/api/v1/topology")
+        return status == 200 and sorted(i["name"] for i in topo["instances"]) == sorted(names)
+    await wait_for(all_seen, timeout, f"topology {names} seen by {node.name}")
+
+
+def start_mesh(workdir: Path, names: list[str], consumers: list[str],
+               extra_pythonpath: list[str] | None = None) -> list[MeshNode]:
+    """The first node is the seed of the others."""
+    nodes: list[MeshNode] = []
+    for i, name in enumerate(names):
+        seeds = [nodes[0].endpoint] if i else []
+        nodes.append(MeshNode(workdir, name, seeds, consumers, extra_pythonpath).start())
+    return nodes
+
+
+# -- the check ------------------------------------------------------------------------
+
+def check_manifest(image: dict[str, Any], sizes: list[int]) -> list[str]:
+    """What is wrong with the manifest of ``image`` (empty: nothing)."""
+    path = Path(image["path"])
+    mpath = path.parent / f"{path.name}.manifest.json"
+    if not mpath.is_file():
+        return [f"{path.name}: no manifest"]
+    m = json.loads(mpath.read_text())
+    problems = []
+    meta = m.get("metadata") or {}
+    if (meta.get("width"), meta.get("height"), meta.get("format")) != (image["width"], image["height"], image["format"]):
+        problems.append(f"{path.name}: metadata {meta.get('width')}x{meta.get('height')} {meta.get('format')}")
+    if image["format"] == "JPEG" and meta.get("exif", {}).get("Make") != "jobmesh example camera":
+        problems.append(f"{path.name}: EXIF not extracted")
+    rends = {r["size"]: r for r in m.get("renditions") or []}
+    if sorted(rends) != sorted(sizes):
+        problems.append(f"{path.name}: renditions {sorted(rends)} instead of {sorted(sizes)}")
+    for size, r in rends.items():
+        rp = Path(r["path"])
+        if not rp.is_file():
+            problems.append(f"{path.name}: rendition {size} missing")
+            continue
+        with Image.open(rp) as t:
+            if max(t.size) > size or (t.width, t.height) != (r["width"], r["height"]):
+                problems.append(f"{path.name}: rendition {size} is {t.width}x{t.height}")
+    return problems
+
+
+async def run(images: int = 12, workdir: Path | None = None, timeout: float = 120.0,
+              names: tuple[str, ...] = ("dam-a", "dam-b", "dam-c"), render_delay: float = 0.0) -> dict[str, Any]:
+    from .consumers import SIZES
+
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="jobmesh-assets-"))
+    drawn = draw_images(workdir / "assets", images)
+    started = time.monotonic()
+    nodes = start_mesh(workdir, list(names), [CONSUMERS])
+    origin = nodes[0]
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            for n in nodes:
+                await wait_healthy(http, n)
+            await wait_topology(http, origin, list(names))
+            mesh_up = time.monotonic()
+            ids = []
+            for img in drawn:
+                status, inst = await api(http, "POST", origin.url + "/api/v1/workflows",
+                                         {"workflow": WORKFLOW, "properties": {
+                                             "path": img["path"], "render_delay": render_delay}})
+                if status != 201:
+                    raise RuntimeError(f"starting a workflow failed: HTTP {status} {inst}")
+                ids.append(inst["id"])
+
+            async def all_final() -> list[dict[str, Any]] | None:
+                out = []
+                for iid in ids:
+                    status, inst = await api(http, "GET", f"{origin.url}/api/v1/workflows/{iid}")
+                    if status != 200 or inst["state"] == "RUNNING":
+                        return None
+                    out.append(inst)
+                return out
+
+            finals = await wait_for(all_final, timeout, "all workflows final", interval=0.2)
+        problems = [p for img in drawn for p in check_manifest(img, SIZES)]
+        states: dict[str, int] = {}
+        ran_on: dict[str, dict[str, int]] = {}
+        for inst in finals:
+            states[inst["state"]] = states.get(inst["state"], 0) + 1
+        for img in drawn:
+            p = Path(img["path"])
+            mpath = p.parent / f"{p.name}.manifest.json"
+            if mpath.is_file():
+                for step, node_name in json.loads(mpath.read_text()).get("steps", {}).items():
+                    ran_on.setdefault(step, {})
+                    ran_on[step][str(node_name)] = ran_on[step].get(str(node_name), 0) + 1
+        failed = [{"id": i["id"], "reason": i["reason"]} for i in finals if i["state"] != "COMPLETED"]
+        return {
+            "ok": not problems and states.get("COMPLETED") == images,
+            "images": images,
+            "workflows": states,
+            "steps_ran_on": ran_on,
+            "manifest_problems": problems[:20],
+            "failed": failed[:10],
+            "seconds_mesh_up": round(mesh_up - started, 2),
+            "seconds_workflows": round(time.monotonic() - mesh_up, 2),
+            "workdir": str(workdir),
+        }
+    finally:
+        for n in reversed(nodes):
+            n.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="jobmesh asset processing example on a local 3-node mesh")
+    parser.add_argument("--images", type=int, default=12)
+    parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--render-delay", type=float, default=0.0,
+                        help="seconds each thumbnail step takes on top of the work (makes queues build up)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (images, renditions, logs)")
+    args = parser.parse_args(argv)
+    if args.images < 1:
+        parser.error("--images must be at least 1")
+    workdir = Path(tempfile.mkdtemp(prefix="jobmesh-assets-"))
+    try:
+        summary = asyncio.run(run(args.images, workdir, args.timeout, render_delay=args.render_delay))
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if not args.keep:
+        summary["workdir"] = None
+    print(json.dumps(summary, indent=2))
+    return 0 if summary["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
