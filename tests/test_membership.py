@@ -21,6 +21,7 @@ from jobmesh.discovery.membership import (
     ListenerHub,
     MemberInfo,
     Membership,
+    NameClash,
     Rejoin,
     ViewEvent,
 )
@@ -591,11 +592,23 @@ def test_leaving_heartbeat_drops_at_once() -> None:
     assert m.leave(100.4)["leaving"] is True
 
 
-def test_heartbeat_with_our_own_name_is_ignored() -> None:
+def test_heartbeat_with_our_own_name_is_reported_not_added() -> None:
     m = make()
     m.drain()
-    assert m.on_heartbeat(hb("a", 200.0), 100.1) == []
+    assert m.on_heartbeat(hb("a", 200.0), 100.1) == [NameClash(200.0)]
+    assert m.on_heartbeat(hb("a", 100.0), 100.2) == []  # our own echo
     assert m.member_names() == ["a"]
+
+
+def test_a_rejoin_with_nobody_left_ends() -> None:
+    m = make()
+    m.drain()
+    m.on_heartbeat(hb("b", 101.0), 100.0)
+    m.tick(100.1)
+    m.tick(100.2, own_silence=5.0)
+    assert m.rejoining
+    tick_to(m, 100.2, 103.0)  # b is gone too
+    assert m.member_names() == ["a"] and not m.rejoining
 
 
 @pytest.mark.parametrize(

@@ -49,6 +49,7 @@ from .membership import (
     ListenerHub,
     MemberInfo,
     Membership,
+    NameClash,
     Rejoin,
     ViewEvent,
 )
@@ -361,6 +362,10 @@ class DiscoveryActor(Actor):
             elif isinstance(o, Disconnect):
                 if self._receiver is not None:
                     self._receiver.disconnect(o.endpoint)
+            elif isinstance(o, NameClash):
+                self._dropped(f"another process publishes heartbeats as {self.node.name!r}",
+                              other_incarnation=o.incarnation, own_incarnation=self._core.local.incarnation
+                              if self._core else None)
             elif isinstance(o, Dropped):
                 self.log.info("member dropped", member=o.name, reason=o.reason)
             elif isinstance(o, Rejoin):

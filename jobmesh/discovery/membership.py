@@ -163,11 +163,19 @@ class Dropped:
 
 
 @dataclass(frozen=True)
+class NameClash:
+    """Another process publishes heartbeats under our name (misconfiguration, or we were
+    replaced by a newer incarnation that peers now prefer)."""
+
+    incarnation: float
+
+
+@dataclass(frozen=True)
 class ViewEvent:
     event: TopologyEvent
 
 
-Output = Union[Connect, Disconnect, Rejoin, Dropped, ViewEvent]
+Output = Union[Connect, Disconnect, Rejoin, Dropped, NameClash, ViewEvent]
 
 
 @dataclass
@@ -328,7 +336,8 @@ class Membership:
         if not isinstance(gossip, list) or not isinstance(dropped, list):
             raise InvalidMember("members and dropped must be lists")
         if info.name == self.local.name:
-            return []  # another process with our name; the newer incarnation wins at the peers
+            # another process with our name: peers keep the newer incarnation; say so
+            return [NameClash(info.incarnation)] if info.incarnation != self.local.incarnation else []
         for entry in dropped:
             if (
                 isinstance(entry, (list, tuple))
@@ -432,6 +441,8 @@ class Membership:
                 m.last_seen = min(now, m.last_seen + stall)
         if own_silence > self.timeout:
             self._start_rejoin(f"own heartbeats were silent for {own_silence:.1f}s", now)
+        elif self._rejoining and not self._members:
+            self._rejoining = False  # nobody left to rejoin: we are the topology
         for name, m in list(self._members.items()):
             if now - m.last_seen > self.timeout:
                 self._drop(name, f"no heartbeat for {now - m.last_seen:.1f}s", now)
