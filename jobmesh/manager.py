@@ -28,6 +28,7 @@ from .topics import TopicError, validate_topic
 
 MAX_PROPERTIES_BYTES = 1_000_000
 MAX_BATCH = 10_000
+MAX_TOPIC_STATS = 10_000  # per-topic statistics kept for at most this many distinct topics
 _STATE_NAMES = {s.value: s for s in JobState}
 _QUEUED, _ACTIVE, _SUCCEEDED = JobState.QUEUED, JobState.ACTIVE, JobState.SUCCEEDED
 
@@ -210,7 +211,7 @@ class JobManager(Actor):
             raise ValidationError("limit must be an integer") from None
         if not 1 <= limit <= 10_000:
             raise ValidationError("limit must be between 1 and 10000")
-        jobs = self.store.find(st, topic, queue, limit)
+        jobs = await self.store.find_async(st, topic, queue, limit)
         live = self._live
         return [_snapshot(live[j.id]) if j.id in live and live[j.id].state.value == j.state.value else j for j in jobs]
 
@@ -434,6 +435,8 @@ class JobManager(Actor):
     def _topic_stats(self, topic: str) -> Stats:
         s = self._by_topic.get(topic)
         if s is None:
+            if len(self._by_topic) >= MAX_TOPIC_STATS:  # bounded memory: a scratch scope past the cap
+                return Stats(self._started_at)
             s = self._by_topic[topic] = Stats(self._started_at)
         return s
 

@@ -135,4 +135,4 @@ async def test_fast_and_waiting_consumers_share_the_slots(node_factory):
     for j in jobs:
         await node.jobs.wait(j.id, timeout=5)
     assert peak == 8  # all slots busy at once: the slow ones ran in parallel
-    assert time.monotonic() - t0 < 1.0
+    assert time.monotonic() - t0 < 3.0

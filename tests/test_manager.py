@@ -116,16 +116,16 @@ async def test_retry_delay_precedence_consumer_over_property_over_queue(node_fac
                 return ctx.result().failed(retry_delay=0.05)
             return JobResult.FAILED
 
-    node = await node_factory([delayed], queues=[QueueConfig(name="main", retry_delay=0.6)])
+    node = await node_factory([delayed], queues=[QueueConfig(name="main", retry_delay=1.0)])
     a = await node.jobs.add("t/delay/consumer", {"retry_delay": 5})
     b = await node.jobs.add("t/delay/property", {"retry_delay": 0.05})
     c = await node.jobs.add("t/delay/queue")
     for j in (a, b, c):
         assert (await node.jobs.wait(j.id, timeout=5)).state is JobState.SUCCEEDED
     gap = {t: s[1] - s[0] for t, s in starts.items()}
-    assert gap["t/delay/consumer"] < 0.4
-    assert gap["t/delay/property"] < 0.4
-    assert gap["t/delay/queue"] >= 0.55
+    assert gap["t/delay/consumer"] < 0.8
+    assert gap["t/delay/property"] < 0.8
+    assert gap["t/delay/queue"] >= 0.95
 
 
 async def test_backoff_grows(node_factory):
@@ -174,7 +174,7 @@ async def test_running_progress_visible_through_get(node_factory):
 
     node = await node_factory([slowprog])
     job = await node.jobs.add("t/slowprog")
-    for _ in range(200):
+    for _ in range(1000):  # up to 10 s: the machine may be busy
         cur = await node.jobs.get(job.id)
         if cur.state is JobState.ACTIVE and cur.progress.step == 4:
             break
@@ -265,14 +265,14 @@ async def test_stop_ignored_is_cancelled_after_grace(node_factory):
 
     node = await node_factory([stubborn], stop_grace=0.1)
     job = await node.jobs.add("t/stubborn")
-    for _ in range(200):
+    for _ in range(1000):  # up to 10 s: the machine may be busy
         if (await node.jobs.get(job.id)).state is JobState.ACTIVE:
             break
         await asyncio.sleep(0.01)
     t0 = time.monotonic()
     await node.jobs.stop(job.id)
     done = await node.jobs.wait(job.id, timeout=5)
-    assert done.state is JobState.STOPPED and cancelled == [job.id] and time.monotonic() - t0 < 2
+    assert done.state is JobState.STOPPED and cancelled == [job.id] and time.monotonic() - t0 < 4
 
 
 async def test_remove_queued_active_final(node_factory):
@@ -287,7 +287,7 @@ async def test_remove_queued_active_final(node_factory):
     sub = node.events.subscribe(topics=["job/removed"])
     a = await node.jobs.add("t/rm")
     b = await node.jobs.add("t/rm")
-    for _ in range(200):
+    for _ in range(1000):  # up to 10 s: the machine may be busy
         if (await node.jobs.get(a.id)).state is JobState.ACTIVE:
             break
         await asyncio.sleep(0.01)
@@ -572,13 +572,13 @@ async def test_shutdown_grace_over_requeues_without_counting_a_retry(node_factor
 
     node = await node_factory([forever], name="g")
     job = await node.jobs.add("d/forever")
-    for _ in range(200):
+    for _ in range(1000):  # up to 10 s: the machine may be busy
         if (await node.jobs.get(job.id)).state is JobState.ACTIVE:
             break
         await asyncio.sleep(0.01)
     t0 = time.monotonic()
     await node.stop(grace=0.1)
-    assert time.monotonic() - t0 < 3
+    assert time.monotonic() - t0 < 5
     node2 = await node_factory([], name="g")
     j = await node2.jobs.get(job.id)
     assert j.state is JobState.QUEUED and j.retry_count == 0
@@ -602,7 +602,7 @@ async def test_suspend_holds_jobs_already_handed_to_the_pool(node_factory):
 
     node = await node_factory([held], capacity=8, queues=[QueueConfig(name="main", max_parallel=2)])
     jobs = await node.jobs.add_many([("sus/x", None)] * 10)
-    for _ in range(200):
+    for _ in range(1000):  # up to 10 s: the machine may be busy
         if len(started) == 2:
             break
         await asyncio.sleep(0.01)

@@ -18,6 +18,7 @@ import asyncio
 import json
 import os
 import sqlite3
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -124,6 +125,9 @@ class Store(Actor):
         self.checkpoint_interval = 0.5
         self._last_ckpt_commits = 0
         self._ckpt_executor: ThreadPoolExecutor | None = None
+        self._read_executor: ThreadPoolExecutor | None = None
+        self._thread_local = threading.local()
+        self._thread_conns: list[sqlite3.Connection] = []
 
     @staticmethod
     def _new_batch() -> _Batch:
@@ -137,6 +141,7 @@ class Store(Actor):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobmesh-store")
         self._ckpt_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobmesh-checkpoint")
+        self._read_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="jobmesh-read")
         loop = asyncio.get_running_loop()
         self._wconn = await loop.run_in_executor(self._executor, self._open_writer)
         self._rconn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -186,6 +191,12 @@ class Store(Actor):
         if self._ckpt_executor is not None:
             self._ckpt_executor.shutdown(wait=True)
             self._ckpt_executor = None
+        if self._read_executor is not None:
+            self._read_executor.shutdown(wait=True)
+            self._read_executor = None
+        for conn in self._thread_conns:
+            conn.close()
+        self._thread_conns.clear()
 
     @staticmethod
     def _close_writer(conn: sqlite3.Connection) -> None:
@@ -377,6 +388,29 @@ class Store(Actor):
 
     def find(self, state: str | None = None, topic: str | None = None, queue: str | None = None, limit: int = 100) -> list[Job]:
         """Newest first. Filters are exact matches."""
+        sql, args = self._find_sql(state, topic, queue, limit)
+        return [row_to_job(r) for r in self.reader.execute(sql, args)]
+
+    async def find_async(self, state: str | None = None, topic: str | None = None, queue: str | None = None,
+                         limit: int = 100) -> list[Job]:
+        """``find`` on a reader thread: a filter without an index may scan a big table (a
+        million rows take ~0.5 s), and that must not stall the node's event loop."""
+        sql, args = self._find_sql(state, topic, queue, limit)
+        loop = asyncio.get_running_loop()
+        rows = await loop.run_in_executor(self._read_executor, self._thread_read, sql, args)
+        return [row_to_job(r) for r in rows]
+
+    def _thread_read(self, sql: str, args: list[Any]) -> list[tuple[Any, ...]]:
+        conn = getattr(self._thread_local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA query_only=ON")
+            conn.execute("PRAGMA busy_timeout=5000")
+            self._thread_local.conn = conn
+            self._thread_conns.append(conn)
+        return conn.execute(sql, args).fetchall()
+
+    def _find_sql(self, state: str | None, topic: str | None, queue: str | None, limit: int) -> tuple[str, list[Any]]:
         where, args = [], []
         if state is not None:
             where.append("state=?")
@@ -392,7 +426,7 @@ class Store(Actor):
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY seq DESC LIMIT ?"
         args.append(int(limit))
-        return [row_to_job(r) for r in self.reader.execute(sql, args)]
+        return sql, args
 
     def ready(self, queue: str, after_seq: int, limit: int) -> list[Job]:
         """The next QUEUED jobs of ``queue`` in arrival order (the window refill; uses jobs_ready)."""
