@@ -116,6 +116,7 @@ class JobManager(Actor):
 
     async def on_start(self) -> None:
         """Statistics gauges from the store (what is QUEUED/ACTIVE survives restarts); start clean-up."""
+        self.accepting = True
         self.overall = Stats(self._started_at)
         self._by_queue.clear()
         self._by_topic.clear()
@@ -187,9 +188,9 @@ class JobManager(Actor):
         if not isinstance(job_id, str):
             return None
         live = self._live.get(job_id)
-        if live is not None:
-            return _snapshot(live)
-        return self.store.get(job_id)
+        if live is not None and live.state is _ACTIVE:
+            return _snapshot(live)  # running: its progress lives in memory
+        return self.store.get(job_id)  # what is committed (a just-decided outcome may not be yet)
 
     async def _get_or_404(self, job_id: str) -> Job:
         job = await self.get(job_id)

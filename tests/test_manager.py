@@ -615,3 +615,11 @@ async def test_suspend_holds_jobs_already_handed_to_the_pool(node_factory):
     await node.jobs.resume_queue("main")
     for j in jobs:
         assert (await node.jobs.wait(j.id, timeout=5)).state is JobState.SUCCEEDED
+
+
+async def test_node_restarts_in_the_same_process(node_factory):
+    node = await node_factory([ok], name="again")
+    await node.stop()
+    await node.start()
+    job = await node.jobs.add("t/ok")
+    assert (await node.jobs.wait(job.id, timeout=5)).state is JobState.SUCCEEDED

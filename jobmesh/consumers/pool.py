@@ -108,6 +108,7 @@ class ConsumerPool(Actor):
             self._end(run, Outcome("ABORTED", "consumer pool restarted"))
         self._ready.clear()
         self._draining = False
+        self._hurry = False
         self._threads = ThreadPoolExecutor(max_workers=self.capacity, thread_name_prefix="jobmesh-consumer")
         self._idle_workers = []
         self._workers = [self.spawn(self._worker(), name=f"slot-{i}") for i in range(self.capacity)]
