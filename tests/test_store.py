@@ -186,3 +186,13 @@ async def test_start_writes_and_full_snapshots_keep_their_order(tmp_path):
         assert (gb.state, gb.started, gb.attempt, gb.retry_count, gb.target) == (JobState.ACTIVE, 7.0, 2, 1, "n")
     finally:
         await system.stop_all()
+
+
+async def test_writes_after_close_are_refused_not_hung(tmp_path):
+    from jobmesh.errors import ActorStopped
+    store, system = await open_store(tmp_path / "jobs.db")
+    await system.stop_all()
+    with pytest.raises(ActorStopped):
+        store.insert([mk(1)])
+    with pytest.raises(ActorStopped):
+        store.update(mk(2))

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable
 import structlog
 
 from ..actor import Actor
+from ..errors import ActorStopped
 from ..job import Job, JobState, Progress
 from .schema import migrate
 
@@ -211,6 +212,8 @@ class Store(Actor):
     # -- writes (group-committed) -----------------------------------------
     def _enqueue(self) -> asyncio.Future[Any]:
         """The pending batch's future: every write in one transaction shares it (cheap under load)."""
+        if not self._opened:
+            raise ActorStopped("the job store is closed (node stopped)")
         futs = self._pending.futures
         if not futs:
             futs.append(asyncio.get_running_loop().create_future())
@@ -220,6 +223,8 @@ class Store(Actor):
 
     def insert(self, jobs: Iterable[Job], properties_json: list[str] | None = None) -> asyncio.Future[Any]:
         """Add new jobs; assigns each ``job.seq`` now (arrival order), durable when the future resolves."""
+        if not self._opened:
+            raise ActorStopped("the job store is closed (node stopped)")
         rows = self._pending.inserts
         seq = self._next_seq
         for i, job in enumerate(jobs):
@@ -241,6 +246,8 @@ class Store(Actor):
         The returned future is shared by every write of the same transaction: callers
         may await it, or add one done-callback per transaction (see ``QueueActor``).
         """
+        if not self._opened:
+            raise ActorStopped("the job store is closed (node stopped)")
         pending = self._pending
         pending.updates[job.seq] = update_row(job)
         if pending.starts:
@@ -249,6 +256,8 @@ class Store(Actor):
 
     def update_started(self, job: Job) -> asyncio.Future[Any]:
         """Record the start of a run (ACTIVE, started, attempt, target): the hot path's write."""
+        if not self._opened:
+            raise ActorStopped("the job store is closed (node stopped)")
         pending = self._pending
         if job.seq in pending.updates:  # an older full snapshot waits: keep the order by writing a full one
             pending.updates[job.seq] = update_row(job)
@@ -257,6 +266,8 @@ class Store(Actor):
         return self._enqueue()
 
     def update_many(self, jobs: Iterable[Job]) -> asyncio.Future[Any]:
+        if not self._opened:
+            raise ActorStopped("the job store is closed (node stopped)")
         updates, starts = self._pending.updates, self._pending.starts
         for job in jobs:
             updates[job.seq] = update_row(job)
@@ -265,14 +276,16 @@ class Store(Actor):
         return self._enqueue()
 
     def delete(self, job_ids: Iterable[str]) -> asyncio.Future[Any]:
+        if not self._opened:
+            raise ActorStopped("the job store is closed (node stopped)")
         self._pending.deletes.extend(job_ids)
         return self._enqueue()
 
     def call(self, fn: Callable[[sqlite3.Connection], Any]) -> asyncio.Future[Any]:
         """Run ``fn(conn)`` on the writer connection inside the next transaction; its result resolves the future."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.calls.append((fn, fut))
         self._enqueue()
+        self._pending.calls.append((fn, fut))
         return fut
 
     async def flush(self) -> None:
