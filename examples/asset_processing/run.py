@@ -87,7 +87,7 @@ class MeshNode:
     """One ``jobmesh node`` process; ``start`` (again, after a kill: same name, data and ports), ``kill``, ``stop``."""
 
     def __init__(self, workdir: Path, name: str, seeds: list[str], consumers: list[str],
-                 extra_pythonpath: list[str] | None = None) -> None:
+                 extra_pythonpath: list[str] | None = None, extra_args: list[str] | None = None) -> None:
         self.workdir, self.name, self.seeds, self.consumers = workdir, name, seeds, consumers
         self.http_port = free_port()
         self.bind_port = free_port(pair=True)
@@ -95,6 +95,7 @@ class MeshNode:
         self.endpoint = f"tcp://127.0.0.1:{self.bind_port}"
         self.log_path = workdir / f"{name}.log"
         self.pythonpath = [*(extra_pythonpath or []), str(REPO)]
+        self.extra_args = list(extra_args or [])
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> "MeshNode":
@@ -104,6 +105,7 @@ class MeshNode:
             args += ["--seed", s]
         if self.consumers:
             args += ["--consumers", *self.consumers]
+        args += self.extra_args
         env = {**os.environ, "PYTHONUNBUFFERED": "1",
                "PYTHONPATH": os.pathsep.join([*self.pythonpath, os.environ.get("PYTHONPATH", "")])}
         with open(self.log_path, "ab") as log:
