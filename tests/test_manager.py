@@ -623,3 +623,21 @@ async def test_node_restarts_in_the_same_process(node_factory):
     await node.start()
     job = await node.jobs.add("t/ok")
     assert (await node.jobs.wait(job.id, timeout=5)).state is JobState.SUCCEEDED
+
+
+async def test_jobs_of_a_queue_no_longer_configured_move_to_the_matching_one(node_factory):
+    node = await node_factory([], name="cfg", queues=[QueueConfig(name="main"),
+                                                      QueueConfig(name="old", topics=["t/**"])])
+    job = await node.jobs.add("t/ok")
+    assert job.queue == "old"
+    await node.stop()
+    node2 = await node_factory([ok], name="cfg", queues=[QueueConfig(name="main")])
+    done = await node2.jobs.wait(job.id, timeout=5)
+    assert done.state is JobState.SUCCEEDED and done.queue == "main"
+
+
+async def test_full_durability_end_to_end(node_factory):
+    node = await node_factory([ok], durability="full")
+    jobs = await node.jobs.add_many([("t/ok", None)] * 20)
+    for j in jobs:
+        assert (await node.jobs.wait(j.id, timeout=5)).state is JobState.SUCCEEDED
