@@ -160,6 +160,9 @@ class TransferActor(Actor):
         self._foreign_batch: list[tuple[Job, Outcome]] = []
         self._foreign_flush = False
         self._restored = False
+        # target side: the Job object of each copy committed by this process; a run of an
+        # older, superseded copy of the same job (another object) must not report for the new one
+        self._copy_objs: dict[str, Job] = {}
         self._restored_peers: set[str] = set()
         self.stopping = False
         self.started_ok = False
@@ -638,6 +641,8 @@ class TransferActor(Actor):
             await self._exec(self.protocol.target.commit_failed(origin, refs, f"store error: {e}"))
             return
         self.offloaded_in += len(jobs)
+        for job in jobs:
+            self._copy_objs[job.id] = job
         await self._exec(self.protocol.target.committed(origin, refs))
         node.jobs.tell(("foreign_added", jobs))
         if node.offloader is not None:
@@ -650,8 +655,13 @@ class TransferActor(Actor):
         done: list[tuple[Job, JobState]] = []
         now = time.time()
         for job, outcome in batch:
-            st = self.protocol.target.copy_state(job.id)
             done.append((job, job.state))
+            current = self._copy_objs.get(job.id)
+            if current is not None and current is not job:
+                self.log.info("run of a superseded copy ended; not reported", job_id=job.id)
+                continue
+            self._copy_objs.pop(job.id, None)
+            st = self.protocol.target.copy_state(job.id)
             self._progress_sent.pop(job.id, None)
             if st is None:
                 self.log.info("copy ended but the origin no longer wants it", job_id=job.id)
@@ -703,6 +713,8 @@ class TransferActor(Actor):
 
     async def _forget(self, job_id: str, attempt: int) -> None:
         me = self.node.name
+        self._progress_sent.pop(job_id, None)
+        self._copy_objs.pop(job_id, None)
 
         def write(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM transfer_outbox WHERE job_id=? AND attempt=?", (job_id, attempt))
