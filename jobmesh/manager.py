@@ -16,7 +16,6 @@ import time
 from functools import lru_cache
 from typing import Any, Callable
 
-import structlog
 
 from .actor import Actor
 from .config import NodeConfig

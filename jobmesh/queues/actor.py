@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from ..actor import Actor
 from ..config import QueueConfig
-from ..job import FINAL_STATES, Job, JobState, check_transition
+from ..job import Job, JobState, check_transition
 from ..consumers.context import append_log
 from .core import Outcome, decide, make_window
 
@@ -335,4 +335,4 @@ class QueueActor(Actor):
         }
 
 
-__all__ = ["QueueActor", "FINAL_STATES"]
+__all__ = ["QueueActor"]

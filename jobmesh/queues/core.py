@@ -14,7 +14,7 @@ from functools import lru_cache
 from typing import Any, Callable, Iterator, NamedTuple
 
 from ..config import MAIN_QUEUE, QueueConfig
-from ..job import Job, JobState, ResultKind
+from ..job import Job, JobState
 from ..topics import matches, specificity
 
 # --------------------------------------------------------------------------- matching
