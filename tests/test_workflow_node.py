@@ -166,6 +166,7 @@ async def test_bad_requests_are_clear_errors(node_factory):
     GATE["slow"].set()
     assert (await node.workflows.wait(inst.id, timeout=10)).state is WorkflowState.COMPLETED
     assert node.workflows.alive  # none of it hurt the actor
+    assert not node.events.active  # no step job open: the actor does not keep the engine building notifications
 
 
 async def test_a_step_job_the_node_refuses_fails_the_workflow(node_factory):
@@ -261,7 +262,7 @@ async def test_definitions_from_a_consumer_module(node_factory):
 async def test_sweep_catches_a_missed_notification(node_factory):
     node = await node_factory(CONSUMERS)
     node.workflows.define("one", [Step("wf/measure")])
-    node.workflows._sub.close()  # lose every notification from now on
+    node.workflows._follow_on = lambda: None  # never subscribe: every notification is lost
     inst = await node.workflows.start("one", {"text": "ab"})
     await node.jobs.wait(inst.history[0].job_id, timeout=5)
     await node.workflows.ask(("sweep",))

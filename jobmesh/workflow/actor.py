@@ -166,8 +166,7 @@ class WorkflowActor(Actor):
         self._store = await asyncio.to_thread(WorkflowStore, self.path)
         self._instances.clear()
         self._by_job.clear()
-        self._sub = self.node.events.subscribe(topics=FINAL_TOPICS)
-        self.spawn(self._follow(self._sub), name="workflows:events")
+        self._sub = None
         self._scan_consumer_modules()
         for inst in await asyncio.to_thread(self._store.running):
             self._track(inst)
@@ -184,6 +183,18 @@ class WorkflowActor(Actor):
         store, self._store = self._store, None
         if store is not None:
             await asyncio.to_thread(store.close)
+
+    def _follow_on(self) -> None:
+        """Subscribe to final notifications while step jobs are open (and only then: a
+        subscription makes the engine build a notification for every job that ends)."""
+        if self._sub is None:
+            self._sub = self.node.events.subscribe(topics=FINAL_TOPICS)
+            self.spawn(self._follow(self._sub), name="workflows:events")
+
+    def _follow_off(self) -> None:
+        if self._sub is not None and not self._by_job:
+            self._sub.close()
+            self._sub = None
 
     async def _follow(self, sub: Any) -> None:
         """Step jobs' final notifications become messages (others are skipped here, cheaply)."""
@@ -351,6 +362,7 @@ class WorkflowActor(Actor):
         if committed is not None:
             todo = core.apply(inst, StepCommitted(*committed), self.clock()) + todo
             self._by_job[committed[1]] = inst.id
+            self._follow_on()
         while todo:
             ins = todo.pop(0)
             if isinstance(ins, AddStepJob):
@@ -364,6 +376,7 @@ class WorkflowActor(Actor):
                     todo = core.apply(inst, StepRefused(ins.step, str(e)), self.clock()) + todo
                     continue
                 self._by_job[job.id] = inst.id
+                self._follow_on()  # before any await: the job cannot have ended yet
                 self.log.info("workflow step added", workflow=inst.name, workflow_id=inst.id, step=ins.step,
                               topic=ins.topic, job_id=job.id)
                 todo = core.apply(inst, StepCommitted(ins.step, job.id), self.clock()) + todo
@@ -397,12 +410,14 @@ class WorkflowActor(Actor):
         for rec in inst.history:
             if rec.job_id is not None:
                 self._by_job[rec.job_id] = inst.id
+                self._follow_on()
 
     def _untrack(self, inst: WorkflowInstance) -> None:
         self._instances.pop(inst.id, None)
         for rec in inst.history:
             if rec.job_id is not None:
                 self._by_job.pop(rec.job_id, None)
+        self._follow_off()
         snap = inst.snapshot()
         for fut in self._waiters.pop(inst.id, []):
             if not fut.done():
