@@ -79,6 +79,8 @@ class Node:
         for qc in cfg.all_queues():
             self._queue_actors[qc.name] = QueueActor(qc, self.store, self.pool, self.jobs,
                                                      self.pool.index.has_consumer, clock=clock)
+        for actor in (self.store, self.jobs, self.pool, *self._queue_actors.values()):
+            actor.log = actor.log.bind(node=cfg.name)  # every engine log line names its node
         self.pool.bind(self.jobs, self._queue_actors)  # type: ignore[arg-type]
         self.jobs.bind(self.pool, self._queue_actors)  # type: ignore[arg-type]
         # Offloading (DESIGN §2 transfer/offloader): per-node settings decide what runs here, even

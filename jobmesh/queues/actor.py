@@ -217,6 +217,8 @@ class QueueActor(Actor):
             job.output = outcome.output
         for line in outcome.log:
             append_log(job, line)
+        if new is not JobState.SUCCEEDED:
+            self._log_outcome(job, new, outcome)
         fut = self.store.update(job)
         if fut is not self._notify_fut:  # one callback per transaction, not per job
             self._notify_fut = fut
@@ -225,6 +227,18 @@ class QueueActor(Actor):
         self._notify_msgs.append((job, old, new, processing_ms, outcome.kind))
         if new is JobState.QUEUED and not self.draining:
             self.window.add(job, now)
+
+    def _log_outcome(self, job: Job, new: JobState, outcome: Outcome) -> None:
+        """Failures are worth a line (bound to the job); successes are counted, not logged."""
+        if new is JobState.QUEUED:
+            if outcome.kind != "ABORTED":
+                self.log.debug("job failed; retrying", job_id=job.id, topic=job.topic,
+                               retry=job.retry_count, not_before=job.not_before, reason=outcome.message)
+        elif new in (JobState.GIVEN_UP, JobState.ERROR):
+            self.log.warning("job given up" if new is JobState.GIVEN_UP else "job cancelled by its consumer",
+                             job_id=job.id, topic=job.topic, retries=job.retry_count, reason=outcome.message)
+        else:
+            self.log.info("job ended", job_id=job.id, topic=job.topic, state=new.value)
 
     def _committed(self, transitions: list[tuple[Any, ...]], fut: asyncio.Future[Any]) -> None:
         """The transaction holding these transitions committed: now the manager may announce them."""
