@@ -684,3 +684,15 @@ def test_listener_hub_gives_init_first_and_defers_it_during_a_change() -> None:
     assert x is later and e.type == T.TOPOLOGY_INIT and e.new_view.names == ["a", "b"]
     hub.remove(early)
     assert len(hub) == 2
+
+
+def test_stale_ages_in_a_join_reply_do_not_drop_members_right_after_joining() -> None:
+    m = make(expect_join=True)
+    reply = {"members": [dict(hb("s", 90.0), age=0.0), dict(hb("x", 91.0), age=2.4)], "rank": 100.5}
+    m.on_join_reply(reply, 100.0)
+    outs = tick_to(m, 100.0, 101.9)  # x gets at least timeout - interval to be heard
+    assert not [o for o in outs if isinstance(o, Dropped)]
+    outs = tick_to(m, 101.9, 102.2)
+    assert [o.name for o in outs if isinstance(o, Dropped)] == ["x"]  # x's age counted, up to an interval
+    outs = tick_to(m, 102.2, 102.6)
+    assert [o.name for o in outs if isinstance(o, Dropped)] == ["s"]

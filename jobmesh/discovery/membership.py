@@ -404,7 +404,9 @@ class Membership:
                 raise InvalidMember("join reply member must be a map")
             age = item.get("age", 0.0)
             age = _number(age, "age") if age is not None else 0.0
-            parsed.append((MemberInfo.from_wire(item), min(max(0.0, age), self.timeout)))
+            # trust the seed's ages only up to one interval: a seed whose loop lagged reports
+            # stale ages, and dropping a live member right after joining would tombstone it
+            parsed.append((MemberInfo.from_wire(item), min(max(0.0, age), self.interval)))
         rank = body.get("rank")
         if isinstance(rank, (int, float)) and not isinstance(rank, bool) and rank > self.local.rank:
             self.local = replace(self.local, rank=float(rank))
