@@ -3,6 +3,11 @@
 Prints ONE JSON object. Default durability (WAL, synchronous=NORMAL).
 
     .venv/bin/python benchmarks/throughput.py [--jobs 20000] [--batch 1000] [--capacity 64] [--max-parallel 64]
+                                              [--repeat 3]
+
+``jobs_per_second`` is the median of ``--repeat`` runs (each on a fresh node and store).
+The capacity and max_parallel defaults here (64) suit no-op jobs; the node's own defaults
+(capacity 16, max_parallel 15) give fewer jobs per commit: pass them to compare.
 """
 
 from __future__ import annotations
@@ -70,10 +75,23 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=1000)
     p.add_argument("--capacity", type=int, default=64)
     p.add_argument("--max-parallel", type=int, default=64)
+    p.add_argument("--repeat", type=int, default=3, help="runs; the median is reported, the best too")
     args = p.parse_args()
     configure_logging("console", "WARNING")
-    with tempfile.TemporaryDirectory(prefix="jobmesh-bench-") as d:
-        result = asyncio.run(run(args, Path(d) / "node"))
+    runs = []
+    for i in range(args.repeat):  # a fresh node and store each time; the machine is shared, so runs vary
+        with tempfile.TemporaryDirectory(prefix="jobmesh-bench-") as d:
+            runs.append(asyncio.run(run(args, Path(d) / "node")))
+    rates = sorted(r["jobs_per_second"] for r in runs)
+    result = dict(max(runs, key=lambda r: r["jobs_per_second"]))  # the best run's details
+    result.update({
+        "repeat": args.repeat,
+        "jobs_per_second": rates[len(rates) // 2],  # median
+        "best_jobs_per_second": rates[-1],
+        "runs_jobs_per_second": [r["jobs_per_second"] for r in runs],
+        "runs_jobs_per_cpu_second": [r["jobs_per_cpu_second"] for r in runs],
+    })
+    del result["seconds"], result["add_seconds"], result["cpu_seconds"], result["jobs_per_cpu_second"]
     print(json.dumps(result))
     return 0
 
