@@ -6,6 +6,7 @@ import {JobsView} from './jobs.js';
 import {QueuesView} from './queues.js';
 import {SchedulesView} from './schedules.js';
 import {OffloadingView} from './offloading.js';
+import {WorkflowsView} from './workflows.js';
 
 const TOPOLOGY_POLL_MS = 3000;
 const STATS_POLL_MS = 5000;
@@ -17,6 +18,7 @@ const VIEWS = {
   queues: QueuesView,
   schedules: SchedulesView,
   offloading: OffloadingView,
+  workflows: WorkflowsView,
 };
 
 /** What every view may use: the API, the latest topology, notifications, toasts. */
