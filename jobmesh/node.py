@@ -98,6 +98,9 @@ class Node:
             self.transfer = TransferActor(self)
             for qa in self._queue_actors.values():
                 qa.local_name = cfg.name
+                # jobs dispatched ahead wait in the pool where they cannot move: with peers to
+                # share work with, keep at most two rounds of this node's slots there
+                qa.dispatch_limit = min(qa.dispatch_limit, max(2, 2 * cfg.capacity))
                 qa.foreign_sink = self.transfer.foreign_finished
                 qa.remote_stop = self.transfer.remote_stop
             self.pool.foreign_started = self.transfer.foreign_started
@@ -122,6 +125,7 @@ class Node:
             return self
         if self.stopped is None:
             self.stopped = asyncio.Event()
+        self.stopped.clear()
         self.started_at = self.clock()
         try:
             await self._start_actors()
@@ -206,7 +210,10 @@ class Node:
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful: stop taking jobs, let running ones finish for ``grace`` s, persist the rest."""
-        if not self._running or self._stopping:
+        if self._stopping and self.stopped is not None:
+            await self.stopped.wait()  # someone else is stopping it: return once it is down
+            return
+        if not self._running:
             return
         self._stopping = True
         grace = self.config.shutdown_grace if grace is None else grace
