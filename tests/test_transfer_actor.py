@@ -1,0 +1,201 @@
+"""The transfer and offloader actors with two or three real nodes in one process (real
+ZeroMQ sockets on loopback, real SQLite files): stop reaching the target, a failed
+remote run going through the origin's retry decision, balancing by capacity, workflow
+local steps staying home, remote submission, and garbage on the ROUTER."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+import pytest
+
+import jobmesh
+from jobmesh.config import NodeConfig
+from jobmesh.job import JobState
+from jobmesh.transport import Dealer
+from jobmesh import wire
+
+from helpers import free_port_pair
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Mesh:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.nodes: list[jobmesh.Node] = []
+
+    async def node(self, name: str, consumers: list[Any] = (), capacity: int = 4,
+                   seeds: list[jobmesh.Node] = ()) -> jobmesh.Node:
+        cfg = NodeConfig()
+        cfg.name, cfg.data, cfg.http, cfg.capacity = name, str(self.tmp / name), None, capacity
+        cfg.bind = f"tcp://127.0.0.1:{free_port_pair()}"
+        cfg.seeds = [s.config.bind for s in seeds]
+        cfg.discovery.heartbeat_interval = 0.1
+        cfg.discovery.heartbeat_timeout = 0.6
+        node = jobmesh.Node(config=cfg)
+        for c in consumers:
+            node.add_consumer(c)
+        await node.start()
+        self.nodes.append(node)
+        return node
+
+    async def joined(self, *nodes: jobmesh.Node, timeout: float = 10.0) -> None:
+        names = sorted(n.name for n in nodes)
+        await until(lambda: all(sorted(n.topology.names) == names and n.topology.current for n in nodes), timeout)
+
+
+async def until(cond: Callable[[], Any], timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
+    m = Mesh(tmp_path)
+    try:
+        yield m
+    finally:
+        for n in reversed(m.nodes):
+            await n.stop(grace=1.0)
+
+
+async def test_stop_reaches_the_target_and_the_origin_records_stopped(mesh: Mesh) -> None:
+    saw_stop = asyncio.Event()
+
+    @jobmesh.consumer("tr/long")
+    async def long(job: jobmesh.Job, ctx: jobmesh.ExecutionContext) -> Any:
+        for _ in range(200):
+            if ctx.is_stopped():
+                saw_stop.set()
+                return ctx.result().cancelled()
+            await asyncio.sleep(0.02)
+        return None
+
+    a = await mesh.node("a")
+    b = await mesh.node("b", [long], seeds=[a])
+    await mesh.joined(a, b)
+    job = await a.jobs.add("tr/long")
+    await until(lambda: a.transfer._remote.get(job.id) is not None)
+    j = await a.jobs.get(job.id)
+    assert j.state is JobState.ACTIVE and j.target == "b"
+    await a.jobs.stop(job.id)
+    await asyncio.wait_for(saw_stop.wait(), 5)
+    done = await a.jobs.wait(job.id, timeout=5)
+    assert done.state is JobState.STOPPED and done.target == "b"
+    await until(lambda: b.transfer.foreign_copies() == 0)
+
+
+async def test_a_failed_remote_run_is_retried_by_the_origin(mesh: Mesh) -> None:
+    runs: list[int] = []
+
+    @jobmesh.consumer("tr/flaky")
+    async def flaky(job: jobmesh.Job) -> Any:
+        runs.append(job.retry_count)
+        if len(runs) == 1:
+            raise RuntimeError("first run fails")
+        return None
+
+    a = await mesh.node("a")
+    b = await mesh.node("b", [flaky], seeds=[a])
+    await mesh.joined(a, b)
+    job = await a.jobs.add("tr/flaky", {"retry_delay": 0})
+    done = await a.jobs.wait(job.id, timeout=10)
+    assert done.state is JobState.SUCCEEDED and done.retry_count == 1
+    assert runs == [0, 1]  # the target ran it once per handoff; the origin decided the retry
+    assert any("RuntimeError: first run fails" in line for line in done.progress.log)  # the traceback came back
+    stats = await a.jobs.statistics()
+    assert stats["overall"]["failed"] == 1 and stats["overall"]["finished"] == 1
+
+
+async def test_a_busy_small_node_moves_work_to_bigger_idle_ones(mesh: Mesh) -> None:
+    where: dict[str, str] = {}
+
+    def make(name: str) -> Any:
+        @jobmesh.consumer("tr/work")
+        async def work(job: jobmesh.Job) -> None:
+            where[job.id] = name
+            await asyncio.sleep(0.1)
+        return work
+
+    a = await mesh.node("a", [make("a")], capacity=1)
+    b = await mesh.node("b", [make("b")], capacity=4, seeds=[a])
+    c = await mesh.node("c", [make("c")], capacity=4, seeds=[a])
+    await mesh.joined(a, b, c)
+    await asyncio.sleep(0.5)  # capacities advertised
+    t0 = time.monotonic()
+    jobs = await a.jobs.add_many([("tr/work", {"i": i}) for i in range(45)])
+    done = [await a.jobs.wait(j.id, timeout=20) for j in jobs]
+    makespan = time.monotonic() - t0
+    assert {d.state for d in done} == {JobState.SUCCEEDED}
+    assert set(where.values()) == {"a", "b", "c"}
+    assert makespan < 45 * 0.1 / 2  # far from the 4.5 s it takes at a alone
+    assert a.offloader.moves_out == sum(1 for n in where.values() if n != "a")
+    # a job marked as a workflow's local step never leaves its node
+    local = await a.jobs.add_many([("tr/work", {"jobmesh:local": True}) for _ in range(8)])
+    for j in local:
+        await a.jobs.wait(j.id, timeout=20)
+        assert where[j.id] == "a"
+
+
+async def test_remote_submission_makes_the_receiver_the_origin(mesh: Mesh) -> None:
+    @jobmesh.consumer("tr/sub")
+    async def sub(job: jobmesh.Job) -> None:
+        return None
+
+    a = await mesh.node("a")
+    b = await mesh.node("b", [sub], seeds=[a])
+    await mesh.joined(a, b)
+    job_id = await a.transfer.submit("b", "tr/sub", {"k": 1}, timeout=5)
+    done = await b.jobs.wait(job_id, timeout=5)
+    assert done.origin == "b" and done.state is JobState.SUCCEEDED and done.properties == {"k": 1}
+    with pytest.raises(jobmesh.errors.Conflict):
+        await a.transfer.submit("b", "not a valid//topic", {}, timeout=5)
+
+
+async def test_garbage_on_the_router_changes_nothing(mesh: Mesh) -> None:
+    @jobmesh.consumer("tr/ok")
+    async def ok(job: jobmesh.Job) -> None:
+        return None
+
+    a = await mesh.node("a")
+    b = await mesh.node("b", [ok], seeds=[a])
+    await mesh.joined(a, b)
+    d = Dealer(b.discovery.transport, b.config.bind)
+    try:
+        await d.send("handoff", {"from": "a", "items": [{"id": "x"}]})  # malformed item
+        await d.send("result", {"from": "a", "items": "nope"})
+        await d.send("handoff", {"items": []})  # no sender
+        await d.send("result_ack", {"from": "ghost", "items": [{"id": "x", "attempt": 1}]})
+    finally:
+        d.close()
+    job = await a.jobs.add("tr/ok")
+    done = await a.jobs.wait(job.id, timeout=10)
+    assert done.state is JobState.SUCCEEDED and done.target == "b"
+    assert b.transfer.received >= 3
+
+
+async def test_a_job_nobody_can_run_waits_until_a_capable_node_joins(mesh: Mesh) -> None:
+    @jobmesh.consumer("tr/late")
+    async def late(job: jobmesh.Job) -> None:
+        return None
+
+    a = await mesh.node("a")
+    b = await mesh.node("b", seeds=[a])
+    await mesh.joined(a, b)
+    job = await a.jobs.add("tr/late")
+    await asyncio.sleep(0.5)
+    assert (await a.jobs.get(job.id)).state is JobState.QUEUED
+    c = await mesh.node("c", [late], seeds=[a])
+    await mesh.joined(a, b, c)
+    done = await a.jobs.wait(job.id, timeout=10)
+    assert done.state is JobState.SUCCEEDED and done.target == "c"
