@@ -696,3 +696,31 @@ def test_stale_ages_in_a_join_reply_do_not_drop_members_right_after_joining() ->
     assert [o.name for o in outs if isinstance(o, Dropped)] == ["x"]  # x's age counted, up to an interval
     outs = tick_to(m, 102.2, 102.6)
     assert [o.name for o in outs if isinstance(o, Dropped)] == ["s"]
+
+
+def test_a_member_heard_by_a_peer_is_not_dropped_and_a_dead_one_still_is() -> None:
+    m = make()
+    m.drain()
+    m.on_heartbeat(hb("b", 101.0), 100.0)
+    m.on_heartbeat(hb("c", 101.5), 100.0)
+    m.tick(100.1)
+    # from now on only b's heartbeats reach us; b keeps hearing c
+    t = 100.1
+    while t < 104.0:
+        t = round(t + 0.1, 6)
+        if abs((t * 10) % 5) < 1e-6:  # every 0.5 s
+            c_entry = ["c", 101.5, 101.5, "router:c", "pub:c", 0.2]
+            m.on_heartbeat(hb("b", 101.0, members=[c_entry]), t)
+        m.tick(t)
+    assert m.member_names() == ["a", "b", "c"]
+    # c dies: b's reports of it age, and c is dropped a timeout (and an interval) later
+    age = 0.2
+    outs: list[Any] = []
+    while t < 108.0 and "c" in m.member_names():
+        t = round(t + 0.1, 6)
+        age = round(age + 0.1, 6)
+        if abs((t * 10) % 5) < 1e-6:
+            m.on_heartbeat(hb("b", 101.0, members=[["c", 101.5, 101.5, "router:c", "pub:c", age]]), t)
+        outs += m.tick(t)
+    assert "c" not in m.member_names()
+    assert 105.5 <= t <= 106.5  # ~ a timeout after the last evidence (b heard it at ~103.8)

@@ -108,9 +108,9 @@ class MemberInfo:
 
     @classmethod
     def from_gossip(cls, item: Any) -> "MemberInfo":
-        if not isinstance(item, (list, tuple)) or len(item) != 5:
-            raise InvalidMember("gossip entry must be [name, incarnation, rank, endpoint, pub]")
-        name, inc, rank, endpoint, pub = item
+        if not isinstance(item, (list, tuple)) or len(item) not in (5, 6):
+            raise InvalidMember("gossip entry must be [name, incarnation, rank, endpoint, pub, age]")
+        name, inc, rank, endpoint, pub = item[:5]
         return cls.from_wire({"name": name, "incarnation": inc, "rank": rank, "endpoint": endpoint, "pub": pub})
 
 
@@ -181,7 +181,8 @@ Output = Union[Connect, Disconnect, Rejoin, Dropped, NameClash, ViewEvent]
 @dataclass
 class _Member:
     info: MemberInfo
-    last_seen: float
+    last_seen: float  # when we last heard it ourselves
+    heard_of: float = -math.inf  # when a peer last heard it, by the peer's gossip (SWIM's indirect proof)
 
 
 @dataclass
@@ -281,7 +282,9 @@ class Membership:
     def heartbeat_body(self, now: float, leaving: bool = False) -> dict[str, Any]:
         """What this node publishes: itself, the members it knows, the ones it dropped."""
         body = self.local.to_wire()
-        body["members"] = [m.info.gossip() for m in self._members.values()]
+        body["members"] = [
+            [*m.info.gossip(), round(max(0.0, now - m.last_seen), 3)] for m in self._members.values()
+        ]
         body["dropped"] = [
             [name, t.incarnation, t.rank]
             for name, t in self._tombstones.items()
@@ -357,9 +360,17 @@ class Membership:
             return self._drain()
         self._accept(info, now, direct=True)
         for item in gossip:
-            if isinstance(item, list) and len(item) == 5:  # fast path: someone we know already
+            if isinstance(item, list) and len(item) in (5, 6):  # fast path: someone we know already
                 known = self._members.get(item[0]) if isinstance(item[0], str) else None
-                if (known is not None and known.info.incarnation == item[1]) or item[0] == self.local.name:
+                if known is not None and known.info.incarnation == item[1]:
+                    age = item[5] if len(item) == 6 else None
+                    if isinstance(age, (int, float)) and not isinstance(age, bool) and 0 <= age < self.timeout:
+                        # the sender heard it directly ``age`` seconds before building this
+                        # heartbeat (up to an interval before sending it): alive, even if its
+                        # heartbeats do not reach us (a lost connection, a dropped message)
+                        known.heard_of = max(known.heard_of, now - age - self.interval)
+                    continue
+                if item[0] == self.local.name:
                     continue
             try:
                 g = MemberInfo.from_gossip(item)
@@ -446,7 +457,7 @@ class Membership:
         elif self._rejoining and not self._members:
             self._rejoining = False  # nobody left to rejoin: we are the topology
         for name, m in list(self._members.items()):
-            if now - m.last_seen > self.timeout:
+            if now - max(m.last_seen, m.heard_of) > self.timeout:
                 self._drop(name, f"no heartbeat for {now - m.last_seen:.1f}s", now)
         for name, (_, expires) in list(self._candidates.items()):
             if now >= expires:
