@@ -51,11 +51,17 @@ CRASHY = Workflow("crashy", [Step("crash/prepare"), Step("crash/work"), Step("cr
 '''
 
 
-def _mesh(tmp_path: Path, origin_args: list[str] | None = None) -> list[MeshNode]:
-    """Three nodes loading the workflow module above; "ca" is the seed and the workflows' origin."""
+def _mesh(tmp_path: Path, origin_args: list[str] | None = None, origin_works: bool = True) -> list[MeshNode]:
+    """Three nodes loading the workflow module above; "ca" is the seed and the workflows' origin.
+    With ``origin_works=False`` the origin has no consumer for ``crash/work``: that step must run elsewhere."""
     (tmp_path / "crash_flow.py").write_text(FLOW_MODULE)
+    origin_module = "crash_flow"
+    if not origin_works:
+        start, end = FLOW_MODULE.index('@jobmesh.consumer("crash/work")'), FLOW_MODULE.index('@jobmesh.consumer("crash/finish")')
+        (tmp_path / "crash_origin.py").write_text(FLOW_MODULE[:start] + FLOW_MODULE[end:])
+        origin_module = "crash_origin"
     path = [str(tmp_path)]
-    origin = MeshNode(tmp_path, "ca", [], ["crash_flow"], path, origin_args)
+    origin = MeshNode(tmp_path, "ca", [], [origin_module], path, origin_args)
     nodes = [origin]
     try:
         origin.start()
@@ -117,8 +123,8 @@ async def test_origin_killed_mid_step_restarts_and_completes(tmp_path):
 
 
 async def test_remote_node_killed_mid_offloaded_step_completes(tmp_path):
-    """With one slot on the origin and several workflows, work steps are offloaded; kill one runner."""
-    nodes = _mesh(tmp_path, origin_args=["--capacity", "1"])
+    """The origin cannot run the work step (no consumer), so it is offloaded; kill -9 the node running it."""
+    nodes = _mesh(tmp_path, origin_works=False)
     origin = nodes[0]
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
@@ -126,9 +132,9 @@ async def test_remote_node_killed_mid_offloaded_step_completes(tmp_path):
                 await wait_healthy(http, n)
             await wait_topology(http, origin, ["ca", "cb", "cc"])
             ids = []
-            for _ in range(6):
+            for _ in range(3):
                 status, inst = await api(http, "POST", origin.url + "/api/v1/workflows",
-                                         {"workflow": "crashy", "properties": {"work_seconds": 2.5}})
+                                         {"workflow": "crashy", "properties": {"work_seconds": 2.0}})
                 assert status == 201, inst
                 ids.append(inst["id"])
             victim: dict[str, Any] | None = None
@@ -144,6 +150,9 @@ async def test_remote_node_killed_mid_offloaded_step_completes(tmp_path):
             runner.kill()
             finals = [await _completed(http, origin, iid, 60.0) for iid in ids]
             assert [f["state"] for f in finals] == ["COMPLETED"] * len(ids), [f["reason"] for f in finals]
+            # the offloaded step's output came back with its result and reached the local last step
+            assert {f["data"]["worked_on"] for f in finals} <= {"cb", "cc"}
+            assert {f["data"]["finished_on"] for f in finals} == {"ca"}
             _, jobs = await api(http, "GET", origin.url + "/api/v1/jobs?topic=crash/work&limit=50")
             assert len(jobs["jobs"]) == len(ids)  # one work job per workflow: none added twice
             killed = next(j for j in jobs["jobs"] if j["id"] == victim["id"])
