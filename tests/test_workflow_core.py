@@ -265,3 +265,14 @@ def test_instance_store_round_trip_and_json():
     snap = inst.snapshot()
     snap.data["x"] = 1
     assert "x" not in inst.data  # a snapshot is a copy
+
+
+def test_a_step_output_travels_with_an_offloaded_result():
+    """The transfer result carries the output (absent from the body when there is none)."""
+    from jobmesh.job import ResultKind
+    from jobmesh.transfer.protocol import ResultItem
+
+    item = ResultItem("j1", 2, ResultKind.OK, "ok", output={"width": 10, "tags": ["a"]})
+    assert ResultItem.from_wire(json.loads(json.dumps(item.to_wire()))).output == {"width": 10, "tags": ["a"]}
+    bare = ResultItem("j1", 2, ResultKind.FAILED, "no")
+    assert "output" not in bare.to_wire() and ResultItem.from_wire(bare.to_wire()).output is None
