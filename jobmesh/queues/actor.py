@@ -23,6 +23,7 @@ from .core import Outcome, decide, make_window
 
 WINDOW = 16384  # jobs held in memory per queue
 REFILL_BELOW = WINDOW // 4
+REFILL_CHUNK = 1024  # rows read from the store per refill
 
 
 class QueueActor(Actor):
@@ -144,7 +145,9 @@ class QueueActor(Actor):
     def _refill(self) -> None:
         if not self.store_has_more:
             return
-        want = self.window_size - len(self.window)
+        # In chunks: parsing rows runs on the event loop (~10 us each), so one refill must
+        # not stall the node for long; the next pump reads more while the window is low.
+        want = min(self.window_size - len(self.window), REFILL_CHUNK)
         if want <= 0:
             return
         jobs = self.store.ready(self.config.name, self.last_seq, want)
