@@ -49,6 +49,12 @@ class PeerUnreachable(JobmeshError):
     http_status = 503
 
 
+class BindError(JobmeshError):
+    """An endpoint of this node cannot be bound (port in use, bad address)."""
+
+    http_status = 500
+
+
 class RequestTimeout(JobmeshError):
     http_status = 504
 
@@ -208,9 +214,9 @@ class Transport:
         sock.setsockopt(zmq.SNDHWM, 100)  # heartbeats are worthless once stale
         try:
             sock.bind(endpoint)
-        except zmq.ZMQError:
+        except zmq.ZMQError as e:
             sock.close(0)
-            raise
+            raise BindError(f"cannot bind the heartbeat endpoint {endpoint}: {e.strerror}") from None
         return sock
 
     def sub_socket(self) -> zmq.asyncio.Socket:
@@ -237,9 +243,9 @@ class Transport:
         sock.setsockopt(zmq.SNDTIMEO, 0)
         try:
             sock.bind(endpoint)
-        except zmq.ZMQError:
+        except zmq.ZMQError as e:
             sock.close(0)
-            raise
+            raise BindError(f"cannot bind the transfer endpoint {endpoint}: {e.strerror}") from None
         return sock
 
     def dealer_socket(self, endpoint: str, identity: bytes | None = None) -> zmq.asyncio.Socket:

@@ -16,6 +16,7 @@ from jobmesh import wire
 from jobmesh.config import ConfigError, SecurityConfig
 from jobmesh.errors import ValidationError
 from jobmesh.transport import (
+    BindError,
     Dealer,
     Endpoint,
     PeerUnreachable,
@@ -154,6 +155,20 @@ async def test_oversize_messages_never_reach_the_handler() -> None:
         ep.close()
         t.close()
         client.close()
+
+
+async def test_binding_a_busy_endpoint_says_which_and_why() -> None:
+    t = Transport("a")
+    ep = Endpoint("a")
+    address = free_endpoint()
+    ep.bind(t, address)
+    other = Endpoint("b")
+    try:
+        with pytest.raises(BindError, match="cannot bind the transfer endpoint .* in use"):
+            other.bind(t, address)
+    finally:
+        ep.close()
+        t.close()
 
 
 async def test_request_to_nobody_times_out() -> None:
