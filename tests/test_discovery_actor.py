@@ -280,3 +280,5 @@ async def test_a_crashed_actor_restarts_on_the_same_ports_and_keeps_its_membersh
     kinds = [e.type for e in cluster.events["b"]]
     assert kinds.count(T.TOPOLOGY_INIT) == 1
     assert c.alive
+    # the restart did not look like a departure to a (no goodbye, no drop)
+    assert all(e.new_view is None or e.new_view.names != ["a"] for e in cluster.events["a"][1:])

@@ -250,7 +250,12 @@ class DiscoveryActor(Actor):
 
     async def on_stop(self) -> None:
         final = None
-        if self._core is not None and self._sender is not None:
+        stopping = self._stopping  # a real stop, not the pause before a restart after a crash
+        if stopping:
+            for task in self._listeners:
+                task.task.cancel()
+        # only a real stop says goodbye: after a crash we come back at once, in the same place
+        if stopping and self._core is not None and self._sender is not None:
             try:
                 final = wire.encode("heartbeat", self._heartbeat_body(leaving=True))
             except wire.WireError:
