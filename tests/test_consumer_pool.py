@@ -136,3 +136,22 @@ async def test_fast_and_waiting_consumers_share_the_slots(node_factory):
         await node.jobs.wait(j.id, timeout=5)
     assert peak == 8  # all slots busy at once: the slow ones ran in parallel
     assert time.monotonic() - t0 < 3.0
+
+
+async def test_each_job_runs_in_its_own_context(node_factory):
+    import contextvars
+    var: contextvars.ContextVar[str | None] = contextvars.ContextVar("var", default=None)
+    seen = []
+
+    @jobmesh.consumer("ctxvar/x")
+    async def setter(job):
+        seen.append(var.get())
+        var.set(job.id)
+        await asyncio.sleep(0)
+        seen.append(var.get() == job.id)
+
+    node = await node_factory([setter], capacity=1, queues=[QueueConfig(name="main", max_parallel=1)])
+    jobs = await node.jobs.add_many([("ctxvar/x", None)] * 3)
+    for j in jobs:
+        await node.jobs.wait(j.id, timeout=5)
+    assert seen == [None, True, None, True, None, True]

@@ -14,6 +14,7 @@ seconds later is cancelled (the outcome is STOPPED either way).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 import traceback
 from functools import partial
@@ -333,13 +334,16 @@ class ConsumerPool(Actor):
                     result = await spec.actor.process(job, ctx)
             elif spec.is_async:
                 coro = spec.fn(job, ctx) if ctx is not None else spec.fn(job)  # type: ignore[misc]
+                # Its own copy of the context, as a task per job would have: a contextvar a
+                # consumer sets (structlog's bind_contextvars...) must not leak to the next job.
+                cvars = contextvars.copy_context()
                 try:
-                    yielded = coro.send(None)  # run it inline up to its first real wait
+                    yielded = cvars.run(coro.send, None)  # run it inline up to its first real wait
                 except StopIteration as done:
                     result = done.value  # finished without waiting: no task switch at all
                 else:
                     self._wake_one()  # this one waits: the next ready job gets another worker
-                    result = await _resume(coro, yielded)
+                    result = await _resume(coro, yielded, cvars)
             else:
                 self._wake_one()
                 loop = asyncio.get_running_loop()
@@ -397,13 +401,15 @@ class ConsumerPool(Actor):
         return run.job if run is not None else None
 
 
-async def _resume(coro: Any, yielded: Any) -> Any:
+async def _resume(coro: Any, yielded: Any, cvars: contextvars.Context | None = None) -> Any:
     """Drive a consumer coroutine that ``_execute`` started inline, from its first wait on.
 
     Does what an asyncio Task does for it: wait for the future it yielded, then resume
     it; the future's result or exception (or cancellation, when the slot is cancelled
-    after the stop grace) reaches the coroutine through the future itself.
+    after the stop grace) reaches the coroutine through the future itself. Each step
+    runs in ``cvars`` (the job's own context copy).
     """
+    run = cvars.run if cvars is not None else (lambda fn, *a: fn(*a))
     while True:
         try:
             if yielded is None:  # a bare yield (asyncio.sleep(0)): just let the loop run once
@@ -414,12 +420,12 @@ async def _resume(coro: Any, yielded: Any) -> Any:
         except BaseException as exc:
             if yielded is None or not yielded.done():
                 try:  # cancelled while not waiting on the coroutine's own future: tell it
-                    yielded = coro.throw(exc)
+                    yielded = run(coro.throw, exc)
                 except StopIteration as done:
                     return done.value
                 continue
         try:
-            yielded = coro.send(None)
+            yielded = run(coro.send, None)
         except StopIteration as done:
             return done.value
 
