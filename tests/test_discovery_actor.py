@@ -282,3 +282,18 @@ async def test_a_crashed_actor_restarts_on_the_same_ports_and_keeps_its_membersh
     assert c.alive
     # the restart did not look like a departure to a (no goodbye, no drop)
     assert all(e.new_view is None or e.new_view.names != ["a"] for e in cluster.events["a"][1:])
+
+
+async def test_the_transport_outlives_a_crash_restart_and_closes_on_stop(cluster: Cluster) -> None:
+    a = await cluster.start("a")
+    transport = a.transport
+    assert transport is not None
+
+    async def boom() -> None:
+        raise RuntimeError("injected crash")
+
+    a.spawn(boom())
+    await cluster.wait(lambda: a.alive and a.endpoint.bound and a._sender is not None, timeout=3)
+    assert a.transport is transport  # DEALERs other parts made from it still work
+    await cluster.stop("a")
+    assert a.transport is None

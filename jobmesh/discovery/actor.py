@@ -215,7 +215,8 @@ class DiscoveryActor(Actor):
     # -- lifecycle ----------------------------------------------------------------------
     async def on_start(self) -> None:
         now = time.monotonic()
-        self._transport = Transport(self.node.name, self.curve)
+        if self._transport is None:  # kept across crash restarts: other parts' DEALERs stay valid
+            self._transport = Transport(self.node.name, self.curve)
         try:
             self.endpoint.bind(self._transport, self.bind)
             self._sender = HeartbeatSender(self._transport, self.pub, self.interval, self.timeout, self.node.name)
@@ -224,7 +225,7 @@ class DiscoveryActor(Actor):
                                                period=self.interval / self.tick_fraction)
             await asyncio.get_running_loop().run_in_executor(None, self._receiver.start_and_wait)
         except BaseException:
-            self._close_sockets()
+            self._close_sockets(keep_transport=False)
             raise
         if self._core is None:
             self._core = Membership(
@@ -263,9 +264,9 @@ class DiscoveryActor(Actor):
         if self._sender is not None:
             sender = self._sender
             await asyncio.get_running_loop().run_in_executor(None, lambda: sender.stop(final))
-        self._close_sockets()
+        self._close_sockets(keep_transport=not stopping)
 
-    def _close_sockets(self) -> None:
+    def _close_sockets(self, keep_transport: bool) -> None:
         self.endpoint.close()
         if self._receiver is not None:
             self._receiver.stop()
@@ -273,7 +274,7 @@ class DiscoveryActor(Actor):
         if self._sender is not None and self._sender.is_alive():
             self._sender.stop()
         self._sender = None
-        if self._transport is not None:
+        if self._transport is not None and not keep_transport:
             self._transport.close()
             self._transport = None
 
