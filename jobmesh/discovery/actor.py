@@ -248,6 +248,11 @@ class DiscoveryActor(Actor):
         self.log.info(
             "discovery started", bind=self.bind, pub=self.pub, seeds=self.seeds, secure=self.curve is not None
         )
+        for ep in (self.bind, self.pub):
+            if "://*" in ep or "://0.0.0.0" in ep or "://[::]" in ep:
+                # peers connect to the endpoints we advertise, and cannot connect to a wildcard
+                self.log.warning("a wildcard endpoint is advertised to peers; bind a reachable address",
+                                 endpoint=ep)
 
     async def on_stop(self) -> None:
         final = None
