@@ -724,3 +724,17 @@ def test_a_member_heard_by_a_peer_is_not_dropped_and_a_dead_one_still_is() -> No
         outs += m.tick(t)
     assert "c" not in m.member_names()
     assert 105.5 <= t <= 106.5  # ~ a timeout after the last evidence (b heard it at ~103.8)
+
+
+def test_the_view_is_cached_until_something_it_shows_changes() -> None:
+    m = make()
+    m.drain()
+    m.on_heartbeat(hb("b", 101.0, capacity={"active": 1}), 100.0)
+    m.tick(100.1)
+    v = m.view
+    assert m.view is v
+    m.on_heartbeat(hb("b", 101.0, capacity={"active": 1}), 100.2)  # the same again
+    m.set_local(100.2)
+    assert m.view is v
+    m.on_heartbeat(hb("b", 101.0, capacity={"active": 2}), 100.3)  # capacity: silent, but shown
+    assert m.view is not v and m.view.instance("b").capacity == {"active": 2}

@@ -208,7 +208,9 @@ class Membership:
     ) -> None:
         if not 0 < heartbeat_interval < heartbeat_timeout:
             raise ValueError("need 0 < heartbeat_interval < heartbeat_timeout")
-        self.local = local
+        self._version = 0  # bumped by every change a view shows (capacity included)
+        self._view_cache: tuple[tuple[Any, ...], TopologyView] | None = None
+        self._local = local
         self.interval = heartbeat_interval
         self.timeout = heartbeat_timeout
         self.settle = settle
@@ -271,13 +273,33 @@ class Membership:
         return [m.info.endpoint for m in self._members.values() if m.info.endpoint]
 
     @property
+    def local(self) -> MemberInfo:
+        """This node's own description (what its heartbeats say)."""
+        return self._local
+
+    @local.setter
+    def local(self, value: MemberInfo) -> None:
+        if value != self._local:
+            self._version += 1
+        self._local = value
+
+    @property
     def view(self) -> TopologyView:
-        """The view to show now: during a change (or before INIT) it is not current."""
+        """The view to show now: during a change (or before INIT) it is not current.
+
+        Cached until something it shows changes: other parts read ``node.topology`` often.
+        """
+        key = (self._version, self._established, self._changing, id(self._published))
+        if self._view_cache is not None and self._view_cache[0] == key:
+            return self._view_cache[1]
         if not self._established:
-            return replace(self._build_view(), current=False)
-        if self._changing and self._published is not None:
-            return replace(self._published, current=False)
-        return self._build_view()
+            view = replace(self._build_view(), current=False)
+        elif self._changing and self._published is not None:
+            view = replace(self._published, current=False)
+        else:
+            view = self._build_view()
+        self._view_cache = (key, view)
+        return view
 
     def heartbeat_body(self, now: float, leaving: bool = False) -> dict[str, Any]:
         """What this node publishes: itself, the members it knows, the ones it dropped."""
@@ -507,6 +529,7 @@ class Membership:
                 current = None
         if current is None:
             self._members[info.name] = _Member(info, seen)
+            self._version += 1
             self._topology_dirty = self._properties_dirty = self._subscriptions_dirty = True
         else:
             old = current.info
@@ -514,6 +537,8 @@ class Membership:
                 self._topology_dirty = self._subscriptions_dirty = True
             if old.property_key() != info.property_key():
                 self._properties_dirty = True
+            if info != old:
+                self._version += 1
             current.info = info
             current.last_seen = max(current.last_seen, seen)
         if self._candidates.pop(info.name, None) is not None:
@@ -542,6 +567,7 @@ class Membership:
         m = self._members.pop(name, None)
         if m is None:
             return
+        self._version += 1
         self._topology_dirty = self._properties_dirty = self._subscriptions_dirty = True
         if tombstone:
             if len(self._tombstones) >= MAX_TOMBSTONES:
