@@ -176,6 +176,7 @@ async def test_garbage_on_the_router_changes_nothing(mesh: Mesh) -> None:
         await d.send("result", {"from": "a", "items": "nope"})
         await d.send("handoff", {"items": []})  # no sender
         await d.send("result_ack", {"from": "ghost", "items": [{"id": "x", "attempt": 1}]})
+        await until(lambda: b.transfer.received >= 3, timeout=5)  # (no linger: let them leave first)
     finally:
         d.close()
     job = await a.jobs.add("tr/ok")

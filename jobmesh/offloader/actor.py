@@ -28,7 +28,7 @@ from .policy import MoveRecord, PolicyConfig, QueueSummary, plan_moves, plan_ste
 
 log = structlog.get_logger("jobmesh.offloader")
 
-MAX_JOBS_PER_ROUND = 8192  # jobs handed off per decision at most (bounded latency per round)
+MAX_JOBS_PER_ROUND = 4096  # jobs handed off per decision at most (bounded latency per round)
 HISTORY = 1000  # move records kept (the policy looks at the last seconds only)
 
 

@@ -276,9 +276,9 @@ class QueueActor(Actor):
             return None
         if (self.remote_stop is not None and stored.target is not None and stored.target != self.local_name
                 and stored.origin == self.local_name and stored.state in (JobState.QUEUED, JobState.ACTIVE)):
-            await self.remote_stop(stored, state)  # the stop travels to the target
-            if stored.state is not JobState.QUEUED:
-                return None  # running there: its result records the stop
+            # the stop travels to the target; recorded now if it had not started there, else
+            # its result records it
+            return await self.remote_stop(stored, state)
         if stored.state is not JobState.QUEUED:
             return None
         return await self._record_cancel(stored, state)

@@ -24,6 +24,7 @@ remote submissions, and counts moves for the metrics.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import sqlite3
 import time
@@ -61,6 +62,7 @@ from .protocol import (
     StealRequested,
     StopLocal,
     SubmitDone,
+    TargetJobState,
     TransferProtocol,
     UpdateProgress,
 )
@@ -71,7 +73,8 @@ SETTINGS_REQUEST = "offload_set"
 SETTINGS_REPLY = "offload_set_ack"
 SEND_TIMEOUT = 1.0
 PER_PEER_QUEUE = 100_000  # messages waiting for one peer's DEALER at most (bounded memory)
-PROGRESS_MIN_INTERVAL = 0.05  # s between two progress messages of one job (log lines are kept)
+PROGRESS_MIN_INTERVAL = 0.05
+STARTED_DELAY = 0.05  # s a copy must run before its start is announced (the result repeats it)  # s between two progress messages of one job (log lines are kept)
 
 _KIND_OF_OUTCOME = {"OK": ResultKind.OK, "FAILED": ResultKind.FAILED, "CANCEL": ResultKind.CANCEL,
                     "STOPPED": ResultKind.CANCEL}
@@ -160,6 +163,13 @@ class TransferActor(Actor):
         self._foreign_batch: list[tuple[Job, Outcome]] = []
         self._foreign_flush = False
         self._restored = False
+        self._inbox: list[tuple[str, Any]] = []
+        self._inbox_scheduled = False
+        self._inbox_signaled = False
+        self._foreign_signaled = False
+        self._start_pending: dict[str, float] = {}
+        self._start_scheduled = False
+        self._out_jobs: dict[str, Job] = {}  # origin side: the job objects handed off (no re-reads)
         # target side: the Job object of each copy committed by this process; a run of an
         # older, superseded copy of the same job (another object) must not report for the new one
         self._copy_objs: dict[str, Job] = {}
@@ -186,10 +196,12 @@ class TransferActor(Actor):
             asyncio.get_running_loop().call_soon(self._flush_foreign)
 
     def _flush_foreign(self) -> None:
+        # one signal in the mailbox at a time: the handler takes everything gathered by then,
+        # so under load the outbox writes grow into bigger transactions instead of queueing up
         self._foreign_flush = False
-        batch, self._foreign_batch = self._foreign_batch, []
-        if batch:
-            self.tell(("foreign_done", batch))
+        if self._foreign_batch and not self._foreign_signaled:
+            self._foreign_signaled = True
+            self.tell(("foreign_done",))
 
     def foreign_started(self, jobs: list[Job]) -> None:
         self.tell(("foreign_started", [(j.id, j.started or time.time()) for j in jobs]))
@@ -212,10 +224,11 @@ class TransferActor(Actor):
         delay = 0.0 if last is None else max(0.0, PROGRESS_MIN_INTERVAL - (time.monotonic() - last[0]))
         asyncio.get_running_loop().call_later(delay, self.tell, ("foreign_progress", job))
 
-    async def remote_stop(self, job: Job, state: JobState) -> Any:
-        """A stop/remove of a job handed to another node (queue actor ``cancel``)."""
-        self.tell(("stop", job.id, state))
-        return None
+    async def remote_stop(self, job: Job, state: JobState) -> Job | None:
+        """A stop/remove of a job handed to another node (queue actor ``cancel``): a job not
+        started there is recorded stopped now (returned); a running one is asked to stop at
+        the target and its result records the stop (None)."""
+        return await self.ask(("stop", job.id, state), timeout=10.0)
 
     # -- for the offloader, the node and the metrics -------------------------------------------------
     def offer(self, peer: str, jobs: list[Job]) -> None:
@@ -293,25 +306,40 @@ class TransferActor(Actor):
         self._links.clear()
 
     def _on_wire(self, identity: bytes, msg: wire.Message) -> None:
-        self.tell(("wire", msg.type, msg.body))
+        """Messages that arrive in one loop iteration are handled together: their commits
+        (copies at a target, results at an origin) share one transaction."""
+        self._inbox.append((msg.type, msg.body))
+        if not self._inbox_scheduled:
+            self._inbox_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_inbox)
         return None
+
+    def _flush_inbox(self) -> None:
+        self._inbox_scheduled = False
+        if self._inbox and not self._inbox_signaled:
+            self._inbox_signaled = True  # the handler takes all that arrived until it runs
+            self.tell(("wire",))
 
     # -- messages -------------------------------------------------------------------------------
     async def receive(self, msg: Any) -> Any:
         kind = msg[0]
         if kind == "wire":
-            _, msg_type, body = msg
-            peer = body.get("from")
-            if not isinstance(peer, str) or not peer:
-                self.log.warning("transfer message without sender dropped", type=msg_type)
-                return None
-            inc = body.get("inc")
-            known = self._members.get(peer)
-            if known is not None and isinstance(inc, (int, float)) and inc < known[0]:
-                self.log.info("message from an old incarnation dropped", peer=peer, type=msg_type)
-                return None
-            self.received += 1
-            await self._exec(self.protocol.receive_wire(peer, msg_type, body))
+            self._inbox_signaled = False
+            batch, self._inbox = self._inbox, []
+            out = []
+            for msg_type, body in batch:
+                peer = body.get("from")
+                if not isinstance(peer, str) or not peer:
+                    self.log.warning("transfer message without sender dropped", type=msg_type)
+                    continue
+                inc = body.get("inc")
+                known = self._members.get(peer)
+                if known is not None and isinstance(inc, (int, float)) and inc < known[0]:
+                    self.log.info("message from an old incarnation dropped", peer=peer, type=msg_type)
+                    continue
+                self.received += 1
+                out += self.protocol.receive_wire(peer, msg_type, body)
+            await self._exec(out)
         elif kind == "timer":
             self._timer = None
             self._timer_at = None
@@ -321,20 +349,33 @@ class TransferActor(Actor):
         elif kind == "offer":
             await self._offer(msg[1], msg[2])
         elif kind == "foreign_done":
-            await self._foreign_done(msg[1])
+            self._foreign_signaled = False
+            batch, self._foreign_batch = self._foreign_batch, []
+            if batch:
+                await self._foreign_done(batch)
         elif kind == "foreign_started":
-            out: list[Any] = []
+            # announced a moment later, and only if still running: a short job's result
+            # says it all, and saves the origin a message and a write per job
+            pending = self._start_pending
             for job_id, at in msg[1]:
+                pending[job_id] = at
+            if pending and not self._start_scheduled:
+                self._start_scheduled = True
+                asyncio.get_running_loop().call_later(STARTED_DELAY, self.tell, ("flush_started",))
+        elif kind == "flush_started":
+            self._start_scheduled = False
+            pending, self._start_pending = self._start_pending, {}
+            out: list[Any] = []
+            for job_id, at in pending.items():
                 st = self.protocol.target.copy_state(job_id)
-                if st is not None:
+                if st is not None and st[2] is TargetJobState.COMMITTED:
                     out += self.protocol.target.started(job_id, st[1], at)
             await self._exec(out)
         elif kind == "foreign_progress":
             await self._foreign_progress(msg[1])
         elif kind == "stop":
             _, job_id, state = msg
-            self._stop_requested[job_id] = state
-            await self._exec(self.protocol.origin.stop(job_id))
+            return await self._stop_job(job_id, state)
         elif kind == "send":  # a message decided elsewhere (the offloader's steal request)
             self._send(msg[1], msg[2])
         elif kind == "absent_check":
@@ -349,9 +390,17 @@ class TransferActor(Actor):
     # -- the instruction interpreter -------------------------------------------------------------------
     async def _exec(self, instructions: Iterable[Any]) -> None:
         results: list[tuple[str, ResultItem]] = []
+        accepted: dict[str, list[JobSpec]] = {}
+        forget: list[tuple[str, int]] = []
         for ins in instructions:
             if isinstance(ins, CommitResult):
                 results.append((ins.peer, ins.result))  # committed together, after the others
+                continue
+            if isinstance(ins, CommitAccepted):
+                accepted.setdefault(ins.origin, []).extend(ins.jobs)
+                continue
+            if isinstance(ins, ForgetJob):
+                forget.append((ins.id, ins.attempt))  # one transaction for all of them
                 continue
             try:
                 await self._do(ins)
@@ -359,6 +408,13 @@ class TransferActor(Actor):
                 raise
             except Exception:
                 self.log.exception("transfer instruction failed", instruction=type(ins).__name__)
+        if forget:
+            await self._forget(forget)
+        for origin, specs in accepted.items():
+            try:
+                await self._commit_copies(origin, tuple(specs))
+            except Exception:
+                self.log.exception("committing copies failed", origin=origin)
         if results:
             await self._commit_results(results)
 
@@ -383,7 +439,7 @@ class TransferActor(Actor):
         elif isinstance(ins, RequeueLocal):
             await self._requeue(ins.jobs, ins.reason, ins.peer)
         elif isinstance(ins, ForgetJob):
-            await self._forget(ins.id, ins.attempt)
+            await self._forget([(ins.id, ins.attempt)])
         elif isinstance(ins, StopLocal):
             await self._stop_local(ins.id, ins.reason)
         elif isinstance(ins, CommitSubmitted):
@@ -459,6 +515,8 @@ class TransferActor(Actor):
                                  job.max_retries, job.origin, job.created))
         if not jobs:
             return
+        for job in jobs:
+            self._out_jobs[job.id] = job
         try:
             await store.update_many(jobs)
         except Exception as e:
@@ -467,8 +525,25 @@ class TransferActor(Actor):
             return
         await self._exec(self.protocol.origin.offer(peer, specs))
 
+    async def _stop_job(self, job_id: str, state: JobState) -> Job | None:
+        job = self._out_jobs.get(job_id) or self.node.store.get(job_id)
+        if job is None or job.state in FINAL_STATES:
+            return job
+        recorded: Job | None = None
+        if job.state is JobState.QUEUED:
+            old = job.state
+            job.state = state
+            job.finished = time.time()
+            await self.node.store.update(job)
+            self.node.jobs.tell(("transitions", [(job, old, state, None, "STOPPED")]))
+            recorded = copy.copy(job)
+        else:
+            self._stop_requested[job_id] = state
+        await self._exec(self.protocol.origin.stop(job_id))
+        return recorded
+
     async def _mark_started(self, peer: str, job_id: str, attempt: int, at: float) -> None:
-        job = self._remote.get(job_id) or self.node.store.get(job_id)
+        job = self._out_jobs.get(job_id) or self.node.store.get(job_id)
         if job is None or job.state is not JobState.QUEUED or job.target != peer or job.attempt != attempt:
             return
         self._start_remote(job, peer, at)
@@ -507,7 +582,8 @@ class TransferActor(Actor):
         refs: list[JobRef] = []
         for peer, r in items:
             refs.append(JobRef(r.id, r.attempt))
-            job = self._remote.pop(r.id, None) or store.get(r.id)
+            self._remote.pop(r.id, None)
+            job = self._out_jobs.pop(r.id, None) or store.get(r.id)
             if job is None or job.state in FINAL_STATES or job.target != peer or job.attempt != r.attempt:
                 self.stale_results += 1
                 self.log.info("result not applied", job_id=r.id, attempt=r.attempt, peer=peer,
@@ -564,7 +640,8 @@ class TransferActor(Actor):
     async def _requeue(self, refs: tuple[JobRef, ...], reason: str, peer: str | None) -> None:
         pairs: list[tuple[Job, JobRef | None]] = []
         for ref in refs:
-            job = self._remote.pop(ref.id, None) or self.node.store.get(ref.id)
+            self._remote.pop(ref.id, None)
+            job = self._out_jobs.pop(ref.id, None) or self.node.store.get(ref.id)
             if job is None:
                 continue
             if job.state not in (JobState.QUEUED, JobState.ACTIVE) or (peer is not None and job.target != peer):
@@ -584,6 +661,7 @@ class TransferActor(Actor):
                 job.started = None
                 transitions.append((job, old, JobState.QUEUED, None, "ABORTED"))
             self._stop_requested.pop(job.id, None)
+            self._out_jobs.pop(job.id, None)
         if not pairs:
             return
         self.requeued += len(pairs)
@@ -678,14 +756,13 @@ class TransferActor(Actor):
             items.append(item)
             rows.append((job.id, origin, attempt, json.dumps(item.to_wire())))
 
+        me = self.node.name
+
         def write(conn: sqlite3.Connection) -> None:
-            for job_id, origin, attempt, body in rows:
-                conn.execute("DELETE FROM jobs WHERE id=? AND origin!=?", (job_id, self.node.name))
-                if attempt >= 0:
-                    conn.execute("INSERT OR REPLACE INTO transfer_outbox (job_id, origin, attempt, body) "
-                                 "VALUES (?,?,?,?)", (job_id, origin, attempt, body))
-                else:
-                    conn.execute("DELETE FROM transfer_copies WHERE job_id=?", (job_id,))
+            conn.executemany("DELETE FROM jobs WHERE id=? AND origin!=?", [(r[0], me) for r in rows])
+            conn.executemany("INSERT OR REPLACE INTO transfer_outbox (job_id, origin, attempt, body) "
+                             "VALUES (?,?,?,?)", [r for r in rows if r[2] >= 0])
+            conn.executemany("DELETE FROM transfer_copies WHERE job_id=?", [(r[0],) for r in rows if r[2] < 0])
 
         try:
             await self.node.store.call(write)
@@ -711,21 +788,23 @@ class TransferActor(Actor):
         msg = Progress(job.id, st[1], p.steps, p.step, p.eta, new_lines)
         await self._exec(self.protocol.target.progress(msg))
 
-    async def _forget(self, job_id: str, attempt: int) -> None:
+    async def _forget(self, refs: list[tuple[str, int]]) -> None:
+        """The origin has these results (or no longer wants the copies): delete copy and outbox entry."""
         me = self.node.name
-        self._progress_sent.pop(job_id, None)
-        self._copy_objs.pop(job_id, None)
+        for job_id, _ in refs:
+            self._progress_sent.pop(job_id, None)
+            self._copy_objs.pop(job_id, None)
 
         def write(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM transfer_outbox WHERE job_id=? AND attempt=?", (job_id, attempt))
-            conn.execute("DELETE FROM transfer_copies WHERE job_id=? AND attempt=?", (job_id, attempt))
-            conn.execute("DELETE FROM jobs WHERE id=? AND origin!=? AND state IN ('QUEUED','STOPPED','DROPPED')",
-                         (job_id, me))
+            conn.executemany("DELETE FROM transfer_outbox WHERE job_id=? AND attempt=?", refs)
+            conn.executemany("DELETE FROM transfer_copies WHERE job_id=? AND attempt=?", refs)
+            conn.executemany("DELETE FROM jobs WHERE id=? AND origin!=? AND state IN ('QUEUED','STOPPED','DROPPED')",
+                             [(job_id, me) for job_id, _ in refs])
 
         try:
             await self.node.store.call(write)
         except Exception as e:
-            self.log.warning("could not forget a copy", job_id=job_id, error=repr(e))
+            self.log.warning("could not forget copies", jobs=len(refs), error=repr(e))
 
     async def _stop_local(self, job_id: str, reason: str) -> None:
         job = self.node.store.get(job_id)
@@ -806,6 +885,7 @@ class TransferActor(Actor):
                 f"SELECT {JOB_COLUMNS} FROM jobs WHERE origin=? AND target IS NOT NULL AND target!=? "
                 "AND state IN ('QUEUED','ACTIVE')", (me, me)):
             job = row_to_job(row)
+            self._out_jobs[job.id] = job
             if job.state is JobState.ACTIVE:
                 self._remote[job.id] = job
             by_peer.setdefault(job.target or "", []).append(

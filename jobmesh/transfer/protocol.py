@@ -1135,24 +1135,29 @@ class TargetProtocol:
         self.cfg = config or ProtocolConfig()
         self.admission = admission
         self._copies: dict[str, _Copy] = {}
+        # the copies with a result in the outbox (resend timers): kept apart so that timers and
+        # deadlines cost O(outbox), not O(copies), with thousands of copies queued here
+        self._pending: dict[str, _Copy] = {}
         self._down: set[str] = set()
         self._submits: OrderedDict[tuple[str, str], SubmitAck | None] = OrderedDict()
         self._timers = _Timers()
 
     # -- queries
     def copies(self, origin: str | None = None) -> int:
-        return sum(1 for c in self._copies.values() if origin is None or c.origin == origin)
+        if origin is None:
+            return len(self._copies)  # asked on every capacity snapshot: keep it O(1)
+        return sum(1 for c in self._copies.values() if c.origin == origin)
 
     def copy_state(self, job_id: str) -> tuple[str, int, TargetJobState] | None:
         c = self._copies.get(job_id)
         return None if c is None else (c.origin, c.spec.attempt, c.state)
 
     def outbox(self, origin: str | None = None) -> list[ResultItem]:
-        return [c.result for c in self._copies.values()
+        return [c.result for c in self._pending.values()
                 if c.result is not None and (origin is None or c.origin == origin)]
 
     def next_deadline(self) -> float | None:
-        dues = [c.resend.due for c in self._copies.values() if c.resend is not None and c.origin not in self._down]
+        dues = [c.resend.due for c in self._pending.values() if c.resend is not None and c.origin not in self._down]
         return min(dues) if dues else None
 
     # -- commands from the actor
@@ -1178,6 +1183,7 @@ class TargetProtocol:
             if c is None or c.spec.attempt != ref.attempt or c.state is not TargetJobState.COMMITTING:
                 continue
             del self._copies[ref.id]
+            self._pending.pop(ref.id, None)
             acks.append(AckItem(ref.id, ref.attempt, False, reason))
         return [Send(origin, HandoffAck(tuple(chunk))) for chunk in _chunks(acks, self.cfg.max_batch)]
 
@@ -1209,6 +1215,7 @@ class TargetProtocol:
             c.state = TargetJobState.RESULT_PENDING
             c.result = r
             c.resend = _Backoff(now, self.cfg)
+            self._pending[r.id] = c
             if c.origin not in self._down:
                 by_origin.setdefault(c.origin, []).append(r)
         for origin, items in by_origin.items():
@@ -1237,6 +1244,7 @@ class TargetProtocol:
             c.state = TargetJobState.RESULT_PENDING
             c.result = r
             c.resend = _Backoff(now, self.cfg)
+            self._pending[r.id] = c
         if outbox and origin not in self._down:
             for chunk in _chunks(list(outbox), self.cfg.max_batch):
                 out.append(Send(origin, Result(tuple(chunk))))
@@ -1257,7 +1265,7 @@ class TargetProtocol:
         was_down = origin in self._down
         self._down.discard(origin)
         now = self.clock()
-        pending = [c for c in self._copies.values() if c.origin == origin and c.result is not None]
+        pending = [c for c in self._pending.values() if c.origin == origin and c.result is not None]
         out: list[Any] = []
         if not pending:
             return out
@@ -1305,6 +1313,7 @@ class TargetProtocol:
                 out.append(StopLocal(spec.id, c.spec.attempt, "superseded by a newer attempt"))
                 out.append(ForgetJob(spec.id, c.spec.attempt, "superseded"))
                 del self._copies[spec.id]
+                self._pending.pop(spec.id, None)
             reason = self.admission(spec)
             if reason is not None:
                 acks.append(AckItem(spec.id, spec.attempt, False, reason))
@@ -1327,6 +1336,7 @@ class TargetProtocol:
                 # the origin does not want this attempt any more (it moved on): stop it here
                 out.append(StopLocal(ref.id, ref.attempt, "origin no longer wants this attempt"))
             del self._copies[ref.id]
+            self._pending.pop(ref.id, None)
             out.append(ForgetJob(ref.id, ref.attempt))
         return out
 
@@ -1363,7 +1373,7 @@ class TargetProtocol:
         now = self.clock()
         self._timers.fired()
         by_origin: dict[str, list[ResultItem]] = {}
-        for c in self._copies.values():
+        for c in self._pending.values():
             if c.resend is None or c.result is None or c.origin in self._down:
                 continue
             if c.resend.due <= now:
