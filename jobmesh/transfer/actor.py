@@ -562,7 +562,11 @@ class TransferActor(Actor):
     def _update_progress(self, peer: str, p: Progress) -> None:
         job = self._remote.get(p.id)
         if job is None:
-            return
+            # progress before the (delayed or lost) start message: it proves the start
+            job = self._out_jobs.get(p.id)
+            if job is None or job.state is not JobState.QUEUED or job.target != peer or job.attempt != p.attempt:
+                return
+            self._start_remote(job, peer, time.time())
         if p.steps is not None:
             job.progress.steps = p.steps
         if p.step is not None:
