@@ -200,3 +200,37 @@ async def test_a_job_nobody_can_run_waits_until_a_capable_node_joins(mesh: Mesh)
     await mesh.joined(a, b, c)
     done = await a.jobs.wait(job.id, timeout=10)
     assert done.state is JobState.SUCCEEDED and done.target == "c"
+
+
+async def test_a_balanced_topology_moves_nothing_and_settings_stay_local(mesh: Mesh) -> None:
+    ran: dict[str, str] = {}
+
+    def make(name: str) -> Any:
+        @jobmesh.consumer("tr/even")
+        async def even(job: jobmesh.Job) -> None:
+            ran[job.id] = name
+            await asyncio.sleep(0.05)
+        return even
+
+    a = await mesh.node("a", [make("a")], capacity=4)
+    b = await mesh.node("b", [make("b")], capacity=4, seeds=[a])
+    await mesh.joined(a, b)
+    await asyncio.sleep(0.3)
+    ja = await a.jobs.add_many([("tr/even", None)] * 4)
+    jb = await b.jobs.add_many([("tr/even", None)] * 4)
+    for j in ja:
+        await a.jobs.wait(j.id, timeout=10)
+    for j in jb:
+        await b.jobs.wait(j.id, timeout=10)
+    assert all(ran[j.id] == "a" for j in ja) and all(ran[j.id] == "b" for j in jb)
+    assert a.offloader.moves_out == 0 and b.offloader.moves_out == 0
+    # exclusive on b for another topic: tr/even no longer runs there, a's heartbeat view shows it
+    await a.set_offloading("b", "tr/other", "exclusive")
+    await until(lambda: a.topology.instance("b").offload_topics == ("tr/other",), timeout=5)
+    jobs = await b.jobs.add_many([("tr/even", None)] * 3)
+    for j in jobs:
+        done = await b.jobs.wait(j.id, timeout=10)
+        assert done.target == "a" and ran[j.id] == "a"
+    assert (Path(b.config.data) / "offloading.json").exists()
+    with pytest.raises(jobmesh.errors.ValidationError):
+        await b.set_offloading("b", "tr/even", "sometimes")
