@@ -41,7 +41,7 @@ class OffloaderActor(Actor):
         self.node = node
         self.cfg = config or PolicyConfig()
         hb = node.config.discovery.heartbeat_interval
-        self.interval = interval if interval is not None else max(0.02, min(0.1, hb / 5))
+        self.interval = interval if interval is not None else max(0.05, min(0.1, hb / 2))
         self.log = log.bind(node=node.name)
         self.history: deque[MoveRecord] = deque(maxlen=HISTORY)
         self.moves_out = 0  # jobs this node decided to move
@@ -141,8 +141,16 @@ class OffloaderActor(Actor):
         transfer = self.node.transfer
         if transfer is None:
             return
-        groups = await self._summaries()
         now = time.monotonic()
+        local = view.instance(self.node.name)
+        if only_target is None and local is not None and not local.capacity.get("movable"):
+            self._maybe_steal(view, now)  # nothing of ours waits here: no window to scan
+            return
+        room = sum(transfer.room(i.name) for i in view.instances if i.name != self.node.name)
+        budget = min(MAX_JOBS_PER_ROUND, room, limit if limit is not None else MAX_JOBS_PER_ROUND)
+        if budget <= 0:
+            return
+        groups = await self._summaries()
         if not groups:
             if only_target is None:
                 self._maybe_steal(view, now)
@@ -150,7 +158,7 @@ class OffloaderActor(Actor):
         durations = await self._durations()
         summaries = [g for _, g in groups]
         plan = plan_moves(view, summaries, now, durations, list(self.history), self.cfg,
-                          only_target=only_target, limit=limit, target_free=limit)
+                          only_target=only_target, limit=budget, target_free=limit)
         if plan.unassignable and now - self._last_unassignable_log > 10.0:
             self._last_unassignable_log = now
             self.log.info("jobs no node can run stay queued",
@@ -158,7 +166,6 @@ class OffloaderActor(Actor):
         if not plan.moves:
             return
         actors = {g.queue: qa for qa, g in groups}
-        budget = MAX_JOBS_PER_ROUND
         moved = 0
         for m in plan.moves:
             qa = actors.get(m.queue)

@@ -832,7 +832,10 @@ class OriginProtocol:
         if stale:
             out.append(RequeueLocal(tuple(stale), "attempt already used: offer with a higher attempt", peer))
             out.append(Log("error", "offer_with_used_attempt", {"peer": peer, "jobs": [r.id for r in stale]}))
-        self._timers.maybe(self.next_deadline(), out)
+        if sending:
+            # the jobs in flight before were covered by the timer announced then: only the new
+            # deadline matters (no scan of every job in flight per offer)
+            self._timers.maybe(now + self.cfg.resend_initial, out)
         return out
 
     def stop(self, job_id: str) -> list[Any]:
@@ -1221,7 +1224,10 @@ class TargetProtocol:
         for origin, items in by_origin.items():
             for chunk in _chunks(items, self.cfg.max_batch):
                 out.append(Send(origin, Result(tuple(chunk))))
-        self._timers.maybe(self.next_deadline(), out)
+        if by_origin:
+            # results already pending were covered by the timer announced then: only the new
+            # ones' deadline matters (no scan of the whole outbox per result)
+            self._timers.maybe(now + self.cfg.resend_initial, out)
         return out
 
     def submit_committed(self, peer: str, request_id: str, job_id: str) -> list[Any]:
