@@ -271,6 +271,7 @@ class JobManager(Actor):
         job.finished = None
         job.result_message = None
         job.output = None
+        job.target = None  # it may have run at another node: back in this node's windows
         job.progress = Progress()
         await self.store.update(job)
         self._transition(job, old, JobState.QUEUED, None, "RETRY")

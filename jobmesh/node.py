@@ -134,6 +134,7 @@ class Node:
             await self._system.stop_all()
             raise
         self._running = True
+        self._publish_offloading()  # in the properties before discovery reads them
         await self._start_optional_guarded()
         self.log.info("node started", data=self.config.data, queues=list(self._queue_actors),
                       consumers=self.consumer_topics(), http=self.http_url)
@@ -185,7 +186,6 @@ class Node:
             else:
                 self.discovery = mod.DiscoveryActor(self)
                 await self._system.start(self.discovery)
-                self._publish_offloading()
                 if self.transfer is not None:
                     from .offloader.actor import OffloaderActor
                     await self._system.start(self.transfer)
@@ -375,7 +375,7 @@ class Node:
         me = InstanceView(
             name=self.name, incarnation=self.started_at, endpoint=self.config.bind,
             pub_endpoint=self.config.pub_endpoint if self.config.bind else None,
-            topics=tuple(self.consumer_topics()), offload_topics=(),
+            topics=tuple(self.consumer_topics()), offload_topics=tuple(self.offload_topics()),
             capacity=self.capacity_snapshot(), properties=dict(self._properties),
             leader=True, local=True,
         )
