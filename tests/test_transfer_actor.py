@@ -29,8 +29,10 @@ class Mesh:
         self.nodes: list[jobmesh.Node] = []
 
     async def node(self, name: str, consumers: list[Any] = (), capacity: int = 4,
-                   seeds: list[jobmesh.Node] = ()) -> jobmesh.Node:
+                   seeds: list[jobmesh.Node] = (), queues: list[Any] | None = None) -> jobmesh.Node:
         cfg = NodeConfig()
+        if queues is not None:
+            cfg.queues = list(queues)
         cfg.name, cfg.data, cfg.http, cfg.capacity = name, str(self.tmp / name), None, capacity
         cfg.bind = f"tcp://127.0.0.1:{free_port_pair()}"
         cfg.seeds = [s.config.bind for s in seeds]
@@ -234,3 +236,23 @@ async def test_a_balanced_topology_moves_nothing_and_settings_stay_local(mesh: M
     assert (Path(b.config.data) / "offloading.json").exists()
     with pytest.raises(jobmesh.errors.ValidationError):
         await b.set_offloading("b", "tr/even", "sometimes")
+
+
+async def test_an_ordered_queue_moves_whole_and_keeps_its_order(mesh: Mesh) -> None:
+    order: list[int] = []
+
+    @jobmesh.consumer("tr/seq")
+    async def seq(job: jobmesh.Job) -> None:
+        order.append(job.properties["n"])
+        await asyncio.sleep(0.01)
+
+    # a has no consumer: the whole queue goes to one capable node
+    queues = [jobmesh.QueueConfig(name="ord", topics=["tr/seq"], type="ordered")]
+    a = await mesh.node("a", queues=queues)
+    b = await mesh.node("b", [seq], seeds=[a], queues=queues)
+    c = await mesh.node("c", [seq], seeds=[a], queues=queues)
+    await mesh.joined(a, b, c)
+    jobs = await a.jobs.add_many([("tr/seq", {"n": i}) for i in range(30)])
+    done = [await a.jobs.wait(j.id, timeout=20) for j in jobs]
+    assert len({d.target for d in done}) == 1  # never split across nodes
+    assert order == list(range(30))

@@ -331,6 +331,7 @@ class QueueActor(Actor):
             out.append(job)
             if len(out) >= count:
                 break
+        out.sort(key=lambda j: j.seq)  # handed over in arrival order (an ordered queue stays ordered there)
         return out
 
     def info(self) -> dict[str, Any]:
