@@ -87,6 +87,9 @@ def hash_blob(job):
 ''',
 }
 
+# The same consumers, defined here too (``jobmesh.demo.fast`` ...): embedded use and tests import them.
+exec(compile(HEADER + "".join(CONSUMERS.values()), __file__, "exec"), globals())
+
 QUEUES = """
 [[queue]]
 name = "main"
@@ -335,6 +338,7 @@ class Demo:
             lines.append(f"  {name:<6} {slots:>5} {bar(active, slots, 8):>8} {active:>3}/{slots:<3} "
                          f"{cap.get('queued', 0):>7} {cap.get('throughput', 0):>7.0f}  {topics}")
         lines.append("")
+        lines.append("  consoles: " + "  ".join(f"{n.name} {n.url}" for n in self.nodes.values()))
         lines += [f"  {e}" for e in self.events[-3:]]
         return "\n".join(lines)
 
