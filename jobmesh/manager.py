@@ -336,7 +336,7 @@ class JobManager(Actor):
         for qname, lst in by_queue.items():
             actor = self._queue_actors.get(qname)
             if actor is not None:
-                actor.tell(("enqueue", lst))
+                actor.tell(("copies", lst))
 
     def _foreign_done(self, done: list[tuple[Job, JobState]]) -> None:
         """Copies that ended here (their outcome went to the transfer outbox; the origin records it)."""

@@ -39,6 +39,20 @@ def _module(tmp: Path, name: str) -> str:
     return mod
 
 
+def _open_jobs(nodes: dict[str, NodeProcess]) -> str:
+    """What is left open everywhere (for the failure message)."""
+    lines = []
+    for name, n in nodes.items():
+        with sqlite3.connect(n.data / "jobs.db") as db:
+            rows = db.execute("SELECT id, topic, origin, target, state, attempt, retry_count FROM jobs "
+                              "WHERE state IN ('QUEUED','ACTIVE') LIMIT 20").fetchall()
+            outbox = db.execute("SELECT job_id, origin, attempt FROM transfer_outbox LIMIT 10").fetchall()
+            copies = db.execute("SELECT job_id, origin, attempt FROM transfer_copies LIMIT 10").fetchall()
+        lines.append(f"{name}: open {rows} outbox {outbox} copies {copies}")
+        lines.append(n.log_tail(15))
+    return "\n".join(lines)
+
+
 def test_random_kills_and_restarts_lose_nothing_and_record_each_job_once(tmp_path: Path) -> None:
     rnd = random.Random(4)
     conf = tmp_path / "chaos.toml"
@@ -109,7 +123,10 @@ def test_random_kills_and_restarts_lose_nothing_and_record_each_job_once(tmp_pat
                     return False
             return True
 
-        wait_until(finished, timeout=60, interval=0.5)
+        try:
+            wait_until(finished, timeout=60, interval=0.5)
+        except AssertionError:
+            raise AssertionError("jobs still open:\n" + _open_jobs(nodes)) from None
 
         def outboxes_empty() -> bool:
             for n in nodes.values():

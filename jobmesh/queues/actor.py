@@ -97,6 +97,14 @@ class QueueActor(Actor):
             job = msg[1]
             if job.id not in self.in_flight and job.id not in self.window:
                 self.window.add(job, self.clock())
+        elif kind == "copies":
+            # other nodes' jobs committed here by the transfer actor. Not through ``enqueue``:
+            # their sequence numbers were reserved before a commit that may land after a local
+            # add with higher ones was already taken in, so ``last_seq`` says nothing about them
+            now = self.clock()
+            for job in msg[1]:
+                if job.id not in self.in_flight and job.id not in self.window:
+                    self.window.add(job, now)
         elif kind == "returned":
             for job in msg[1]:
                 self.in_flight.pop(job.id, None)

@@ -170,9 +170,9 @@ class TransferActor(Actor):
         self._start_pending: dict[str, float] = {}
         self._start_scheduled = False
         self._out_jobs: dict[str, Job] = {}  # origin side: the job objects handed off (no re-reads)
-        # target side: the Job object of each copy committed by this process; a run of an
-        # older, superseded copy of the same job (another object) must not report for the new one
-        self._copy_objs: dict[str, Job] = {}
+        # target side: the row (seq) of each copy committed by this process; a run of an older,
+        # superseded copy of the same job (another row) must not report for the new one
+        self._copy_seq: dict[str, int] = {}
         self._restored_peers: set[str] = set()
         self.stopping = False
         self.started_ok = False
@@ -724,7 +724,7 @@ class TransferActor(Actor):
             return
         self.offloaded_in += len(jobs)
         for job in jobs:
-            self._copy_objs[job.id] = job
+            self._copy_seq[job.id] = job.seq
         await self._exec(self.protocol.target.committed(origin, refs))
         node.jobs.tell(("foreign_added", jobs))
         if node.offloader is not None:
@@ -738,11 +738,11 @@ class TransferActor(Actor):
         now = time.time()
         for job, outcome in batch:
             done.append((job, job.state))
-            current = self._copy_objs.get(job.id)
-            if current is not None and current is not job:
+            current = self._copy_seq.get(job.id)
+            if current is not None and current != job.seq:
                 self.log.info("run of a superseded copy ended; not reported", job_id=job.id)
                 continue
-            self._copy_objs.pop(job.id, None)
+            self._copy_seq.pop(job.id, None)
             st = self.protocol.target.copy_state(job.id)
             self._progress_sent.pop(job.id, None)
             if st is None:
@@ -797,7 +797,7 @@ class TransferActor(Actor):
         me = self.node.name
         for job_id, _ in refs:
             self._progress_sent.pop(job_id, None)
-            self._copy_objs.pop(job_id, None)
+            self._copy_seq.pop(job_id, None)
 
         def write(conn: sqlite3.Connection) -> None:
             conn.executemany("DELETE FROM transfer_outbox WHERE job_id=? AND attempt=?", refs)
