@@ -76,7 +76,8 @@ class Proc:
         conf.write_text(f"[node]\ncapacity = {capacity}\n[discovery]\nheartbeat_interval = {INTERVAL}\n"
                         f"heartbeat_timeout = {TIMEOUT}\n[[queue]]\nname = \"main\"\nmax_parallel = {max_parallel}\n")
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp), str(REPO), os.environ.get("PYTHONPATH", "")])}
-        self.log = open(tmp / f"{name}.log", "ab")
+        logs = Path(os.environ.get("JOBMESH_BENCH_LOGS") or tmp)  # keep the node logs somewhere else
+        self.log = open(logs / f"{name}.log", "ab")
         self.proc = subprocess.Popen(
             [sys.executable, *(["-m", "cProfile", "-o", os.environ["JOBMESH_BENCH_PROFILE"] + "." + name]
                                if os.environ.get("JOBMESH_BENCH_PROFILE") else []), "-m", "jobmesh", "node", "--name", name, "--data", str(tmp / name), "--bind",

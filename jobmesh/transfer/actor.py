@@ -74,6 +74,10 @@ SETTINGS_REPLY = "offload_set_ack"
 SEND_TIMEOUT = 1.0
 PER_PEER_QUEUE = 100_000  # messages waiting for one peer's DEALER at most (bounded memory)
 PROGRESS_MIN_INTERVAL = 0.05
+# Jobs handed to one peer and not resulted yet, at most. Enough to keep a fast peer busy for
+# a while; small enough that results come back within the resend delay even when the origin
+# applies them slower than the target produces them (beyond, resends only add work).
+IN_FLIGHT_PER_PEER = 4096
 STARTED_DELAY = 0.05  # s a copy must run before its start is announced (the result repeats it)  # s between two progress messages of one job (log lines are kept)
 
 _KIND_OF_OUTCOME = {"OK": ResultKind.OK, "FAILED": ResultKind.FAILED, "CANCEL": ResultKind.CANCEL,
@@ -89,6 +93,7 @@ class _PeerLink:
         self.queue: deque[Message] = deque()
         self.wakeup = asyncio.Event()
         self.dealer: Any = None
+        self._drop_log_at = 0.0
         self.actor = actor
         self.task = asyncio.get_running_loop().create_task(self._send_loop(), name=f"transfer:{actor.node.name}->{name}")
 
@@ -121,8 +126,13 @@ class _PeerLink:
             try:
                 await self.dealer.send(msg.TYPE, body, timeout=SEND_TIMEOUT)
                 actor.sent += 1
-            except PeerUnreachable:
+            except PeerUnreachable as e:
                 actor.dropped += 1  # the protocol's resend timers cover it
+                now = time.monotonic()
+                if now - self._drop_log_at > 1.0:  # a dead peer must not flood the log
+                    self._drop_log_at = now
+                    actor.log.info("transfer message not delivered", peer=self.name, type=msg.TYPE,
+                                   dropped_total=actor.dropped, error=str(e))
             except wire.WireError as e:
                 actor.log.error("transfer message cannot be encoded", type=msg.TYPE, error=e.reason)
             except Exception as e:  # a closed context at shutdown, or a socket error: next message
@@ -149,7 +159,11 @@ class TransferActor(Actor):
         self.node = node
         self.name_ = node.name
         self.log = log.bind(node=node.name)
-        self.protocol = TransferProtocol(node.name, time.monotonic, config or ProtocolConfig(),
+        # resends only matter for messages lost on the way (a peer's failure is detected by
+        # discovery), so the first resend waits a little longer than the protocol's default:
+        # under load an ack that is merely late must not double the work
+        cfg = config or ProtocolConfig(resend_initial=2.0, max_in_flight_per_peer=IN_FLIGHT_PER_PEER)
+        self.protocol = TransferProtocol(node.name, time.monotonic, cfg,
                                          admission=self._admission)
         self._links: dict[str, _PeerLink] = {}
         self._members: dict[str, tuple[float, str]] = {}  # name -> (incarnation, endpoint), live peers
@@ -427,7 +441,7 @@ class TransferActor(Actor):
             getattr(self.log, ins.level if ins.level in ("debug", "info", "warning", "error") else "info")(
                 ins.event, **ins.fields)
             if ins.event == "stale_result_ignored":
-                self.stale_results += 1
+                self.stale_results += int(ins.fields.get("count", 1))
         elif isinstance(ins, CommitAccepted):
             await self._commit_copies(ins.origin, ins.jobs)
         elif isinstance(ins, MarkAccepted):

@@ -1017,16 +1017,23 @@ class OriginProtocol:
     def _on_result(self, peer: str, msg: Result) -> list[Any]:
         out: list[Any] = []
         unwanted: list[JobRef] = []
+        stale_log: Log | None = None
         for item in msg.items:
             job = self._match(peer, item.id, item.attempt)
             if job is None:
                 unwanted.append(JobRef(item.id, item.attempt))
+                if stale_log is not None:  # one line per message, not per job (resends come in batches)
+                    stale_log.fields["count"] += 1
+                    if len(stale_log.fields["job_ids"]) < 10:
+                        stale_log.fields["job_ids"].append(item.id)
+                    continue
                 current = self._jobs.get(item.id)
-                out.append(Log("warning", "stale_result_ignored", {
+                stale_log = Log("warning", "stale_result_ignored", {
                     "peer": peer, "job_id": item.id, "attempt": item.attempt, "kind": item.kind.value,
                     "current_attempt": current.spec.attempt if current else self._retired.get(item.id),
-                    "current_peer": current.peer if current else None,
-                }))
+                    "current_peer": current.peer if current else None, "count": 1, "job_ids": [item.id],
+                })
+                out.append(stale_log)
                 continue
             if job.state is OriginJobState.RESULT_RECEIVED:
                 continue  # duplicate while committing; acked once the commit is done
