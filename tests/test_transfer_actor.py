@@ -256,3 +256,36 @@ async def test_an_ordered_queue_moves_whole_and_keeps_its_order(mesh: Mesh) -> N
     done = [await a.jobs.wait(j.id, timeout=20) for j in jobs]
     assert len({d.target for d in done}) == 1  # never split across nodes
     assert order == list(range(30))
+
+
+async def test_progress_of_a_sync_consumer_at_the_target_reaches_the_origin(mesh: Mesh) -> None:
+    gate = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    @jobmesh.consumer("tr/sync")
+    def sync(job: jobmesh.Job, ctx: jobmesh.ExecutionContext) -> None:  # runs in a thread at b
+        ctx.init_progress(steps=2)
+        ctx.log("half way")
+        ctx.increment_progress()
+        asyncio.run_coroutine_threadsafe(gate.wait(), loop).result(10)
+        ctx.increment_progress()
+
+    a = await mesh.node("a")
+    b = await mesh.node("b", [sync], seeds=[a])
+    await mesh.joined(a, b)
+    job = await a.jobs.add("tr/sync")
+
+    async def seen() -> jobmesh.Job:
+        return await a.jobs.get(job.id)
+
+    deadline = time.monotonic() + 10
+    while True:
+        j = await seen()
+        if j.state is JobState.ACTIVE and j.progress.log == ["half way"] and j.progress.step == 1:
+            break
+        assert time.monotonic() < deadline, f"no live progress at the origin: {j.state} {j.progress}"
+        await asyncio.sleep(0.02)
+    assert j.target == "b" and j.progress.steps == 2
+    gate.set()
+    done = await a.jobs.wait(job.id, timeout=10)
+    assert done.state is JobState.SUCCEEDED and done.progress.step == 2 and done.progress.log == ["half way"]

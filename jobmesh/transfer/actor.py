@@ -747,6 +747,7 @@ class TransferActor(Actor):
     async def _foreign_done(self, batch: list[tuple[Job, Outcome]]) -> None:
         """Copies that ended here: their results go to the outbox (deleting the copy), then out."""
         items: list[ResultItem] = []
+        final_progress: list[Progress] = []
         rows: list[tuple[str, str, int, str]] = []
         done: list[tuple[Job, JobState]] = []
         now = time.time()
@@ -773,6 +774,11 @@ class TransferActor(Actor):
                               output=outcome.output if outcome.kind == "OK" else None)
             items.append(item)
             rows.append((job.id, origin, attempt, json.dumps(item.to_wire())))
+            p = job.progress
+            if p.steps is not None or p.step or p.eta is not None:
+                # the final steps go just ahead of the result (same DEALER, in order); the
+                # result itself carries only the log
+                final_progress.append(Progress(job.id, attempt, p.steps, p.step, p.eta, ()))
 
         me = self.node.name
 
@@ -790,7 +796,10 @@ class TransferActor(Actor):
             return
         self.node.jobs.tell(("foreign_done", done))
         self.results_out += len(items)
-        await self._exec(self.protocol.target.results_ready(items))
+        out: list[Any] = []
+        for prog in final_progress:
+            out += self.protocol.target.progress(prog)
+        await self._exec(out + self.protocol.target.results_ready(items))
 
     async def _foreign_progress(self, job: Job) -> None:
         self._progress_pending.discard(job.id)
