@@ -29,7 +29,8 @@ from .policy import MoveRecord, PolicyConfig, QueueSummary, plan_moves, plan_ste
 log = structlog.get_logger("jobmesh.offloader")
 
 MAX_JOBS_PER_ROUND = 4096  # jobs handed off per decision at most (bounded latency per round)
-HISTORY = 1000  # move records kept (the policy looks at the last seconds only)
+HISTORY = 1000
+KICK_MIN_INTERVAL = 0.02  # s between two rounds asked for by events (results back, jobs added)  # move records kept (the policy looks at the last seconds only)
 
 
 class OffloaderActor(Actor):
@@ -49,6 +50,7 @@ class OffloaderActor(Actor):
         self.decisions = 0  # plans with at least one move
         self.steal_requests = 0
         self._last_plan = 0.0
+        self._kick_pending = False
         self._last_unassignable_log = 0.0
 
     async def on_start(self) -> None:
@@ -73,8 +75,18 @@ class OffloaderActor(Actor):
     async def receive(self, msg: Any) -> Any:
         kind = msg[0]
         if kind in ("plan", "kick"):
-            if kind == "plan" and time.monotonic() - self._last_plan < self.interval / 2:
+            since = time.monotonic() - self._last_plan
+            if kind == "plan" and since < self.interval / 2:
                 return None
+            if kind == "kick" and since < KICK_MIN_INTERVAL:
+                # room opened or work arrived just after a round: one more round soon, not one per kick
+                if not self._kick_pending:
+                    self._kick_pending = True
+                    asyncio.get_running_loop().call_later(KICK_MIN_INTERVAL - since, self.tell, ("kicked",))
+                return None
+            await self._plan()
+        elif kind == "kicked":
+            self._kick_pending = False
             await self._plan()
         elif kind == "received":
             _, peer, n = msg

@@ -654,6 +654,10 @@ class TransferActor(Actor):
             if qa is not None:
                 qa.tell(("requeue", job))
         await self._exec(self.protocol.origin.result_committed(refs))
+        off = self.node.offloader
+        if off is not None and any(self.protocol.origin.room(p) >= self.protocol.cfg.max_in_flight_per_peer // 4
+                                   for p in {peer for peer, _ in items}):
+            off.tell(("kick",))  # room for a good batch at that peer: no need to wait for the tick
 
     async def _requeue(self, refs: tuple[JobRef, ...], reason: str, peer: str | None) -> None:
         pairs: list[tuple[Job, JobRef | None]] = []
