@@ -16,7 +16,6 @@ import jobmesh
 from jobmesh.config import NodeConfig
 from jobmesh.job import JobState
 from jobmesh.transport import Dealer
-from jobmesh import wire
 
 from helpers import free_port_pair
 

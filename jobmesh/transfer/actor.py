@@ -29,7 +29,7 @@ import json
 import sqlite3
 import time
 from collections import deque
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import structlog
 
@@ -52,7 +52,6 @@ from .protocol import (
     MarkAccepted,
     MarkStarted,
     Message,
-    OriginJobState,
     Progress,
     ProtocolConfig,
     RequeueLocal,
@@ -157,7 +156,6 @@ class TransferActor(Actor):
     def __init__(self, node: Any, config: ProtocolConfig | None = None) -> None:
         super().__init__("transfer")
         self.node = node
-        self.name_ = node.name
         self.log = log.bind(node=node.name)
         # resends only matter for messages lost on the way (a peer's failure is detected by
         # discovery), so the first resend waits a little longer than the protocol's default:
