@@ -51,12 +51,14 @@ class OffloaderActor(Actor):
         self.steal_requests = 0
         self._last_plan = 0.0
         self._kick_pending = False
+        self._listening = False
         self._last_unassignable_log = 0.0
 
     async def on_start(self) -> None:
         self.spawn(self._ticker(), name="offloader:tick")
         d = self.node.discovery
-        if d is not None:
+        if d is not None and not self._listening:
+            self._listening = True  # once: an actor restart after a crash keeps the listener
             d.add_listener(self._on_topology)
 
     def _on_topology(self, event: Any) -> None:

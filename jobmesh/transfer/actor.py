@@ -175,6 +175,7 @@ class TransferActor(Actor):
         self._foreign_batch: list[tuple[Job, Outcome]] = []
         self._foreign_flush = False
         self._restored = False
+        self._listening = False
         self._inbox: list[tuple[str, Any]] = []
         self._inbox_scheduled = False
         self._inbox_signaled = False
@@ -292,7 +293,8 @@ class TransferActor(Actor):
         if not self._restored:
             self._restored = True
             await self._restore()
-        if d is not None:
+        if d is not None and not self._listening:
+            self._listening = True  # once: an actor restart after a crash keeps the listener
             d.add_listener(self._on_topology)
             # peers we had jobs with before a restart and that never show up: failed
             wait = 2 * float(self.node.config.discovery.heartbeat_timeout) + 1.0
