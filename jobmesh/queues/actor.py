@@ -128,9 +128,12 @@ class QueueActor(Actor):
             self.draining = True
             return None
         elif kind == "offload_summary":
+            self._pump()  # refills the window: jobs waiting in the store count (and move) too
             return self._offload_summary()
         elif kind == "take":
-            return self._take(msg[1], msg[2])
+            taken = self._take(msg[1], msg[2])
+            self._pump()  # the window refills from the store behind what left
+            return taken
         else:
             raise ValueError(f"{self.name}: unknown message {kind!r}")
         self._pump()
