@@ -45,11 +45,14 @@ def free_port_pair() -> int:
     raise RuntimeError("no free port pair")
 
 
-def http_json(method: str, url: str, body: Any = None, timeout: float = 10.0) -> tuple[int, Any]:
+def http_json(method: str, url: str, body: Any = None, timeout: float = 10.0,
+              token: str | None = None) -> tuple[int, Any]:
     """(status, decoded JSON) for a request; 4xx/5xx answers are returned, not raised."""
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json"} if data else {})
+    headers = {"Content-Type": "application/json"} if data else {}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             raw = r.read()
@@ -62,14 +65,34 @@ def http_json(method: str, url: str, body: Any = None, timeout: float = 10.0) ->
             return e.code, raw.decode(errors="replace")
 
 
+class HTTPStatusError(OSError):
+    """A 4xx/5xx answer from :func:`fetch_json` (an ``OSError``, so retry loops that tolerate
+    a node not answering yet tolerate this too)."""
+
+    def __init__(self, status: int, body: Any) -> None:
+        super().__init__(f"HTTP {status}: {body!r}")
+        self.status = status
+        self.body = body
+
+
+def fetch_json(method: str, url: str, body: Any = None, timeout: float = 10.0, token: str | None = None) -> Any:
+    """The decoded JSON of a 2xx answer; any other status raises :class:`HTTPStatusError`."""
+    status, data = http_json(method, url, body, timeout, token)
+    if not 200 <= status < 300:
+        raise HTTPStatusError(status, data)
+    return data
+
+
 class NodeProcess:
     """``jobmesh node`` as a subprocess (real process, real sockets), killed on exit no matter what."""
 
     def __init__(self, workdir: Path, name: str, consumers: Sequence[str] = (), http: bool = True,
                  bind: bool = False, seeds: Sequence[str] = (), config: Path | None = None,
-                 extra: Sequence[str] = (), env: dict[str, str] | None = None, data: Path | None = None) -> None:
+                 extra: Sequence[str] = (), env: dict[str, str] | None = None, data: Path | None = None,
+                 token: str | None = None) -> None:
         self.workdir = Path(workdir)
         self.name = name
+        self.token = token  # sent with the health check (a node with [security] http_token)
         self.data = data or self.workdir / name
         self.http_port = free_port() if http else None
         self.bind_port = free_port_pair() if bind else None
@@ -114,7 +137,7 @@ class NodeProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"node {self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                status, _ = http_json("GET", self.url + "/api/v1/health", timeout=1.0)
+                status, _ = http_json("GET", self.url + "/api/v1/health", timeout=1.0, token=self.token)
                 if status == 200:
                     return
             except OSError:
@@ -130,7 +153,7 @@ class NodeProcess:
 
     def api(self, method: str, path: str, body: Any = None, timeout: float = 10.0) -> tuple[int, Any]:
         assert self.url is not None
-        return http_json(method, self.url + path, body, timeout)
+        return http_json(method, self.url + path, body, timeout, token=self.token)
 
     def kill(self) -> None:
         """kill -9: no drain, no flush (the crash case)."""

@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import textwrap
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from helpers import NodeProcess, fetch_json, free_port
 
 CONSUMERS = textwrap.dedent(
     """
@@ -43,86 +41,27 @@ CONSUMERS = textwrap.dedent(
 )
 
 
-def free_port_pair() -> int:
-    """A port P with P and P+1 free (transfer and heartbeat endpoints)."""
-    for _ in range(50):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            if port >= 65535:
-                continue
-            with socket.socket() as b:
-                try:
-                    b.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free port pair")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_health(url: str, proc: subprocess.Popen[bytes], token: str | None = None, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"node exited with {proc.returncode}")
-        try:
-            req = urllib.request.Request(url + "/api/v1/health", headers=headers)
-            with urllib.request.urlopen(req, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("node did not become healthy")
-
-
-def start_node(workdir: Path, name: str, extra: list[str] = ()) -> tuple[subprocess.Popen[bytes], str]:
-    http_port = free_port()
-    bind = free_port_pair()
+def start_node(workdir: Path, name: str, extra: list[str] = (), token: str | None = None) -> NodeProcess:
+    """A node with the CLI test consumers, started and healthy; the caller closes it."""
     (workdir / "cli_consumers.py").write_text(CONSUMERS)
-    log = open(workdir / f"{name}.log", "wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable, "-m", "jobmesh", "node", "--name", name, "--data", str(workdir / name),
-            "--bind", f"tcp://127.0.0.1:{bind}", "--http", f"127.0.0.1:{http_port}",
-            "--consumers", "cli_consumers", "--log-format", "json", *extra,
-        ],
-        cwd=workdir,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    return proc, f"http://127.0.0.1:{http_port}"
-
-
-def stop_node(proc: subprocess.Popen[bytes]) -> int | None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            return proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-            return None
-    return proc.returncode
+    node = NodeProcess(workdir, name, consumers=["cli_consumers"], bind=True, extra=extra, token=token)
+    try:
+        return node.start(timeout=15.0)
+    except BaseException:
+        node.close()
+        raise
 
 
 @pytest.fixture(scope="module")
 def node_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     workdir = tmp_path_factory.mktemp("cli")
-    proc, url = start_node(workdir, "c1")
+    node = start_node(workdir, "c1")
     try:
-        wait_health(url, proc)
-        yield url
+        assert node.url is not None
+        yield node.url
     finally:
-        stop_node(proc)
+        node.terminate(15)
+        node.close()
 
 
 def jm(*args: str, url: str | None = None, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -137,8 +76,7 @@ def jm(*args: str, url: str | None = None, env: dict[str, str] | None = None, ti
 
 def api_get(url: str, path: str) -> Any:
     """Read state directly (faster than a CLI process) where the CLI is not what is tested."""
-    with urllib.request.urlopen(url + path, timeout=5) as r:
-        return json.loads(r.read())
+    return fetch_json("GET", url + path, timeout=5)
 
 
 def wait_job(url: str, job_id: str, states: set[str], timeout: float = 5.0) -> dict[str, Any]:
@@ -187,12 +125,8 @@ def test_stop_retry_remove_and_wait_timeout(node_url: str) -> None:
 
 
 def test_jobs_list_with_filters(node_url: str) -> None:
-    req = urllib.request.Request(
-        node_url + "/api/v1/jobs", data=json.dumps([{"topic": "cli/ok"}] * 2).encode(), method="POST"
-    )
-    with urllib.request.urlopen(req, timeout=5) as r:
-        for job in json.loads(r.read()):
-            assert wait_job(node_url, job["id"], {"SUCCEEDED"})["state"] == "SUCCEEDED"
+    for job in fetch_json("POST", node_url + "/api/v1/jobs", [{"topic": "cli/ok"}] * 2, timeout=5):
+        assert wait_job(node_url, job["id"], {"SUCCEEDED"})["state"] == "SUCCEEDED"
     r = jm("jobs", "--state", "SUCCEEDED", "--topic", "cli/ok", "--limit", "2", url=node_url)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
@@ -255,9 +189,9 @@ def test_unreachable_and_usage_errors() -> None:
 
 def test_node_with_config_token_and_graceful_sigterm(tmp_path: Path) -> None:
     (tmp_path / "node.toml").write_text('[node]\ncapacity = 2\n[security]\nhttp_token = "tok"\n')
-    proc, url = start_node(tmp_path, "c2", ["--config", str(tmp_path / "node.toml")])
+    node = start_node(tmp_path, "c2", ["--config", str(tmp_path / "node.toml")], token="tok")
+    url = node.url
     try:
-        wait_health(url, proc, token="tok")
         r = jm("stats", url=url)
         assert r.returncode == 1 and "(HTTP 401)" in r.stderr
         r = jm("submit", "cli/ok", "--wait", url=url, env={"JOBMESH_TOKEN": "tok"})
@@ -265,7 +199,8 @@ def test_node_with_config_token_and_graceful_sigterm(tmp_path: Path) -> None:
         topo = json.loads(jm("topology", "--json", "--token", "tok", url=url).stdout)
         assert topo["instances"][0]["capacity"].get("slots", 2) == 2
     finally:
-        code = stop_node(proc)
+        code = node.terminate(15)
+        node.close()
     assert code == 0
     lines = [line for line in (tmp_path / "c2.log").read_text().splitlines() if line.strip()]
     records = [json.loads(line) for line in lines]  # --log-format json: every line is a JSON object

@@ -7,19 +7,13 @@ missed ones are not fired as a burst.
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from helpers import NodeProcess, fetch_json
 
 pytestmark = pytest.mark.slow
 
@@ -31,90 +25,56 @@ heartbeat_timeout = 1.0
 """
 
 
-def free_port_pair() -> int:
-    """A port P with P and P+1 free (transfer and heartbeat endpoints)."""
-    for _ in range(50):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            if port >= 65535:
-                continue
-            with socket.socket() as b:
-                try:
-                    b.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free port pair")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def api(url: str, method: str = "GET", path: str = "", body: Any = None, timeout: float = 5.0) -> Any:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url + path, data=data, method=method,
-                                 headers={"Content-Type": "application/json"} if data else {})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return json.loads(r.read() or b"null")
+    return fetch_json(method, url + path, body, timeout)
 
 
 class Cluster:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         (workdir / "node.toml").write_text(CONFIG)
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.nodes: dict[str, NodeProcess] = {}
         self.urls: dict[str, str] = {}
         self.binds: dict[str, str] = {}
 
     def start(self, name: str, seeds: list[str] = ()) -> None:
-        http_port, bind = free_port(), free_port_pair()
-        self.binds[name] = f"tcp://127.0.0.1:{bind}"
-        argv = [sys.executable, "-m", "jobmesh", "node", "--config", str(self.workdir / "node.toml"),
-                "--name", name, "--data", str(self.workdir / name), "--bind", self.binds[name],
-                "--http", f"127.0.0.1:{http_port}", "--log-format", "json"]
-        for s in seeds:
-            argv += ["--seed", s]
-        log = open(self.workdir / f"{name}.log", "wb")
-        self.procs[name] = subprocess.Popen(argv, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
-                                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self.urls[name] = f"http://127.0.0.1:{http_port}"
+        node = NodeProcess(self.workdir, name, bind=True, seeds=seeds, config=self.workdir / "node.toml")
+        self.nodes[name] = node
+        assert node.url is not None and node.endpoint is not None
+        self.binds[name] = node.endpoint
+        self.urls[name] = node.url
+        node.start()
 
     def wait(self, cond, what: str, timeout: float = 20.0) -> Any:
         deadline = time.monotonic() + timeout
         last: Any = None
         while time.monotonic() < deadline:
-            for name, p in self.procs.items():
-                if p.poll() is not None and p.returncode != -signal.SIGKILL:
+            for name, node in self.nodes.items():
+                p = node.proc
+                if p is not None and p.poll() is not None and p.returncode != -signal.SIGKILL:
                     raise AssertionError(f"node {name} exited with {p.returncode}: {self.tail(name)}")
             try:
                 last = cond()
                 if last:
                     return last
-            except (OSError, urllib.error.URLError, ValueError):
+            except (OSError, ValueError):
                 pass
             time.sleep(0.1)
         raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
     def tail(self, name: str) -> str:
-        return (self.workdir / f"{name}.log").read_text(errors="replace")[-3000:]
+        return self.nodes[name].log_path.read_text(errors="replace")[-3000:]
 
     def jobs(self, name: str) -> list[dict[str, Any]]:
         return api(self.urls[name], path=f"/api/v1/jobs?topic={TOPIC}&limit=10000")["jobs"]
 
     def stop_all(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs.values():
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
+        for node in self.nodes.values():  # SIGTERM to all first: they drain side by side
+            if node.proc is not None and node.proc.poll() is None:
+                node.proc.send_signal(signal.SIGTERM)
+        for node in self.nodes.values():
+            node.terminate(10)
+            node.close()
 
 
 @pytest.fixture
@@ -159,8 +119,7 @@ def test_one_job_per_second_per_topology_and_it_survives_the_leader(cluster: Clu
 
     # kill -9 the leader; the oldest member left takes over and goes on
     before_kill = set(scheduled_times(cluster.jobs("a")))
-    cluster.procs["a"].kill()
-    cluster.procs["a"].wait(5)
+    cluster.nodes["a"].kill()
     killed_at = time.time()
     new = cluster.wait(lambda: (lambda l: l if l in ("b", "c") else None)(
         api(cluster.urls["b"], path="/api/v1/topology")["leader"]), "a new leader")
