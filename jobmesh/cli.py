@@ -293,8 +293,43 @@ def render_stats(data: dict[str, Any]) -> str:
 # -- client commands ------------------------------------------------------------------
 
 
-def _job_path(job_id: str) -> str:
-    return "/api/v1/jobs/" + urllib.parse.quote(job_id, safe="")
+def api_path(base: str, item_id: str | None = None, action: str | None = None) -> str:
+    """``base[/ID][/ACTION]`` with the id quoted: ids may hold any character (shared by every command group)."""
+    p = base
+    if item_id is not None:
+        p += "/" + urllib.parse.quote(item_id, safe="")
+    if action:
+        p += "/" + action
+    return p
+
+
+def _job_path(job_id: str, action: str | None = None) -> str:
+    return api_path("/api/v1/jobs", job_id, action)
+
+
+def wait_final(args: argparse.Namespace, c: ApiClient, item: dict[str, Any], final: Sequence[str], path: str,
+               what: str, render: Callable[[Any], str]) -> dict[str, Any]:
+    """Poll ``path`` (backing off to 0.5 s) until the item's state is in ``final``; ``--wait`` of
+    ``submit`` and ``workflow start``. After ``args.timeout`` s the item is shown and a CliError raised."""
+    deadline = time.monotonic() + args.timeout
+    delay = 0.05
+    while item["state"] not in final:
+        if time.monotonic() >= deadline:
+            emit(args, item, render)
+            raise CliError(f"{what} {item['id']} not finished after {args.timeout:g} s (state {item['state']})")
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 1.5, 0.5)
+        item = c.get(path)
+    return item
+
+
+def add_id_commands(sub: Any, commands: Sequence[tuple[str, Callable[[argparse.Namespace], int], str]]) -> None:
+    """Sub-commands that take one ID and the client options: ``(name, func, help)`` each."""
+    for name, func, text in commands:
+        p = sub.add_parser(name, help=text)
+        p.add_argument("id", metavar="ID")
+        add_client_options(p)
+        p.set_defaults(func=func)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -304,15 +339,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not args.wait:
         emit(args, job, render_job_line)
         return 0
-    deadline = time.monotonic() + args.timeout
-    delay = 0.05
-    while job["state"] not in FINAL_STATES:
-        if time.monotonic() >= deadline:
-            emit(args, job, render_job_line)
-            raise CliError(f"job {job['id']} not finished after {args.timeout:g} s (state {job['state']})")
-        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 1.5, 0.5)
-        job = c.get(_job_path(job["id"]))
+    job = wait_final(args, c, job, FINAL_STATES, _job_path(job["id"]), "job", render_job_line)
     emit(args, job, render_job_line)
     return 0 if job["state"] == "SUCCEEDED" else 1
 
@@ -329,12 +356,12 @@ def cmd_job(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    emit(args, client(args).post(_job_path(args.id) + "/stop"), render_job_line)
+    emit(args, client(args).post(_job_path(args.id, "stop")), render_job_line)
     return 0
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    emit(args, client(args).post(_job_path(args.id) + "/retry"), render_job_line)
+    emit(args, client(args).post(_job_path(args.id, "retry")), render_job_line)
     return 0
 
 
@@ -489,16 +516,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_client_options(p)
     p.set_defaults(func=cmd_jobs)
 
-    for name, func, text in (
+    add_id_commands(sub, (
         ("job", cmd_job, "show one job"),
         ("stop", cmd_stop, "stop a job"),
         ("retry", cmd_retry, "retry a job that ended without success"),
         ("remove", cmd_remove, "remove a job (a queued or active one is dropped)"),
-    ):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("id", metavar="ID")
-        add_client_options(p)
-        p.set_defaults(func=func)
+    ))
 
     p = sub.add_parser("topology", help="show the nodes that see each other")
     add_client_options(p)

@@ -8,19 +8,13 @@ Only the stdlib: the command stays fast to start.
 from __future__ import annotations
 
 import argparse
-import urllib.parse
 from typing import Any
 
-from .cli import CliError, add_client_options, client, emit, parse_property, table
+from .cli import CliError, add_client_options, add_id_commands, api_path, client, emit, parse_property, table
 
 
 def _path(schedule_id: str | None = None, action: str | None = None) -> str:
-    p = "/api/v1/schedules"
-    if schedule_id is not None:
-        p += "/" + urllib.parse.quote(schedule_id, safe="")
-    if action:
-        p += "/" + action
-    return p
+    return api_path("/api/v1/schedules", schedule_id, action)
 
 
 def _hhmm(text: str) -> dict[str, int]:
@@ -168,15 +162,11 @@ def add_parser(subparsers: Any) -> None:
     add_client_options(p)
     p.set_defaults(func=cmd_list)
 
-    for name, func, text in (
+    add_id_commands(ssub, (
         ("remove", cmd_remove, "remove a schedule"),
         ("suspend", cmd_suspend, "stop a schedule from firing until resumed"),
         ("resume", cmd_resume, "let a suspended schedule fire again (missed slots are not caught up)"),
-    ):
-        p = ssub.add_parser(name, help=text)
-        p.add_argument("id", metavar="ID")
-        add_client_options(p)
-        p.set_defaults(func=func)
+    ))
 
 
 __all__ = ["CliError", "add_parser", "build_body", "render_schedules", "when_text"]

@@ -9,22 +9,15 @@ Only the stdlib: the command stays fast to start.
 from __future__ import annotations
 
 import argparse
-import time
-import urllib.parse
 from typing import Any
 
-from .cli import CliError, _short_time, add_client_options, client, emit, parse_property, table
+from .cli import _short_time, add_client_options, api_path, client, emit, parse_property, table, wait_final
 
 FINAL = ("COMPLETED", "FAILED", "ABORTED")
 
 
 def _path(instance_id: str | None = None, action: str | None = None) -> str:
-    p = "/api/v1/workflows"
-    if instance_id is not None:
-        p += "/" + urllib.parse.quote(instance_id, safe="")
-    if action:
-        p += "/" + action
-    return p
+    return api_path("/api/v1/workflows", instance_id, action)
 
 
 def _step_text(w: dict[str, Any]) -> str:
@@ -87,15 +80,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     if not args.wait:
         emit(args, inst, render_instance_line)
         return 0
-    deadline = time.monotonic() + args.timeout
-    delay = 0.05
-    while inst["state"] not in FINAL:
-        if time.monotonic() >= deadline:
-            emit(args, inst, render_instance_line)
-            raise CliError(f"workflow {inst['id']} not finished after {args.timeout:g} s (state {inst['state']})")
-        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 1.5, 0.5)
-        inst = c.get(_path(inst["id"]))
+    inst = wait_final(args, c, inst, FINAL, _path(inst["id"]), "workflow", render_instance_line)
     emit(args, inst, render_instance_line)
     return 0 if inst["state"] == "COMPLETED" else 1
 
