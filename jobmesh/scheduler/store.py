@@ -10,13 +10,12 @@ deleted on its own. Synchronous sqlite3, meant to be called from a worker thread
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 from pathlib import Path
 
 import structlog
 
 from ..errors import ValidationError
+from ..sqlite_file import SqliteFile
 from .schedule import ScheduleRecord
 
 log = structlog.get_logger("jobmesh.scheduler.store")
@@ -33,22 +32,11 @@ CREATE TABLE IF NOT EXISTS schedule_fired (
 """
 
 
-class ScheduleStore:
+class ScheduleStore(SqliteFile):
     """The scheduler's SQLite file (WAL; survives kill -9 with synchronous=NORMAL)."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        super().__init__(path, SCHEMA)
 
     def load(self) -> tuple[dict[str, ScheduleRecord], dict[str, float]]:
         """Every record and last-fired slot; a row that no longer parses is logged and skipped."""

@@ -10,14 +10,13 @@ serialises every call.
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from ..errors import ValidationError
+from ..sqlite_file import SqliteFile
 from .core import WorkflowInstance
 
 log = structlog.get_logger("jobmesh.workflow.store")
@@ -35,22 +34,11 @@ CREATE INDEX IF NOT EXISTS workflow_instances_state ON workflow_instances(state,
 """
 
 
-class WorkflowStore:
+class WorkflowStore(SqliteFile):
     """The workflow actor's SQLite file (WAL, synchronous=NORMAL: survives kill -9)."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        super().__init__(path, SCHEMA)
 
     def save(self, inst: WorkflowInstance) -> None:
         record = json.dumps(inst.to_store())
