@@ -45,11 +45,27 @@ async def read_json(request: web.Request) -> Any:
     return decode_json(await request.read())
 
 
+MAX_ID = 200  # characters in an id taken from the URL path (job, schedule, workflow instance)
+
+
+def path_id(request: web.Request, what: str) -> str:
+    """The ``{id}`` of the route; empty or longer than ``MAX_ID`` is a 400 "invalid <what> id"."""
+    item_id = request.match_info["id"]
+    if not item_id or len(item_id) > MAX_ID:
+        raise ValidationError(f"invalid {what} id")
+    return item_id
+
+
+def node_service(request: web.Request, attr: str, what: str) -> Any:
+    """The node's optional part ``attr`` (``schedules``, ``workflows``); 501 when this node has none."""
+    svc = getattr(request.app[NODE], attr, None)
+    if svc is None:
+        raise NotImplementedYet(f"{what} are not enabled on this node")
+    return svc
+
+
 def _job_id(request: web.Request) -> str:
-    job_id = request.match_info["id"]
-    if not job_id or len(job_id) > 200:
-        raise ValidationError("invalid job id")
-    return job_id
+    return path_id(request, "job")
 
 
 async def health(request: web.Request) -> web.Response:

@@ -14,25 +14,14 @@ from typing import Any
 
 from aiohttp import web
 
-from ..errors import ValidationError
-from .api import NotImplementedYet, json_response, read_json
-from .keys import NODE
-
-MAX_ID = 200
-
+from .api import json_response, node_service, path_id, read_json
 
 def _schedules(request: web.Request) -> Any:
-    svc = getattr(request.app[NODE], "schedules", None)
-    if svc is None:
-        raise NotImplementedYet("scheduled jobs are not enabled on this node")
-    return svc
+    return node_service(request, "schedules", "scheduled jobs")
 
 
 def _id(request: web.Request) -> str:
-    sid = request.match_info["id"]
-    if not sid or len(sid) > MAX_ID:
-        raise ValidationError("invalid schedule id")
-    return sid
+    return path_id(request, "schedule")
 
 
 async def list_schedules(request: web.Request) -> web.Response:

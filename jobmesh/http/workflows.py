@@ -14,25 +14,15 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import ValidationError
-from .api import NotImplementedYet, json_response, read_json
-from .keys import NODE
+from .api import json_response, node_service, path_id, read_json
 from .validation import decode_json
 
-MAX_ID = 200
-
-
 def _workflows(request: web.Request) -> Any:
-    svc = getattr(request.app[NODE], "workflows", None)
-    if svc is None:
-        raise NotImplementedYet("workflows are not enabled on this node")
-    return svc
+    return node_service(request, "workflows", "workflows")
 
 
 def _id(request: web.Request) -> str:
-    iid = request.match_info["id"]
-    if not iid or len(iid) > MAX_ID:
-        raise ValidationError("invalid workflow instance id")
-    return iid
+    return path_id(request, "workflow instance")
 
 
 def _limit(text: str | None) -> int:
