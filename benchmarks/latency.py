@@ -11,17 +11,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _common import load_average, quiet_logs, run_on_fresh_node  # first: puts the repo on sys.path
 
-import jobmesh  # noqa: E402
-from jobmesh.log import configure_logging  # noqa: E402
+import jobmesh
 
 latencies: list[float] = []
 
@@ -71,7 +68,7 @@ async def run(args: argparse.Namespace, data: Path) -> dict:
         "max_ms": round(max(warm), 3),
         "mean_ms": round(statistics.fmean(warm), 3),
         "target_p99_ms": 10,
-        "load_average_1m": round(os.getloadavg()[0], 2),
+        "load_average_1m": load_average(),
     }
 
 
@@ -80,9 +77,8 @@ def main() -> int:
     p.add_argument("--rate", type=float, default=1000)
     p.add_argument("--seconds", type=float, default=5)
     args = p.parse_args()
-    configure_logging("console", "WARNING")
-    with tempfile.TemporaryDirectory(prefix="jobmesh-bench-") as d:
-        result = asyncio.run(run(args, Path(d) / "node"))
+    quiet_logs()
+    result = run_on_fresh_node(run, args)
     print(json.dumps(result))
     return 0
 

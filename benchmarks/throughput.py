@@ -15,16 +15,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _common import load_average, quiet_logs, run_on_fresh_node  # first: puts the repo on sys.path
 
-import jobmesh  # noqa: E402
-from jobmesh.log import configure_logging  # noqa: E402
+import jobmesh
 
 
 @jobmesh.consumer("bench/noop")
@@ -65,7 +62,7 @@ async def run(args: argparse.Namespace, data: Path) -> dict:
         "max_parallel": args.max_parallel,
         "durability": "normal",
         "target_jobs_per_second": 15000,
-        "load_average_1m": round(os.getloadavg()[0], 2),
+        "load_average_1m": load_average(),
     }
 
 
@@ -77,11 +74,10 @@ def main() -> int:
     p.add_argument("--max-parallel", type=int, default=64)
     p.add_argument("--repeat", type=int, default=3, help="runs; the median is reported, the best too")
     args = p.parse_args()
-    configure_logging("console", "WARNING")
+    quiet_logs()
     runs = []
     for i in range(args.repeat):  # a fresh node and store each time; the machine is shared, so runs vary
-        with tempfile.TemporaryDirectory(prefix="jobmesh-bench-") as d:
-            runs.append(asyncio.run(run(args, Path(d) / "node")))
+        runs.append(run_on_fresh_node(run, args))
     rates = sorted(r["jobs_per_second"] for r in runs)
     result = dict(max(runs, key=lambda r: r["jobs_per_second"]))  # the best run's details
     result.update({
