@@ -52,6 +52,7 @@ class Actor:
         self._wakeup = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._timers: set[asyncio.TimerHandle] = set()
         self._running = False
         self._stopping = False
         self._crashes: deque[float] = deque()
@@ -106,6 +107,23 @@ class Actor:
         task.add_done_callback(self._task_done)
         return task
 
+    def tell_later(self, delay: float, msg: Any) -> asyncio.TimerHandle:
+        """``tell(msg)`` after ``delay`` seconds, unless the actor stopped or crashed by then.
+
+        Timers are the actor's own: they are cancelled with its tasks, so a timer that fires
+        during shutdown does not raise ``ActorStopped`` from inside the event loop.
+        """
+        handle: asyncio.TimerHandle
+
+        def fire() -> None:
+            self._timers.discard(handle)
+            if not self._stopping:
+                self.tell(msg)
+
+        handle = asyncio.get_running_loop().call_later(max(0.0, delay), fire)
+        self._timers.add(handle)
+        return handle
+
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if task.cancelled():
@@ -138,6 +156,9 @@ class Actor:
         self._runner = None
 
     async def _cancel_tasks(self) -> None:
+        for handle in self._timers:
+            handle.cancel()
+        self._timers.clear()
         tasks = list(self._tasks)
         for t in tasks:
             t.cancel()

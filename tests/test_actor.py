@@ -116,3 +116,18 @@ async def test_stopped_actor_refuses() -> None:
         a.tell(1)
     with pytest.raises(ActorStopped):
         await a.ask(1)
+
+
+async def test_tell_later_is_cancelled_with_the_actor() -> None:
+    """A timer that would fire after the actor stopped is dropped, not raised in the loop."""
+    system = ActorSystem()
+    a = await system.start(Counter())
+    a.tell_later(0.01, 5)
+    a.tell_later(0.2, 100)
+    await asyncio.sleep(0.05)
+    assert await a.ask(0) == 5
+    await system.stop_all()
+    errors: list[dict] = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: errors.append(ctx))
+    await asyncio.sleep(0.25)
+    assert errors == []

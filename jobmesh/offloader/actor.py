@@ -84,7 +84,7 @@ class OffloaderActor(Actor):
                 # room opened or work arrived just after a round: one more round soon, not one per kick
                 if not self._kick_pending:
                     self._kick_pending = True
-                    asyncio.get_running_loop().call_later(KICK_MIN_INTERVAL - since, self.tell, ("kicked",))
+                    self.tell_later(KICK_MIN_INTERVAL - since, ("kicked",))
                 return None
             await self._plan()
         elif kind == "kicked":

@@ -201,9 +201,8 @@ class QueueActor(Actor):
         if wake is not None and wake > now and (self._timer_at is None or wake < self._timer_at):
             if self._timer is not None:
                 self._timer.cancel()
-            loop = asyncio.get_running_loop()
             self._timer_at = wake
-            self._timer = loop.call_later(wake - now + 0.001, self.tell, ("tick",))
+            self._timer = self.tell_later(wake - now + 0.001, ("tick",))
 
     def _finished(self, job: Job, outcome: Outcome) -> None:
         self.in_flight.pop(job.id, None)

@@ -235,7 +235,7 @@ class TransferActor(Actor):
         self._progress_pending.add(job.id)
         last = self._progress_sent.get(job.id)
         delay = 0.0 if last is None else max(0.0, PROGRESS_MIN_INTERVAL - (time.monotonic() - last[0]))
-        asyncio.get_running_loop().call_later(delay, self.tell, ("foreign_progress", job))
+        self.tell_later(delay, ("foreign_progress", job))
 
     async def remote_stop(self, job: Job, state: JobState) -> Job | None:
         """A stop/remove of a job handed to another node (queue actor ``cancel``): a job not
@@ -298,7 +298,7 @@ class TransferActor(Actor):
             d.add_listener(self._on_topology)
             # peers we had jobs with before a restart and that never show up: failed
             wait = 2 * float(self.node.config.discovery.heartbeat_timeout) + 1.0
-            asyncio.get_running_loop().call_later(wait, self.tell, ("absent_check",))
+            self.tell_later(wait, ("absent_check",))
         self.started_ok = True
 
     async def _absent_check(self) -> None:
@@ -375,7 +375,7 @@ class TransferActor(Actor):
                 pending[job_id] = at
             if pending and not self._start_scheduled:
                 self._start_scheduled = True
-                asyncio.get_running_loop().call_later(STARTED_DELAY, self.tell, ("flush_started",))
+                self.tell_later(STARTED_DELAY, ("flush_started",))
         elif kind == "flush_started":
             self._start_scheduled = False
             pending, self._start_pending = self._start_pending, {}
@@ -488,7 +488,7 @@ class TransferActor(Actor):
             self._timer.cancel()
         self._timer_at = at
         delay = max(0.0, at - time.monotonic())
-        self._timer = asyncio.get_running_loop().call_later(delay + 0.001, self.tell, ("timer",))
+        self._timer = self.tell_later(delay + 0.001, ("timer",))
 
     # -- topology ----------------------------------------------------------------------------------------
     def _on_topology(self, event: Any) -> None:
