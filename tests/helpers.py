@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -122,11 +123,13 @@ class NodeProcess:
         self.env["PYTHONPATH"] = os.pathsep.join([str(self.workdir), str(REPO), self.env.get("PYTHONPATH", "")])
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 20.0) -> "NodeProcess":
+    def start(self, timeout: float = 20.0, wait: bool = True) -> "NodeProcess":
+        """Launch; with ``wait`` (and HTTP on) return once healthy. ``wait=False`` lets several
+        nodes boot side by side: call :meth:`wait_healthy` on each afterwards."""
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.args, cwd=self.workdir, stdout=self._log, stderr=subprocess.STDOUT,
                                      env=self.env)
-        if self.url:
+        if self.url and wait:
             self.wait_healthy(timeout)
         return self
 
@@ -186,7 +189,19 @@ class NodeProcess:
         self.close()
 
 
-def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> Any:
+def stop_all(nodes: Sequence[NodeProcess], timeout: float = 10.0) -> None:
+    """SIGTERM every node at once (their graceful drains run side by side), then wait; kill -9
+    whatever is still running ``timeout`` seconds later. Every node is closed."""
+    for node in nodes:
+        if node.proc is not None and node.proc.poll() is None:
+            node.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for node in nodes:
+        node.terminate(max(0.1, deadline - time.monotonic()))
+        node.close()
+
+
+def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.02, what: str = "condition") -> Any:
     """Poll ``predicate()`` until truthy (returns it) or fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -194,5 +209,43 @@ def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.02) ->
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
+            raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {value!r})")
         time.sleep(interval)
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's; Playwright's own browser download cannot work here
+
+
+@contextlib.contextmanager
+def chromium(args: Sequence[str]) -> Iterator[Any]:
+    """Headless chromium driven by Playwright, closed on exit; the test is skipped where
+    the browser or the playwright package is missing (``scripts/setup-browser`` installs both)."""
+    import pytest
+
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip(f"{CHROMIUM} is not installed (scripts/setup-browser installs it)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("the playwright package is not installed (scripts/setup-browser installs it)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=list(args), headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@contextlib.contextmanager
+def browser_tab(browser: Any, timeout_ms: int, width: int = 1400, height: int = 900) -> Iterator[Any]:
+    """A fresh tab in its own context (own sessionStorage); fails the test on any script error."""
+    context = browser.new_context(viewport={"width": width, "height": height})
+    tab = context.new_page()
+    tab.set_default_timeout(timeout_ms)
+    errors: list[str] = []
+    tab.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        yield tab
+        assert errors == [], f"script errors in the console: {errors}"
+    finally:
+        context.close()

@@ -10,22 +10,14 @@ the page alone. Screenshots go to ``test-output/``.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import textwrap
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+from helpers import NodeProcess, browser_tab, chromium, stop_all, wait_until
 
-CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -81,117 +73,14 @@ CONSUMERS = {
 # --- processes and HTTP ----------------------------------------------------------
 
 
-def free_port_pair() -> int:
-    """A free port P with P+1 free too (the node's PUB endpoint is the next port)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port >= 65535:
-            continue
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", port + 1))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no pair of free ports found")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def call(method: str, url: str, body: Any = None, token: str | None = None, timeout: float = 5.0) -> tuple[int, Any]:
-    """One HTTP call; returns (status, parsed JSON or None). Never raises for HTTP errors."""
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method)
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            raw = resp.read()
-            return resp.status, json.loads(raw) if raw else None
-    except urllib.error.HTTPError as e:
-        raw = e.read()
-        try:
-            return e.code, json.loads(raw) if raw else None
-        except ValueError:
-            return e.code, None
-
-
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
-
-
-@dataclass
-class NodeProcess:
-    name: str
-    url: str
-    proc: subprocess.Popen
-    log_path: Path
-    token: str | None = None
-
-    def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        return call(method, self.url + path, body, token=self.token)
-
-    def log_tail(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-3000:]
-        except OSError:
-            return ""
+    return wait_until(predicate, timeout, interval, what=what)
 
 
 @dataclass
 class Mesh:
     nodes: dict[str, NodeProcess] = field(default_factory=dict)
     multi_node: bool = False  # discovery joined the nodes into one topology
-
-
-def start_node(workdir: Path, name: str, consumers: list[str], seeds: list[str], bind_port: int | None,
-               config: Path | None = None) -> tuple[subprocess.Popen, str, Path]:
-    http_port = free_port()
-    cmd = [sys.executable, "-m", "jobmesh", "node", "--name", name, "--data", str(workdir / f"data-{name}"),
-           "--http", f"127.0.0.1:{http_port}", "--log-format", "json", "--capacity", "4"]
-    if config is not None:
-        cmd += ["--config", str(config)]
-    if bind_port is not None:
-        cmd += ["--bind", f"tcp://127.0.0.1:{bind_port}"]
-    for seed in seeds:
-        cmd += ["--seed", seed]
-    for module in consumers:
-        cmd += ["--consumers", module]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(workdir), str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    log_path = workdir / f"{name}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    return proc, f"http://127.0.0.1:{http_port}", log_path
-
-
-def stop_processes(procs: list[subprocess.Popen]) -> None:
-    """SIGTERM all at once (graceful drains run in parallel), SIGKILL whatever outlives 5 s."""
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 5
-    for proc in procs:
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 @pytest.fixture(scope="module")
@@ -202,30 +91,23 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         (workdir / filename).write_text(textwrap.dedent(source))
     (workdir / "token.toml").write_text(f'[security]\nhttp_token = "{TOKEN}"\n')
     mesh = Mesh()
-    procs: list[subprocess.Popen] = []
     try:
-        seed_port = free_port_pair()
-        seed = f"tcp://127.0.0.1:{seed_port}"
+        a = NodeProcess(workdir, "a", ["console_work"], bind=True, data=workdir / "data-a", extra=["--capacity", "4"])
+        seed = a.endpoint
+        assert seed is not None
         layout = [
-            ("a", ["console_work"], [], seed_port, None, None),
-            ("b", ["console_work", "console_media"], [seed], free_port_pair(), None, None),
-            ("c", ["console_media"], [seed], free_port_pair(), None, None),
-            ("t", ["console_work"], [], None, workdir / "token.toml", TOKEN),
+            ("b", ["console_work", "console_media"], [seed], True, None, None),
+            ("c", ["console_media"], [seed], True, None, None),
+            ("t", ["console_work"], [], False, workdir / "token.toml", TOKEN),
         ]
-        for name, consumers, seeds, bind_port, config, token in layout:
-            proc, url, log_path = start_node(workdir, name, consumers, seeds, bind_port, config)
-            procs.append(proc)
-            mesh.nodes[name] = NodeProcess(name, url, proc, log_path, token)
+        mesh.nodes["a"] = a
+        for name, consumers, seeds, bind, config, token in layout:
+            mesh.nodes[name] = NodeProcess(workdir, name, consumers, bind=bind, seeds=seeds, config=config,
+                                           token=token, data=workdir / f"data-{name}", extra=["--capacity", "4"])
         for node in mesh.nodes.values():
-            def healthy(node: NodeProcess = node) -> bool:
-                if node.proc.poll() is not None:
-                    raise AssertionError(f"node {node.name} exited:\n{node.log_tail()}")
-                try:
-                    status, body = node.api("GET", "/api/v1/health")
-                except OSError:
-                    return False
-                return status == 200 and body.get("status") == "ready"
-            wait_for(healthy, 20, f"node {node.name} to be ready")
+            node.start(wait=False)  # side by side; then each must answer healthy
+        for node in mesh.nodes.values():
+            node.wait_healthy(20)
         try:
             import jobmesh.discovery.actor  # noqa: F401
             has_discovery = True
@@ -238,38 +120,20 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             mesh.multi_node = True
         yield mesh
     finally:
-        stop_processes(procs)
+        stop_all(list(mesh.nodes.values()), timeout=5)
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"{CHROMIUM} is not installed (scripts/setup-browser installs Debian's chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("the playwright package is not installed (scripts/setup-browser installs it)")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium(CHROMIUM_ARGS) as b:
+        yield b
 
 
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
     """A fresh tab (own sessionStorage) that fails the test on any script error."""
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    tab = context.new_page()
-    tab.set_default_timeout(UI_TIMEOUT_MS)
-    errors: list[str] = []
-    tab.on("pageerror", lambda e: errors.append(str(e)))
-    try:
+    with browser_tab(browser, UI_TIMEOUT_MS) as tab:
         yield tab
-        assert errors == [], f"script errors in the console: {errors}"
-    finally:
-        context.close()
 
 
 def open_console(page: Any, node: NodeProcess, hash_: str = "") -> None:
@@ -554,6 +418,6 @@ def test_a_node_that_goes_away_is_shown_offline(page: Any, mesh: Mesh) -> None:
     page.evaluate(f"sessionStorage.setItem('jobmesh.token', {json.dumps(TOKEN)})")
     page.reload()
     page.wait_for_selector('#live[data-status="live"]')
-    stop_processes([t.proc])
+    stop_all([t], timeout=5)
     page.locator("#banner", has_text="cannot reach the node").wait_for()
     page.wait_for_selector('#live:not([data-status="live"])')

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from helpers import NodeProcess, fetch_json
+from helpers import NodeProcess, fetch_json, stop_all
 
 pytestmark = pytest.mark.slow
 
@@ -69,12 +69,7 @@ class Cluster:
         return api(self.urls[name], path=f"/api/v1/jobs?topic={TOPIC}&limit=10000")["jobs"]
 
     def stop_all(self) -> None:
-        for node in self.nodes.values():  # SIGTERM to all first: they drain side by side
-            if node.proc is not None and node.proc.poll() is None:
-                node.proc.send_signal(signal.SIGTERM)
-        for node in self.nodes.values():
-            node.terminate(10)
-            node.close()
+        stop_all(list(self.nodes.values()), timeout=10)
 
 
 @pytest.fixture

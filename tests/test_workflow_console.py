@@ -4,16 +4,14 @@ step history shown, a running one aborted. Skipped where no browser is installed
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from helpers import NodeProcess
+from helpers import NodeProcess, browser_tab, chromium
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"]
 UI_TIMEOUT_MS = 8000
 OUTPUT = Path(__file__).resolve().parent.parent / "test-output"
@@ -53,23 +51,8 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
 
 @pytest.fixture
 def page(node: NodeProcess) -> Iterator[Any]:
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"{CHROMIUM} is not installed (scripts/setup-browser installs it)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("the playwright package is not installed (scripts/setup-browser installs it)")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            tab = browser.new_page(viewport={"width": 1400, "height": 900})
-            tab.set_default_timeout(UI_TIMEOUT_MS)
-            errors: list[str] = []
-            tab.on("pageerror", lambda e: errors.append(str(e)))
-            yield tab
-            assert errors == [], f"script errors in the console: {errors}"
-        finally:
-            browser.close()
+    with chromium(CHROMIUM_ARGS) as browser, browser_tab(browser, UI_TIMEOUT_MS) as tab:
+        yield tab
 
 
 def test_start_follow_and_abort_workflows_from_the_console(page: Any, node: NodeProcess) -> None:
