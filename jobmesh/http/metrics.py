@@ -13,8 +13,12 @@ Two sources feed ``/metrics``:
   scrape (Prometheus' ``rate()`` and ``increase()`` handle a counter that starts
   late); the Sling statistics below are totals since the node started.
 * A snapshot taken on scrape (``NodeMetrics.snapshot``): jobs queued/active per queue,
-  suspended queues, topology size and leadership, advertised capacity and actor
-  mailbox depths.
+  suspended queues, topology size and leadership, advertised capacity, actor
+  mailbox depths, and the offloading parts' own counters (``node.transfer.stats()``,
+  ``node.offloader.stats()``, discovery's heartbeat counters and loop lag). Those
+  parts count on their own paths anyway; the scrape only reads the numbers, so
+  offloading costs nothing more for being exported. A node without ``bind`` has
+  none of them and exports none of their families.
 
 ``NodeCollector`` turns both into metric families only when Prometheus scrapes.
 Not the global registry: several nodes may live in one process (tests, the demo).
@@ -93,6 +97,10 @@ class Histogram:
         return out
 
 
+# discovery actor attributes exported when present (read on scrape)
+DISCOVERY_FIELDS: tuple[str, ...] = ("loop_lag", "heartbeats_received", "messages_dropped")
+
+
 def _le(bound: float) -> str:
     return repr(float(bound))
 
@@ -157,6 +165,9 @@ class Snapshot:
     is_leader: bool = True
     capacity: dict[str, Any] = field(default_factory=dict)
     mailboxes: dict[str, int] = field(default_factory=dict)
+    transfer: dict[str, Any] | None = None  # TransferActor.stats(); None without bind
+    offloader: dict[str, Any] | None = None  # OffloaderActor.stats(); None without bind
+    discovery: dict[str, Any] | None = None  # loop_lag, heartbeats_received, messages_dropped
     scrape_error: str | None = None
     taken_at: float = field(default_factory=time.time)
 
@@ -221,7 +232,115 @@ def build_families(snap: Snapshot, rec: JobMetricsRecorder) -> list[Metric]:
         mb.add_metric([actor], depth)
     fams.append(mb)
 
+    fams += offloading_families(snap)
     fams.append(GaugeMetricFamily("jobmesh_metrics_scrape_error", "1 when part of the last scrape could not be read.", value=1 if snap.scrape_error else 0))
+    return fams
+
+
+def offloading_families(snap: Snapshot) -> list[Metric]:
+    """Pure: the transfer, offloader and discovery counters -> families (only the parts present)."""
+    fams: list[Metric] = []
+    t = snap.transfer
+    if t is not None:
+        jobs = CounterMetricFamily(
+            "jobmesh_offloaded_jobs",
+            "Jobs handed between nodes: out = this node's jobs a peer accepted, "
+            "in = other nodes' jobs whose copy this node accepted.",
+            labels=["direction"],
+        )
+        jobs.add_metric(["out"], _num(t.get("offloaded_out")))
+        jobs.add_metric(["in"], _num(t.get("offloaded_in")))
+        fams.append(jobs)
+        results = CounterMetricFamily(
+            "jobmesh_offload_results",
+            "Results of offloaded jobs: in = received from a peer and applied to our job, "
+            "out = results of copies run here, written to the outbox for their origin.",
+            labels=["direction"],
+        )
+        results.add_metric(["in"], _num(t.get("results_in")))
+        results.add_metric(["out"], _num(t.get("results_out")))
+        fams.append(results)
+        fams.append(CounterMetricFamily(
+            "jobmesh_offload_stale_results",
+            "Results ignored because they were for another attempt, another peer or a job already final.",
+            value=_num(t.get("stale_results"))))
+        fams.append(CounterMetricFamily(
+            "jobmesh_offload_requeued",
+            "Jobs taken back from a peer (down, refused, no room) and queued here again.",
+            value=_num(t.get("requeued"))))
+        in_flight = GaugeMetricFamily(
+            "jobmesh_transfer_in_flight",
+            "This node's jobs handed to a peer and not final yet, by peer.",
+            labels=["peer"],
+        )
+        by_peer = t.get("in_flight_by_peer")
+        counted = 0.0
+        if isinstance(by_peer, dict):
+            for peer, n in sorted(by_peer.items()):
+                in_flight.add_metric([str(peer)], _num(n))
+                counted += _num(n)
+        rest = _num(t.get("in_flight_out")) - counted
+        if rest > 0:  # jobs at a peer the stats could not name: still counted, never lost
+            in_flight.add_metric(["unknown"], rest)
+        fams.append(in_flight)
+        fams.append(GaugeMetricFamily(
+            "jobmesh_transfer_foreign_copies",
+            "Copies of other nodes' jobs held here (queued, running or with a result not yet acknowledged).",
+            value=_num(t.get("copies_in"))))
+        fams.append(GaugeMetricFamily(
+            "jobmesh_transfer_outbox",
+            "Results of copies waiting for their origin's acknowledgement.",
+            value=_num(t.get("outbox"))))
+        fams.append(GaugeMetricFamily(
+            "jobmesh_transfer_queue_depth",
+            "Transfer work waiting: the actor's mailbox plus messages queued on the peer links.",
+            value=_num(t.get("queue_depth"))))
+        msgs = CounterMetricFamily(
+            "jobmesh_transfer_messages",
+            "Transfer protocol messages: sent, received, and dropped (peer not in the topology; resent later).",
+            labels=["kind"],
+        )
+        for kind in ("sent", "received", "dropped"):
+            msgs.add_metric([kind], _num(t.get(f"messages_{kind}")))
+        fams.append(msgs)
+
+    o = snap.offloader
+    if o is not None:
+        moves = CounterMetricFamily(
+            "jobmesh_offloader_moves",
+            "Jobs moved by the rebalancing policy: out = this node decided to move them to a peer, "
+            "in = a peer pushed them here.",
+            labels=["direction"],
+        )
+        moves.add_metric(["out"], _num(o.get("moves_out")))
+        moves.add_metric(["in"], _num(o.get("moves_in")))
+        fams.append(moves)
+        fams.append(CounterMetricFamily(
+            "jobmesh_offloader_decisions",
+            "Offloader rounds that moved at least one job.",
+            value=_num(o.get("decisions"))))
+        fams.append(CounterMetricFamily(
+            "jobmesh_offloader_steal_requests",
+            "Requests for work this idle node sent to a busy peer.",
+            value=_num(o.get("steal_requests"))))
+
+    d = snap.discovery
+    if d is not None:
+        if "loop_lag" in d:
+            fams.append(GaugeMetricFamily(
+                "jobmesh_discovery_loop_lag_seconds",
+                "Worst event-loop lag seen by discovery's monitor in its last window.",
+                value=_num(d.get("loop_lag"))))
+        if "heartbeats_received" in d:
+            fams.append(CounterMetricFamily(
+                "jobmesh_discovery_heartbeats_received",
+                "Heartbeats from peers accepted by discovery.",
+                value=_num(d.get("heartbeats_received"))))
+        if "messages_dropped" in d:
+            fams.append(CounterMetricFamily(
+                "jobmesh_discovery_messages_dropped",
+                "Heartbeat messages rejected (garbage, wrong cluster, invalid member).",
+                value=_num(d.get("messages_dropped"))))
     return fams
 
 
@@ -287,6 +406,17 @@ class NodeMetrics:
             except Exception as e:
                 errors.append(f"capacity: {e!r}")
         snap.mailboxes = mailbox_depths(node, [str(q.get("name")) for q in snap.queues])
+        for part in ("transfer", "offloader"):
+            actor = getattr(node, part, None)
+            stats = getattr(actor, "stats", None)
+            if callable(stats):
+                try:
+                    setattr(snap, part, dict(stats()))
+                except Exception as e:
+                    errors.append(f"{part}: {e!r}")
+        discovery = getattr(node, "discovery", None)
+        if discovery is not None:
+            snap.discovery = {k: getattr(discovery, k) for k in DISCOVERY_FIELDS if hasattr(discovery, k)}
         snap.scrape_error = "; ".join(errors) or None
         return snap
 

@@ -258,10 +258,14 @@ class TransferActor(Actor):
         return self.protocol.target.copies()
 
     def stats(self) -> dict[str, Any]:
+        origin = self.protocol.origin
+        # every peer we may have handed jobs to: live members, links, peers restored from disk
+        peers = (set(self._members) | set(self._links) | self._restored_peers) - {self.node.name}
         return {
             "offloaded_out": self.offloaded_out,
             "offloaded_in": self.offloaded_in,
-            "in_flight_out": self.protocol.origin.in_flight(),
+            "in_flight_out": origin.in_flight(),
+            "in_flight_by_peer": {p: origin.in_flight(p) for p in sorted(peers)},
             "copies_in": self.protocol.target.copies(),
             "outbox": len(self.protocol.target.outbox()),
             "results_in": self.results_in,
