@@ -16,6 +16,7 @@ import msgpack
 import pytest
 import zmq
 import zmq.asyncio
+from helpers import free_port_pair
 
 from jobmesh import wire
 from jobmesh.actor import ActorSystem
@@ -27,24 +28,6 @@ from jobmesh.transport import Dealer, Transport, generate_keypair
 
 INTERVAL = 0.1
 TIMEOUT = 0.5
-
-
-def free_port_pair() -> int:
-    """A port p with p and p+1 free (ROUTER and PUB)."""
-    for _ in range(100):
-        s1 = socket.socket()
-        s1.bind(("127.0.0.1", 0))
-        p = s1.getsockname()[1]
-        s2 = socket.socket()
-        try:
-            s2.bind(("127.0.0.1", p + 1))
-        except OSError:
-            continue
-        finally:
-            s1.close()
-            s2.close()
-        return p
-    raise RuntimeError("no free port pair")
 
 
 @dataclass

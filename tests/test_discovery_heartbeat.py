@@ -8,6 +8,7 @@ import time
 from typing import Callable
 
 import zmq
+from helpers import free_port, wait_until
 
 from jobmesh import wire
 from jobmesh.discovery.heartbeat import HeartbeatReceiver, HeartbeatSender
@@ -15,18 +16,11 @@ from jobmesh.transport import BindError, Transport
 
 
 def free_endpoint() -> str:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return f"tcp://127.0.0.1:{port}"
+    return f"tcp://127.0.0.1:{free_port()}"
 
 
 def wait(cond: Callable[[], bool], timeout: float = 3.0) -> None:
-    t0 = time.monotonic()
-    while not cond():
-        assert time.monotonic() - t0 < timeout, "condition not met"
-        time.sleep(0.01)
+    wait_until(cond, timeout, interval=0.01)
 
 
 def hb(name: str, n: int = 0) -> list[bytes]:
