@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -212,6 +213,19 @@ def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.02, wh
             raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {value!r})")
         time.sleep(interval)
 
+
+
+async def wait_until_async(predicate: Any, timeout: float = 10.0, interval: float = 0.02,
+                           what: str = "condition") -> Any:
+    """:func:`wait_until` for a test running in the event loop: sleeps without blocking it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {value!r})")
+        await asyncio.sleep(interval)
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's; Playwright's own browser download cannot work here
 

@@ -7,12 +7,12 @@ agent, a real aiohttp receiver on loopback that the test takes down and brings b
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
+from helpers import wait_until_async
 
 from examples.replication.receiver import Receiver, ReceiverState
 from examples.replication.run import TOPIC, run, start_node, stop_node
@@ -21,11 +21,7 @@ pytestmark = pytest.mark.slow
 
 
 async def _until(predicate, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.02)
+    await wait_until_async(predicate, timeout, 0.02)
 
 
 def test_receiver_state_is_idempotent():

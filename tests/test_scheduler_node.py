@@ -9,6 +9,7 @@ from typing import Any, AsyncIterator
 
 import aiohttp
 import pytest
+from helpers import wait_until_async
 
 import jobmesh
 from jobmesh.config import NodeConfig
@@ -59,11 +60,7 @@ async def node(tmp_path: Path) -> AsyncIterator[Any]:
 
 
 async def wait_for(cond, timeout: float = 5.0, step: float = 0.02) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(step)
+    await wait_until_async(cond, timeout, step)
 
 
 async def scheduled_jobs(node: Any, topic: str = "sched/tick") -> list[Any]:
