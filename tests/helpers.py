@@ -227,6 +227,23 @@ async def wait_until_async(predicate: Any, timeout: float = 10.0, interval: floa
             raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {value!r})")
         await asyncio.sleep(interval)
 
+
+@contextlib.asynccontextmanager
+async def serve_app(app: Any) -> Any:
+    """An aiohttp ``web.Application`` served on a free loopback port; yields its base URL
+    (``http://127.0.0.1:PORT``) and cleans the runner up on exit."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
 CHROMIUM = "/usr/bin/chromium"  # Debian's; Playwright's own browser download cannot work here
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import serve_app
 
 from jobmesh.actor import ActorSystem
 from jobmesh.config import NodeConfig
@@ -289,13 +290,8 @@ async def test_large_definitions_are_pulled_over_http(cluster, tmp_path):
     app = web.Application()
     app[NODE] = a
     add_routes(app, a)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        a.http_url = f"http://127.0.0.1:{port}"
+    async with serve_app(app) as url:
+        a.http_url = url
         s = await a.schedules.add("t/pulled", {"big": "x" * 100}, every=5)
         assert a.properties[PROPERTY]["records"] is None and a.properties[PROPERTY]["url"] == a.http_url
         for _ in range(50):
@@ -304,8 +300,6 @@ async def test_large_definitions_are_pulled_over_http(cluster, tmp_path):
                 break
             await asyncio.sleep(0.02)
         assert [x["id"] for x in await b.schedules.list()] == [s["id"]]
-    finally:
-        await runner.cleanup()
 
 
 async def test_junk_in_peer_properties_is_ignored(cluster):
@@ -332,18 +326,10 @@ async def test_a_state_that_cannot_be_used_is_not_pulled_again_and_again(cluster
 
     app = web.Application()
     app.router.add_get("/api/v1/schedules", records)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        b.properties[PROPERTY] = {"digest": "other", "fired": {}, "records": None,
-                                  "url": f"http://127.0.0.1:{port}"}
+    async with serve_app(app) as url:
+        b.properties[PROPERTY] = {"digest": "other", "fired": {}, "records": None, "url": url}
         for _ in range(10):
             await tick(a)
             await asyncio.sleep(0.02)
         assert hits == ["1"]  # one pull; the unusable answer is not fetched again at once
         assert await a.schedules.list() == [] and a.schedules.alive
-    finally:
-        await runner.cleanup()
