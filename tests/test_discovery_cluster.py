@@ -6,19 +6,17 @@ quick; the defaults are measured by ``benchmarks/discovery.py``.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+from helpers import http_json
 
 from jobmesh.transport import generate_keypair
 
@@ -70,11 +68,12 @@ class NodeProc:
         return self
 
     def topology(self) -> dict[str, Any] | None:
+        """The node's view, or None while it does not answer (starting, stopped, killed)."""
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/api/v1/topology", timeout=1) as r:
-                return json.loads(r.read())
-        except (urllib.error.URLError, OSError, ValueError):
+            status, body = http_json("GET", f"http://127.0.0.1:{self.http_port}/api/v1/topology", timeout=1)
+        except (OSError, ValueError):
             return None
+        return body if status == 200 else None
 
     def names(self) -> list[str] | None:
         t = self.topology()
