@@ -202,16 +202,21 @@ def stop_all(nodes: Sequence[NodeProcess], timeout: float = 10.0) -> None:
         node.close()
 
 
+def _poll_once(predicate: Any, deadline: float, timeout: float, what: str) -> Any:
+    """One look for :func:`wait_until` and :func:`wait_until_async`: the truthy value, a falsy
+    one to poll again, or an AssertionError once the deadline has passed."""
+    value = predicate()
+    if not value and time.monotonic() > deadline:
+        raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {value!r})")
+    return value
+
+
 def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.02, what: str = "condition") -> Any:
     """Poll ``predicate()`` until truthy (returns it) or fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {value!r})")
+    while not (value := _poll_once(predicate, deadline, timeout, what)):
         time.sleep(interval)
+    return value
 
 
 
@@ -219,13 +224,9 @@ async def wait_until_async(predicate: Any, timeout: float = 10.0, interval: floa
                            what: str = "condition") -> Any:
     """:func:`wait_until` for a test running in the event loop: sleeps without blocking it."""
     deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {value!r})")
+    while not (value := _poll_once(predicate, deadline, timeout, what)):
         await asyncio.sleep(interval)
+    return value
 
 
 @contextlib.asynccontextmanager
