@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 import zmq
 from helpers import free_port, wait_until
@@ -43,10 +44,14 @@ class JumpClock:
             self.offset += seconds
 
 
-def test_sender_publishes_the_latest_payload_and_sends_at_once_when_asked() -> None:
+@contextlib.contextmanager
+def sender_with_subscriber(clock: Callable[[], float] = time.monotonic,
+                           final: list[bytes] | None = None) -> Iterator[tuple[HeartbeatSender, Any]]:
+    """A started sender "a" on a free endpoint and a SUB socket on it that the first heartbeat
+    (n=1) has reached; both closed on exit, the sender stopped with ``final``."""
     t = Transport("a")
     endpoint = free_endpoint()
-    sender = HeartbeatSender(t, endpoint, interval=0.05, timeout=0.5, node="a")
+    sender = HeartbeatSender(t, endpoint, interval=0.05, timeout=0.5, node="a", clock=clock)
     sub = t.sync_ctx.socket(zmq.SUB)
     try:
         sender.start_and_wait()
@@ -54,14 +59,19 @@ def test_sender_publishes_the_latest_payload_and_sends_at_once_when_asked() -> N
         sub.connect(endpoint)
         sender.publish(hb("a", 1))
         assert sub.poll(2000)
+        yield sender, sub
+    finally:
+        sender.stop(final=final)
+        sub.close(0)
+        t.close()
+
+
+def test_sender_publishes_the_latest_payload_and_sends_at_once_when_asked() -> None:
+    with sender_with_subscriber(final=hb("a", 99)) as (sender, sub):
         assert wire.decode(sub.recv_multipart()).body["n"] == 1
         sender.publish(hb("a", 2), send_now=True)
         wait(lambda: sub.poll(10) and wire.decode(sub.recv_multipart()).body["n"] == 2)
         assert sender.take_max_gap() < 0.5
-    finally:
-        sender.stop(final=hb("a", 99))
-        sub.close(0)
-        t.close()
     assert not sender.is_alive()
 
 
@@ -85,17 +95,8 @@ def test_sender_reports_a_bind_error() -> None:
 
 
 def test_after_a_long_silence_the_stale_payload_is_held_until_the_actor_publishes_anew() -> None:
-    t = Transport("a")
-    endpoint = free_endpoint()
     clock = JumpClock()
-    sender = HeartbeatSender(t, endpoint, interval=0.05, timeout=0.5, node="a", clock=clock)
-    sub = t.sync_ctx.socket(zmq.SUB)
-    try:
-        sender.start_and_wait()
-        sub.setsockopt(zmq.SUBSCRIBE, b"")
-        sub.connect(endpoint)
-        sender.publish(hb("a", 1))
-        assert sub.poll(2000)
+    with sender_with_subscriber(clock=clock) as (sender, sub):
         clock.jump(5.0)  # as if the process had been stopped for 5 s
         time.sleep(0.2)
         while sub.poll(0):  # whatever went out before the jump was noticed
@@ -111,10 +112,6 @@ def test_after_a_long_silence_the_stale_payload_is_held_until_the_actor_publishe
         assert wire.decode(sub.recv_multipart()).body["n"] == 3
         time.sleep(0.2)
         assert sender.take_max_gap() < 0.5  # measured afresh from the first send after the hold
-    finally:
-        sender.stop()
-        sub.close(0)
-        t.close()
 
 
 def test_receiver_keeps_the_latest_per_sender_and_reports_garbage() -> None:
