@@ -10,9 +10,10 @@ workflow completes without any restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 
 import aiohttp
 import pytest
@@ -74,6 +75,22 @@ def _mesh(tmp_path: Path, origin_args: list[str] | None = None, origin_works: bo
     return nodes
 
 
+@contextlib.asynccontextmanager
+async def _ready_mesh(tmp_path: Path, origin_works: bool = True) -> AsyncIterator[tuple[list[MeshNode], aiohttp.ClientSession]]:
+    """:func:`_mesh`, healthy and agreed on its three members, with an HTTP session; every node
+    is killed on exit."""
+    nodes = _mesh(tmp_path, origin_works=origin_works)
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+            for n in nodes:
+                await wait_healthy(http, n)
+            await wait_topology(http, nodes[0], ["ca", "cb", "cc"])
+            yield nodes, http
+    finally:
+        for n in nodes:
+            n.kill()
+
+
 async def _step_job(http: aiohttp.ClientSession, origin: MeshNode, iid: str, step: int) -> dict[str, Any]:
     async def active() -> dict[str, Any] | None:
         _, inst = await api(http, "GET", f"{origin.url}/api/v1/workflows/{iid}")
@@ -92,71 +109,55 @@ async def _completed(http: aiohttp.ClientSession, origin: MeshNode, iid: str, ti
 
 
 async def test_origin_killed_mid_step_restarts_and_completes(tmp_path):
-    nodes = _mesh(tmp_path)
-    origin = nodes[0]
-    try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
-            for n in nodes:
-                await wait_healthy(http, n)
-            await wait_topology(http, origin, ["ca", "cb", "cc"])
-            status, inst = await api(http, "POST", origin.url + "/api/v1/workflows",
-                                     {"workflow": "crashy", "properties": {"work_seconds": 1.5}})
-            assert status == 201, inst
-            job = await _step_job(http, origin, inst["id"], 1)
-            runner = next(n for n in nodes if n.name == job["target"])
-            runner.kill()  # kill -9 of whichever node runs the step
-            if runner is origin:
-                origin.start()  # the origin's stores are on its disk: it picks up where it was
-                await wait_healthy(http, origin)
-            done = await _completed(http, origin, inst["id"], 40.0)
-            assert done["state"] == "COMPLETED", done
-            assert [h["state"] for h in done["history"]] == ["SUCCEEDED"] * 3
-            assert done["history"][1]["job_id"] == job["id"]  # the same step job, not a new one
-            assert done["data"]["finished_on"] == "ca"  # the local step ran on the origin
-            _, jobs = await api(http, "GET", origin.url + "/api/v1/jobs?topic=crash/work")
-            assert len(jobs["jobs"]) == 1
-            if runner is origin:
-                assert jobs["jobs"][0]["retry_count"] >= 1  # the interrupted run counted as a retry
-    finally:
-        for n in nodes:
-            n.kill()
+    async with _ready_mesh(tmp_path) as (nodes, http):
+        origin = nodes[0]
+        status, inst = await api(http, "POST", origin.url + "/api/v1/workflows",
+                                 {"workflow": "crashy", "properties": {"work_seconds": 1.5}})
+        assert status == 201, inst
+        job = await _step_job(http, origin, inst["id"], 1)
+        runner = next(n for n in nodes if n.name == job["target"])
+        runner.kill()  # kill -9 of whichever node runs the step
+        if runner is origin:
+            origin.start()  # the origin's stores are on its disk: it picks up where it was
+            await wait_healthy(http, origin)
+        done = await _completed(http, origin, inst["id"], 40.0)
+        assert done["state"] == "COMPLETED", done
+        assert [h["state"] for h in done["history"]] == ["SUCCEEDED"] * 3
+        assert done["history"][1]["job_id"] == job["id"]  # the same step job, not a new one
+        assert done["data"]["finished_on"] == "ca"  # the local step ran on the origin
+        _, jobs = await api(http, "GET", origin.url + "/api/v1/jobs?topic=crash/work")
+        assert len(jobs["jobs"]) == 1
+        if runner is origin:
+            assert jobs["jobs"][0]["retry_count"] >= 1  # the interrupted run counted as a retry
 
 
 async def test_remote_node_killed_mid_offloaded_step_completes(tmp_path):
     """The origin cannot run the work step (no consumer), so it is offloaded; kill -9 the node running it."""
-    nodes = _mesh(tmp_path, origin_works=False)
-    origin = nodes[0]
-    try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
-            for n in nodes:
-                await wait_healthy(http, n)
-            await wait_topology(http, origin, ["ca", "cb", "cc"])
-            ids = []
-            for _ in range(3):
-                status, inst = await api(http, "POST", origin.url + "/api/v1/workflows",
-                                         {"workflow": "crashy", "properties": {"work_seconds": 2.0}})
-                assert status == 201, inst
-                ids.append(inst["id"])
-            victim: dict[str, Any] | None = None
-            deadline = time.monotonic() + 8.0
-            while victim is None and time.monotonic() < deadline:
-                _, found = await api(http, "GET", origin.url + "/api/v1/jobs?topic=crash/work&state=ACTIVE")
-                victim = next((j for j in found["jobs"] if j.get("target") not in (None, "ca")), None)
-                if victim is None:
-                    await asyncio.sleep(0.05)
+    async with _ready_mesh(tmp_path, origin_works=False) as (nodes, http):
+        origin = nodes[0]
+        ids = []
+        for _ in range(3):
+            status, inst = await api(http, "POST", origin.url + "/api/v1/workflows",
+                                     {"workflow": "crashy", "properties": {"work_seconds": 2.0}})
+            assert status == 201, inst
+            ids.append(inst["id"])
+        victim: dict[str, Any] | None = None
+        deadline = time.monotonic() + 8.0
+        while victim is None and time.monotonic() < deadline:
+            _, found = await api(http, "GET", origin.url + "/api/v1/jobs?topic=crash/work&state=ACTIVE")
+            victim = next((j for j in found["jobs"] if j.get("target") not in (None, "ca")), None)
             if victim is None:
-                pytest.skip("the offloader moved no work step within 8 s; nothing remote to kill")
-            runner = next(n for n in nodes if n.name == victim["target"])
-            runner.kill()
-            finals = [await _completed(http, origin, iid, 60.0) for iid in ids]
-            assert [f["state"] for f in finals] == ["COMPLETED"] * len(ids), [f["reason"] for f in finals]
-            # the offloaded step's output came back with its result and reached the local last step
-            assert {f["data"]["worked_on"] for f in finals} <= {"cb", "cc"}
-            assert {f["data"]["finished_on"] for f in finals} == {"ca"}
-            _, jobs = await api(http, "GET", origin.url + "/api/v1/jobs?topic=crash/work&limit=50")
-            assert len(jobs["jobs"]) == len(ids)  # one work job per workflow: none added twice
-            killed = next(j for j in jobs["jobs"] if j["id"] == victim["id"])
-            assert killed["state"] == "SUCCEEDED" and killed["target"] != runner.name
-    finally:
-        for n in nodes:
-            n.kill()
+                await asyncio.sleep(0.05)
+        if victim is None:
+            pytest.skip("the offloader moved no work step within 8 s; nothing remote to kill")
+        runner = next(n for n in nodes if n.name == victim["target"])
+        runner.kill()
+        finals = [await _completed(http, origin, iid, 60.0) for iid in ids]
+        assert [f["state"] for f in finals] == ["COMPLETED"] * len(ids), [f["reason"] for f in finals]
+        # the offloaded step's output came back with its result and reached the local last step
+        assert {f["data"]["worked_on"] for f in finals} <= {"cb", "cc"}
+        assert {f["data"]["finished_on"] for f in finals} == {"ca"}
+        _, jobs = await api(http, "GET", origin.url + "/api/v1/jobs?topic=crash/work&limit=50")
+        assert len(jobs["jobs"]) == len(ids)  # one work job per workflow: none added twice
+        killed = next(j for j in jobs["jobs"] if j["id"] == victim["id"])
+        assert killed["state"] == "SUCCEEDED" and killed["target"] != runner.name
