@@ -307,20 +307,23 @@ def _job_path(job_id: str, action: str | None = None) -> str:
     return api_path("/api/v1/jobs", job_id, action)
 
 
-def wait_final(args: argparse.Namespace, c: ApiClient, item: dict[str, Any], final: Sequence[str], path: str,
-               what: str, render: Callable[[Any], str]) -> dict[str, Any]:
-    """Poll ``path`` (backing off to 0.5 s) until the item's state is in ``final``; ``--wait`` of
-    ``submit`` and ``workflow start``. After ``args.timeout`` s the item is shown and a CliError raised."""
-    deadline = time.monotonic() + args.timeout
-    delay = 0.05
-    while item["state"] not in final:
-        if time.monotonic() >= deadline:
-            emit(args, item, render)
-            raise CliError(f"{what} {item['id']} not finished after {args.timeout:g} s (state {item['state']})")
-        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 1.5, 0.5)
-        item = c.get(path)
-    return item
+def emit_created(args: argparse.Namespace, c: ApiClient, item: dict[str, Any], final: Sequence[str], success: str,
+                 path: Callable[[str], str], what: str, render: Callable[[Any], str]) -> int:
+    """Show what ``submit``/``workflow start`` made; with ``--wait`` first poll ``path(id)`` (backing
+    off to 0.5 s) until its state is in ``final``: exit 0 if that is ``success``, else 1. After
+    ``args.timeout`` s the item is shown and a CliError raised."""
+    if args.wait:
+        deadline = time.monotonic() + args.timeout
+        delay = 0.05
+        while item["state"] not in final:
+            if time.monotonic() >= deadline:
+                emit(args, item, render)
+                raise CliError(f"{what} {item['id']} not finished after {args.timeout:g} s (state {item['state']})")
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 1.5, 0.5)
+            item = c.get(path(item["id"]))
+    emit(args, item, render)
+    return 0 if not args.wait or item["state"] == success else 1
 
 
 def add_id_commands(sub: Any, commands: Sequence[tuple[str, Callable[[argparse.Namespace], int], str]]) -> None:
@@ -336,12 +339,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     c = client(args)
     props = dict(args.property or [])
     job = c.post("/api/v1/jobs", {"topic": args.topic, "properties": props})
-    if not args.wait:
-        emit(args, job, render_job_line)
-        return 0
-    job = wait_final(args, c, job, FINAL_STATES, _job_path(job["id"]), "job", render_job_line)
-    emit(args, job, render_job_line)
-    return 0 if job["state"] == "SUCCEEDED" else 1
+    return emit_created(args, c, job, FINAL_STATES, "SUCCEEDED", _job_path, "job", render_job_line)
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:

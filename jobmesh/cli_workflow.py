@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .cli import _short_time, add_client_options, api_path, client, emit, parse_property, table, wait_final
+from .cli import _short_time, add_client_options, api_path, client, emit, emit_created, parse_property, table
 
 FINAL = ("COMPLETED", "FAILED", "ABORTED")
 
@@ -77,12 +77,7 @@ def render_definitions(data: dict[str, Any]) -> str:
 def cmd_start(args: argparse.Namespace) -> int:
     c = client(args)
     inst = c.post(_path(), {"workflow": args.name, "properties": dict(args.property or [])})
-    if not args.wait:
-        emit(args, inst, render_instance_line)
-        return 0
-    inst = wait_final(args, c, inst, FINAL, _path(inst["id"]), "workflow", render_instance_line)
-    emit(args, inst, render_instance_line)
-    return 0 if inst["state"] == "COMPLETED" else 1
+    return emit_created(args, c, inst, FINAL, "COMPLETED", _path, "workflow", render_instance_line)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
