@@ -188,6 +188,13 @@ def parse_property(text: str) -> tuple[str, Any]:
 # -- renderers ----------------------------------------------------------------------
 
 
+def add_property_option(parser: argparse.ArgumentParser, what: str = "a job property") -> None:
+    """``-p/--property KEY=VALUE`` (repeatable, parsed by :func:`parse_property`): one convention
+    for every command that sends properties."""
+    parser.add_argument("-p", "--property", action="append", type=parse_property, metavar="KEY=VALUE",
+                        help=f"{what}; VALUE is JSON when it parses, else a string (repeatable)")
+
+
 def _short_time(iso: str | None) -> str | None:
     if not iso:
         return None
@@ -499,8 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("submit", help="add a job")
     p.add_argument("topic")
-    p.add_argument("-p", "--property", action="append", type=parse_property, metavar="KEY=VALUE",
-                   help="a job property; VALUE is JSON when it parses, else a string (repeatable)")
+    add_property_option(p)
     p.add_argument("--wait", action="store_true", help="wait until the job is final; exit 1 unless it SUCCEEDED")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait with --wait (default 300)")
     add_client_options(p)

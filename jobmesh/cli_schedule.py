@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .cli import CliError, add_client_options, add_id_commands, api_path, client, emit, parse_property, table
+from .cli import CliError, add_client_options, add_id_commands, add_property_option, api_path, client, emit, table
 
 
 def _path(schedule_id: str | None = None, action: str | None = None) -> str:
@@ -142,8 +142,7 @@ def add_parser(subparsers: Any) -> None:
 
     p = ssub.add_parser("add", help="add a scheduled job (an identical one returns the existing schedule)")
     p.add_argument("topic", metavar="TOPIC")
-    p.add_argument("-p", "--property", action="append", type=parse_property, metavar="KEY=VALUE",
-                   help="a job property; VALUE is JSON when it parses, else a string (repeatable)")
+    add_property_option(p)
     when = p.add_mutually_exclusive_group(required=True)
     when.add_argument("--at", metavar="ISO", help="once, at this time (ISO 8601; no zone means UTC)")
     when.add_argument("--every", type=float, metavar="SECONDS",

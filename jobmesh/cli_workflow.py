@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .cli import _short_time, add_client_options, api_path, client, emit, emit_created, parse_property, table
+from .cli import _short_time, add_client_options, add_property_option, api_path, client, emit, emit_created, table
 
 FINAL = ("COMPLETED", "FAILED", "ABORTED")
 
@@ -129,8 +129,7 @@ def add_parser(subparsers: Any) -> None:
 
     p = wsub.add_parser("start", help="start a workflow instance")
     p.add_argument("name", metavar="NAME", help="the workflow's name (see `jobmesh workflow definitions`)")
-    p.add_argument("-p", "--property", action="append", type=parse_property, metavar="KEY=VALUE",
-                   help="an input property; VALUE is JSON when it parses, else a string (repeatable)")
+    add_property_option(p, "an input property")
     p.add_argument("--wait", action="store_true", help="wait until it ends; exit 1 unless it COMPLETED")
     p.add_argument("--timeout", type=_positive_float, default=300.0, help="seconds to wait (default 300)")
     add_client_options(p)
