@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -47,16 +48,23 @@ async def stop_node(node: Any) -> None:
     await node.stop()
 
 
-@pytest.fixture
-async def node(tmp_path: Path) -> AsyncIterator[Any]:
-    ran.clear()
-    n = make_node(tmp_path)
+@contextlib.asynccontextmanager
+async def running_node(tmp_path: Path, name: str = "s1", http: str | None = None) -> AsyncIterator[Any]:
+    """:func:`make_node` started, with its scheduler; detached and stopped on exit."""
+    n = make_node(tmp_path, name, http)
     await n.start()
     await start_scheduler(n)
     try:
         yield n
     finally:
         await stop_node(n)
+
+
+@pytest.fixture
+async def node(tmp_path: Path) -> AsyncIterator[Any]:
+    ran.clear()
+    async with running_node(tmp_path) as n:
+        yield n
 
 
 async def wait_for(cond, timeout: float = 5.0, step: float = 0.02) -> None:
@@ -119,21 +127,13 @@ async def test_at_fires_once_and_removes_itself(node):
 
 async def test_schedules_and_fired_slots_survive_a_restart(tmp_path):
     ran.clear()
-    n1 = make_node(tmp_path, "r1")
-    await n1.start()
-    await start_scheduler(n1)
-    try:
+    async with running_node(tmp_path, "r1") as n1:
         s = await n1.schedules.add("sched/tick", {"r": 1}, every=0.25)
         sus = await n1.schedules.add("sched/tick", {"r": 2}, cron="* * * * *")
         await n1.schedules.suspend(sus["id"])
         await wait_for(lambda: len(ran) >= 2)
         last_before = (await n1.schedules.get(s["id"]))["last_fired"]
-    finally:
-        await stop_node(n1)
-    n2 = make_node(tmp_path, "r1")
-    await n2.start()
-    await start_scheduler(n2)
-    try:
+    async with running_node(tmp_path, "r1") as n2:
         listed = {x["id"]: x for x in await n2.schedules.list()}
         assert set(listed) == {s["id"], sus["id"]} and listed[sus["id"]]["suspended"] is True
         assert listed[s["id"]]["last_fired"] >= last_before  # ISO strings sort by time
@@ -143,21 +143,14 @@ async def test_schedules_and_fired_slots_survive_a_restart(tmp_path):
         times = [j.properties["scheduled_time"] for j in jobs]
         assert len(times) == len(set(times))  # no slot fired twice across the restart
         assert all(j.properties["r"] == 1 for j in jobs)
-    finally:
-        await stop_node(n2)
 
 
 @pytest.fixture
 async def http_node(tmp_path: Path) -> AsyncIterator[tuple[Any, aiohttp.ClientSession]]:
     ran.clear()
-    n = make_node(tmp_path, "h1", http="127.0.0.1:0")
-    await n.start()
-    await start_scheduler(n)
-    try:
+    async with running_node(tmp_path, "h1", http="127.0.0.1:0") as n:
         async with aiohttp.ClientSession(base_url=n.http_url, timeout=aiohttp.ClientTimeout(total=10)) as s:
             yield n, s
-    finally:
-        await stop_node(n)
 
 
 async def test_http_api(http_node):
