@@ -181,6 +181,12 @@ class TransferActor(Actor):
         self._inbox_signaled = False
         self._foreign_signaled = False
         self._start_pending: dict[str, float] = {}
+        # target side: copies that ended here and whose STARTED is not sent yet (their result,
+        # on its way to the outbox, carries the start: no STARTED message for them)
+        self._ended_copies: set[str] = set()
+        # origin side: jobs given to ``offer`` and not yet through the protocol, per peer; the
+        # offloader's next round must not count that room again (its extra jobs came back home)
+        self._offering: dict[str, int] = {}
         self._start_scheduled = False
         self._out_jobs: dict[str, Job] = {}  # origin side: the job objects handed off (no re-reads)
         # target side: the row (seq) of each copy committed by this process; a run of an older,
@@ -204,6 +210,8 @@ class TransferActor(Actor):
     def foreign_finished(self, job: Job, outcome: Outcome) -> None:
         """A copy of another node's job ended here (queue actor): outbox, then send."""
         self._foreign_batch.append((job, outcome))
+        if len(self._ended_copies) < 100_000:  # bounded: cleared with every STARTED flush
+            self._ended_copies.add(job.id)
         if not self._foreign_flush:
             self._foreign_flush = True
             asyncio.get_running_loop().call_soon(self._flush_foreign)
@@ -245,10 +253,12 @@ class TransferActor(Actor):
 
     # -- for the offloader, the node and the metrics -------------------------------------------------
     def offer(self, peer: str, jobs: list[Job]) -> None:
+        self._offering[peer] = self._offering.get(peer, 0) + len(jobs)
         self.tell(("offer", peer, jobs))
 
     def room(self, peer: str) -> int:
-        return self.protocol.origin.room(peer)
+        """Jobs ``peer`` may still be given: its room in the protocol less offers not handled yet."""
+        return max(0, self.protocol.origin.room(peer) - self._offering.get(peer, 0))
 
     def waiting_elsewhere(self) -> int:
         """Own jobs handed to a peer and not started there yet (not this node's backlog)."""
@@ -365,7 +375,14 @@ class TransferActor(Actor):
         elif kind == "topology":
             await self._topology(msg[1])
         elif kind == "offer":
-            await self._offer(msg[1], msg[2])
+            try:
+                await self._offer(msg[1], msg[2])
+            finally:
+                left = self._offering.get(msg[1], 0) - len(msg[2])
+                if left > 0:
+                    self._offering[msg[1]] = left
+                else:
+                    self._offering.pop(msg[1], None)
         elif kind == "foreign_done":
             self._foreign_signaled = False
             batch, self._foreign_batch = self._foreign_batch, []
@@ -374,17 +391,21 @@ class TransferActor(Actor):
         elif kind == "foreign_started":
             # announced a moment later, and only if still running: a short job's result
             # says it all, and saves the origin a message and a write per job
-            pending = self._start_pending
+            pending, ended = self._start_pending, self._ended_copies
             for job_id, at in msg[1]:
-                pending[job_id] = at
+                if job_id not in ended:
+                    pending[job_id] = at
             if pending and not self._start_scheduled:
                 self._start_scheduled = True
                 self.tell_later(STARTED_DELAY, ("flush_started",))
         elif kind == "flush_started":
             self._start_scheduled = False
             pending, self._start_pending = self._start_pending, {}
+            ended, self._ended_copies = self._ended_copies, set()
             out: list[Any] = []
             for job_id, at in pending.items():
+                if job_id in ended:
+                    continue  # ended here already: its result says when it started
                 st = self.protocol.target.copy_state(job_id)
                 if st is not None and st[2] is TargetJobState.COMMITTED:
                     out += self.protocol.target.started(job_id, st[1], at)
@@ -567,7 +588,9 @@ class TransferActor(Actor):
         self._start_remote(job, peer, at)
         await self.node.store.update(job)
 
-    def _start_remote(self, job: Job, peer: str, at: float) -> None:
+    def _start_remote(self, job: Job, peer: str, at: float,
+                      started: list[tuple[Job, float]] | None = None) -> None:
+        """The job runs at ``peer``; the manager is told at once, or with ``started`` (a batch)."""
         now = time.time()
         job.state = JobState.ACTIVE
         job.started = at if 0 < at <= now + 60 else now
@@ -575,7 +598,10 @@ class TransferActor(Actor):
         job.target = peer
         self._remote[job.id] = job
         waiting_ms = max(0.0, (job.started - max(job.created, job.not_before)) * 1000.0)
-        self.node.jobs.tell(("started", [(job, waiting_ms)]))
+        if started is not None:
+            started.append((job, waiting_ms))
+        else:
+            self.node.jobs.tell(("started", [(job, waiting_ms)]))
 
     def _update_progress(self, peer: str, p: Progress) -> None:
         job = self._remote.get(p.id)
@@ -602,6 +628,7 @@ class TransferActor(Actor):
         transitions: list[tuple[Any, ...]] = []
         requeue: list[Job] = []
         refs: list[JobRef] = []
+        newly_started: list[tuple[Job, float]] = []  # results proving starts never announced: one message
         for peer, r in items:
             refs.append(JobRef(r.id, r.attempt))
             self._remote.pop(r.id, None)
@@ -612,7 +639,7 @@ class TransferActor(Actor):
                               reason="unknown job" if job is None else f"job is {job.state.value}")
                 continue
             if job.state is JobState.QUEUED:  # the STARTED message was lost: the result proves the start
-                self._start_remote(job, peer, r.started or now)
+                self._start_remote(job, peer, r.started or now, newly_started)
                 self._remote.pop(job.id, None)
             stop_state = self._stop_requested.pop(job.id, None)
             if stop_state is not None and r.kind is not ResultKind.OK:
@@ -651,6 +678,8 @@ class TransferActor(Actor):
             for ref in refs:
                 await self._exec(self.protocol.origin.result_commit_failed(ref, repr(e)))
             return
+        if newly_started:
+            jobs_actor.tell(("started", newly_started))
         if transitions:
             jobs_actor.tell(("transitions", transitions))
         for job in requeue:
