@@ -755,7 +755,7 @@ class TransferActor(Actor):
                       created=s.created or now, retry_count=s.retry_count, max_retries=s.max_retries,
                       attempt=0, seq=seq + i)
             jobs.append(job)
-            rows.append((job.seq, job.id, job.topic, job.queue, "QUEUED", json.dumps(job.properties), origin,
+            rows.append((job.seq, job.id, job.topic, job.queue, "QUEUED", json.dumps(job.properties) if job.properties else "{}", origin,
                          None, job.created, None, None, job.retry_count, job.max_retries, 0, 0.0, None, None))
             copies.append((s.id, origin, s.attempt))
 

@@ -165,6 +165,25 @@ class JobSpec:
 
     @classmethod
     def from_wire(cls, body: dict[str, Any]) -> "JobSpec":
+        # A handoff carries hundreds of these: a well-formed body (the usual case) is checked
+        # in one pass with exact types (bool is not an int here either); anything else takes
+        # the field-by-field path, which says what is wrong.
+        if type(body) is dict:
+            try:
+                i, a, t, p = body["id"], body["attempt"], body["topic"], body["properties"]
+                q, rc, mr, o = body["queue"], body["retry_count"], body["max_retries"], body["origin"]
+            except KeyError:
+                pass
+            else:
+                c = body.get("created")
+                if (type(i) is str and i and type(a) is int and a >= 0 and type(t) is str and t
+                        and type(p) is dict and type(q) is str and type(rc) is int and type(mr) is int
+                        and type(o) is str and (c is None or type(c) is float or type(c) is int)):
+                    return cls(i, a, t, p, q, rc, mr, o, float(c or 0.0))
+        return cls._from_wire_checked(body)
+
+    @classmethod
+    def _from_wire_checked(cls, body: dict[str, Any]) -> "JobSpec":
         what = "job"
         return cls(
             id=_nonempty_str(body, "id", what),
