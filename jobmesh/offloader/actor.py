@@ -147,8 +147,24 @@ class OffloaderActor(Actor):
                 out[topic] = ms / 1000.0
         return out
 
+    def _idle(self) -> bool:
+        """Nothing to decide: nothing of ours can move, and stealing cannot apply (no free
+        slot here, or nobody has jobs waiting). Checked from the advertised figures before
+        building a view, so an idle node's 10 rounds a second cost next to nothing."""
+        topo = self.node.topology
+        if len(topo.instances) < 2:
+            return True
+        snap = self.node.capacity_snapshot()
+        if snap.get("movable"):
+            return False
+        if snap.get("slots", 0) - snap.get("active", 0) - snap.get("queued", 0) <= 0:
+            return True
+        return not any(i.capacity.get("queued", 0) > 0 for i in topo.instances if i.name != self.node.name)
+
     async def _plan(self, only_target: str | None = None, limit: int | None = None) -> None:
         self._last_plan = time.monotonic()
+        if only_target is None and self._idle():
+            return
         view = self._view()
         if view is None or not view.current:
             return
