@@ -21,7 +21,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ sys.path.insert(0, str(REPO))
 import jobmesh  # noqa: E402
 from jobmesh.config import NodeConfig  # noqa: E402
 from jobmesh.job import JobState  # noqa: E402
+from jobmesh.ports import free_port_pair  # noqa: E402
 from jobmesh.log import configure_logging  # noqa: E402
 
 INTERVAL, TIMEOUT = 0.2, 1.0
@@ -52,18 +52,6 @@ async def sleep(job):
 '''
 
 
-def free_port_pair() -> int:
-    for _ in range(100):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            with socket.socket() as b:
-                try:
-                    b.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free port pair")
 
 
 class Proc:

@@ -17,7 +17,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,8 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any, TextIO
+
+from .ports import free_port, free_port_pair
 
 STATES = ("QUEUED", "ACTIVE", "SUCCEEDED", "GIVEN_UP", "ERROR", "STOPPED", "DROPPED")
 FINAL = STATES[2:]
@@ -127,22 +128,6 @@ NODES = {
 VICTIM = "big"  # killed and restarted midway
 
 
-def _free_port(pair: bool = False) -> int:
-    for _ in range(100):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            if not pair:
-                return port
-            with socket.socket() as b:
-                try:
-                    b.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free port")
-
-
 def _http(method: str, url: str, body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method,
@@ -161,8 +146,8 @@ class DemoNode:
     def __init__(self, tmp: Path, name: str, capacity: int, topics: list[str]) -> None:
         self.name = name
         self.tmp = tmp
-        self.http_port = _free_port()
-        self.endpoint = f"tcp://127.0.0.1:{_free_port(pair=True)}"
+        self.http_port = free_port()
+        self.endpoint = f"tcp://127.0.0.1:{free_port_pair()}"
         self.url = f"http://127.0.0.1:{self.http_port}"
         module = f"demo_consumers_{name}"
         (tmp / f"{module}.py").write_text(HEADER + "".join(CONSUMERS[t] for t in topics))

@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,30 +20,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from jobmesh.ports import free_port, free_port_pair  # re-exported: the tests import them from here
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def free_port_pair() -> int:
-    """A port P with P and P+1 free (the transfer endpoint and the heartbeat endpoint after it)."""
-    for _ in range(100):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            if port >= 65535:
-                continue
-            with socket.socket() as b:
-                try:
-                    b.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free port pair")
 
 
 def http_json(method: str, url: str, body: Any = None, timeout: float = 10.0,

@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,8 @@ from typing import Any
 
 import aiohttp
 from PIL import Image, ImageDraw
+
+from jobmesh.ports import free_port, free_port_pair
 
 REPO = Path(__file__).resolve().parent.parent.parent
 WORKFLOW = "dam-update-asset"
@@ -67,21 +68,6 @@ def draw_images(folder: Path, count: int) -> list[dict[str, Any]]:
 
 # -- a local mesh -------------------------------------------------------------------
 
-def free_port(pair: bool = False) -> int:
-    for _ in range(100):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            if not pair:
-                return port
-            with socket.socket() as b:
-                try:
-                    b.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port")
-
 
 class MeshNode:
     """One ``jobmesh node`` process; ``start`` (again, after a kill: same name, data and ports), ``kill``, ``stop``."""
@@ -90,7 +76,7 @@ class MeshNode:
                  extra_pythonpath: list[str] | None = None, extra_args: list[str] | None = None) -> None:
         self.workdir, self.name, self.seeds, self.consumers = workdir, name, seeds, consumers
         self.http_port = free_port()
-        self.bind_port = free_port(pair=True)
+        self.bind_port = free_port_pair()
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.endpoint = f"tcp://127.0.0.1:{self.bind_port}"
         self.log_path = workdir / f"{name}.log"
