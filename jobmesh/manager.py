@@ -107,6 +107,8 @@ class JobManager(Actor):
         self._by_queue: dict[str, Stats] = {}
         self._by_topic: dict[str, Stats] = {}
         self.accepting = True
+        # called after new jobs were committed (the node kicks its offloader: no waiting for a tick)
+        self.added_hook: Callable[[], None] | None = None
         self.log = self.log.bind(node=self.node_name)
 
     def bind(self, pool: Any, queues: dict[str, Actor]) -> None:
@@ -178,6 +180,8 @@ class JobManager(Actor):
             actor = self._queue_actors.get(qname)
             if actor is not None:
                 actor.tell(("enqueue", lst))
+        if self.added_hook is not None:
+            self.added_hook()
         if self.events.wants(JOB_ADDED):
             now = self.clock()
             for job in jobs:

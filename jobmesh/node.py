@@ -191,6 +191,8 @@ class Node:
                     await self._system.start(self.transfer)
                     self.offloader = OffloaderActor(self)
                     await self._system.start(self.offloader)
+                    offloader = self.offloader
+                    self.jobs.added_hook = lambda: offloader.tell(("kick",))
         from .scheduler.actor import SchedulerActor  # node.schedules: after discovery, before HTTP
         self.schedules = SchedulerActor(self)
         await self._system.start(self.schedules)

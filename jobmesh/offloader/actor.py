@@ -65,8 +65,12 @@ class OffloaderActor(Actor):
         self.tell(("kick",))
 
     async def _ticker(self) -> None:
+        """A round every ``interval`` while there is work to place; every heartbeat interval
+        while idle (new local jobs, topology events and freed room kick a round at once, and
+        peers' figures change only with their heartbeats anyway)."""
+        idle_interval = max(self.interval, self.node.config.discovery.heartbeat_interval)
         while True:
-            await asyncio.sleep(self.interval)
+            await asyncio.sleep(idle_interval if self._idle() else self.interval)
             if self.mailbox_size < 2:  # never pile up rounds behind a slow one
                 self.tell(("plan",))
 
