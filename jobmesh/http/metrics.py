@@ -242,24 +242,16 @@ def offloading_families(snap: Snapshot) -> list[Metric]:
     fams: list[Metric] = []
     t = snap.transfer
     if t is not None:
-        jobs = CounterMetricFamily(
+        fams.append(_counter_by(
             "jobmesh_offloaded_jobs",
             "Jobs handed between nodes: out = this node's jobs a peer accepted, "
             "in = other nodes' jobs whose copy this node accepted.",
-            labels=["direction"],
-        )
-        jobs.add_metric(["out"], _num(t.get("offloaded_out")))
-        jobs.add_metric(["in"], _num(t.get("offloaded_in")))
-        fams.append(jobs)
-        results = CounterMetricFamily(
+            "direction", {"out": t.get("offloaded_out"), "in": t.get("offloaded_in")}))
+        fams.append(_counter_by(
             "jobmesh_offload_results",
             "Results of offloaded jobs: in = received from a peer and applied to our job, "
             "out = results of copies run here, written to the outbox for their origin.",
-            labels=["direction"],
-        )
-        results.add_metric(["in"], _num(t.get("results_in")))
-        results.add_metric(["out"], _num(t.get("results_out")))
-        fams.append(results)
+            "direction", {"in": t.get("results_in"), "out": t.get("results_out")}))
         fams.append(CounterMetricFamily(
             "jobmesh_offload_stale_results",
             "Results ignored because they were for another attempt, another peer or a job already final.",
@@ -295,26 +287,18 @@ def offloading_families(snap: Snapshot) -> list[Metric]:
             "jobmesh_transfer_queue_depth",
             "Transfer work waiting: the actor's mailbox plus messages queued on the peer links.",
             value=_num(t.get("queue_depth"))))
-        msgs = CounterMetricFamily(
+        fams.append(_counter_by(
             "jobmesh_transfer_messages",
             "Transfer protocol messages: sent, received, and dropped (peer not in the topology; resent later).",
-            labels=["kind"],
-        )
-        for kind in ("sent", "received", "dropped"):
-            msgs.add_metric([kind], _num(t.get(f"messages_{kind}")))
-        fams.append(msgs)
+            "kind", {kind: t.get(f"messages_{kind}") for kind in ("sent", "received", "dropped")}))
 
     o = snap.offloader
     if o is not None:
-        moves = CounterMetricFamily(
+        fams.append(_counter_by(
             "jobmesh_offloader_moves",
             "Jobs moved by the rebalancing policy: out = this node decided to move them to a peer, "
             "in = a peer pushed them here.",
-            labels=["direction"],
-        )
-        moves.add_metric(["out"], _num(o.get("moves_out")))
-        moves.add_metric(["in"], _num(o.get("moves_in")))
-        fams.append(moves)
+            "direction", {"out": o.get("moves_out"), "in": o.get("moves_in")}))
         fams.append(CounterMetricFamily(
             "jobmesh_offloader_decisions",
             "Offloader rounds that moved at least one job.",
@@ -342,6 +326,14 @@ def offloading_families(snap: Snapshot) -> list[Metric]:
                 "Heartbeat messages rejected (garbage, wrong cluster, invalid member).",
                 value=_num(d.get("messages_dropped"))))
     return fams
+
+
+def _counter_by(name: str, documentation: str, label: str, values: dict[str, Any]) -> CounterMetricFamily:
+    """A counter family with one sample per value of ``label`` (in the order given)."""
+    fam = CounterMetricFamily(name, documentation, labels=[label])
+    for key, value in values.items():
+        fam.add_metric([key], _num(value))
+    return fam
 
 
 def _num(value: Any) -> float:
