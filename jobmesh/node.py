@@ -118,6 +118,7 @@ class Node:
         self._stopping = False
         self.stopped = asyncio.Event() if _has_loop() else None
         self.escalated: BaseException | None = None
+        self.fatal: Exception | None = None  # why a part stopped the node (e.g. its name is taken)
 
     # -- lifecycle -----------------------------------------------------------
     async def start(self) -> "Node":
@@ -262,6 +263,15 @@ class Node:
         self.escalated = exc
         self.log.critical("actor escalated; shutting the node down", actor=actor.name, error=repr(exc))
         return self.stop(grace=min(self.config.shutdown_grace, 5.0))
+
+    def fail(self, error: Exception) -> None:
+        """A part found a reason this node must not run (its name belongs to a live member):
+        stop it and keep the reason, which ``jobmesh node`` prints as its one-line error."""
+        if self.fatal is None:
+            self.fatal = error
+        if self._running and not self._stopping:
+            self.log.error("node stopping", reason=str(error))
+            asyncio.ensure_future(self.stop(grace=min(self.config.shutdown_grace, 5.0)))
 
     # -- consumers -------------------------------------------------------------
     def add_consumer(self, consumer: Any) -> ConsumerSpec:

@@ -81,6 +81,9 @@ async def run_node(config: NodeConfig, consumer_modules: list[str]) -> int:
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+    if node.fatal is not None:
+        print(f"jobmesh: error: {node.fatal}", file=sys.stderr)
+        return 2
     return 1 if node.escalated is not None else 0
 
 
