@@ -90,6 +90,7 @@ class Node:
                                                      cfg.offloading.disabled_topics)
         for qa in self._queue_actors.values():
             qa.runnable = self._runnable
+            qa.free_slots = self.pool.free_slots
         self.transfer: Any = None
         self.offloader: Any = None
         if cfg.bind:
@@ -328,6 +329,14 @@ class Node:
             "throughput": snap["throughput"],
             "movable": max(0, queued - foreign),
         }
+
+    def repairs(self) -> dict[str, int]:
+        """Repairs made by the level-triggered checks (DESIGN §3), by kind; each is a bug found."""
+        out = {"watchdog_requeue": sum(qa.repairs for qa in self._queue_actors.values())}
+        if self.transfer is not None:
+            for kind, n in self.transfer.repairs.items():
+                out[kind] = out.get(kind, 0) + n
+        return out
 
     def queue_config(self, name: str) -> QueueConfig:
         qa = self._queue_actors.get(name)

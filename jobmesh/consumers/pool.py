@@ -396,6 +396,10 @@ class ConsumerPool(Actor):
             "throughput": round(recent / 10.0, 2),
         }
 
+    def free_slots(self) -> int:
+        """Slots neither reserved nor running (read by the queues' watchdogs)."""
+        return 0 if self._draining else max(0, self.capacity - len(self._runs))
+
     def running_job(self, job_id: str) -> Job | None:
         run = self._runs.get(job_id)
         return run.job if run is not None else None
