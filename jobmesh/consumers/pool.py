@@ -6,7 +6,8 @@ take the next dispatched job (higher-priority queues first), commit it ACTIVE
 (a job never starts before its ACTIVE row is durable, so a crash counts the run
 as a retry), run the consumer, report the outcome to the job's queue actor.
 
-Async consumers run on the loop, sync ones in a thread pool. A stopped job's
+Async consumers run on the loop, sync ones on daemon threads (``threads.SyncThreads``,
+not joined at interpreter exit). A stopped job's
 ``ctx.is_stopped()`` turns true; an async consumer still running ``stop_grace``
 seconds later is cancelled (the outcome is STOPPED either way).
 """
@@ -19,7 +20,6 @@ import time
 import traceback
 from functools import partial
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from ..actor import Actor
@@ -27,6 +27,7 @@ from ..job import Job, JobResult, JobState, ResultKind, check_transition
 from ..queues.core import Outcome
 from .context import ExecutionContext
 from .registry import ConsumerIndex, ConsumerSpec
+from .threads import SyncThreads
 
 _OK = Outcome("OK")
 
@@ -79,7 +80,7 @@ class ConsumerPool(Actor):
         self._idle_workers: list[asyncio.Future[None]] = []
         self._idle = asyncio.Event()
         self._draining = False
-        self._threads: ThreadPoolExecutor | None = None
+        self._threads: SyncThreads | None = None
         self._workers: list[asyncio.Task[Any]] = []
         self._done_per_second: deque[list[float]] = deque()  # [second, count] for the last ~10 s
         self.finished_total = 0
@@ -110,13 +111,13 @@ class ConsumerPool(Actor):
         self._ready.clear()
         self._draining = False
         self._hurry = False
-        self._threads = ThreadPoolExecutor(max_workers=self.capacity, thread_name_prefix="jobmesh-consumer")
+        self._threads = SyncThreads("jobmesh-consumer")
         self._idle_workers = []
         self._workers = [self.spawn(self._worker(), name=f"slot-{i}") for i in range(self.capacity)]
 
     async def on_stop(self) -> None:
         if self._threads is not None:
-            self._threads.shutdown(wait=False, cancel_futures=True)
+            self._threads.shutdown()  # never waits: a stuck consumer's thread is not ours to join
             self._threads = None
 
     # -- messages ----------------------------------------------------------
@@ -346,11 +347,11 @@ class ConsumerPool(Actor):
                     result = await _resume(coro, yielded, cvars)
             else:
                 self._wake_one()
-                loop = asyncio.get_running_loop()
                 fn = spec.fn
                 assert fn is not None
                 call = (lambda: fn(job, ctx)) if ctx is not None else (lambda: fn(job))
-                result = await loop.run_in_executor(self._threads, call)
+                assert self._threads is not None
+                result = await self._threads.run(call)
         except asyncio.CancelledError:
             if (run.stop_state is None and not run.abort) or run.task is None:
                 raise  # the pool itself is being torn down
