@@ -2,7 +2,9 @@
 
 The first signal drains gracefully (no new jobs start, running ones get
 ``config.shutdown_grace`` seconds, everything else stays QUEUED on disk); a second
-signal skips the wait for running jobs.
+signal skips the wait for running jobs. Either way, what still runs then goes back to
+QUEUED as an interrupted run and the process exits without waiting for a sync
+consumer's thread (see ``consumers.pool``).
 """
 
 from __future__ import annotations
