@@ -452,10 +452,13 @@ def cmd_node(args: argparse.Namespace) -> int:
 
     import asyncio
 
+    from .errors import DataDirInUse
     from .runner import run_node
 
     try:
         return int(asyncio.run(run_node(config, list(args.consumers or []))) or 0)
+    except DataDirInUse as e:  # another live node owns --data: one line, nothing started
+        raise CliError(str(e), code=2) from None
     except KeyboardInterrupt:  # a second Ctrl-C while draining
         return 130
 

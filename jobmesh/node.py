@@ -22,6 +22,7 @@ from .actor import Actor, ActorSystem
 from .config import NodeConfig, QueueConfig
 from .consumers.pool import ConsumerPool
 from .consumers.registry import ConsumerSpec, consumers_in_module, spec_of
+from .datadir import DataDirLock
 from .discovery.view import InstanceView, TopologyEvent, TopologyEventType, TopologyView
 from .events import EventBus
 from .manager import JobManager
@@ -72,6 +73,7 @@ class Node:
         self.events = EventBus()
         self.log = log.bind(node=self.name)
         self._system = ActorSystem(on_escalate=self._on_escalate)
+        self._data_lock = DataDirLock(cfg.data, cfg.name)
         self.store = Store(Path(cfg.data) / "jobs.db", durability=cfg.durability, clock=clock)
         self.jobs = JobManager(cfg, self.store, self.events, clock=clock)
         self.pool = ConsumerPool(cfg.name, cfg.capacity, self.store, stop_grace=cfg.stop_grace, clock=clock)
@@ -129,11 +131,14 @@ class Node:
             self.stopped = asyncio.Event()
         self.stopped.clear()
         self.started_at = self.clock()
+        # Before anything opens a file there: DataDirInUse leaves nothing started.
+        self._data_lock.acquire(self.started_at)
         try:
             await self._start_actors()
         except BaseException:
             self.log.error("node failed to start; stopping what was started")
             await self._system.stop_all()
+            self._data_lock.release()
             raise
         self._running = True
         self._publish_offloading()  # in the properties before discovery reads them
@@ -148,6 +153,7 @@ class Node:
         except BaseException:
             self._running = False
             await self._system.stop_all()
+            self._data_lock.release()
             raise
 
     async def _start_actors(self) -> None:
@@ -243,6 +249,7 @@ class Node:
                 self.log.error("final store flush failed", error=repr(exc))
         finally:
             await self._system.stop_all()
+            self._data_lock.release()  # after the store closed: the next node may open it now
             self._running = False
             self._stopping = False
             if self.stopped is not None:
