@@ -452,12 +452,12 @@ def cmd_node(args: argparse.Namespace) -> int:
 
     import asyncio
 
-    from .errors import DataDirInUse
+    from .errors import DataDirInUse, NameInUse
     from .runner import run_node
 
     try:
         return int(asyncio.run(run_node(config, list(args.consumers or []))) or 0)
-    except DataDirInUse as e:  # another live node owns --data: one line, nothing started
+    except (DataDirInUse, NameInUse) as e:  # --data or --name belongs to another live node: one line
         raise CliError(str(e), code=2) from None
     except KeyboardInterrupt:  # a second Ctrl-C while draining
         return 130

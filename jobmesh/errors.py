@@ -51,3 +51,9 @@ class DataDirInUse(JobmeshError):
         self.path = path
         self.pid = pid
         self.node = node
+
+
+class NameInUse(JobmeshError):
+    """This node's name belongs to another live member of the topology (``jobmesh node`` exits 2)."""
+
+    http_status = 409

@@ -39,7 +39,8 @@ async def run_node(config: NodeConfig, consumer_modules: list[str]) -> int:
     """Run until a signal; 0 on a clean stop, 1 if an actor escalated, 2 on bad consumers.
 
     ``DataDirInUse`` (another live node owns ``config.data``) is raised, not logged: it is
-    a usage error the caller reports in one line, and nothing was started.
+    a usage error the caller reports in one line, and nothing was started. So is the reason
+    a part stopped the node with ``node.fail`` (``NameInUse``: its name is taken), after the stop.
     """
     node = Node(config=config)
     try:
@@ -91,8 +92,7 @@ async def run_node(config: NodeConfig, consumer_modules: list[str]) -> int:
         for sig in installed:
             loop.remove_signal_handler(sig)
     if node.fatal is not None:
-        print(f"jobmesh: error: {node.fatal}", file=sys.stderr)
-        return 2
+        raise node.fatal  # e.g. NameInUse: the caller says it in one line
     return 1 if node.escalated is not None else 0
 
 

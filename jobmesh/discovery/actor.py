@@ -30,7 +30,7 @@ import structlog
 
 from .. import wire
 from ..actor import Actor
-from ..errors import JobmeshError, ValidationError
+from ..errors import NameInUse, ValidationError
 from ..plants import PLANTS
 from ..topics import matches
 from ..transport import (
@@ -65,12 +65,6 @@ MAX_USER_PROPERTIES_BYTES = 256 * 1024  # heartbeats stay far below the wire max
 LISTENER_QUEUE_LIMIT = 10_000
 MAX_PROBES_IN_FLIGHT = 16
 PEER_BOOK_REFRESH = 60.0  # s between rewrites of the remembered endpoints while nothing changes
-
-
-class NameInUse(JobmeshError):
-    """This node's name belongs to another live member of the topology."""
-
-    http_status = 409
 
 
 class DiscoveryHost(Protocol):
