@@ -452,6 +452,7 @@ class TransferActor(Actor):
         results: list[tuple[str, ResultItem]] = []
         accepted: dict[str, list[JobSpec]] = {}
         forget: list[tuple[str, int]] = []
+        held: list[str] = []
         for ins in instructions:
             if isinstance(ins, CommitResult):
                 results.append((ins.peer, ins.result))  # committed together, after the others
@@ -461,6 +462,8 @@ class TransferActor(Actor):
                 continue
             if isinstance(ins, ForgetJob):
                 forget.append((ins.id, ins.attempt))  # one transaction for all of them
+                if ins.held:
+                    held.append(ins.id)
                 continue
             try:
                 await self._do(ins)
@@ -469,7 +472,7 @@ class TransferActor(Actor):
             except Exception:
                 self.log.exception("transfer instruction failed", instruction=type(ins).__name__)
         if forget:
-            await self._forget(forget)
+            await self._forget(forget, held)
         for origin, specs in accepted.items():
             try:
                 await self._commit_copies(origin, tuple(specs))
@@ -915,23 +918,34 @@ class TransferActor(Actor):
         msg = Progress(job.id, st[1], p.steps, p.step, p.eta, new_lines)
         await self._exec(self.protocol.target.progress(msg))
 
-    async def _forget(self, refs: list[tuple[str, int]]) -> None:
-        """The origin has these results (or no longer wants the copies): delete copy and outbox entry."""
+    async def _forget(self, refs: list[tuple[str, int]], held: list[str] = ()) -> None:  # type: ignore[assignment]
+        """The origin has these results (or no longer wants the copies): delete copy and outbox entry.
+        Held copies never entered a queue, so their going is counted here (statistics)."""
         me = self.node.name
         for job_id, _ in refs:
             self._progress_sent.pop(job_id, None)
             self._copy_seq.pop(job_id, None)
 
-        def write(conn: sqlite3.Connection) -> None:
+        def write(conn: sqlite3.Connection) -> list[Job]:
+            gone: list[Job] = []
+            for job_id in held:
+                row = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id=? AND origin!=? AND state='QUEUED'",
+                                   (job_id, me)).fetchone()
+                if row is not None:
+                    gone.append(row_to_job(row))
             conn.executemany("DELETE FROM transfer_outbox WHERE job_id=? AND attempt=?", refs)
             conn.executemany("DELETE FROM transfer_copies WHERE job_id=? AND attempt=?", refs)
             conn.executemany("DELETE FROM jobs WHERE id=? AND origin!=? AND state IN ('QUEUED','STOPPED','DROPPED')",
                              [(job_id, me) for job_id, _ in refs])
+            return gone
 
         try:
-            await self.node.store.call(write)
+            gone = await self.node.store.call(write)
         except Exception as e:
             self.log.warning("could not forget copies", jobs=len(refs), error=repr(e))
+            return
+        if gone:
+            self.node.jobs.tell(("foreign_done", [(j, JobState.QUEUED) for j in gone]))
 
     async def _stop_local(self, job_id: str, reason: str) -> None:
         job = self.node.store.get(job_id)

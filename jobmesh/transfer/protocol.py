@@ -683,6 +683,7 @@ class ForgetJob:
     id: str
     attempt: int
     reason: str = "acknowledged"
+    held: bool = False  # a restored copy that never entered a queue (nobody else counts it going)
 
 
 @dataclass(frozen=True)
@@ -1549,7 +1550,7 @@ class TargetProtocol:
                 # the copy we hold was superseded and the newer one never reached us
                 if c.state is not TargetJobState.HELD:
                     out.append(StopLocal(ref.id, c.spec.attempt, "superseded (reconcile)"))
-                out.append(ForgetJob(ref.id, c.spec.attempt, "superseded"))
+                out.append(ForgetJob(ref.id, c.spec.attempt, "superseded", held=c.state is TargetJobState.HELD))
                 self._del_copy(ref.id)
                 c = None
             if c is None or c.origin != peer or c.spec.attempt != ref.attempt:
@@ -1577,7 +1578,8 @@ class TargetProtocol:
                     continue
                 if c.state is TargetJobState.COMMITTED:
                     out.append(StopLocal(ref.id, ref.attempt, "its origin no longer wants it (reconcile)"))
-                out.append(ForgetJob(ref.id, ref.attempt, "not wanted by its origin"))
+                out.append(ForgetJob(ref.id, ref.attempt, "not wanted by its origin",
+                                     held=c.state is TargetJobState.HELD))
                 self._del_copy(ref.id)
                 unwanted.append(ref)
             if unwanted:
@@ -1615,7 +1617,7 @@ class TargetProtocol:
             if c is not None:  # a newer attempt supersedes the copy we hold
                 if c.state is not TargetJobState.HELD:
                     out.append(StopLocal(spec.id, c.spec.attempt, "superseded by a newer attempt"))
-                out.append(ForgetJob(spec.id, c.spec.attempt, "superseded"))
+                out.append(ForgetJob(spec.id, c.spec.attempt, "superseded", held=c.state is TargetJobState.HELD))
                 self._del_copy(spec.id)
             reason = self.admission(spec)
             if reason is not None:
