@@ -12,7 +12,7 @@ import dataclasses
 import importlib
 import inspect
 import os
-import time
+from . import clock as _clock
 from pathlib import Path
 from typing import Any, Callable
 
@@ -40,7 +40,7 @@ class Node:
     def __init__(self, name: str | None = None, data_dir: str | os.PathLike[str] | None = None,
                  bind: str | None = _UNSET, seeds: list[str] | None = None, http: str | None = _UNSET,
                  capacity: int | None = None, config: NodeConfig | None = None,
-                 queues: list[QueueConfig] | None = None, clock: Callable[[], float] = time.time,
+                 queues: list[QueueConfig] | None = None, clock: Callable[[], float] = _clock.wall,
                  **overrides: Any) -> None:
         cfg = dataclasses.replace(config) if config is not None else NodeConfig()
         if config is None:
