@@ -41,7 +41,9 @@ class Node:
                  bind: str | None = _UNSET, seeds: list[str] | None = None, http: str | None = _UNSET,
                  capacity: int | None = None, config: NodeConfig | None = None,
                  queues: list[QueueConfig] | None = None, clock: Callable[[], float] = _clock.wall,
-                 **overrides: Any) -> None:
+                 transport: Callable[..., Any] | None = None, **overrides: Any) -> None:
+        # the network this node talks over: ZeroMQ unless given (the simulator gives its own)
+        self.transport_factory = transport
         cfg = dataclasses.replace(config) if config is not None else NodeConfig()
         if config is None:
             # Embedded default: no sockets unless asked for (the CLI passes a full config).

@@ -235,14 +235,18 @@ class DiscoveryActor(Actor):
     async def on_start(self) -> None:
         now = _clock.monotonic()
         if self._transport is None:  # kept across crash restarts: other parts' DEALERs stay valid
-            self._transport = Transport(self.node.name, self.curve)
+            make = getattr(self.node, "transport_factory", None) or Transport
+            self._transport = make(self.node.name, self.curve)
         try:
             self.endpoint.bind(self._transport, self.bind)
             self._sender = HeartbeatSender(self._transport, self.pub, self.interval, self.timeout, self.node.name)
-            await asyncio.get_running_loop().run_in_executor(None, self._sender.start_and_wait)
             self._receiver = HeartbeatReceiver(self._transport, self.node.name,
                                                period=self.interval / self.tick_fraction)
-            await asyncio.get_running_loop().run_in_executor(None, self._receiver.start_and_wait)
+            for part in (self._sender, self._receiver):
+                if self._transport.threads:  # a thread binds its socket: wait for it off the loop
+                    await asyncio.get_running_loop().run_in_executor(None, part.start_and_wait)
+                else:
+                    part.start_and_wait()  # a task on this loop (the simulation)
         except BaseException:
             self._close_sockets(keep_transport=False)
             raise
@@ -288,7 +292,10 @@ class DiscoveryActor(Actor):
                 final = None
         if self._sender is not None:
             sender = self._sender
-            await asyncio.get_running_loop().run_in_executor(None, lambda: sender.stop(final))
+            if self._transport is not None and not self._transport.threads:
+                sender.stop(final)
+            else:
+                await asyncio.get_running_loop().run_in_executor(None, lambda: sender.stop(final))
         self._close_sockets(keep_transport=not stopping)
 
     def _close_sockets(self, keep_transport: bool) -> None:
