@@ -49,6 +49,13 @@ class SyncThreads:
     def run(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
+        if getattr(loop, "simulated", False):
+            # the simulation has no threads (DESIGN §4): a sync consumer runs inline, in order
+            try:
+                fut.set_result(fn())
+            except BaseException as e:  # noqa: BLE001 - the pool awaits it
+                fut.set_exception(e)
+            return fut
         with self._lock:
             if self._closed:
                 raise RuntimeError("sync consumer threads are shut down")

@@ -38,6 +38,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Union
 
+from ..plants import PLANTS
 from .view import InstanceView, TopologyEvent, TopologyEventType, TopologyView
 
 RANK_STEP = 1e-3  # how far behind the last member a joiner is ranked (seconds)
@@ -632,7 +633,7 @@ class Membership:
 
     def _build_view(self) -> TopologyView:
         ordered = self._ordered()
-        leader = ordered[0].name
+        leader = ordered[-1 if PLANTS.active("leader-not-oldest") else 0].name
         instances = tuple(
             InstanceView(
                 name=i.name,

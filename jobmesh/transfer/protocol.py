@@ -1441,6 +1441,10 @@ class TargetProtocol:
         for origin, items in by_origin.items():
             for chunk in _chunks(items, self.cfg.max_batch):
                 out.append(Send(origin, Result(tuple(chunk))))
+            if PLANTS.active("forget-before-ack"):  # planted bug: the outbox does not wait for the ack
+                for r in items:
+                    self._del_copy(r.id)
+                    out.append(ForgetJob(r.id, r.attempt, "sent"))
         if by_origin:
             # results already pending were covered by the timer announced then: only the new
             # ones' deadline matters (no scan of the whole outbox per result)
