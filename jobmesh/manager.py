@@ -282,6 +282,12 @@ class JobManager(Actor):
         self._queue_actors[job.queue].tell(("requeue", job))
         return _snapshot(job)
 
+    def processing_times(self) -> dict[str, float]:
+        """Average processing time per topic, in seconds (the offloader's estimate of a job's
+        length; read often, so no statistics JSON is built for it)."""
+        return {t: s.processing_total / s.processing_n / 1000.0 for t, s in self._by_topic.items()
+                if s.processing_n and s.processing_total > 0}
+
     async def statistics(self) -> dict[str, Any]:
         return {
             "overall": self.overall.to_json(),

@@ -34,6 +34,7 @@ from .. import wire
 from ..actor import Actor
 from ..errors import NameInUse, ValidationError
 from ..plants import PLANTS
+from ..wakeup import Wakeup
 from ..topics import matches
 from ..transport import (
     Dealer,
@@ -161,7 +162,7 @@ class DiscoveryActor(Actor):
         self._transport: Transport | None = None
         self._sender: HeartbeatSender | None = None
         self._receiver: HeartbeatReceiver | None = None
-        self._join_wanted = asyncio.Event()
+        self._join_wanted = Wakeup()
         # level-triggered repair: seeds and remembered endpoints that are not live members
         self._prober = Prober(initial=0.1, cap=min(self.timeout, max(1.0, 4 * self.interval)),
                              rng=random.Random(_rng.current().getrandbits(64)))
@@ -462,11 +463,7 @@ class DiscoveryActor(Actor):
         backoff = backoff_min
         period = self.interval / 2
         while True:
-            try:
-                await asyncio.wait_for(self._join_wanted.wait(), period)
-            except asyncio.TimeoutError:
-                pass
-            self._join_wanted.clear()
+            await self._join_wanted.wait(period)
             core = self._core
             assert core is not None
             if core.rejoining:

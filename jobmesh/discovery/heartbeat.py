@@ -27,6 +27,7 @@ import structlog
 from .. import clock as _clock
 from .. import wire
 from ..transport import TransportClosed
+from ..wakeup import Wakeup
 
 log = structlog.get_logger("jobmesh.discovery.heartbeat")
 
@@ -110,7 +111,7 @@ class HeartbeatSender:
         self._task: asyncio.Task[None] | None = None
         self._sock: Any = None  # the task's socket (simulation)
         self._wake = threading.Event()
-        self._awake: asyncio.Event | None = None
+        self._awake: Wakeup | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._name = f"jobmesh-heartbeat-{node}"
@@ -121,7 +122,7 @@ class HeartbeatSender:
         """Start; raise what binding the PUB socket raised (e.g. port in use)."""
         if not self.threaded:
             sock = self._sock = self.transport.pub(self.endpoint)  # BindError propagates
-            self._awake = asyncio.Event()
+            self._awake = Wakeup()
             self._task = asyncio.get_running_loop().create_task(self._arun(sock), name=self._name)
             return
         self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
@@ -210,11 +211,7 @@ class HeartbeatSender:
         try:
             next_due = self.clock()
             while True:
-                try:
-                    await asyncio.wait_for(self._awake.wait(), min(self.interval, max(0.0, next_due - self.clock())))
-                except asyncio.TimeoutError:
-                    pass
-                self._awake.clear()
+                await self._awake.wait(min(self.interval, max(0.0, next_due - self.clock())))
                 now = self.clock()
                 frames, stop = self._state.due(now)
                 if stop:

@@ -141,15 +141,9 @@ class OffloaderActor(Actor):
 
     async def _durations(self) -> dict[str, float]:
         try:
-            stats = await self.node.jobs.statistics()
+            return self.node.jobs.processing_times()
         except Exception:
             return {}
-        out = {}
-        for topic, s in stats.get("topics", {}).items():
-            ms = s.get("average_processing_time") or 0.0
-            if ms > 0:
-                out[topic] = ms / 1000.0
-        return out
 
     def _idle(self) -> bool:
         """Nothing to decide: nothing of ours can move, and stealing cannot apply (no free
