@@ -21,7 +21,7 @@ import structlog
 from .actor import Actor, ActorSystem
 from .config import NodeConfig, QueueConfig
 from .consumers.pool import ConsumerPool
-from .consumers.registry import ConsumerSpec, consumers_in_module, spec_of
+from .consumers.registry import ConsumerSpec, check_new_consumer, consumers_in_module, spec_of
 from .discovery.view import InstanceView, TopologyEvent, TopologyEventType, TopologyView
 from .events import EventBus
 from .manager import JobManager
@@ -267,6 +267,9 @@ class Node:
     def add_consumer(self, consumer: Any) -> ConsumerSpec:
         """Register a ``@consumer`` function, a ``ConsumerActor`` subclass or instance."""
         spec = spec_of(consumer)
+        same = check_new_consumer(spec, [*self.pool.index.specs, *self._pending_consumers, *self._starting])
+        if same is not None:  # the same consumer twice (a module imported twice): one registration
+            return same
         if not self._running:
             self._pending_consumers.append(spec)
         elif spec.actor is not None:
@@ -375,8 +378,9 @@ class Node:
 
     def _local_view(self) -> TopologyView:
         me = InstanceView(
-            name=self.name, incarnation=self.started_at, endpoint=self.config.bind,
-            pub_endpoint=self.config.pub_endpoint if self.config.bind else None,
+            name=self.name, incarnation=self.started_at,
+            endpoint=self.config.advertise_endpoint if self.config.bind else None,
+            pub_endpoint=self.config.advertise_pub_endpoint if self.config.bind else None,
             topics=tuple(self.consumer_topics()), offload_topics=tuple(self.offload_topics()),
             capacity=self.capacity_snapshot(), properties=dict(self._properties),
             leader=True, local=True,
