@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from .actor import Actor
 from .config import NodeConfig
+from .consumers.context import failure_entries
 from .errors import Conflict, NotFound, ValidationError
 from .events import JOB_ADDED, EventBus, Notification, notification_topic
 from .job import FINAL_STATES, Job, JobIdGenerator, JobState, Progress, iso
@@ -101,6 +102,7 @@ class JobManager(Actor):
         self._queue_actors: dict[str, Actor] = {}
         self.pool: Any = None
         self._live: dict[str, Job] = {}
+        self._failures_logged: dict[str, int] = {}  # job id -> the last failed attempt logged
         self._waiters: dict[str, list[asyncio.Future[Job]]] = {}
         self._started_at = clock()
         self.overall = Stats(self._started_at)
@@ -228,6 +230,9 @@ class JobManager(Actor):
         self._waiters.setdefault(job_id, []).append(fut)
         try:
             return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:  # say where the job is: a bare TimeoutError explains nothing
+            now_job = await self.get(job_id) or job
+            raise asyncio.TimeoutError(f"job {job_id} is not final after {timeout:g} s: {describe_state(now_job)}") from None
         finally:
             lst = self._waiters.get(job_id)
             if lst is not None and fut in lst:
@@ -312,6 +317,10 @@ class JobManager(Actor):
         info["statistics"] = self._queue_stats(name).to_json()
         return info
 
+    def running_jobs(self) -> list[Job]:
+        """Jobs ACTIVE in this node's consumer pool now (a copy of the list: any thread may call)."""
+        return [j for j in list(self._live.values()) if j.state is _ACTIVE]
+
     def queued_count(self) -> int:
         return self.overall.queued
 
@@ -383,6 +392,8 @@ class JobManager(Actor):
         agg: dict[tuple[str, str, JobState, JobState, bool], list[float]] = {}
         live, waiters, events = self._live, self._waiters, self.events
         for job, old, new, processing_ms, how in transitions:
+            if how == "FAILED" and old is _ACTIVE:
+                self._log_failure(job, new, now)
             key = (job.queue, job.topic, old, new, how == "ABORTED")
             a = agg.get(key)
             if a is None:
@@ -424,6 +435,32 @@ class JobManager(Actor):
                 if proc_n and not aborted:
                     st.processing_total += proc_total
                     st.processing_n += proc_n
+
+    def _log_failure(self, job: Job, new: JobState, now: float) -> None:
+        """A failed attempt is a WARNING with its attempt number, what happens next and its
+        traceback (unless it repeats the previous attempt's), as Celery and Dramatiq workers do.
+        Read from the job's log entries: by the time this transition arrives the engine may
+        already be running the next attempt of the same job object."""
+        last = self._failures_logged.get(job.id, 0)
+        entries = failure_entries(job, last)
+        if new is not _QUEUED:
+            self._failures_logged.pop(job.id, None)
+        elif entries:
+            self._failures_logged[job.id] = entries[0].attempt
+            if len(self._failures_logged) > MAX_TOPIC_STATS:  # bounded: forget the oldest
+                self._failures_logged.pop(next(iter(self._failures_logged)))
+        fields: dict[str, Any] = {"job_id": job.id, "topic": job.topic}
+        if entries:
+            e = entries[0]
+            fields.update(attempt=e.attempt, detail=e.detail, error=e.error)
+            if e.traceback:
+                fields["exception"] = e.traceback
+        else:  # no entry (a result from another node, a trimmed log): what the record says now
+            fields.update(attempt=job.attempt, retry=_retries(job), error=job.result_message)
+        if new is _QUEUED:
+            self.log.warning("job failed; retrying", **fields)
+        elif new is JobState.GIVEN_UP and "exception" in fields:  # else the queue's "job given up" says it
+            self.log.warning("job failed; no retries left", **fields)
 
     def _transition(self, job: Job, old: JobState, new: JobState, processing_ms: float | None, how: str) -> None:
         self._transitions([(job, old, new, processing_ms, how)])
@@ -471,6 +508,22 @@ class JobManager(Actor):
         if total:
             self.log.debug("history cleaned", removed=total)
         return total
+
+
+def _retries(job: Job) -> str:
+    return f"{job.retry_count}/forever" if job.max_retries < 0 else f"{job.retry_count}/{job.max_retries}"
+
+
+def describe_state(job: Job) -> str:
+    """One phrase for where a job is: ``QUEUED, retry 3/10, last error: NameError: ...``."""
+    parts = [job.state.value]
+    if job.target and job.target != job.origin:
+        parts.append(f"at {job.target}")
+    if job.retry_count:
+        parts.append(f"retry {_retries(job)}")
+    if job.result_message:
+        parts.append(f"last error: {job.result_message}" if job.state is not _SUCCEEDED else job.result_message)
+    return ", ".join(parts)
 
 
 def _snapshot(job: Job) -> Job:
