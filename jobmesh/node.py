@@ -65,6 +65,8 @@ class Node:
                 raise TypeError(f"Node() got an unknown option {key!r}")
             setattr(cfg, key, value)
         cfg.validate()
+        from .log import ensure_logging
+        ensure_logging(cfg.log_format)  # before any actor binds a logger: never structlog's default (stdout)
         self.config = cfg
         self.name = cfg.name
         self.clock = clock
@@ -118,6 +120,7 @@ class Node:
         self._stopping = False
         self.stopped = asyncio.Event() if _has_loop() else None
         self.escalated: BaseException | None = None
+        self._watchdog: Any = None
 
     # -- lifecycle -----------------------------------------------------------
     async def start(self) -> "Node":
@@ -134,6 +137,7 @@ class Node:
             await self._system.stop_all()
             raise
         self._running = True
+        self._start_watchdog()
         self._publish_offloading()  # in the properties before discovery reads them
         await self._start_optional_guarded()
         self.log.info("node started", data=self.config.data, queues=list(self._queue_actors),
@@ -240,6 +244,8 @@ class Node:
             except Exception as exc:
                 self.log.error("final store flush failed", error=repr(exc))
         finally:
+            if self._watchdog is not None:
+                self._watchdog.stop()
             await self._system.stop_all()
             self._running = False
             self._stopping = False
@@ -305,6 +311,24 @@ class Node:
         return pats
 
     # -- observation -------------------------------------------------------------
+    def _start_watchdog(self) -> None:
+        """A thread that names the job blocking the event loop while it blocks (consumers/watchdog.py)."""
+        from .consumers.watchdog import LoopWatchdog
+        self._watchdog = LoopWatchdog(self.log, describe=self.describe_running_jobs)
+        self._watchdog.start()
+
+    def describe_running_jobs(self) -> list[dict[str, Any]]:
+        """The jobs running here now: ``{"job_id", "topic", "consumer", "async"}`` each. ``async``
+        ones run on the event loop: when the loop lags, one of them is blocking it (a sync
+        ``def`` consumer would run in a thread). Safe to call from any thread (a snapshot).
+        Discovery's lag warning (``_lag_monitor``) may add these to its line."""
+        out = []
+        for job in self.jobs.running_jobs():
+            spec = self.pool.index.find(job.topic)
+            out.append({"job_id": job.id, "topic": job.topic, "consumer": spec.name if spec else None,
+                        "async": bool(spec.is_async) if spec else False})
+        return out
+
     def capacity_snapshot(self) -> dict[str, Any]:
         snap = self.pool.snapshot()
         queued = max(0, self.jobs.queued_count())
