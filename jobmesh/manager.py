@@ -23,6 +23,7 @@ from .consumers.context import failure_entries
 from .errors import Conflict, NotFound, ValidationError
 from .events import JOB_ADDED, EventBus, Notification, notification_topic
 from .job import FINAL_STATES, Job, JobIdGenerator, JobState, Progress, iso
+from .job_queries import JobQueries
 from .queues.core import QueueMatcher
 from .topics import TopicError, validate_topic
 
@@ -103,6 +104,8 @@ class JobManager(Actor):
         self.pool: Any = None
         self._live: dict[str, Job] = {}
         self._failures_logged: dict[str, int] = {}  # job id -> the last failed attempt logged
+        self._ran_here: dict[str, str] = {}  # other nodes' jobs that ran here: id -> origin (bounded)
+        self.queries = JobQueries(store.path) if hasattr(store, "path") else None
         self._waiters: dict[str, list[asyncio.Future[Job]]] = {}
         self._started_at = clock()
         self.overall = Stats(self._started_at)
@@ -130,6 +133,10 @@ class JobManager(Actor):
                 else:
                     s.active += n
         self.spawn(self._cleanup_loop(), name="job-manager:cleanup")
+
+    async def on_stop(self) -> None:
+        if self.queries is not None:
+            self.queries.close()
 
     # -- the API (DESIGN §5.3) ---------------------------------------------
     async def add(self, topic: str, properties: dict[str, Any] | None = None) -> Job:
@@ -200,7 +207,7 @@ class JobManager(Actor):
     async def _get_or_404(self, job_id: str) -> Job:
         job = await self.get(job_id)
         if job is None:
-            raise NotFound(f"job {job_id} not found")
+            raise self.not_found(job_id)
         return job
 
     async def find(self, state: str | JobState | None = None, topic: str | None = None,
@@ -217,9 +224,43 @@ class JobManager(Actor):
             raise ValidationError("limit must be an integer") from None
         if not 1 <= limit <= 10_000:
             raise ValidationError("limit must be between 1 and 10000")
-        jobs = await self.store.find_async(st, topic, queue, limit)
+        if topic is not None and "*" in topic and self.queries is not None:  # a pattern: 'demo/*'
+            jobs = await self.queries.find(st, topic, queue, limit)
+        else:
+            jobs = await self.store.find_async(st, topic, queue, limit)
         live = self._live
         return [_snapshot(live[j.id]) if j.id in live and live[j.id].state.value == j.state.value else j for j in jobs]
+
+    async def find_page(self, state: str | JobState | None = None, topic: str | None = None,
+                        queue: str | None = None, limit: int = 100) -> tuple[list[Job], int]:
+        """``find`` and how many jobs match in all (counted only when the page is full)."""
+        jobs = await self.find(state, topic, queue, limit)
+        if len(jobs) < int(limit) or self.queries is None:
+            return jobs, len(jobs)
+        st = state.value if isinstance(state, JobState) else (str(state).upper() if state is not None else None)
+        return jobs, max(len(jobs), await self.queries.count(st, topic, queue))
+
+    async def resolve_id(self, job_id: str) -> str:
+        """``job_id`` itself when this node knows it, else the one job id it is a prefix of;
+        NotFound says where the job went when it ran here for another node."""
+        if await self.get(job_id) is not None:
+            return job_id
+        if self.queries is not None and all(c in "0123456789abcdef-" for c in job_id):
+            try:
+                return await self.queries.resolve_prefix(job_id)
+            except NotFound:
+                pass
+        raise self.not_found(job_id)
+
+    def not_found(self, job_id: str) -> NotFound:
+        """A NotFound that points to the job's origin when this node ran it as a target."""
+        origin = self._ran_here.get(job_id)
+        if origin is None:
+            return NotFound(f"job {job_id} not found")
+        err = NotFound(f"job {job_id} is not kept here: it ran here for its origin {origin}, which keeps "
+                       f"its record; ask {origin}")
+        err.origin = origin  # type: ignore[attr-defined]
+        return err
 
     async def wait(self, job_id: str, timeout: float | None = None) -> Job:
         """The job once it is final (asyncio.TimeoutError after ``timeout``); NotFound if unknown."""
@@ -353,7 +394,11 @@ class JobManager(Actor):
 
     def _foreign_done(self, done: list[tuple[Job, JobState]]) -> None:
         """Copies that ended here (their outcome went to the transfer outbox; the origin records it)."""
+        ran = self._ran_here
         for job, old in done:
+            ran[job.id] = job.origin
+            if len(ran) > MAX_TOPIC_STATS:  # bounded: forget the oldest
+                ran.pop(next(iter(ran)))
             for s in self._scopes(job.queue, job.topic):
                 if old is JobState.QUEUED:
                     s.queued -= 1
