@@ -213,6 +213,7 @@ class Node:
                 self.http = http_cls(self)
                 await self._system.start(self.http)
                 self.http_url = getattr(self.http, "url", None) or f"http://{self.config.http}"
+                self.set_property("http_url", self.http_url)  # members point clients here (a job's origin)
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful: stop taking jobs, let running ones finish for ``grace`` s, persist the rest."""
