@@ -415,7 +415,7 @@ class Dealer:
         try:
             await asyncio.wait_for(self._sock.send_multipart(frames), timeout)
         except asyncio.TimeoutError:
-            raise PeerUnreachable(f"could not send to {self.endpoint} within {timeout}s") from None
+            raise PeerUnreachable(f"could not send to {self.endpoint} within {timeout:.1f} s") from None
 
     async def recv(self, timeout: float) -> wire.Message:
         """The next valid message; bad ones are logged and skipped. ``RequestTimeout`` after ``timeout``."""
@@ -423,11 +423,11 @@ class Dealer:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise RequestTimeout(f"no answer from {self.endpoint} within {timeout}s")
+                raise RequestTimeout(f"no answer from {self.endpoint} within {timeout:.1f} s")
             try:
                 frames = await asyncio.wait_for(self._sock.recv_multipart(), left)
             except asyncio.TimeoutError:
-                raise RequestTimeout(f"no answer from {self.endpoint} within {timeout}s") from None
+                raise RequestTimeout(f"no answer from {self.endpoint} within {timeout:.1f} s") from None
             try:
                 return wire.decode(frames)
             except wire.WireError as e:
