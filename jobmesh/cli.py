@@ -44,6 +44,8 @@ class ApiClient:
 
     def __init__(self, url: str, token: str | None = None, timeout: float = 10.0) -> None:
         url = url.strip()
+        if url.isdigit() or (url.startswith(":") and url[1:].isdigit()):  # a bare port, as --http takes
+            url = "127.0.0.1:" + url.lstrip(":")
         if "://" not in url:  # "127.0.0.1:8471" is what people type
             url = "http://" + url
         self.url = url.rstrip("/")

@@ -117,6 +117,5 @@ class LoopWatchdog:
                     f" and {len(running) - 3} more" if len(running) > 3 else "")
         if "job_id" in info or "running" in info:
             self.log.warning("event loop blocked by a consumer", blocked_for=f"{silent:.1f}s", hint=HINT, **info)
-        else:
-            self.log.warning("event loop blocked", blocked_for=f"{silent:.1f}s",
-                             hint="code running on the event loop must not block it", **info)
+        else:  # start-up imports, a host program's own code: discovery's lag line covers these
+            self.log.debug("event loop blocked", blocked_for=f"{silent:.1f}s", **info)
