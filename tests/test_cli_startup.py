@@ -41,7 +41,7 @@ def one_line_error(r: subprocess.CompletedProcess[str], *fragments: str) -> str:
     (["--seed", "127.0.0.1:5701"], ["--seed", "write tcp://127.0.0.1:5701"]),
     (["--http", "localhost"], ["--http", "HOST:PORT"]),
     (["--http", "127.0.0.1:70000"], ["out of range"]),
-    (["--consumers", "my_consumers.py"], ["not a file", "--consumers my_consumers"]),
+    (["--bind", "auto", "--consumers", "my_consumers.py"], ["not a file", "--consumers my_consumers"]),
 ])
 def test_bad_flags_are_one_line_with_the_fix(tmp_path: Path, flags: list[str], fragments: list[str]) -> None:
     (tmp_path / "my_consumers.py").write_text("import jobmesh\n")
@@ -67,6 +67,12 @@ def test_port_in_use_names_the_heartbeat_port(tmp_path: Path) -> None:
         one_line_error(r, f"port {http} is in use", "--http")
 
 
+def test_the_default_ports_are_taken_during_the_suite(tmp_path: Path) -> None:
+    """conftest holds 5701/5702/8471 (no test may use them); a node on the defaults says so in one line."""
+    r = jobmesh("node", "--data", "d", cwd=tmp_path)
+    one_line_error(r, "is in use", "--bind auto")
+
+
 @pytest.mark.parametrize("source,fragments", [
     ("import jobmesh\nimport requestz\n", ["my_consumers.py line 2", "No module named 'requestz'", "pip install requestz"]),
     ("import jobmesh\n\n@jobmesh.consumer('a/b')\nasync def f():\n    pass\n",
@@ -83,7 +89,7 @@ def test_consumer_module_errors_name_file_and_line(tmp_path: Path, source: str, 
 
 def test_missing_module_suggests_a_close_name(tmp_path: Path) -> None:
     (tmp_path / "my_consumers.py").write_text("import jobmesh\n")
-    r = jobmesh("node", "--data", "d", "--http", "off", "--consumers", "my_consumerz", cwd=tmp_path)
+    r = jobmesh("node", "--data", "d", "--bind", "auto", "--http", "off", "--consumers", "my_consumerz", cwd=tmp_path)
     one_line_error(r, "no module named 'my_consumerz'", "did you mean 'my_consumers'?")
 
 
