@@ -252,8 +252,8 @@ class DiscoveryActor(Actor):
         for ep in (self.advertise, self.advertise_pub):
             if "://*" in ep or "://0.0.0.0" in ep or "://[::]" in ep:
                 # peers connect to the endpoints we advertise, and cannot connect to a wildcard
-                self.log.warning("a wildcard endpoint is advertised to peers; set advertise (--advertise "
-                                 "tcp://HOST) to an address they reach", endpoint=ep)
+                self.log.warning("a wildcard endpoint is advertised to peers", endpoint=ep,
+                                 hint="set advertise (--advertise tcp://HOST) to an address they reach")
 
     async def on_stop(self) -> None:
         final = None
