@@ -652,10 +652,13 @@ def cmd_node(args: argparse.Namespace) -> int:
 
     import asyncio
 
+    from .errors import DataDirInUse, NameInUse
     from .runner import run_node
 
     try:
         return int(asyncio.run(run_node(config, modules)) or 0)
+    except (DataDirInUse, NameInUse) as e:  # --data or --name belongs to another live node: one line
+        raise CliError(str(e), code=2) from None
     except KeyboardInterrupt:  # a second Ctrl-C while draining
         return 130
 

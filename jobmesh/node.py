@@ -22,6 +22,7 @@ from .actor import Actor, ActorSystem
 from .config import NodeConfig, QueueConfig
 from .consumers.pool import ConsumerPool
 from .consumers.registry import ConsumerSpec, check_new_consumer, consumers_in_module, spec_of
+from .datadir import DataDirLock
 from .discovery.view import InstanceView, TopologyEvent, TopologyEventType, TopologyView
 from .events import EventBus
 from .manager import JobManager
@@ -74,6 +75,7 @@ class Node:
         self.events = EventBus()
         self.log = log.bind(node=self.name)
         self._system = ActorSystem(on_escalate=self._on_escalate)
+        self._data_lock = DataDirLock(cfg.data, cfg.name)
         self.store = Store(Path(cfg.data) / "jobs.db", durability=cfg.durability, clock=clock)
         self.jobs = JobManager(cfg, self.store, self.events, clock=clock)
         self.pool = ConsumerPool(cfg.name, cfg.capacity, self.store, stop_grace=cfg.stop_grace, clock=clock)
@@ -92,6 +94,7 @@ class Node:
                                                      cfg.offloading.disabled_topics)
         for qa in self._queue_actors.values():
             qa.runnable = self._runnable
+            qa.free_slots = self.pool.free_slots
         self.transfer: Any = None
         self.offloader: Any = None
         if cfg.bind:
@@ -120,6 +123,7 @@ class Node:
         self._stopping = False
         self.stopped = asyncio.Event() if _has_loop() else None
         self.escalated: BaseException | None = None
+        self.fatal: Exception | None = None  # why a part stopped the node (e.g. its name is taken)
         self._watchdog: Any = None
 
     # -- lifecycle -----------------------------------------------------------
@@ -130,11 +134,14 @@ class Node:
             self.stopped = asyncio.Event()
         self.stopped.clear()
         self.started_at = self.clock()
+        # Before anything opens a file there: DataDirInUse leaves nothing started.
+        self._data_lock.acquire(self.started_at)
         try:
             await self._start_actors()
         except BaseException:
             self.log.error("node failed to start; stopping what was started")
             await self._system.stop_all()
+            self._data_lock.release()
             raise
         self._running = True
         self._start_watchdog()
@@ -150,6 +157,7 @@ class Node:
         except BaseException:
             self._running = False
             await self._system.stop_all()
+            self._data_lock.release()
             raise
 
     async def _start_actors(self) -> None:
@@ -248,6 +256,7 @@ class Node:
             if self._watchdog is not None:
                 self._watchdog.stop()
             await self._system.stop_all()
+            self._data_lock.release()  # after the store closed: the next node may open it now
             self._running = False
             self._stopping = False
             if self.stopped is not None:
@@ -269,6 +278,15 @@ class Node:
         self.escalated = exc
         self.log.critical("actor escalated; shutting the node down", actor=actor.name, error=repr(exc))
         return self.stop(grace=min(self.config.shutdown_grace, 5.0))
+
+    def fail(self, error: Exception) -> None:
+        """A part found a reason this node must not run (its name belongs to a live member):
+        stop it and keep the reason, which ``jobmesh node`` prints as its one-line error."""
+        if self.fatal is None:
+            self.fatal = error
+        if self._running and not self._stopping:
+            self.log.error("node stopping", reason=str(error))
+            asyncio.ensure_future(self.stop(grace=min(self.config.shutdown_grace, 5.0)))
 
     # -- consumers -------------------------------------------------------------
     def add_consumer(self, consumer: Any) -> ConsumerSpec:
@@ -346,6 +364,14 @@ class Node:
             "throughput": snap["throughput"],
             "movable": max(0, queued - foreign),
         }
+
+    def repairs(self) -> dict[str, int]:
+        """Repairs made by the level-triggered checks (DESIGN §3), by kind; each is a bug found."""
+        out = {"watchdog_requeue": sum(qa.repairs for qa in self._queue_actors.values())}
+        if self.transfer is not None:
+            for kind, n in self.transfer.repairs.items():
+                out[kind] = out.get(kind, 0) + n
+        return out
 
     def queue_config(self, name: str) -> QueueConfig:
         qa = self._queue_actors.get(name)

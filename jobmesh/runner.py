@@ -2,7 +2,9 @@
 
 The first signal drains gracefully (no new jobs start, running ones get
 ``config.shutdown_grace`` seconds, everything else stays QUEUED on disk); a second
-signal skips the wait for running jobs.
+signal skips the wait for running jobs. Either way, what still runs then goes back to
+QUEUED as an interrupted run and the process exits without waiting for a sync
+consumer's thread (see ``consumers.pool``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import structlog
 
 from .config import NodeConfig
+from .errors import DataDirInUse
 from .node import Node
 
 log = structlog.get_logger("jobmesh.runner")
@@ -33,7 +36,12 @@ def load_consumer_modules(node: Node, modules: list[str]) -> int:
 
 
 async def run_node(config: NodeConfig, consumer_modules: list[str]) -> int:
-    """Run until a signal; 0 on a clean stop, 1 if an actor escalated, 2 on bad consumers."""
+    """Run until a signal; 0 on a clean stop, 1 if an actor escalated, 2 on bad consumers.
+
+    ``DataDirInUse`` (another live node owns ``config.data``) is raised, not logged: it is
+    a usage error the caller reports in one line, and nothing was started. So is the reason
+    a part stopped the node with ``node.fail`` (``NameInUse``: its name is taken), after the stop.
+    """
     node = Node(config=config)
     try:
         count = load_consumer_modules(node, consumer_modules)
@@ -73,6 +81,8 @@ async def run_node(config: NodeConfig, consumer_modules: list[str]) -> int:
         stop_task.cancel()
         if node.running:
             await node.stop(grace=config.shutdown_grace if signals < 2 else 0.0)
+    except DataDirInUse:
+        raise
     except Exception as exc:
         log.error("node failed", error=repr(exc), exc_info=exc)
         if node.running:
@@ -81,6 +91,8 @@ async def run_node(config: NodeConfig, consumer_modules: list[str]) -> int:
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+    if node.fatal is not None:
+        raise node.fatal  # e.g. NameInUse: the caller says it in one line
     return 1 if node.escalated is not None else 0
 
 

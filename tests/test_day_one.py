@@ -193,3 +193,17 @@ async def test_a_wildcard_bind_advertises_the_advertise_endpoint(tmp_path: Path)
         seen = view.instance("a")
         assert (seen.endpoint, seen.pub_endpoint) == (f"tcp://127.0.0.1:{pa}", f"tcp://127.0.0.1:{pa + 1}")
         assert a.topology.instance("a").endpoint == f"tcp://127.0.0.1:{pa}"
+
+
+@jobmesh.consumer("day1/sync-fail")
+def sync_fails(job: jobmesh.Job) -> None:
+    raise ValueError("sync boom")
+
+
+async def test_a_sync_consumers_traceback_has_no_runtime_frames(node_factory: Any) -> None:
+    node = await node_factory([sync_fails])
+    job = await node.jobs.add("day1/sync-fail", {"retry_delay": 0})
+    done = await node.jobs.wait(job.id, timeout=10)
+    first = done.progress.log[0]
+    assert first.startswith("attempt 1 failed") and 'raise ValueError("sync boom")' in first
+    assert "pool.py" not in first and "threads.py" not in first

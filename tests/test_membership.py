@@ -22,9 +22,11 @@ from jobmesh.discovery.membership import (
     MemberInfo,
     Membership,
     NameClash,
+    NameTaken,
     Rejoin,
     ViewEvent,
 )
+from jobmesh.discovery.probe import PeerBook, Prober
 from jobmesh.discovery.view import TopologyEvent, TopologyEventType as T
 
 INTERVAL = 0.5
@@ -45,6 +47,8 @@ class SimNode:
     paused: bool = False
     next_hb: float = 0.0
     last_sent: float = 0.0
+    prober: Prober | None = None
+    book: PeerBook = field(default_factory=PeerBook)
 
 
 class Sim:
@@ -52,6 +56,9 @@ class Sim:
         self.now = start
         self.nodes: dict[str, SimNode] = {}
         self.retired: list[SimNode] = []  # earlier incarnations, for the event checks
+        self.probing = False  # level-triggered repair on: nodes probe seeds and remembered members
+        self.cut: set[frozenset[str]] = set()  # pairs that cannot reach each other (partitions)
+        self.books: dict[str, PeerBook] = {}  # each node's remembered members (its data directory)
 
     # -- nodes -----------------------------------------------------------------
     def start(self, name: str, seeds: list[str] | None = None, incarnation: float | None = None) -> SimNode:
@@ -61,7 +68,9 @@ class Sim:
         local = MemberInfo(name, inc, inc, endpoint=f"router:{name}", pub_endpoint=f"pub:{name}", topics=("t/a",))
         m = Membership(local, now=self.now, heartbeat_interval=INTERVAL, heartbeat_timeout=TIMEOUT,
                        expect_join=bool(seeds))
-        node = SimNode(name, m, list(seeds or []), next_hb=self.now, last_sent=self.now)
+        node = SimNode(name, m, list(seeds or []), next_hb=self.now, last_sent=self.now,
+                       prober=Prober(0.1, min(TIMEOUT, max(1.0, 4 * INTERVAL))),
+                       book=self.books.setdefault(name, PeerBook()))
         self.nodes[name] = node
         self.apply(node, m.drain())
         if seeds:
@@ -90,16 +99,39 @@ class Sim:
         node = self.nodes.get(name)
         return node if node is not None and self.up(node) else None
 
+    def reachable(self, a: str, b: str) -> bool:
+        return frozenset((a, b)) not in self.cut
+
+    def partition(self, *groups: list[str]) -> None:
+        self.cut = {frozenset((x, y)) for g in groups for h in groups if g is not h for x in g for y in h}
+
+    def heal(self) -> None:
+        self.cut = set()
+
     def join(self, node: SimNode, endpoints: list[str]) -> bool:
         for ep in endpoints:
             seed = self.by_router(ep)
-            if seed is None or seed is node:
+            if seed is None or seed is node or not self.reachable(seed.name, node.name):
                 continue
-            outs, reply = seed.m.on_join_request(node.m.local.to_wire(), self.now)
+            outs, reply = seed.m.on_join_request(node.m.join_body(), self.now)
             self.apply(seed, outs)
             self.apply(node, node.m.on_join_reply(reply, self.now))
             return True
         return False
+
+    def probe(self, node: SimNode) -> None:
+        """What the discovery actor's join loop does between rejoins (DESIGN §3 repair)."""
+        assert node.prober is not None
+        if node.m.rejoining:
+            return
+        members = node.m.members()
+        candidates = [f"router:{s}" for s in node.seeds] + node.book.endpoints(self.now)
+        candidates = [c for c in candidates if c != node.m.local.endpoint]
+        for ep in node.prober.due(candidates, {e for _, e in members if e}, {n for n, _ in members}, self.now):
+            if self.join(node, [ep]):
+                node.prober.answered(ep, ep.split(":", 1)[1], self.now)
+            else:
+                node.prober.unanswered(ep, self.now)
 
     def apply(self, node: SimNode, outs: list[Any]) -> None:
         for o in outs:
@@ -125,11 +157,15 @@ class Sim:
             node.last_sent = self.now
             body = node.m.heartbeat_body(self.now)
             for other in self.nodes.values():
-                if other is not node and self.up(other) and node.m.local.pub_endpoint in other.subs:
+                if (other is not node and self.up(other) and node.m.local.pub_endpoint in other.subs
+                        and self.reachable(node.name, other.name)):
                     self.apply(other, other.m.on_heartbeat(body, self.now))
         for node in self.nodes.values():
             if self.up(node):
                 self.apply(node, node.m.tick(self.now))
+                node.book.seen([(n, e) for n, e in node.m.members() if n != node.name], self.now)
+                if self.probing:
+                    self.probe(node)
 
     def run(self, seconds: float) -> None:
         for _ in range(int(round(seconds / DT))):
@@ -573,11 +609,14 @@ def test_join_request_ranks_the_joiner_behind_everyone_and_replies_with_ages() -
     # a retried join keeps the rank it was given
     _, again = m.on_join_request(MemberInfo("z", 5.0, 5.0, "router:z", "pub:z").to_wire(), 101.1)
     assert again["rank"] == reply["rank"]
-    with pytest.raises(InvalidMember, match="already taken"):
+    with pytest.raises(InvalidMember, match="already in this topology"):
         m.on_join_request(MemberInfo("a", 1.0, 1.0).to_wire(), 101.2)
     m.on_heartbeat(hb("y", 102.0), 101.3)
     with pytest.raises(InvalidMember, match="newer incarnation"):
-        m.on_join_request(MemberInfo("y", 50.0, 50.0).to_wire(), 101.4)
+        m.on_join_request(MemberInfo("y", 50.0, 50.0, "router:y", "pub:y").to_wire(), 101.4)
+    # another process under a live member's name, elsewhere: refused, naming where the holder is
+    with pytest.raises(NameTaken, match="a node named y is already in this topology at router:y"):
+        m.on_join_request(MemberInfo("y", 150.0, 150.0, "router:y2", "pub:y2").to_wire(), 101.5)
 
 
 def test_leaving_heartbeat_drops_at_once() -> None:
@@ -738,3 +777,141 @@ def test_the_view_is_cached_until_something_it_shows_changes() -> None:
     assert m.view is v
     m.on_heartbeat(hb("b", 101.0, capacity={"active": 2}), 100.3)  # capacity: silent, but shown
     assert m.view is not v and m.view.instance("b").capacity == {"active": 2}
+
+
+# -- level-triggered repair: probing seeds and remembered members (issue 9) --------------
+
+
+def one_topology(sim: Sim) -> bool:
+    names = sorted(n.name for n in sim.live())
+    views = [n.m.view for n in sim.live()]
+    return all(v.current and sorted(v.names) == names for v in views) and len({v.leader for v in views}) == 1
+
+
+def test_restarted_seedless_first_node_finds_the_mesh_it_left() -> None:
+    """The star start: a alone, b and c seeded with a; kill -9 a and start it again as before
+    (no seeds): it probes the members it remembers, and one topology with one leader forms."""
+    sim = Sim()
+    sim.probing = True
+    sim.start("a")
+    sim.run(1)
+    sim.start("b", ["a"])
+    sim.start("c", ["a"])
+    sim.run_until(lambda: sim.agreed(["a", "b", "c"], leader="a"), 3)
+    sim.kill("a")
+    sim.run_until(lambda: sim.agreed(["b", "c"], leader="b"), TIMEOUT + 1)
+    sim.start("a")
+    took = sim.run_until(lambda: one_topology(sim) and len(sim.views()["a"]) == 3, 2 * TIMEOUT)
+    assert took <= 2 * TIMEOUT
+    assert sim.views()["a"] == ["b", "c", "a"]  # the restarted node is a new incarnation: at the back
+    sim.check_events()
+
+
+def test_a_restarted_seed_without_memory_is_found_by_the_nodes_seeded_with_it() -> None:
+    """Same, but a's data directory is gone: b and c keep probing their seed for their whole life."""
+    sim = Sim()
+    sim.probing = True
+    sim.start("a")
+    sim.run(1)
+    sim.start("b", ["a"])
+    sim.start("c", ["a"])
+    sim.run_until(lambda: sim.agreed(["a", "b", "c"]), 3)
+    sim.kill("a")
+    sim.run(TIMEOUT + 2)
+    sim.books["a"] = PeerBook()
+    sim.start("a")
+    sim.run_until(lambda: one_topology(sim) and len(sim.views()["b"]) == 3, 2 * TIMEOUT)
+    assert {v.leader for v in (n.m.view for n in sim.live())} == {"b"}  # b was the oldest left
+    sim.check_events()
+
+
+def test_all_seeded_mesh_heals_after_two_restarts_that_found_each_other_first() -> None:
+    """Four nodes each seeded with the others; c and d stop and start again at once, and join
+    each other before anyone else: without reprobing that stays two topologies for good."""
+    sim = Sim()
+    sim.probing = True
+    names = ["a", "b", "c", "d"]
+    for n in names:
+        sim.start(n, [x for x in names if x != n])
+    sim.run_until(lambda: one_topology(sim) and len(sim.views()["a"]) == 4, 5)
+    sim.kill("c")
+    sim.kill("d")
+    sim.run(TIMEOUT + 1)
+    sim.partition(["a", "b"], ["c", "d"])  # the restarts reach only each other at first
+    sim.start("c", [x for x in names if x != "c"])
+    sim.start("d", [x for x in names if x != "d"])
+    sim.run(4)
+    assert sorted(sim.views()["c"]) == ["c", "d"] and sorted(sim.views()["a"]) == ["a", "b"]
+    sim.heal()
+    took = sim.run_until(lambda: one_topology(sim) and len(sim.views()["a"]) == 4, 2 * TIMEOUT)
+    assert took <= 2 * TIMEOUT
+    assert sim.nodes["a"].m.view.leader == "a"
+    sim.check_events()
+
+
+def test_a_healed_partition_merges_into_one_topology_and_the_oldest_leads() -> None:
+    sim = Sim()
+    sim.probing = True
+    sim.start("a")
+    for n in ["b", "c", "d"]:
+        sim.run(0.3)
+        sim.start(n, ["a"])
+    sim.run_until(lambda: one_topology(sim) and len(sim.views()["a"]) == 4, 5)
+    sim.partition(["a", "b"], ["c", "d"])
+    sim.run_until(lambda: sim.views()["c"] == ["c", "d"] and sim.views()["a"] == ["a", "b"], TIMEOUT + 2)
+    sim.run(10)
+    sim.heal()
+    took = sim.run_until(lambda: one_topology(sim) and len(sim.views()["d"]) == 4, 2 * TIMEOUT)
+    assert took <= 2 * TIMEOUT
+    assert sim.nodes["d"].m.view.leader == "a"  # ranks kept through the merge: the oldest leads
+    assert sim.views()["d"] == ["a", "b", "c", "d"]
+    sim.check_events()
+
+
+def test_a_merge_join_keeps_the_joiners_rank_and_a_fresh_join_does_not() -> None:
+    m = make()
+    m.drain()
+    m.on_heartbeat(hb("b", 101.0), 100.0)
+    m.tick(100.1)
+    body = MemberInfo("z", 5.0, 5.0, "router:z", "pub:z").to_wire()
+    _, fresh = m.on_join_request(body, 101.0)
+    assert fresh["rank"] > 101.0
+    _, merged = m.on_join_request({**MemberInfo("w", 6.0, 6.0, "router:w", "pub:w").to_wire(), "merge": True}, 101.0)
+    assert merged["rank"] == 6.0
+    m.tick(101.1)
+    assert m.view.leader == "w"  # the usual rule over the merged view: the oldest rank leads
+    alone = make()
+    assert "merge" not in alone.join_body()  # a node alone joins fresh, behind everyone
+
+
+def test_prober_backs_off_to_its_cap_and_forgets_live_members() -> None:
+    p = Prober(0.1, 2.0)
+    assert p.due(["x", "y"], set(), set(), 0.0) == ["x", "y"]
+    assert p.due(["x", "y"], set(), set(), 0.0) == []  # in flight
+    t = 0.0
+    for _ in range(8):
+        p.unanswered("x", t)
+        t += 2.0
+        assert p.due(["x"], set(), set(), t) == ["x"]
+    assert p._state["x"].delay == 2.0  # capped: never slower than the cap
+    p.answered("y", "ny", 0.0)
+    assert p.due(["y"], set(), {"ny"}, 10.0) == []  # answered by a live member under another address
+    p.unanswered("x", t)
+    assert p.due(["x"], {"x"}, set(), 100.0) == []
+    assert p.pending() == []  # live members are not tracked
+
+
+def test_peer_book_expires_and_survives_bad_files(tmp_path: Any) -> None:
+    from jobmesh.discovery.probe import load_peer_book, save_peer_book
+
+    book = PeerBook(ttl=100.0)
+    book.seen([("b", "tcp://b:1"), ("c", "tcp://c:1"), ("d", None)], 1000.0)
+    assert book.endpoints(1050.0) == ["tcp://b:1", "tcp://c:1"]
+    save_peer_book(tmp_path, book)
+    again = load_peer_book(tmp_path, ttl=100.0)
+    assert again.endpoints(1050.0) == ["tcp://b:1", "tcp://c:1"] and again.name_at("tcp://b:1") == "b"
+    assert again.endpoints(1200.0) == []
+    (tmp_path / "peers.json").write_text("{not json")
+    assert len(load_peer_book(tmp_path)) == 0
+    (tmp_path / "peers.json").write_text('{"peers": {"tcp://x:1": {"name": 3, "seen": "no"}, "y": 5}}')
+    assert len(load_peer_book(tmp_path)) == 0

@@ -27,6 +27,11 @@ from jobmesh.transfer.protocol import (
     Progress,
     ProtocolConfig,
     ProtocolError,
+    Reconcile,
+    ReconcileReply,
+    ReconcileRequest,
+    ReleaseCopies,
+    Repaired,
     RequeueLocal,
     Result,
     ResultAck,
@@ -45,6 +50,7 @@ from jobmesh.transfer.protocol import (
     TargetJobState,
     TransferProtocol,
     UpdateProgress,
+    VerifyQueued,
     decode_message,
 )
 
@@ -536,6 +542,9 @@ ALL_MESSAGES = [
     Submit("r", "t/x", {"a": [1, 2]}),
     SubmitAck("r", job_id="j"),
     StealRequest(3, ("a/**", "b")),
+    Reconcile(7, (JobRef("j", 1), JobRef("k", 2)), first=True, last=False),
+    ReconcileReply(7, (JobRef("k", 2),)),
+    ReconcileRequest(),
 ]
 
 
@@ -562,6 +571,10 @@ def test_every_type_is_covered() -> None:
     ("submit_ack", {"request_id": "r"}),
     ("submit_ack", {"request_id": "r", "job_id": "j", "error": "e"}),
     ("steal_request", {"count": 0, "topics": []}),
+    ("reconcile", {"round": 1, "items": [["j", -1]], "first": True, "last": True}),
+    ("reconcile", {"round": 1, "items": [{"id": "j", "attempt": 1}], "first": True, "last": True}),
+    ("reconcile", {"round": "1", "items": [], "first": True, "last": True}),
+    ("reconcile_reply", {"round": 1, "missing": [["", 1]]}),
     ("nonsense", {}),
 ])
 def test_malformed_messages_are_refused_with_a_reason(msg_type: str, body: Any) -> None:
@@ -739,3 +752,252 @@ def test_chaos_targets_fail_and_return_every_job_committed_exactly_once(seed: in
     assert nodes["a"].origin.in_flight() == 0
     assert nodes["b"].target.copies() == 0 and nodes["c"].target.copies() == 0
     assert any(a_ > 1 for a_ in attempts.values())  # failures did happen and jobs were re-offered
+
+
+# ---------------------------------------------------------------- reconciliation (issue 9)
+
+
+def accepted_at(a: TransferProtocol, b: TransferProtocol, jobs: list[JobSpec]) -> None:
+    """Offer ``jobs`` from a to b and let b commit them (a hears the acks)."""
+    out = a.origin.offer("b", jobs)
+    bout = deliver(b, "a", out)
+    for c in of(CommitAccepted, bout):
+        deliver(a, "b", b.target.committed(c.origin, [JobRef(j.id, j.attempt) for j in c.jobs]))
+
+
+def test_restored_copies_wait_for_their_origin_and_a_round_repairs_both_ways(clock: FakeClock) -> None:
+    """The target restarts holding copies of job-1 (still wanted) and job-2 (the origin gave it to
+    another node meanwhile); the origin also believes the target has job-3, which it lost. One
+    round confirms job-1 (it may run), drops job-2 (never run), and brings job-3 home."""
+    a = TransferProtocol("a", clock)
+    b = TransferProtocol("b", clock)
+    a.origin.restore("b", [spec(1), spec(3)], accepted=True)
+    b.target.restore("a", [spec(1), spec(2)])
+    assert b.target.copy_state("job-1") == ("a", 1, TargetJobState.HELD)
+    assert b.target.held() == 2
+    out = b.target.peer_up("a")  # a (re)connection: the target asks for a round
+    assert sends(out, ReconcileRequest)
+    round_ = a.receive("b", roundtrip(sends(out, ReconcileRequest)[0].message))
+    assert [r.message.items for r in sends(round_, Reconcile)] == [(JobRef("job-1", 1), JobRef("job-3", 1))]
+    bout = deliver(b, "a", round_)
+    assert of(ReleaseCopies, bout) == [ReleaseCopies("a", (JobRef("job-1", 1),))]
+    assert [(f.id, f.attempt) for f in of(ForgetJob, bout)] == [("job-2", 1)]
+    assert not of(StopLocal, bout)  # a held copy never ran: nothing to stop
+    assert of(Repaired, bout) == [Repaired("copy_unwanted", 1)]
+    assert b.target.copy_state("job-1") == ("a", 1, TargetJobState.COMMITTED)
+    assert b.target.copy_state("job-2") is None
+    aout = deliver(a, "b", bout)
+    assert of(RequeueLocal, aout)[0].jobs == (JobRef("job-3", 1),)
+    assert of(Repaired, aout) == [Repaired("handoff_lost", 1)]
+    assert a.origin.job_state("job-3") is None and a.origin.job_state("job-1") is not None
+
+
+def test_a_resent_handoff_confirms_a_held_copy_and_a_newer_attempt_replaces_it(clock: FakeClock) -> None:
+    b = TransferProtocol("b", clock)
+    b.target.restore("a", [spec(1), spec(2)])
+    out = b.receive("a", Handoff((spec(1), spec(2, attempt=2))))
+    assert of(ReleaseCopies, out) == [ReleaseCopies("a", (JobRef("job-1", 1),))]
+    assert [(f.id, f.attempt) for f in of(ForgetJob, out)] == [("job-2", 1)]
+    assert not of(StopLocal, out)
+    assert [j.id for c in of(CommitAccepted, out) for j in c.jobs] == ["job-2"]
+
+
+def test_an_empty_round_drops_every_copy_the_origin_does_not_want(a: TransferProtocol, b: TransferProtocol) -> None:
+    accepted_at(a, b, [spec(1), spec(2)])
+    a.peer_down("b")  # false alarm: a requeued both jobs, b still holds them
+    a.peer_up("b")
+    out = a.receive("b", ReconcileRequest())
+    assert [(m.message.items, m.message.first, m.message.last) for m in sends(out, Reconcile)] == [((), True, True)]
+    bout = deliver(b, "a", out)
+    assert sorted(s.id for s in of(StopLocal, bout)) == ["job-1", "job-2"]
+    assert sorted(f.id for f in of(ForgetJob, bout)) == ["job-1", "job-2"]
+    assert b.target.copies() == 0
+
+
+def test_copies_committed_during_a_round_are_not_dropped_and_drops_wait_for_the_last_batch(clock: FakeClock) -> None:
+    cfg = ProtocolConfig(reconcile_batch=2)
+    a, b = TransferProtocol("a", clock, cfg), TransferProtocol("b", clock, cfg)
+    accepted_at(a, b, [spec(i) for i in range(5)])
+    rnd = a.origin.reconcile("b")
+    batches = [s.message for s in sends(rnd, Reconcile)]
+    assert [(m.first, m.last, len(m.items)) for m in batches] == [(True, False, 2), (False, False, 2), (False, True, 1)]
+    b.receive("a", batches[0])
+    b.receive("a", Handoff((spec(9),)))  # a new job arrives between two batches of the round
+    b.target.committed("a", [JobRef("job-9", 1)])
+    out = b.receive("a", batches[1]) + b.receive("a", batches[2])
+    assert not of(ForgetJob, out) and b.target.copies() == 6
+    assert of(VerifyQueued, out)  # the confirmed copies are checked against their queue
+
+
+def test_rounds_are_periodic_while_jobs_are_out_and_none_when_idle(clock: FakeClock) -> None:
+    a, b = TransferProtocol("a", clock), TransferProtocol("b", clock)
+    assert sends(a.on_timer(), Reconcile) == []
+    accepted_at(a, b, [spec(1)])
+    clock.advance(a.cfg.reconcile_interval + 0.1)
+    assert len(sends(a.on_timer(), Reconcile)) == 1
+    assert sends(a.on_timer(), Reconcile) == []  # not again until the next interval
+    deliver(a, "b", b.target.results_ready([ok("job-1")]))
+    a.origin.result_committed([("job-1", 1)])
+    clock.advance(10 * a.cfg.reconcile_interval)
+    assert sends(a.on_timer(), Reconcile) == [] and a.origin.next_deadline() is None
+
+
+def test_a_target_asks_for_rounds_while_copies_are_held_and_when_rounds_stop(clock: FakeClock) -> None:
+    b = TransferProtocol("b", clock)
+    b.target.restore("a", [spec(1)])
+    b.target.peer_up("a")
+    clock.advance(b.cfg.held_retry + 0.01)
+    assert len(sends(b.on_timer(), ReconcileRequest)) == 1  # held: ask again soon
+    b.receive("a", Reconcile(1, (JobRef("job-1", 1),)))
+    clock.advance(b.cfg.held_retry + 0.01)
+    assert sends(b.on_timer(), ReconcileRequest) == []  # confirmed: rounds are the origin's to send
+    clock.advance(2 * b.cfg.reconcile_interval)
+    assert len(sends(b.on_timer(), ReconcileRequest)) == 1  # ... unless they stop coming
+
+
+def test_a_stale_reply_does_not_requeue_a_job_offered_again(a: TransferProtocol, b: TransferProtocol) -> None:
+    accepted_at(a, b, [spec(1)])
+    a.peer_down("b")
+    a.peer_up("b")
+    a.origin.offer("b", [spec(1, attempt=2)])  # re-offered, not yet acked
+    out = a.receive("b", ReconcileReply(1, (JobRef("job-1", 1), JobRef("job-1", 2))))
+    assert not of(RequeueLocal, out)  # the old attempt is gone; the new one's handoff resend covers it
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_targets_crash_and_restart_every_job_once_and_no_superseded_copy_runs(seed: int) -> None:
+    """Origin a, targets b and c; per-link FIFO with loss and duplication; targets crash
+    (kill -9: only committed copies and the outbox survive) and restart as new incarnations,
+    messages to the old incarnation are dropped (the transfer actor's fencing). A copy runs only
+    while its origin wants that very attempt there; every job's result is committed once."""
+    rng = random.Random(7000 + seed)
+    clock = FakeClock()
+    nodes = {n: TransferProtocol(n, clock) for n in "abc"}
+    inc = {n: 1 for n in "abc"}
+    links: dict[tuple[str, str], list[tuple[int, Any]]] = {}  # (from, to) -> FIFO of (to_inc, msg)
+    durable: dict[str, dict[str, JobSpec]] = {"b": {}, "c": {}}  # committed copies
+    outbox: dict[str, dict[str, ResultItem]] = {"b": {}, "c": {}}
+    commits: list[tuple[str, str, JobRef]] = []
+    queued: list[tuple[str, JobRef]] = []  # copies that may start (committed or released)
+    running: list[tuple[str, JobRef]] = []
+    origin_commits: list[ResultItem] = []
+    committed: dict[str, int] = {}
+    home: list[JobRef] = []
+    attempts: dict[str, int] = {}
+    up = {"b": True, "c": True}
+    specs: dict[tuple[str, int], JobSpec] = {}
+
+    def handle(node: str, instrs: list[Any]) -> None:
+        for ins in instrs:
+            if isinstance(ins, Send):
+                if rng.random() < 0.1:
+                    continue
+                for _ in range(2 if rng.random() < 0.05 else 1):
+                    links.setdefault((node, ins.peer), []).append((inc[ins.peer], roundtrip(ins.message)))
+            elif isinstance(ins, CommitAccepted):
+                commits.extend((node, ins.origin, JobRef(j.id, j.attempt)) for j in ins.jobs)
+                for j in ins.jobs:
+                    specs[(j.id, j.attempt)] = j
+            elif isinstance(ins, ReleaseCopies):
+                queued.extend((node, r) for r in ins.jobs)
+            elif isinstance(ins, CommitResult):
+                origin_commits.append(ins.result)
+            elif isinstance(ins, RequeueLocal):
+                home.extend(ins.jobs)
+            elif isinstance(ins, (StopLocal, ForgetJob)):
+                ref = JobRef(ins.id, ins.attempt)
+                running[:] = [(t, r) for t, r in running if (t, r) != (node, ref)]
+                queued[:] = [(t, r) for t, r in queued if (t, r) != (node, ref)]
+                if isinstance(ins, ForgetJob):
+                    durable[node].pop(ins.id, None)
+                    outbox[node].pop(ins.id, None)
+
+    def offer(refs: list[JobRef]) -> None:
+        live = [t for t in "bc" if up[t]]
+        if not live:
+            home.extend(refs)
+            return
+        for ref in refs:
+            attempts[ref.id] = attempts.get(ref.id, 0) + 1
+            handle("a", nodes["a"].origin.offer(rng.choice(live), [spec(ref.id.removeprefix("job-"),
+                                                                         attempt=attempts[ref.id])]))
+
+    def crash(t: str) -> None:
+        up[t] = False
+        inc[t] += 1
+        for key in [k for k in links if k[1] == t]:
+            links[key] = []  # in flight to the dead process
+        commits[:] = [c for c in commits if c[0] != t]
+        queued[:] = [q for q in queued if q[0] != t]
+        running[:] = [r for r in running if r[0] != t]
+        handle("a", nodes["a"].peer_down(t))
+
+    def restart(t: str) -> None:
+        up[t] = True
+        nodes[t] = TransferProtocol(t, clock)
+        copies = [s for s in durable[t].values() if s.id not in outbox[t]]
+        handle(t, nodes[t].target.restore("a", copies, list(outbox[t].values())))
+        for c in copies:  # what is not held enters the queue windows at once (as the store's ready())
+            if nodes[t].target.copy_state(c.id) == ("a", c.attempt, TargetJobState.COMMITTED):
+                queued.append((t, JobRef(c.id, c.attempt)))
+        handle(t, nodes[t].target.peer_down("a"))
+        handle("a", nodes["a"].peer_up(t))
+        handle(t, nodes[t].peer_up("a"))
+
+    n_jobs = 30
+    offer([JobRef(f"job-{i}", 0) for i in range(n_jobs)])
+    for step in range(40000):
+        if (len(committed) == n_jobs and not home and nodes["a"].origin.in_flight() == 0
+                and all(nodes[t].target.copies() == 0 for t in "bc")):
+            break
+        faults = step < 8000  # a nemesis phase, then everything healed
+        r = rng.random()
+        busy = [k for k, q in links.items() if q and (k[1] == "a" or up[k[1]]) and (k[0] == "a" or up[k[0]])]
+        if busy and r < 0.45:
+            frm, to = rng.choice(sorted(busy))
+            to_inc, msg = links[(frm, to)].pop(0)
+            if to_inc == inc[to]:  # fencing: a message for an earlier incarnation is dropped
+                handle(to, nodes[to].receive(frm, msg))
+        elif commits and r < 0.55:
+            t, origin, ref = commits.pop(0)
+            if nodes[t].target.copy_state(ref.id) == (origin, ref.attempt, TargetJobState.COMMITTING):
+                durable[t][ref.id] = specs[(ref.id, ref.attempt)]
+                queued.append((t, ref))
+                handle(t, nodes[t].target.committed(origin, [ref]))
+        elif queued and r < 0.62:
+            t, ref = queued.pop(rng.randrange(len(queued)))
+            # the invariant: a copy starts only while its origin wants that attempt there
+            assert nodes["a"].origin.job_state(ref.id)[:2] == (t, ref.attempt), (t, ref)
+            running.append((t, ref))
+        elif running and r < 0.7:
+            t, ref = running.pop(rng.randrange(len(running)))
+            res = ok(ref.id, ref.attempt)
+            outbox[t][ref.id] = res
+            handle(t, nodes[t].target.results_ready([res]))
+        elif origin_commits and r < 0.78:
+            res = origin_commits.pop(0)
+            committed[res.id] = committed.get(res.id, 0) + 1
+            handle("a", nodes["a"].origin.result_committed([(res.id, res.attempt)]))
+        elif home and r < 0.82:
+            refs, home[:] = list(home), []
+            offer(refs)
+        elif r < 0.825:
+            victim = rng.choice("bc")
+            if up[victim] and faults:
+                crash(victim)
+        elif r < 0.86 or not faults:
+            for t in "bc":
+                if not up[t] and (rng.random() < 0.3 or not faults):
+                    restart(t)
+            if not faults:
+                clock.advance(0.2)
+                for name in sorted(nodes):
+                    handle(name, nodes[name].on_timer())
+        else:
+            clock.advance(rng.choice([0.2, 1.0, 3.0]))
+            for name in sorted(nodes):
+                if name == "a" or up[name]:
+                    handle(name, nodes[name].on_timer())
+    assert len(committed) == n_jobs, f"{n_jobs - len(committed)} jobs not committed"
+    assert set(committed.values()) == {1}
+    assert nodes["a"].origin.in_flight() == 0

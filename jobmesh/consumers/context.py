@@ -18,7 +18,8 @@ MAX_LOG_LINES = 1000  # a job's progress log keeps its newest lines (bounded mem
 MAX_LOG_LINE = 4000
 TRACEBACK = "Traceback (most recent call last):"
 # frames of the runtime itself, not of the consumer: they only hide the line that failed
-_INTERNAL_FRAME = re.compile(r'^  File ".*(?:jobmesh/consumers/pool\.py|concurrent/futures/thread\.py)", line \d+')
+_INTERNAL_FRAME = re.compile(
+    r'^  File ".*(?:jobmesh/consumers/(?:pool|threads)\.py|concurrent/futures/thread\.py)", line \d+')
 _FAILED = re.compile(r"^attempt (\d+) failed \((started [^)]*)\)")
 
 
@@ -33,7 +34,7 @@ def append_log(job: Job, line: str) -> None:
 
 
 def clean_traceback(text: str) -> str:
-    """The traceback without the runtime's own frames (pool, thread pool): the consumer's frames stay."""
+    """The traceback without the runtime's own frames (pool, sync threads): the consumer's frames stay."""
     out: list[str] = []
     dropping = False
     for line in text.splitlines():

@@ -6,9 +6,15 @@ take the next dispatched job (higher-priority queues first), commit it ACTIVE
 (a job never starts before its ACTIVE row is durable, so a crash counts the run
 as a retry), run the consumer, report the outcome to the job's queue actor.
 
-Async consumers run on the loop, sync ones in a thread pool. A stopped job's
-``ctx.is_stopped()`` turns true; an async consumer still running ``stop_grace``
-seconds later is cancelled (the outcome is STOPPED either way).
+Async consumers run on the loop, sync ones on daemon threads (``threads.SyncThreads``).
+A stopped job's ``ctx.is_stopped()`` turns true; an async consumer still running
+``stop_grace`` seconds later is cancelled (the outcome is STOPPED either way).
+
+Shutdown ends: when a drain's grace is over (or cut short by a second signal), every
+run still going is interrupted — an async consumer is cancelled, a sync one's thread is
+left behind — and reported ABORTED (QUEUED again, not a retry) before the queues stop.
+A consumer that returns after that is ignored (its run was already reported). So a run
+may happen twice: execution is at-least-once.
 """
 
 from __future__ import annotations
@@ -19,14 +25,15 @@ import time
 import traceback
 from functools import partial
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from ..actor import Actor
+from ..errors import ActorStopped
 from ..job import Job, JobResult, JobState, ResultKind, check_transition
 from ..queues.core import Outcome
 from .context import ExecutionContext
 from .registry import ConsumerIndex, ConsumerSpec
+from .threads import SyncThreads
 
 _OK = Outcome("OK")
 
@@ -34,7 +41,8 @@ _OK = Outcome("OK")
 class _Run:
     """One job in a slot: its stop flag and how to cancel it."""
 
-    __slots__ = ("job", "queue", "stop_state", "task", "executing", "is_async", "abort", "timer", "waiting_ms")
+    __slots__ = ("job", "queue", "stop_state", "task", "executing", "is_async", "abort", "timer", "waiting_ms",
+                 "ended")
 
     def __init__(self, job: Job, queue: str) -> None:
         self.job = job
@@ -46,6 +54,7 @@ class _Run:
         self.abort = False  # node shutdown cancelled it: back to QUEUED, not a retry
         self.timer: asyncio.TimerHandle | None = None
         self.waiting_ms = 0.0
+        self.ended = False  # its outcome was reported: anything the consumer says later is ignored
 
     def stopped(self) -> bool:
         return self.stop_state is not None or self.abort
@@ -79,7 +88,7 @@ class ConsumerPool(Actor):
         self._idle_workers: list[asyncio.Future[None]] = []
         self._idle = asyncio.Event()
         self._draining = False
-        self._threads: ThreadPoolExecutor | None = None
+        self._threads: SyncThreads | None = None
         self._workers: list[asyncio.Task[Any]] = []
         self._done_per_second: deque[list[float]] = deque()  # [second, count] for the last ~10 s
         self.finished_total = 0
@@ -110,13 +119,13 @@ class ConsumerPool(Actor):
         self._ready.clear()
         self._draining = False
         self._hurry = False
-        self._threads = ThreadPoolExecutor(max_workers=self.capacity, thread_name_prefix="jobmesh-consumer")
+        self._threads = SyncThreads("jobmesh-consumer")
         self._idle_workers = []
         self._workers = [self.spawn(self._worker(), name=f"slot-{i}") for i in range(self.capacity)]
 
     async def on_stop(self) -> None:
         if self._threads is not None:
-            self._threads.shutdown(wait=False, cancel_futures=True)
+            self._threads.shutdown()  # never waits: a stuck consumer's thread is not ours to join
             self._threads = None
 
     # -- messages ----------------------------------------------------------
@@ -180,7 +189,8 @@ class ConsumerPool(Actor):
             run.task.cancel()
 
     async def _drain(self, grace: float) -> int:
-        """Stop taking jobs; let running ones finish for ``grace`` s, then cancel them (back to QUEUED)."""
+        """Stop taking jobs; let running ones finish for ``grace`` s, then interrupt them (back to
+        QUEUED, not a retry). Returns within about ``grace`` + 2 s whatever the consumers do."""
         self._draining = True
         for _, queue, buf in self._buffers:
             if buf:
@@ -197,12 +207,19 @@ class ConsumerPool(Actor):
         left = list(self._runs.values())
         for run in left:
             run.abort = True
-            if run.is_async and run.executing and run.task is not None:
+            if run.executing and run.task is not None:
+                if not run.is_async:  # a thread cannot be cancelled: stop waiting for it
+                    self.log.warning("sync consumer still running at shutdown; its thread is left behind "
+                                     "and its result will be ignored", job_id=run.job.id, topic=run.job.topic)
                 run.task.cancel()
         # give cancelled consumers a moment to unwind (bounded)
         end = time.monotonic() + 2.0
         while self._runs and time.monotonic() < end:
             await asyncio.sleep(0.02)
+        for run in list(self._runs.values()):  # ignored the cancellation, or its start is not committed yet
+            self.log.warning("run did not end when interrupted; reported back to QUEUED, a late result "
+                             "will be ignored", job_id=run.job.id, topic=run.job.topic)
+            self._end(run, Outcome("ABORTED", "interrupted by node shutdown"))
         return len(left)
 
     # -- the slots ---------------------------------------------------------
@@ -245,6 +262,9 @@ class ConsumerPool(Actor):
 
     def _committed_started(self, started: list[_Run], fut: asyncio.Future[Any]) -> None:
         """ACTIVE rows are durable: announce the starts and hand the jobs to idle workers."""
+        started = [r for r in started if not r.ended]  # given up by a drain meanwhile
+        if not started:
+            return
         if fut.cancelled() or fut.exception() is not None:
             err = "cancelled" if fut.cancelled() else repr(fut.exception())
             for run in started:
@@ -289,6 +309,9 @@ class ConsumerPool(Actor):
             self._end(run, outcome)
 
     def _end(self, run: _Run, outcome: Outcome) -> None:
+        if run.ended:  # already reported (given up at shutdown): never report a run twice
+            return
+        run.ended = True
         job = run.job
         if self._runs.get(job.id) is run:
             del self._runs[job.id]
@@ -315,7 +338,12 @@ class ConsumerPool(Actor):
         self._flush_scheduled = False
         finished, self._finished = self._finished, {}
         for queue, lst in finished.items():
-            self.queues[queue].tell(("finished", lst))
+            try:
+                self.queues[queue].tell(("finished", lst))
+            except ActorStopped:  # late, after the node stopped: the store keeps what it recorded
+                self.log.warning("outcomes reported after their queue stopped; not recorded "
+                                 "(a restart recovers the jobs)",
+                                 queue=queue, jobs=[j.id for j, _ in lst][:20], count=len(lst))
 
     async def _execute(self, run: _Run) -> Outcome:
         job = run.job
@@ -346,13 +374,13 @@ class ConsumerPool(Actor):
                     result = await _resume(coro, yielded, cvars)
             else:
                 self._wake_one()
-                loop = asyncio.get_running_loop()
                 fn = spec.fn
                 assert fn is not None
                 call = (lambda: fn(job, ctx)) if ctx is not None else (lambda: fn(job))
-                result = await loop.run_in_executor(self._threads, call)
+                assert self._threads is not None
+                result = await self._threads.run(call)
         except asyncio.CancelledError:
-            if (run.stop_state is None and not run.abort) or run.task is None:
+            if self._stopping or (run.stop_state is None and not run.abort) or run.task is None:
                 raise  # the pool itself is being torn down
             run.task.uncancel()
             if run.abort:
@@ -395,6 +423,10 @@ class ConsumerPool(Actor):
             "buffered": self._buffered,
             "throughput": round(recent / 10.0, 2),
         }
+
+    def free_slots(self) -> int:
+        """Slots neither reserved nor running (read by the queues' watchdogs)."""
+        return 0 if self._draining else max(0, self.capacity - len(self._runs))
 
     def running_job(self, job_id: str) -> Job | None:
         run = self._runs.get(job_id)

@@ -30,7 +30,8 @@ import structlog
 
 from .. import wire
 from ..actor import Actor
-from ..errors import ValidationError
+from ..errors import NameInUse, ValidationError
+from ..plants import PLANTS
 from ..topics import matches
 from ..transport import (
     Dealer,
@@ -40,6 +41,7 @@ from ..transport import (
     Transport,
     load_curve_keys,
 )
+from .. import clock
 from .heartbeat import HeartbeatReceiver, HeartbeatSender
 from .membership import (
     Connect,
@@ -50,15 +52,19 @@ from .membership import (
     MemberInfo,
     Membership,
     NameClash,
+    NameTaken,
     Rejoin,
     ViewEvent,
 )
+from .probe import PeerBook, Prober, load_peer_book, save_peer_book
 from .view import InstanceView, TopologyEvent, TopologyView
 
 log = structlog.get_logger("jobmesh.discovery")
 
 MAX_USER_PROPERTIES_BYTES = 256 * 1024  # heartbeats stay far below the wire maximum
 LISTENER_QUEUE_LIMIT = 10_000
+MAX_PROBES_IN_FLIGHT = 16
+PEER_BOOK_REFRESH = 60.0  # s between rewrites of the remembered endpoints while nothing changes
 
 
 class DiscoveryHost(Protocol):
@@ -67,6 +73,8 @@ class DiscoveryHost(Protocol):
     name: str
     config: Any
     started_at: float
+
+    def fail(self, error: Exception) -> None: ...
 
     def consumer_topics(self) -> list[str]: ...
 
@@ -153,6 +161,14 @@ class DiscoveryActor(Actor):
         self._sender: HeartbeatSender | None = None
         self._receiver: HeartbeatReceiver | None = None
         self._join_wanted = asyncio.Event()
+        # level-triggered repair: seeds and remembered endpoints that are not live members
+        self._prober = Prober(initial=0.1, cap=min(self.timeout, max(1.0, 4 * self.interval)))
+        self._book: PeerBook = PeerBook()
+        self._book_saved_at = 0.0
+        self._name_refused_since: float | None = None
+        self._name_clash_log_at = 0.0
+        self.seed_probes = 0  # probes sent (join requests to endpoints that are not members)
+        self.merges = 0  # probes that brought members we did not have (two views met)
         self._last_payload_at = 0.0
         # after a join, heartbeat every tick for a while: members that just learnt about us
         # from gossip connect to our PUB and hear us without waiting a whole interval
@@ -229,6 +245,7 @@ class DiscoveryActor(Actor):
             self._close_sockets(keep_transport=False)
             raise
         if self._core is None:
+            self._book = self._load_book()
             self._core = Membership(
                 self._local_info(),
                 now=now,
@@ -244,10 +261,10 @@ class DiscoveryActor(Actor):
         self.spawn(self._tick_loop(), name="discovery:tick")
         self.spawn(self._join_loop(), name="discovery:join")
         self.spawn(self._lag_monitor(), name="discovery:lag")
-        if self.seeds and not self._core.joined:
-            self._join_wanted.set()
+        self._join_wanted.set()  # probe the seeds (and remembered members) at once
         self.log.info(
-            "discovery started", bind=self.bind, pub=self.pub, seeds=self.seeds, secure=self.curve is not None
+            "discovery started", bind=self.bind, pub=self.pub, seeds=self.seeds, secure=self.curve is not None,
+            remembered=len(self._book),
         )
         for ep in (self.advertise, self.advertise_pub):
             if "://*" in ep or "://0.0.0.0" in ep or "://[::]" in ep:
@@ -368,6 +385,7 @@ class DiscoveryActor(Actor):
                 if ev.type.value in ("TOPOLOGY_INIT", "TOPOLOGY_CHANGED"):
                     v = ev.new_view
                     self.log.info("topology", kind=ev.type.value, members=v.names, leader=v.leader)
+                    self._remember(v)
             elif isinstance(o, Connect):
                 if self._receiver is not None:
                     self._receiver.connect(o.endpoint)
@@ -375,9 +393,7 @@ class DiscoveryActor(Actor):
                 if self._receiver is not None:
                     self._receiver.disconnect(o.endpoint)
             elif isinstance(o, NameClash):
-                self._dropped(f"another process publishes heartbeats as {self.node.name!r}",
-                              other_incarnation=o.incarnation, own_incarnation=self._core.local.incarnation
-                              if self._core else None)
+                self._name_clash(o.incarnation)
             elif isinstance(o, Dropped):
                 self.log.info("member dropped", member=o.name, reason=o.reason)
             elif isinstance(o, Rejoin):
@@ -421,6 +437,7 @@ class DiscoveryActor(Actor):
             if due:
                 self._refresh_local(now)
             self._apply(core.tick(now, own_silence=self._sender.take_max_gap()))
+            self._refresh_book()
             if self._burst_ticks > 0:
                 self._burst_ticks -= 1
                 self._publish_heartbeat(send_now=True)
@@ -428,30 +445,87 @@ class DiscoveryActor(Actor):
                 self._publish_heartbeat()
 
     async def _join_loop(self) -> None:
-        """Join (or rejoin) through the seeds and known members; retry with backoff until it works."""
+        """Rejoin when the core asks; besides, for the node's whole life, probe every seed and
+        remembered endpoint that is not a live member (DESIGN §3: repair is level-triggered, so a
+        restarted seed, a seed that was down at start or a healed split all converge)."""
         attempt_timeout = max(0.5, 2 * self.interval)
-        backoff_min, backoff_max = 0.1, max(2.0, 4 * self.interval)
+        backoff_min, backoff_max = 0.1, min(self.timeout, max(1.0, 4 * self.interval))
         backoff = backoff_min
+        period = self.interval / 2
         while True:
-            await self._join_wanted.wait()
+            try:
+                await asyncio.wait_for(self._join_wanted.wait(), period)
+            except asyncio.TimeoutError:
+                pass
             self._join_wanted.clear()
             core = self._core
             assert core is not None
-            if await self._join_once(core, attempt_timeout):
-                backoff = backoff_min
-                continue
-            await asyncio.sleep(backoff)  # nobody answered: try again, less and less often
-            backoff = min(backoff_max, backoff * 2)
-            if core.rejoining or (self.seeds and not core.joined):
+            if core.rejoining:
+                if await self._join_once(core, attempt_timeout):
+                    backoff = backoff_min
+                    continue
+                await asyncio.sleep(backoff)  # nobody answered: try again, less and less often
+                backoff = min(backoff_max, backoff * 2)
                 self._join_wanted.set()
+                continue
+            self._probe_round(core, attempt_timeout)
+
+    def probe_candidates(self) -> list[str]:
+        """Seeds and remembered endpoints (ours excluded), whether live members or not."""
+        own = {self.bind, self.advertise}
+        eps = [*self.seeds, *self._book.endpoints(clock.wall())]
+        return [e for e in dict.fromkeys(eps) if e not in own]
+
+    def _probe_round(self, core: Membership, attempt_timeout: float) -> None:
+        if PLANTS.active("no-seed-reprobe") and core.joined:
+            return  # planted bug (simulation): once joined, never look for the others again
+        members = core.members()
+        live_eps = {ep for _, ep in members if ep}
+        live_names = {n for n, _ in members}
+        now = time.monotonic()
+        due = self._prober.due(self.probe_candidates(), live_eps, live_names, now)
+        for ep in due[:MAX_PROBES_IN_FLIGHT]:
+            self.spawn(self._probe(ep, attempt_timeout), name=f"discovery:probe:{ep}")
+        for ep in due[MAX_PROBES_IN_FLIGHT:]:
+            self._prober.unanswered(ep, now)  # next round
+
+    async def _probe(self, endpoint: str, timeout: float) -> None:
+        core = self._core
+        assert core is not None
+        self.seed_probes += 1
+        reply = await self._ask_join(endpoint, timeout)
+        now = time.monotonic()
+        if reply is None:
+            self._prober.unanswered(endpoint, now)
+            return
+        if core is not self._core:
+            return
+        before = set(core.member_names())
+        try:
+            outs = core.on_join_reply(reply, now)
+        except InvalidMember as e:
+            self.log.warning("bad join reply", seed=endpoint, error=str(e))
+            self._prober.unanswered(endpoint, now)
+            return
+        self._name_refused_since = None
+        members = reply.get("members") or [{}]
+        responder = members[0].get("name") if isinstance(members[0], dict) else None
+        self._prober.answered(endpoint, responder if isinstance(responder, str) else None, now)
+        self._apply(outs)
+        added = sorted(set(core.member_names()) - before)
+        if added:
+            self._publish_heartbeat(send_now=True)
+            self._burst_ticks = 2 * self.tick_fraction
+            if len(before) > 1:
+                self.merges += 1
+                self.log.warning("topologies merged", via=endpoint, added=added[:10], count=len(added),
+                                 members=len(core.member_names()))
+            else:
+                self.log.info("joined", via=endpoint, members=core.member_names())
 
     async def _join_once(self, core: Membership, attempt_timeout: float) -> bool:
-        # the first join goes to the seeds (members that joined *us* meanwhile may not know
-        # them); a rejoin asks the members we know first, the seeds after
-        if core.rejoining:
-            targets = list(dict.fromkeys([*core.endpoints(), *self.seeds]))
-        else:
-            targets = list(dict.fromkeys([*self.seeds, *core.endpoints()]))
+        # a rejoin asks the members we know first, the seeds after
+        targets = list(dict.fromkeys([*core.endpoints(), *self.seeds]))
         for ep in targets:
             reply = await self._ask_join(ep, attempt_timeout)
             if reply is None:
@@ -464,13 +538,13 @@ class DiscoveryActor(Actor):
             self._apply(outs)
             self._publish_heartbeat(send_now=True)
             self._burst_ticks = 2 * self.tick_fraction
-            self.log.info("joined", via=ep, members=core.member_names())
+            self.log.info("rejoined", via=ep, members=core.member_names())
             return True
         return False
 
     async def _ask_join(self, endpoint: str, timeout: float) -> dict[str, Any] | None:
         assert self._transport is not None and self._core is not None
-        body = self._core.local.to_wire()
+        body = self._core.join_body()
         body["from"] = self.node.name
         dealer = Dealer(self._transport, endpoint)
         try:
@@ -481,7 +555,10 @@ class DiscoveryActor(Actor):
         finally:
             dealer.close()
         if msg.type == "error":
-            self.log.warning("join refused", seed=endpoint, error=msg.body.get("error"))
+            if msg.body.get("reason") == "name_taken":
+                self._name_refused(endpoint, str(msg.body.get("error")))
+            else:
+                self.log.warning("join refused", seed=endpoint, error=msg.body.get("error"))
             return None
         if msg.type != "join_reply":
             self.log.warning("unexpected answer to join", seed=endpoint, type=msg.type)
@@ -492,10 +569,78 @@ class DiscoveryActor(Actor):
         core = self._core
         if core is None:
             raise ValidationError("discovery is not running")
-        outs, reply = core.on_join_request(msg.body, time.monotonic())  # InvalidMember -> error reply
+        try:
+            outs, reply = core.on_join_request(msg.body, time.monotonic())  # InvalidMember -> error reply
+        except NameTaken as e:
+            self.log.warning("join refused: the name is taken", joiner_endpoint=msg.body.get("endpoint"),
+                             name=e.name, holder=e.holder_endpoint)
+            return "error", {"error": str(e), "reason": "name_taken", "holder": e.holder_endpoint}
         self._apply(outs)
         self._publish_heartbeat(send_now=True)  # spread the newcomer to everyone at once
         return "join_reply", reply
+
+    # -- names and remembered members ------------------------------------------------------
+    def _name_refused(self, endpoint: str, error: str) -> None:
+        """A member refused our join: our name is taken by a live node. A restart under a new
+        endpoint looks the same for an interval or two (the old process was just heard), so
+        only a refusal that lasts a heartbeat timeout ends this node, with the member's words."""
+        now = time.monotonic()
+        if self._name_refused_since is None:
+            self._name_refused_since = now
+            self.log.warning("join refused: the name is taken; retrying in case it was our own "
+                             "previous process", seed=endpoint, error=error)
+            return
+        if now - self._name_refused_since >= self.timeout:
+            self.log.error("name already taken in the topology; stopping", error=error)
+            self.node.fail(NameInUse(error))
+
+    def _name_clash(self, other_incarnation: float) -> None:
+        """Heartbeats under our name from another process: the newer of the two gives way."""
+        assert self._core is not None
+        own = self._core.local.incarnation
+        if other_incarnation < own:
+            self.log.error("another node with this name is in the topology; stopping",
+                           other_incarnation=other_incarnation, own_incarnation=own)
+            self.node.fail(NameInUse(
+                f"a node named {self.node.name} is already in this topology; choose another --name"))
+            return
+        now = time.monotonic()
+        if now - self._name_clash_log_at > 30.0:
+            self._name_clash_log_at = now
+            self.log.warning("a newer process uses this node's name; it will stop",
+                             other_incarnation=other_incarnation, own_incarnation=own)
+
+    def _load_book(self) -> PeerBook:
+        data = getattr(self.node.config, "data", None)
+        if not data:
+            return PeerBook()
+        book = load_peer_book(data)
+        book.expire(clock.wall())
+        return book
+
+    def _remember(self, view: TopologyView) -> None:
+        """Every member seen goes into the peer book (probed after a restart if it is not back)."""
+        now = clock.wall()
+        self._book.seen([(i.name, i.endpoint) for i in view.instances if not i.local], now)
+        self._save_book(now)
+
+    def _save_book(self, now: float, force: bool = False) -> None:
+        data = getattr(self.node.config, "data", None)
+        if not data or not (self._book.dirty or force):
+            return
+        try:
+            save_peer_book(data, self._book)
+            self._book_saved_at = now
+        except OSError as e:
+            self.log.warning("remembered members not saved", error=str(e))
+
+    def _refresh_book(self) -> None:
+        now = clock.wall()
+        if now - self._book_saved_at < PEER_BOOK_REFRESH or self._core is None:
+            return
+        self._book.expire(now)
+        self._book.seen([(n, ep) for n, ep in self._core.members() if n != self.node.name], now)
+        self._save_book(now, force=True)
 
     def _on_activity(self, sender: str) -> None:
         if self._core is not None:

@@ -50,6 +50,16 @@ class InvalidMember(ValueError):
     """A heartbeat or join body whose member description cannot be used."""
 
 
+class NameTaken(InvalidMember):
+    """A join under a name that a live member of another process already has."""
+
+    def __init__(self, name: str, holder_endpoint: str | None) -> None:
+        super().__init__(f"a node named {name} is already in this topology at {holder_endpoint or 'an unknown endpoint'}; "
+                         f"choose another --name")
+        self.name = name
+        self.holder_endpoint = holder_endpoint
+
+
 @dataclass(frozen=True)
 class MemberInfo:
     """What a node says about itself in its heartbeats."""
@@ -218,6 +228,8 @@ class Membership:
         self.join_deadline = now + (join_deadline if join_deadline is not None else max(3.0, 6 * heartbeat_interval))
         self.tombstone_ttl = max(30.0, 12 * heartbeat_timeout)
         self.tombstone_announce = 4 * heartbeat_timeout
+        # a member heard this recently is alive: a join under its name from elsewhere is refused
+        self.name_guard = 2 * heartbeat_interval
         self._members: dict[str, _Member] = {}
         self._candidates: dict[str, tuple[MemberInfo, float]] = {}  # name -> (gossip, expires)
         self._tombstones: dict[str, _Tombstone] = {}
@@ -271,6 +283,20 @@ class Membership:
     def endpoints(self) -> list[str]:
         """ROUTER endpoints of the other members (where to send a rejoin)."""
         return [m.info.endpoint for m in self._members.values() if m.info.endpoint]
+
+    def members(self) -> list[tuple[str, str | None]]:
+        """(name, ROUTER endpoint) of every live member, this node included."""
+        return [(self.local.name, self.local.endpoint), *((n, m.info.endpoint) for n, m in self._members.items())]
+
+    def join_body(self) -> dict[str, Any]:
+        """A join request for this node. A node that already has members asks to *merge*: its
+        topology meets another one (a healed split, a restarted seed), and its members keep their
+        ranks so the usual rule picks one leader over the merged view. A node alone (just started,
+        or rejoining after it was dropped) joins fresh and is ranked behind everyone."""
+        body = self.local.to_wire()
+        if self._established and not self._rejoining and self._members:
+            body["merge"] = True
+        return body
 
     @property
     def local(self) -> MemberInfo:
@@ -412,12 +438,18 @@ class Membership:
         """A node asks to join through us: rank it behind everyone, answer with the member list."""
         info = MemberInfo.from_wire(body)
         if info.name == self.local.name:
-            raise InvalidMember(f"name {info.name!r} is already taken by this node")
+            raise NameTaken(info.name, self.local.endpoint)
         existing = self._members.get(info.name)
+        if (existing is not None and existing.info.incarnation != info.incarnation
+                and existing.info.endpoint != info.endpoint and now - existing.last_seen < self.name_guard):
+            # another process, elsewhere, that we hear right now: not a restart of that node
+            raise NameTaken(info.name, existing.info.endpoint)
         if existing is not None and existing.info.incarnation > info.incarnation:
             raise InvalidMember(f"a newer incarnation of {info.name!r} is a member")
         if existing is not None and existing.info.incarnation == info.incarnation:
             rank = max(info.rank, existing.info.rank)  # a retried join: keep the rank we gave
+        elif body.get("merge") is True:
+            rank = info.rank  # two topologies meet: everyone keeps their rank (see join_body)
         else:
             others = [m.info.rank for n, m in self._members.items() if n != info.name]
             rank = max([info.rank, self.local.rank + RANK_STEP, *(r + RANK_STEP for r in others)])

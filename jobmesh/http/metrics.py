@@ -98,7 +98,14 @@ class Histogram:
 
 
 # discovery actor attributes exported when present (read on scrape)
-DISCOVERY_FIELDS: tuple[str, ...] = ("loop_lag", "heartbeats_received", "messages_dropped")
+DISCOVERY_FIELDS: tuple[str, ...] = ("loop_lag", "heartbeats_received", "messages_dropped", "seed_probes", "merges")
+
+# what each kind of repair means (DESIGN §3: a repair is a missed transition found; it should stay 0)
+REPAIR_KINDS: dict[str, str] = {
+    "watchdog_requeue": "a QUEUED job no queue was dispatching, put back in its window",
+    "handoff_lost": "a job a target did not hold although the origin believed so, queued at home again",
+    "copy_unwanted": "a copy its origin no longer wanted, dropped at the target",
+}
 
 
 def _le(bound: float) -> str:
@@ -167,7 +174,8 @@ class Snapshot:
     mailboxes: dict[str, int] = field(default_factory=dict)
     transfer: dict[str, Any] | None = None  # TransferActor.stats(); None without bind
     offloader: dict[str, Any] | None = None  # OffloaderActor.stats(); None without bind
-    discovery: dict[str, Any] | None = None  # loop_lag, heartbeats_received, messages_dropped
+    discovery: dict[str, Any] | None = None  # loop_lag, heartbeats_received, messages_dropped, probes
+    repairs: dict[str, int] = field(default_factory=dict)  # node.repairs(): level-triggered repairs by kind
     scrape_error: str | None = None
     taken_at: float = field(default_factory=time.time)
 
@@ -232,6 +240,15 @@ def build_families(snap: Snapshot, rec: JobMetricsRecorder) -> list[Metric]:
         mb.add_metric([actor], depth)
     fams.append(mb)
 
+    rep = CounterMetricFamily(
+        "jobmesh_repairs",
+        "Repairs by the level-triggered checks, by kind (each one is a missed transition found; "
+        "it should stay 0): " + "; ".join(f"{k} = {v}" for k, v in REPAIR_KINDS.items()) + ".",
+        labels=["kind"])
+    for kind in sorted(set(REPAIR_KINDS) | set(snap.repairs)):
+        rep.add_metric([kind], _num(snap.repairs.get(kind, 0)))
+    fams.append(rep)
+
     fams += offloading_families(snap)
     fams.append(GaugeMetricFamily("jobmesh_metrics_scrape_error", "1 when part of the last scrape could not be read.", value=1 if snap.scrape_error else 0))
     return fams
@@ -287,6 +304,14 @@ def offloading_families(snap: Snapshot) -> list[Metric]:
             "jobmesh_transfer_queue_depth",
             "Transfer work waiting: the actor's mailbox plus messages queued on the peer links.",
             value=_num(t.get("queue_depth"))))
+        fams.append(CounterMetricFamily(
+            "jobmesh_transfer_reconcile_rounds",
+            "Reconcile rounds this node started as an origin (periodic and on every (re)connection).",
+            value=_num(t.get("reconcile_rounds"))))
+        fams.append(GaugeMetricFamily(
+            "jobmesh_transfer_copies_held",
+            "Copies restored after a restart that wait for their origin's confirmation before they run.",
+            value=_num(t.get("copies_held"))))
         fams.append(_counter_by(
             "jobmesh_transfer_messages",
             "Transfer protocol messages: sent, received, and dropped (peer not in the topology; resent later).",
@@ -320,6 +345,16 @@ def offloading_families(snap: Snapshot) -> list[Metric]:
                 "jobmesh_discovery_heartbeats_received",
                 "Heartbeats from peers accepted by discovery.",
                 value=_num(d.get("heartbeats_received"))))
+        if "seed_probes" in d:
+            fams.append(CounterMetricFamily(
+                "jobmesh_discovery_probes",
+                "Join probes sent to seeds and remembered members that were not live members.",
+                value=_num(d.get("seed_probes"))))
+        if "merges" in d:
+            fams.append(CounterMetricFamily(
+                "jobmesh_discovery_merges",
+                "Probes that merged another topology's members into this node's view.",
+                value=_num(d.get("merges"))))
         if "messages_dropped" in d:
             fams.append(CounterMetricFamily(
                 "jobmesh_discovery_messages_dropped",
@@ -406,6 +441,12 @@ class NodeMetrics:
                     setattr(snap, part, dict(stats()))
                 except Exception as e:
                     errors.append(f"{part}: {e!r}")
+        repairs = getattr(node, "repairs", None)
+        if callable(repairs):
+            try:
+                snap.repairs = dict(repairs())
+            except Exception as e:
+                errors.append(f"repairs: {e!r}")
         discovery = getattr(node, "discovery", None)
         if discovery is not None:
             snap.discovery = {k: getattr(discovery, k) for k in DISCOVERY_FIELDS if hasattr(discovery, k)}

@@ -24,6 +24,8 @@ from .core import Outcome, decide, make_window
 WINDOW = 16384  # jobs held in memory per queue
 REFILL_BELOW = WINDOW // 4
 REFILL_CHUNK = 1024  # rows read from the store per refill
+WATCHDOG_PERIOD = 1.5  # s between the watchdog's comparisons of the store with the window
+WATCHDOG_SCAN = 256  # ready rows compared per round (an index scan of two columns)
 
 
 class QueueActor(Actor):
@@ -56,6 +58,13 @@ class QueueActor(Actor):
         self.local_name: str | None = None
         self.foreign_sink: Callable[[Job, Outcome], None] | None = None
         self.remote_stop: Callable[[Job, JobState], Any] | None = None
+        # The watchdog (DESIGN §3): free slots of the node (set by the node), repairs made.
+        self.free_slots: Callable[[], int] | None = None
+        self.watchdog_period = WATCHDOG_PERIOD
+        self.repairs = 0
+        self._suspects: dict[str, int] = {}  # job id -> seq, missing at the last round
+        self._verify: set[str] = set()  # ids a reconcile round says should be here
+        self._after_run: dict[str, Job] = {}  # a copy that superseded one still running, by id
         self._reset()
 
     def _reset(self) -> None:
@@ -76,6 +85,7 @@ class QueueActor(Actor):
         self.in_flight = in_flight
         self._refill()
         self._pump()
+        self.tell_later(self.watchdog_period, ("watchdog",))
 
     async def on_stop(self) -> None:
         if self._timer is not None:
@@ -103,7 +113,12 @@ class QueueActor(Actor):
             # add with higher ones was already taken in, so ``last_seq`` says nothing about them
             now = self.clock()
             for job in msg[1]:
-                if job.id not in self.in_flight and job.id not in self.window:
+                running = self.in_flight.get(job.id)
+                if running is not None and running.seq != job.seq:
+                    # a newer copy of a job whose superseded copy still runs here: it enters the
+                    # window when that run ends (one run per job id at a time)
+                    self._after_run[job.id] = job
+                elif running is None and job.id not in self.window:
                     self.window.add(job, now)
         elif kind == "returned":
             for job in msg[1]:
@@ -127,6 +142,12 @@ class QueueActor(Actor):
         elif kind == "drain":
             self.draining = True
             return None
+        elif kind == "verify":
+            self._verify.update(msg[1])
+            return None
+        elif kind == "watchdog":
+            self.tell_later(self.watchdog_period, ("watchdog",))
+            self._watchdog()
         elif kind == "offload_summary":
             self._pump()  # refills the window: jobs waiting in the store count (and move) too
             return self._offload_summary()
@@ -205,7 +226,13 @@ class QueueActor(Actor):
             self._timer = self.tell_later(wake - now + 0.001, ("tick",))
 
     def _finished(self, job: Job, outcome: Outcome) -> None:
-        self.in_flight.pop(job.id, None)
+        ran = self.in_flight.pop(job.id, None)
+        waiting = self._after_run.pop(job.id, None) if self._after_run else None
+        if waiting is not None:
+            if ran is not None and ran.seq == waiting.seq:
+                pass  # the newer copy is what ran
+            elif not self.draining:
+                self.window.add(waiting, self.clock())
         if self.foreign_sink is not None and job.origin != self.local_name and outcome.kind != "ABORTED":
             self.foreign_sink(job, outcome)  # another node's job: its origin applies the outcome
             return
@@ -301,6 +328,47 @@ class QueueActor(Actor):
         await self.store.update(job)
         self.manager.tell(("transitions", [(job, old, state, None, "STOPPED")]))
         return job
+
+    # -- the watchdog: belief (window, in flight) against fact (the store) -----------------
+    def _watchdog(self) -> None:
+        """Level-triggered repair (DESIGN §3). Every QUEUED job of this queue that may run here
+        belongs in the window or is in flight; one that is in neither on two rounds in a row was
+        lost by a transition nobody foresaw: log it, count it (it should stay 0), put it back.
+        The store is read only while slots are free (two columns of an index scan), or for the
+        copies a reconcile round asked about: an idle or a busy node does no O(all jobs) work."""
+        if self.suspended or self.draining:
+            self._suspects.clear()
+            return
+        self.window.unpark(self.runnable)  # a missed consumers_changed costs a round, not forever
+        rows: list[tuple[int, str]] = []
+        free = self.free_slots() if self.free_slots is not None else 0
+        if free > 0 and len(self.in_flight) < self.parallelism:
+            rows = self.store.ready_ids(self.config.name, WATCHDOG_SCAN)
+        verify, self._verify = self._verify, set()
+        found: dict[str, int] = {}
+        window, in_flight = self.window, self.in_flight
+        for seq, job_id in rows:
+            if job_id not in window and job_id not in in_flight and not (self.store_has_more and seq > self.last_seq):
+                found[job_id] = seq
+        for job_id in verify:
+            if job_id not in window and job_id not in in_flight and job_id not in found:
+                stored = self.store.get(job_id)
+                if stored is not None and stored.state is JobState.QUEUED and stored.queue == self.config.name:
+                    found[job_id] = stored.seq
+        repair = [i for i, seq in found.items() if self._suspects.get(i) == seq]
+        self._suspects = {i: seq for i, seq in found.items() if i not in repair}
+        if repair:
+            now = self.clock()
+            jobs = [j for j in (self.store.get(i) for i in repair) if j is not None and j.state is JobState.QUEUED]
+            for job in jobs:
+                if job.id not in self._after_run:
+                    window.add(job, now)
+            if jobs:
+                self.repairs += len(jobs)
+                self.log.warning("repaired: queued jobs no queue was dispatching are back in their window "
+                                 "(a missed transition; please report it)", count=len(jobs),
+                                 job_ids=[j.id for j in jobs[:10]], topics=sorted({j.topic for j in jobs})[:5])
+        self._pump()
 
     # -- offloading ---------------------------------------------------------------
     def _movable(self, job: Job, now: float) -> bool:

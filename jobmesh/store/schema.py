@@ -60,6 +60,12 @@ MIGRATIONS: list[list[str]] = [
             body TEXT NOT NULL                -- JSON of the protocol's ResultItem
         )""",
     ],
+    [
+        # A copy restored after a restart is held (1) until its origin confirms it still wants
+        # it (a reconcile round or a resent handoff): held copies stay out of the queue windows,
+        # so a copy the origin superseded while this node was down never runs (DESIGN §3).
+        "ALTER TABLE transfer_copies ADD COLUMN held INTEGER NOT NULL DEFAULT 0",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

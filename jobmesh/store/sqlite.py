@@ -30,6 +30,7 @@ import structlog
 from ..actor import Actor
 from ..errors import ActorStopped
 from ..job import Job, JobState, Progress
+from ..plants import PLANTS
 from .schema import migrate
 
 log = structlog.get_logger("jobmesh.store")
@@ -46,6 +47,9 @@ _UPDATE = (
 # The start of a run: only what changes (a narrower UPDATE binds and writes less).
 _START = "UPDATE jobs SET state='ACTIVE', started=?, finished=NULL, attempt=?, target=? WHERE seq=?"
 _DELETE = "DELETE FROM jobs WHERE id=?"
+# Other nodes' copies restored after a restart wait for their origin's word (schema version 4);
+# the node's own jobs (origin = the bound name) never are held, so the sub-select is skipped.
+_NOT_HELD = "(origin=? OR id NOT IN (SELECT job_id FROM transfer_copies WHERE held=1))"
 
 _STATES = {s.value: s for s in JobState}
 
@@ -446,8 +450,8 @@ class Store(Actor):
         if self.local_name is not None:
             rows = self.reader.execute(
                 f"SELECT {JOB_COLUMNS} FROM jobs WHERE queue=? AND state='QUEUED' AND seq>? "
-                "AND (target IS NULL OR target=?) ORDER BY seq LIMIT ?",
-                (queue, after_seq, self.local_name, limit),
+                f"AND (target IS NULL OR target=?) AND {_NOT_HELD} ORDER BY seq LIMIT ?",
+                (queue, after_seq, self.local_name, self.local_name, limit),
             ).fetchall()
         else:
             rows = self.reader.execute(
@@ -455,6 +459,18 @@ class Store(Actor):
                 (queue, after_seq, limit),
             ).fetchall()
         return [row_to_job(r) for r in rows]
+
+    def ready_ids(self, queue: str, limit: int) -> list[tuple[int, str]]:
+        """(seq, id) of the first QUEUED jobs of ``queue`` that may run here: the queue's watchdog
+        compares them with its window (two columns of an index scan, no rows parsed)."""
+        if self.local_name is not None:
+            return self.reader.execute(
+                f"SELECT seq, id FROM jobs WHERE queue=? AND state='QUEUED' AND (target IS NULL OR target=?) "
+                f"AND {_NOT_HELD} ORDER BY seq LIMIT ?", (queue, self.local_name, self.local_name, limit),
+            ).fetchall()
+        return self.reader.execute(
+            "SELECT seq, id FROM jobs WHERE queue=? AND state='QUEUED' ORDER BY seq LIMIT ?", (queue, limit),
+        ).fetchall()
 
     def reserve_seqs(self, n: int) -> int:
         """The first of ``n`` fresh sequence numbers, for rows written through ``call``."""
@@ -487,9 +503,12 @@ class Store(Actor):
         def run(conn: sqlite3.Connection) -> list[tuple[str, str]]:
             me = self.local_name
             if me is not None:
-                # other nodes' copies run again here (their origin decides); jobs running at
-                # another node are the transfer actor's to settle
+                # other nodes' copies run again here once their origin confirms them (held until
+                # then: it may have given them to another node meanwhile); jobs running at another
+                # node are the transfer actor's to settle
                 conn.execute("UPDATE jobs SET state='QUEUED' WHERE state='ACTIVE' AND origin!=?", (me,))
+                if not PLANTS.active("run-superseded-copy"):
+                    conn.execute("UPDATE transfer_copies SET held=1")
                 rows = conn.execute(
                     "SELECT id, retry_count, max_retries FROM jobs WHERE state='ACTIVE' "
                     "AND (target IS NULL OR target=?)", (me,)

@@ -54,6 +54,8 @@ from .protocol import (
     Message,
     Progress,
     ProtocolConfig,
+    ReleaseCopies,
+    Repaired,
     RequeueLocal,
     ResultItem,
     ScheduleTimer,
@@ -64,6 +66,7 @@ from .protocol import (
     TargetJobState,
     TransferProtocol,
     UpdateProgress,
+    VerifyQueued,
 )
 
 log = structlog.get_logger("jobmesh.transfer")
@@ -122,6 +125,11 @@ class _PeerLink:
             body = msg.to_wire()
             body["from"] = actor.node.name
             body["inc"] = actor.node.started_at
+            member = actor._members.get(self.name)
+            if member is not None:
+                # fencing: a message meant for this incarnation is dropped by a later one (a
+                # DEALER delivers what it queued to whichever process binds the endpoint next)
+                body["to_inc"] = member[0]
             try:
                 await self.dealer.send(msg.TYPE, body, timeout=SEND_TIMEOUT)
                 actor.sent += 1
@@ -205,6 +213,9 @@ class TransferActor(Actor):
         self.sent = 0
         self.dropped = 0
         self.received = 0
+        self.repairs: dict[str, int] = {}  # kind -> count (reconcile repairs; each is a bug found)
+        self.copies_released = 0  # restored copies confirmed by their origin
+        self.fenced = 0  # messages addressed to an earlier incarnation of this node, dropped
 
     # -- hooks for the engine (called synchronously by the queue actors and the pool) ------------
     def foreign_finished(self, job: Job, outcome: Outcome) -> None:
@@ -286,6 +297,10 @@ class TransferActor(Actor):
             "messages_sent": self.sent,
             "messages_dropped": self.dropped,
             "messages_received": self.received,
+            "reconcile_rounds": origin.rounds,
+            "copies_held": self.protocol.target.held(),
+            "copies_released": self.copies_released,
+            "repairs": dict(self.repairs),
         }
 
     def transport(self) -> Any:
@@ -365,6 +380,12 @@ class TransferActor(Actor):
                 if known is not None and isinstance(inc, (int, float)) and inc < known[0]:
                     self.log.info("message from an old incarnation dropped", peer=peer, type=msg_type)
                     continue
+                to_inc = body.get("to_inc")
+                if isinstance(to_inc, (int, float)) and to_inc != self.node.started_at:
+                    self.fenced += 1
+                    self.log.info("message for an earlier incarnation of this node dropped", peer=peer,
+                                  type=msg_type)
+                    continue
                 self.received += 1
                 out += self.protocol.receive_wire(peer, msg_type, body)
             await self._exec(out)
@@ -431,6 +452,7 @@ class TransferActor(Actor):
         results: list[tuple[str, ResultItem]] = []
         accepted: dict[str, list[JobSpec]] = {}
         forget: list[tuple[str, int]] = []
+        held: list[str] = []
         for ins in instructions:
             if isinstance(ins, CommitResult):
                 results.append((ins.peer, ins.result))  # committed together, after the others
@@ -440,6 +462,8 @@ class TransferActor(Actor):
                 continue
             if isinstance(ins, ForgetJob):
                 forget.append((ins.id, ins.attempt))  # one transaction for all of them
+                if ins.held:
+                    held.append(ins.id)
                 continue
             try:
                 await self._do(ins)
@@ -448,7 +472,7 @@ class TransferActor(Actor):
             except Exception:
                 self.log.exception("transfer instruction failed", instruction=type(ins).__name__)
         if forget:
-            await self._forget(forget)
+            await self._forget(forget, held)
         for origin, specs in accepted.items():
             try:
                 await self._commit_copies(origin, tuple(specs))
@@ -487,6 +511,12 @@ class TransferActor(Actor):
             fut = self._submits.pop(ins.request_id, None)
             if fut is not None and not fut.done():
                 fut.set_result((ins.job_id, ins.error))
+        elif isinstance(ins, ReleaseCopies):
+            await self._release_copies(ins.origin, ins.jobs)
+        elif isinstance(ins, VerifyQueued):
+            self._verify_queued(ins.jobs)
+        elif isinstance(ins, Repaired):
+            self.repairs[ins.kind] = self.repairs.get(ins.kind, 0) + ins.count
         elif isinstance(ins, StealRequested):
             off = getattr(self.node, "offloader", None)
             if off is not None:
@@ -781,6 +811,42 @@ class TransferActor(Actor):
         if node.offloader is not None:
             node.offloader.tell(("received", origin, len(jobs)))
 
+    async def _release_copies(self, origin: str, refs: tuple[JobRef, ...]) -> None:
+        """Restored copies their origin confirmed: no longer held, into their queues' windows."""
+        store = self.node.store
+        pairs = [(r.id, r.attempt) for r in refs]
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.executemany("UPDATE transfer_copies SET held=0 WHERE job_id=? AND attempt=?", pairs)
+
+        try:
+            await store.call(write)
+        except Exception as e:  # they stay held on disk; the next round's verify puts them back
+            self.log.error("could not release confirmed copies", origin=origin, jobs=len(pairs), error=repr(e))
+            return
+        by_queue: dict[str, list[Job]] = {}
+        for job_id, _ in pairs:
+            job = store.get(job_id)
+            if job is not None and job.state is JobState.QUEUED and job.origin == origin:
+                by_queue.setdefault(job.queue, []).append(job)
+        for queue, jobs in by_queue.items():
+            qa = self.node.queue_actor(queue)
+            if qa is not None:
+                qa.tell(("copies", jobs))
+        self.copies_released += len(pairs)
+        self.log.info("restored copies confirmed by their origin; they may run", origin=origin, count=len(pairs))
+
+    def _verify_queued(self, jobs: tuple[tuple[str, str], ...]) -> None:
+        """Copies that should be queued or running here: their queues check (and repair)."""
+        by_queue: dict[str, list[str]] = {}
+        matcher = self.node.jobs.matcher
+        for job_id, topic in jobs:
+            by_queue.setdefault(matcher.match(topic).name, []).append(job_id)
+        for queue, ids in by_queue.items():
+            qa = self.node.queue_actor(queue)
+            if qa is not None:
+                qa.tell(("verify", ids))
+
     async def _foreign_done(self, batch: list[tuple[Job, Outcome]]) -> None:
         """Copies that ended here: their results go to the outbox (deleting the copy), then out."""
         items: list[ResultItem] = []
@@ -852,23 +918,34 @@ class TransferActor(Actor):
         msg = Progress(job.id, st[1], p.steps, p.step, p.eta, new_lines)
         await self._exec(self.protocol.target.progress(msg))
 
-    async def _forget(self, refs: list[tuple[str, int]]) -> None:
-        """The origin has these results (or no longer wants the copies): delete copy and outbox entry."""
+    async def _forget(self, refs: list[tuple[str, int]], held: list[str] = ()) -> None:  # type: ignore[assignment]
+        """The origin has these results (or no longer wants the copies): delete copy and outbox entry.
+        Held copies never entered a queue, so their going is counted here (statistics)."""
         me = self.node.name
         for job_id, _ in refs:
             self._progress_sent.pop(job_id, None)
             self._copy_seq.pop(job_id, None)
 
-        def write(conn: sqlite3.Connection) -> None:
+        def write(conn: sqlite3.Connection) -> list[Job]:
+            gone: list[Job] = []
+            for job_id in held:
+                row = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id=? AND origin!=? AND state='QUEUED'",
+                                   (job_id, me)).fetchone()
+                if row is not None:
+                    gone.append(row_to_job(row))
             conn.executemany("DELETE FROM transfer_outbox WHERE job_id=? AND attempt=?", refs)
             conn.executemany("DELETE FROM transfer_copies WHERE job_id=? AND attempt=?", refs)
             conn.executemany("DELETE FROM jobs WHERE id=? AND origin!=? AND state IN ('QUEUED','STOPPED','DROPPED')",
                              [(job_id, me) for job_id, _ in refs])
+            return gone
 
         try:
-            await self.node.store.call(write)
+            gone = await self.node.store.call(write)
         except Exception as e:
             self.log.warning("could not forget copies", jobs=len(refs), error=repr(e))
+            return
+        if gone:
+            self.node.jobs.tell(("foreign_done", [(j, JobState.QUEUED) for j in gone]))
 
     async def _stop_local(self, job_id: str, reason: str) -> None:
         job = self.node.store.get(job_id)

@@ -31,6 +31,7 @@ from typing import Any, Callable, ClassVar, Iterable, Sequence
 
 from ..errors import ValidationError
 from ..job import ResultKind
+from ..plants import PLANTS
 
 __all__ = [
     "MESSAGE_TYPES",
@@ -53,6 +54,11 @@ __all__ = [
     "Progress",
     "ProtocolConfig",
     "ProtocolError",
+    "Reconcile",
+    "ReconcileReply",
+    "ReconcileRequest",
+    "ReleaseCopies",
+    "Repaired",
     "RequeueLocal",
     "Result",
     "ResultAck",
@@ -72,6 +78,7 @@ __all__ = [
     "TargetProtocol",
     "TransferProtocol",
     "UpdateProgress",
+    "VerifyQueued",
     "decode_message",
 ]
 
@@ -512,10 +519,78 @@ class StealRequest(Message):
         return cls(count, tuple(_str_list(body, "topics", what)))
 
 
+def _refs(body: dict[str, Any], key: str, what: str, limit: int = 100_000) -> tuple[JobRef, ...]:
+    """A compact list of [id, attempt] pairs (digests carry thousands of them)."""
+    items = _req(body, key, list, what)
+    if len(items) > limit:
+        raise ProtocolError(f"{what}: more than {limit} items")
+    out = []
+    for it in items:
+        if (not isinstance(it, list) or len(it) != 2 or not isinstance(it[0], str) or not it[0]
+                or type(it[1]) is not int or it[1] < 0):
+            raise ProtocolError(f"{what}: {key} must be [job id, attempt] pairs")
+        out.append(JobRef(it[0], it[1]))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Reconcile(Message):
+    """origin -> target: one batch of a round of the (job id, attempt) pairs the origin believes
+    the target holds (DESIGN §3: level-triggered repair). The target answers each batch with what
+    it lacks; after the ``last`` batch it drops the copies of this origin that no batch listed."""
+
+    TYPE: ClassVar[str] = "reconcile"
+    round: int
+    items: tuple[JobRef, ...]
+    first: bool = True
+    last: bool = True
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"round": self.round, "items": [[r.id, r.attempt] for r in self.items],
+                "first": self.first, "last": self.last}
+
+    @classmethod
+    def from_wire(cls, body: dict[str, Any]) -> "Reconcile":
+        what = "reconcile"
+        return cls(_req(body, "round", int, what), _refs(body, "items", what),
+                   _req(body, "first", bool, what), _req(body, "last", bool, what))
+
+
+@dataclass(frozen=True)
+class ReconcileReply(Message):
+    """target -> origin: of one reconcile batch, the pairs the target does not hold."""
+
+    TYPE: ClassVar[str] = "reconcile_reply"
+    round: int
+    missing: tuple[JobRef, ...]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"round": self.round, "missing": [[r.id, r.attempt] for r in self.missing]}
+
+    @classmethod
+    def from_wire(cls, body: dict[str, Any]) -> "ReconcileReply":
+        what = "reconcile_reply"
+        return cls(_req(body, "round", int, what), _refs(body, "missing", what))
+
+
+@dataclass(frozen=True)
+class ReconcileRequest(Message):
+    """target -> origin: send me a round now (I hold copies of yours: restored ones wait for it)."""
+
+    TYPE: ClassVar[str] = "reconcile_request"
+
+    def to_wire(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_wire(cls, body: dict[str, Any]) -> "ReconcileRequest":
+        return cls()
+
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
     m.TYPE: m
     for m in (Handoff, HandoffAck, Started, Progress, Result, ResultAck, Stop, StopAck, Submit,
-              SubmitAck, StealRequest)
+              SubmitAck, StealRequest, Reconcile, ReconcileReply, ReconcileRequest)
 }
 
 
@@ -608,6 +683,7 @@ class ForgetJob:
     id: str
     attempt: int
     reason: str = "acknowledged"
+    held: bool = False  # a restored copy that never entered a queue (nobody else counts it going)
 
 
 @dataclass(frozen=True)
@@ -649,6 +725,30 @@ class StealRequested:
 
 
 @dataclass(frozen=True)
+class ReleaseCopies:
+    """Target: these restored copies are confirmed by their origin: they may run now."""
+
+    origin: str
+    jobs: tuple[JobRef, ...]
+
+
+@dataclass(frozen=True)
+class VerifyQueued:
+    """Target: these copies should be queued or running here; make sure their queue has them
+    (a copy in neither is a missed transition: put it back, and count the repair)."""
+
+    jobs: tuple[tuple[str, str], ...]  # (job id, topic)
+
+
+@dataclass(frozen=True)
+class Repaired:
+    """A reconcile round found a belief that did not match the facts and fixed it (a metric)."""
+
+    kind: str
+    count: int
+
+
+@dataclass(frozen=True)
 class Log:
     """Something worth a log line (stale result, duplicate, refusal...)."""
 
@@ -667,7 +767,7 @@ class ScheduleTimer:
 
 Instruction = (Send | CommitAccepted | MarkAccepted | MarkStarted | UpdateProgress | CommitResult
                | RequeueLocal | ForgetJob | StopLocal | CommitSubmitted | SubmitDone
-               | StealRequested | Log | ScheduleTimer)
+               | StealRequested | ReleaseCopies | VerifyQueued | Repaired | Log | ScheduleTimer)
 
 
 # --------------------------------------------------------------------------- configuration
@@ -687,6 +787,9 @@ class ProtocolConfig:
     submit_timeout: float = 30.0
     submit_cache: int = 10_000  # answered SUBMIT request ids remembered for duplicates
     retired_cache: int = 100_000  # last attempts of finished jobs, to tell stale from unknown
+    reconcile_interval: float = 5.0  # s between reconcile rounds with a peer we share jobs with
+    reconcile_batch: int = 1024  # (job id, attempt) pairs per reconcile message
+    held_retry: float = 1.0  # s between requests for a round while restored copies wait for one
 
     def __post_init__(self) -> None:
         if self.resend_initial <= 0 or self.resend_factor < 1 or self.resend_max < self.resend_initial:
@@ -695,6 +798,8 @@ class ProtocolConfig:
             raise ValueError("max_in_flight_per_peer and max_batch must be >= 1")
         if self.submit_timeout <= 0:
             raise ValueError("submit_timeout must be > 0")
+        if self.reconcile_interval <= 0 or self.reconcile_batch < 1 or self.held_retry <= 0:
+            raise ValueError("reconcile_interval and held_retry must be > 0, reconcile_batch >= 1")
 
 
 class _Backoff:
@@ -783,6 +888,9 @@ class OriginProtocol:
         self._submits: dict[str, _PendingSubmit] = {}
         self._retired: OrderedDict[str, int] = OrderedDict()  # job id -> last attempt let go
         self._timers = _Timers()
+        self._round = 0
+        self._reconcile_due: dict[str, float] = {}  # peer -> next periodic round (while jobs are there)
+        self.rounds = 0  # reconcile rounds started (metrics)
 
     # -- queries
     def in_flight(self, peer: str | None = None) -> int:
@@ -808,7 +916,38 @@ class OriginProtocol:
         dues = [j.resend.due for j in self._jobs.values() if j.resend is not None]
         dues += [j.stop.due for j in self._jobs.values() if j.stop is not None]
         dues += [min(s.resend.due, s.deadline) for s in self._submits.values()]
+        dues += [self._reconcile_due.get(p, 0.0) for p in self._per_peer if p not in self._down]
         return min(dues) if dues else None
+
+    # -- reconciliation (DESIGN §3: what we believe a target holds, checked against what it has)
+    def reconcile(self, peer: str) -> list[Any]:
+        """Start a round with ``peer``: every job in flight there, in batches (an empty round
+        too: it tells the target that nothing of ours should be there)."""
+        if peer in self._down or peer == self.node:
+            return []
+        self._round += 1
+        self.rounds += 1
+        self._reconcile_due[peer] = self.clock() + self.cfg.reconcile_interval
+        batches = list(_chunks(self.jobs_at(peer), self.cfg.reconcile_batch)) or [[]]
+        last = len(batches) - 1
+        return [Send(peer, Reconcile(self._round, tuple(b), first=i == 0, last=i == last))
+                for i, b in enumerate(batches)]
+
+    def _on_reconcile_reply(self, peer: str, msg: "ReconcileReply") -> list[Any]:
+        refs: list[JobRef] = []
+        for ref in msg.missing:
+            job = self._match(peer, ref.id, ref.attempt)
+            # offered: the handoff's resend covers it; result received: being committed here
+            if job is None or job.state not in (OriginJobState.ACCEPTED, OriginJobState.RUNNING):
+                continue
+            self._release(job)
+            refs.append(ref)
+        if not refs:
+            return []
+        return [RequeueLocal(tuple(refs), "the target does not hold it (reconcile)", peer),
+                Repaired("handoff_lost", len(refs)),
+                Log("warning", "repaired: jobs the target does not hold come back",
+                    {"peer": peer, "count": len(refs), "job_ids": [r.id for r in refs[:10]]})]
 
     # -- commands from the actor
     def offer(self, peer: str, jobs: Sequence[JobSpec]) -> list[Any]:
@@ -840,6 +979,8 @@ class OriginProtocol:
                 deferred.append(JobRef(spec.id, spec.attempt))
                 continue
             job = _OutJob(spec, peer, OriginJobState.OFFERED, _Backoff(now, self.cfg))
+            if peer not in self._per_peer:
+                self._reconcile_due[peer] = now + self.cfg.reconcile_interval
             self._jobs[spec.id] = job
             self._per_peer.setdefault(peer, set()).add(spec.id)
             sending.append(spec)
@@ -953,8 +1094,9 @@ class OriginProtocol:
         return out
 
     def peer_up(self, peer: str) -> list[Any]:
+        """A (re)connection: check at once what the peer still holds of ours."""
         self._down.discard(peer)
-        return []
+        return self.reconcile(peer) if self._per_peer.get(peer) else []
 
     # -- messages
     def receive(self, peer: str, msg: Message) -> list[Any]:
@@ -972,6 +1114,10 @@ class OriginProtocol:
             return self._on_submit_ack(peer, msg)
         if isinstance(msg, StealRequest):
             return [StealRequested(peer, msg.count, msg.topics)]
+        if isinstance(msg, ReconcileReply):
+            return self._on_reconcile_reply(peer, msg)
+        if isinstance(msg, ReconcileRequest):
+            return self.reconcile(peer)
         return [Log("warning", "unexpected_message", {"peer": peer, "type": msg.TYPE, "side": "origin"})]
 
     def _match(self, peer: str, job_id: str, attempt: int) -> _OutJob | None:
@@ -1091,7 +1237,8 @@ class OriginProtocol:
                 continue
             if job.resend is not None and job.resend.due <= now:
                 job.resend.fire(now, self.cfg)
-                resend.setdefault(job.peer, []).append(job.spec)
+                if not PLANTS.active("no-handoff-resend"):
+                    resend.setdefault(job.peer, []).append(job.spec)
             if job.stop is not None and job.stop.due <= now:
                 job.stop.fire(now, self.cfg)
                 if job.state is not OriginJobState.OFFERED:
@@ -1100,6 +1247,11 @@ class OriginProtocol:
             out.append(Log("info", "handoff_resent", {"peer": peer, "jobs": len(specs)}))
             for chunk in _chunks(specs, self.cfg.max_batch):
                 out.append(Send(peer, Handoff(tuple(chunk))))
+        for peer in sorted(self._per_peer):
+            if peer not in self._down and self._reconcile_due.get(peer, 0.0) <= now:
+                out += self.reconcile(peer)
+        for peer in [p for p in self._reconcile_due if p not in self._per_peer]:
+            del self._reconcile_due[peer]
         for rid, sub in list(self._submits.items()):
             if sub.deadline <= now:
                 del self._submits[rid]
@@ -1129,6 +1281,7 @@ class OriginProtocol:
 
 
 class TargetJobState(str, enum.Enum):
+    HELD = "held"  # restored after a restart: runs only once its origin confirms it still wants it
     COMMITTING = "committing"  # CommitAccepted issued, waiting for the local commit
     COMMITTED = "committed"  # acknowledged; queued or running here
     RESULT_PENDING = "result_pending"  # final here, in the outbox, RESULT sent until acked
@@ -1170,6 +1323,38 @@ class TargetProtocol:
         self._down: set[str] = set()
         self._submits: OrderedDict[tuple[str, str], SubmitAck | None] = OrderedDict()
         self._timers = _Timers()
+        self._by_origin: dict[str, set[str]] = {}  # origin -> ids of its copies here
+        self._held: dict[str, set[str]] = {}  # origin -> ids of restored copies waiting for its word
+        self._rounds: dict[str, tuple[int, set[JobRef]]] = {}  # origin -> (round, copies not listed yet)
+        self._request_due: dict[str, float] = {}  # origin -> when to ask it for a round
+
+    # -- the copies table (one place keeps the per-origin indexes right)
+    def _add_copy(self, c: "_Copy") -> None:
+        self._copies[c.spec.id] = c
+        self._by_origin.setdefault(c.origin, set()).add(c.spec.id)
+        if c.state is TargetJobState.HELD:
+            self._held.setdefault(c.origin, set()).add(c.spec.id)
+
+    def _del_copy(self, job_id: str) -> None:
+        c = self._copies.pop(job_id, None)
+        self._pending.pop(job_id, None)
+        if c is None:
+            return
+        for index in (self._by_origin, self._held):
+            ids = index.get(c.origin)
+            if ids is not None:
+                ids.discard(job_id)
+                if not ids:
+                    del index[c.origin]
+
+    def _confirm(self, c: "_Copy") -> None:
+        """Its origin still wants this restored copy: it may run."""
+        c.state = TargetJobState.COMMITTED
+        ids = self._held.get(c.origin)
+        if ids is not None:
+            ids.discard(c.spec.id)
+            if not ids:
+                del self._held[c.origin]
 
     # -- queries
     def copies(self, origin: str | None = None) -> int:
@@ -1187,7 +1372,14 @@ class TargetProtocol:
 
     def next_deadline(self) -> float | None:
         dues = [c.resend.due for c in self._pending.values() if c.resend is not None and c.origin not in self._down]
+        dues += [self._request_due.get(o, 0.0) for o in self._by_origin if o not in self._down]
         return min(dues) if dues else None
+
+    def held(self, origin: str | None = None) -> int:
+        """Restored copies waiting for their origin's confirmation."""
+        if origin is not None:
+            return len(self._held.get(origin, ()))
+        return sum(len(v) for v in self._held.values())
 
     # -- commands from the actor
     def committed(self, origin: str, refs: Iterable[JobRef | tuple[str, int]]) -> list[Any]:
@@ -1211,8 +1403,7 @@ class TargetProtocol:
             c = self._copies.get(ref.id)
             if c is None or c.spec.attempt != ref.attempt or c.state is not TargetJobState.COMMITTING:
                 continue
-            del self._copies[ref.id]
-            self._pending.pop(ref.id, None)
+            self._del_copy(ref.id)
             acks.append(AckItem(ref.id, ref.attempt, False, reason))
         return [Send(origin, HandoffAck(tuple(chunk))) for chunk in _chunks(acks, self.cfg.max_batch)]
 
@@ -1266,13 +1457,18 @@ class TargetProtocol:
         """After a restart: the copies in the store, and the results still in the outbox."""
         now = self.clock()
         out: list[Any] = []
+        # a restored copy does not run until its origin says it still wants it: while we were
+        # down it may have given the job to another node, or run it itself (DESIGN §3)
+        state = TargetJobState.COMMITTED if PLANTS.active("run-superseded-copy") else TargetJobState.HELD
         for spec in jobs:
-            self._copies[spec.id] = _Copy(spec, origin, TargetJobState.COMMITTED)
+            self._add_copy(_Copy(spec, origin, state))
         for r in outbox:
             c = self._copies.get(r.id)
             if c is None:
                 spec = JobSpec(r.id, r.attempt, topic="-", properties={}, origin=origin)
-                c = self._copies[r.id] = _Copy(spec, origin, TargetJobState.COMMITTED)
+                c = _Copy(spec, origin, TargetJobState.COMMITTED)
+                self._add_copy(c)
+            self._confirm(c)
             c.state = TargetJobState.RESULT_PENDING
             c.result = r
             c.resend = _Backoff(now, self.cfg)
@@ -1280,6 +1476,8 @@ class TargetProtocol:
         if outbox and origin not in self._down:
             for chunk in _chunks(list(outbox), self.cfg.max_batch):
                 out.append(Send(origin, Result(tuple(chunk))))
+        if origin in self._by_origin:
+            self._request_due[origin] = now
         self._timers.maybe(self.next_deadline(), out)
         return out
 
@@ -1299,6 +1497,11 @@ class TargetProtocol:
         now = self.clock()
         pending = [c for c in self._pending.values() if c.origin == origin and c.result is not None]
         out: list[Any] = []
+        if origin in self._by_origin:
+            # a (re)connection: ask the origin what it wants of the copies we hold
+            out.append(Send(origin, ReconcileRequest()))
+            self._request_due[origin] = now + self._request_period(origin)
+            self._timers.maybe(self._request_due[origin], out)
         if not pending:
             return out
         for c in pending:
@@ -1323,18 +1526,88 @@ class TargetProtocol:
             return out + self._on_stop(peer, msg)
         if isinstance(msg, Submit):
             return out + self._on_submit(peer, msg)
+        if isinstance(msg, Reconcile):
+            return out + self._on_reconcile(peer, msg)
         return out + [Log("warning", "unexpected_message", {"peer": peer, "type": msg.TYPE, "side": "target"})]
+
+    def _on_reconcile(self, peer: str, msg: Reconcile) -> list[Any]:
+        """Compare the origin's belief with the copies here, one batch at a time; repair both
+        ways: what we lack goes back in the reply (the origin re-queues it), what we hold and the
+        origin did not list by the round's last batch is dropped, what it confirms may run."""
+        if msg.first:
+            candidates = {JobRef(i, self._copies[i].spec.attempt) for i in self._by_origin.get(peer, ())
+                          if self._copies[i].state in (TargetJobState.COMMITTED, TargetJobState.HELD)}
+            self._rounds[peer] = (msg.round, candidates)
+        current = self._rounds.get(peer)
+        listed = current[1] if current is not None and current[0] == msg.round else None
+        missing: list[JobRef] = []
+        released: list[JobRef] = []
+        verify: list[tuple[str, str]] = []
+        out: list[Any] = []
+        for ref in msg.items:
+            c = self._copies.get(ref.id)
+            if c is not None and c.origin == peer and c.spec.attempt < ref.attempt:
+                # the copy we hold was superseded and the newer one never reached us
+                if c.state is not TargetJobState.HELD:
+                    out.append(StopLocal(ref.id, c.spec.attempt, "superseded (reconcile)"))
+                out.append(ForgetJob(ref.id, c.spec.attempt, "superseded", held=c.state is TargetJobState.HELD))
+                self._del_copy(ref.id)
+                c = None
+            if c is None or c.origin != peer or c.spec.attempt != ref.attempt:
+                missing.append(ref)
+                continue
+            if listed is not None:
+                listed.discard(ref)
+            if c.state is TargetJobState.HELD:
+                self._confirm(c)
+                released.append(ref)
+            elif c.state is TargetJobState.COMMITTED:
+                verify.append((ref.id, c.spec.topic))
+        if released:
+            out.append(ReleaseCopies(peer, tuple(released)))
+        if verify:
+            out.append(VerifyQueued(tuple(verify)))
+        if msg.last and listed is not None:
+            del self._rounds[peer]
+            unwanted = []
+            for ref in sorted(listed, key=lambda r: r.id):
+                c = self._copies.get(ref.id)
+                if c is None or c.origin != peer or c.spec.attempt != ref.attempt:
+                    continue
+                if c.state not in (TargetJobState.COMMITTED, TargetJobState.HELD):
+                    continue
+                if c.state is TargetJobState.COMMITTED:
+                    out.append(StopLocal(ref.id, ref.attempt, "its origin no longer wants it (reconcile)"))
+                out.append(ForgetJob(ref.id, ref.attempt, "not wanted by its origin",
+                                     held=c.state is TargetJobState.HELD))
+                self._del_copy(ref.id)
+                unwanted.append(ref)
+            if unwanted:
+                out.append(Repaired("copy_unwanted", len(unwanted)))
+                out.append(Log("warning", "repaired: copies their origin no longer wants are dropped",
+                               {"peer": peer, "count": len(unwanted), "job_ids": [r.id for r in unwanted[:10]]}))
+        out.append(Send(peer, ReconcileReply(msg.round, tuple(missing))))
+        self._request_due[peer] = self.clock() + self._request_period(peer)
+        return out
+
+    def _request_period(self, origin: str) -> float:
+        """Restored copies wait for their origin's round: ask often; else only if rounds stop coming."""
+        return self.cfg.held_retry if origin in self._held else 2 * self.cfg.reconcile_interval
 
     def _on_handoff(self, peer: str, msg: Handoff) -> list[Any]:
         out: list[Any] = []
         commit: list[JobSpec] = []
         acks: list[AckItem] = []
+        released: list[JobRef] = []
         for spec in msg.items:
             c = self._copies.get(spec.id)
             if c is not None and c.origin != peer:
                 acks.append(AckItem(spec.id, spec.attempt, False, f"job belongs to {c.origin}"))
                 continue
             if c is not None and c.spec.attempt == spec.attempt:
+                if c.state is TargetJobState.HELD:  # a resent handoff confirms a restored copy
+                    self._confirm(c)
+                    released.append(JobRef(spec.id, spec.attempt))
                 if c.state is not TargetJobState.COMMITTING:
                     acks.append(AckItem(spec.id, spec.attempt, True))  # duplicate: re-ack, no commit
                 continue
@@ -1342,16 +1615,18 @@ class TargetProtocol:
                 acks.append(AckItem(spec.id, spec.attempt, False, "stale attempt"))
                 continue
             if c is not None:  # a newer attempt supersedes the copy we hold
-                out.append(StopLocal(spec.id, c.spec.attempt, "superseded by a newer attempt"))
-                out.append(ForgetJob(spec.id, c.spec.attempt, "superseded"))
-                del self._copies[spec.id]
-                self._pending.pop(spec.id, None)
+                if c.state is not TargetJobState.HELD:
+                    out.append(StopLocal(spec.id, c.spec.attempt, "superseded by a newer attempt"))
+                out.append(ForgetJob(spec.id, c.spec.attempt, "superseded", held=c.state is TargetJobState.HELD))
+                self._del_copy(spec.id)
             reason = self.admission(spec)
             if reason is not None:
                 acks.append(AckItem(spec.id, spec.attempt, False, reason))
                 continue
-            self._copies[spec.id] = _Copy(spec, peer, TargetJobState.COMMITTING)
+            self._add_copy(_Copy(spec, peer, TargetJobState.COMMITTING))
             commit.append(spec)
+        if released:
+            out.append(ReleaseCopies(peer, tuple(released)))
         if commit:
             out.append(CommitAccepted(peer, tuple(commit)))
         for chunk in _chunks(acks, self.cfg.max_batch):
@@ -1367,8 +1642,7 @@ class TargetProtocol:
             if c.state is not TargetJobState.RESULT_PENDING:
                 # the origin does not want this attempt any more (it moved on): stop it here
                 out.append(StopLocal(ref.id, ref.attempt, "origin no longer wants this attempt"))
-            del self._copies[ref.id]
-            self._pending.pop(ref.id, None)
+            self._del_copy(ref.id)
             out.append(ForgetJob(ref.id, ref.attempt))
         return out
 
@@ -1416,6 +1690,12 @@ class TargetProtocol:
             out.append(Log("info", "results_resent", {"peer": origin, "results": len(items)}))
             for chunk in _chunks(items, self.cfg.max_batch):
                 out.append(Send(origin, Result(tuple(chunk))))
+        for origin in sorted(self._by_origin):
+            if origin not in self._down and self._request_due.get(origin, 0.0) <= now:
+                out.append(Send(origin, ReconcileRequest()))
+                self._request_due[origin] = now + self._request_period(origin)
+        for origin in [o for o in self._request_due if o not in self._by_origin]:
+            del self._request_due[origin]
         self._timers.maybe(self.next_deadline(), out)
         return out
 
@@ -1423,7 +1703,7 @@ class TargetProtocol:
 # --------------------------------------------------------------------------- both sides
 
 
-_TO_TARGET = (Handoff, ResultAck, Stop, Submit)
+_TO_TARGET = (Handoff, ResultAck, Stop, Submit, Reconcile)
 
 
 class TransferProtocol:
