@@ -17,7 +17,7 @@ cleanly) instead of looping forever.
 from __future__ import annotations
 
 import asyncio
-import time
+from . import clock as _clock
 from collections import deque
 from typing import Any, Awaitable, Callable, Coroutine
 
@@ -188,7 +188,7 @@ class Actor:
                     await self.on_stop()
                 except Exception:
                     self.log.exception("stop hook of a crashed actor failed", hook="on_stop")
-                now = time.monotonic()
+                now = _clock.monotonic()
                 self._crashes.append(now)
                 while self._crashes and now - self._crashes[0] > self.restart_window:
                     self._crashes.popleft()
@@ -204,7 +204,7 @@ class Actor:
                     await self.on_start()
                 except Exception as e:  # a failing restart counts as another crash
                     self.log.error("actor restart failed", error=repr(e))
-                    self._crashes.append(time.monotonic())
+                    self._crashes.append(_clock.monotonic())
                     if len(self._crashes) > self.max_restarts:
                         self._fail_pending(ActorCrashed(f"actor {self.name} could not restart"))
                         if self._system is not None:

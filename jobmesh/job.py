@@ -8,9 +8,10 @@ Sling users would not recognise.
 from __future__ import annotations
 
 import enum
-import os
 import threading
 import time
+from . import clock as _clock
+from . import rng as _rng
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -198,9 +199,9 @@ class JobIdGenerator:
     nodes thanks to a random per-process prefix.
     """
 
-    def __init__(self, clock: Any = time.time) -> None:
+    def __init__(self, clock: Any = _clock.wall) -> None:
         self._clock = clock
-        self._prefix = os.urandom(4).hex()
+        self._prefix = _rng.token_hex(4)
         self._counter = 0
         self._lock = threading.Lock()
 

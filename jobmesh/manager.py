@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-import time
+from . import clock as _clock
 from functools import lru_cache
 from typing import Any, Callable
 
@@ -91,7 +91,7 @@ def _check_properties(props: Any) -> str:
 class JobManager(Actor):
     """``node.jobs``. Public coroutine methods are the API; ``tell`` carries the engine's transitions."""
 
-    def __init__(self, config: NodeConfig, store: Any, events: EventBus, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, config: NodeConfig, store: Any, events: EventBus, clock: Callable[[], float] = _clock.wall) -> None:
         super().__init__("job-manager")
         self.config = config
         self.node_name = config.name

@@ -12,7 +12,7 @@ import dataclasses
 import importlib
 import inspect
 import os
-import time
+from . import clock as _clock
 from pathlib import Path
 from typing import Any, Callable
 
@@ -40,8 +40,10 @@ class Node:
     def __init__(self, name: str | None = None, data_dir: str | os.PathLike[str] | None = None,
                  bind: str | None = _UNSET, seeds: list[str] | None = None, http: str | None = _UNSET,
                  capacity: int | None = None, config: NodeConfig | None = None,
-                 queues: list[QueueConfig] | None = None, clock: Callable[[], float] = time.time,
-                 **overrides: Any) -> None:
+                 queues: list[QueueConfig] | None = None, clock: Callable[[], float] = _clock.wall,
+                 transport: Callable[..., Any] | None = None, **overrides: Any) -> None:
+        # the network this node talks over: ZeroMQ unless given (the simulator gives its own)
+        self.transport_factory = transport
         cfg = dataclasses.replace(config) if config is not None else NodeConfig()
         if config is None:
             # Embedded default: no sockets unless asked for (the CLI passes a full config).
@@ -331,7 +333,10 @@ class Node:
 
     # -- observation -------------------------------------------------------------
     def _start_watchdog(self) -> None:
-        """A thread that names the job blocking the event loop while it blocks (consumers/watchdog.py)."""
+        """A thread that names the job blocking the event loop while it blocks (consumers/watchdog.py).
+        Not in a simulation (a transport of its own): a real thread there would only add noise."""
+        if self.transport_factory is not None:
+            return
         from .consumers.watchdog import LoopWatchdog
         self._watchdog = LoopWatchdog(self.log, describe=self.describe_running_jobs)
         self._watchdog.start()

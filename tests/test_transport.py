@@ -89,10 +89,10 @@ async def test_handler_errors_become_error_replies_and_the_endpoint_goes_on(serv
             r = await d.request("test/crash", {}, timeout=2.0)
             assert r.type == "error" and "RuntimeError" in r.body["error"]
             # garbage, other versions and unknown types are dropped, nothing answers them
-            await d._sock.send_multipart([b"jm9", b"join", b"\x80"])
-            await d._sock.send_multipart([b"junk"])
-            await d._sock.send_multipart([wire.VERSION_FRAME, b"nobody-handles-this", b"\x80"])
-            await d._sock.send_multipart(wire.encode("join_reply", {}))  # known type, no handler
+            await d._sock.send([b"jm9", b"join", b"\x80"], 1.0)
+            await d._sock.send([b"junk"], 1.0)
+            await d._sock.send([wire.VERSION_FRAME, b"nobody-handles-this", b"\x80"], 1.0)
+            await d._sock.send(wire.encode("join_reply", {}), 1.0)  # known type, no handler
             with pytest.raises(RequestTimeout):
                 await d.recv(timeout=0.3)
             r = await d.request("test/refuse", {}, timeout=2.0)  # still serving

@@ -7,7 +7,8 @@ these too: each method is a few attribute updates, safe under the GIL.
 from __future__ import annotations
 
 import re
-import time
+
+from .. import clock as _clock
 from typing import Any, Callable
 
 from dataclasses import dataclass
@@ -148,7 +149,7 @@ class ExecutionContext:
 
     __slots__ = ("job", "_stopped", "_clock", "_on_progress", "output")
 
-    def __init__(self, job: Job, stopped: Callable[[], bool], clock: Callable[[], float] = time.time,
+    def __init__(self, job: Job, stopped: Callable[[], bool], clock: Callable[[], float] = _clock.wall,
                  on_progress: Callable[[Job], Any] | None = None) -> None:
         self.job = job
         self._stopped = stopped

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import time
+from .. import clock as _clock
 import traceback
 from functools import partial
 from collections import deque
@@ -68,7 +68,7 @@ class ConsumerPool(Actor):
     """
 
     def __init__(self, node_name: str, capacity: int, store: Any, stop_grace: float = 5.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = _clock.wall) -> None:
         super().__init__("consumer-pool")
         self.node_name = node_name
         self.capacity = capacity
@@ -197,11 +197,11 @@ class ConsumerPool(Actor):
                 self.queues[queue].tell(("returned", list(buf)))
                 self._buffered -= len(buf)
                 buf.clear()
-        deadline = time.monotonic() + grace
-        while self._runs and not self._hurry and time.monotonic() < deadline:
+        deadline = _clock.monotonic() + grace
+        while self._runs and not self._hurry and _clock.monotonic() < deadline:
             self._idle.clear()
             try:
-                await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - time.monotonic()))
+                await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - _clock.monotonic()))
             except asyncio.TimeoutError:
                 break
         left = list(self._runs.values())
@@ -213,8 +213,8 @@ class ConsumerPool(Actor):
                                      "and its result will be ignored", job_id=run.job.id, topic=run.job.topic)
                 run.task.cancel()
         # give cancelled consumers a moment to unwind (bounded)
-        end = time.monotonic() + 2.0
-        while self._runs and time.monotonic() < end:
+        end = _clock.monotonic() + 2.0
+        while self._runs and _clock.monotonic() < end:
             await asyncio.sleep(0.02)
         for run in list(self._runs.values()):  # ignored the cancellation, or its start is not committed yet
             self.log.warning("run did not end when interrupted; reported back to QUEUED, a late result "

@@ -21,7 +21,9 @@ INIT first, events in order, sync or async callbacks), ``set_property(key, value
 from __future__ import annotations
 
 import asyncio
-import time
+import random
+from .. import clock as _clock
+from .. import rng as _rng
 from collections import deque
 from typing import Any, Callable, Iterable, Protocol
 
@@ -41,7 +43,7 @@ from ..transport import (
     Transport,
     load_curve_keys,
 )
-from .. import clock
+
 from .heartbeat import HeartbeatReceiver, HeartbeatSender
 from .membership import (
     Connect,
@@ -162,7 +164,8 @@ class DiscoveryActor(Actor):
         self._receiver: HeartbeatReceiver | None = None
         self._join_wanted = asyncio.Event()
         # level-triggered repair: seeds and remembered endpoints that are not live members
-        self._prober = Prober(initial=0.1, cap=min(self.timeout, max(1.0, 4 * self.interval)))
+        self._prober = Prober(initial=0.1, cap=min(self.timeout, max(1.0, 4 * self.interval)),
+                             rng=random.Random(_rng.current().getrandbits(64)))
         self._book: PeerBook = PeerBook()
         self._book_saved_at = 0.0
         self._name_refused_since: float | None = None
@@ -226,21 +229,25 @@ class DiscoveryActor(Actor):
             )
         self._user_properties = props
         if self._core is not None:
-            self._apply(self._core.set_local(time.monotonic(), properties=props))
+            self._apply(self._core.set_local(_clock.monotonic(), properties=props))
             self._publish_heartbeat(send_now=True)
 
     # -- lifecycle ----------------------------------------------------------------------
     async def on_start(self) -> None:
-        now = time.monotonic()
+        now = _clock.monotonic()
         if self._transport is None:  # kept across crash restarts: other parts' DEALERs stay valid
-            self._transport = Transport(self.node.name, self.curve)
+            make = getattr(self.node, "transport_factory", None) or Transport
+            self._transport = make(self.node.name, self.curve)
         try:
             self.endpoint.bind(self._transport, self.bind)
             self._sender = HeartbeatSender(self._transport, self.pub, self.interval, self.timeout, self.node.name)
-            await asyncio.get_running_loop().run_in_executor(None, self._sender.start_and_wait)
             self._receiver = HeartbeatReceiver(self._transport, self.node.name,
                                                period=self.interval / self.tick_fraction)
-            await asyncio.get_running_loop().run_in_executor(None, self._receiver.start_and_wait)
+            for part in (self._sender, self._receiver):
+                if self._transport.threads:  # a thread binds its socket: wait for it off the loop
+                    await asyncio.get_running_loop().run_in_executor(None, part.start_and_wait)
+                else:
+                    part.start_and_wait()  # a task on this loop (the simulation)
         except BaseException:
             self._close_sockets(keep_transport=False)
             raise
@@ -286,7 +293,10 @@ class DiscoveryActor(Actor):
                 final = None
         if self._sender is not None:
             sender = self._sender
-            await asyncio.get_running_loop().run_in_executor(None, lambda: sender.stop(final))
+            if self._transport is not None and not self._transport.threads:
+                sender.stop(final)
+            else:
+                await asyncio.get_running_loop().run_in_executor(None, lambda: sender.stop(final))
         self._close_sockets(keep_transport=not stopping)
 
     def _close_sockets(self, keep_transport: bool) -> None:
@@ -353,7 +363,7 @@ class DiscoveryActor(Actor):
 
     def _heartbeat_body(self, leaving: bool = False) -> dict[str, Any]:
         assert self._core is not None
-        body = self._core.heartbeat_body(time.monotonic(), leaving=leaving)
+        body = self._core.heartbeat_body(_clock.monotonic(), leaving=leaving)
         body["version"] = wire.PROTOCOL_VERSION
         return body
 
@@ -366,7 +376,7 @@ class DiscoveryActor(Actor):
             self.log.error("heartbeat cannot be encoded", reason=e.reason)
             return
         self._sender.publish(frames, send_now=send_now)
-        self._last_payload_at = time.monotonic()
+        self._last_payload_at = _clock.monotonic()
 
     def _refresh_local(self, now: float) -> None:
         assert self._core is not None
@@ -402,7 +412,7 @@ class DiscoveryActor(Actor):
                 self._publish_heartbeat(send_now=True)  # our new rank, at once
 
     def _dropped(self, reason: str, **kw: Any) -> None:
-        now = time.monotonic()
+        now = _clock.monotonic()
         if now - self._drop_log_at > 1.0:  # garbage floods must not flood the log
             self._drop_log_at = now
             self.log.warning("heartbeat dropped", reason=reason, dropped_total=self.messages_dropped, **kw)
@@ -429,7 +439,7 @@ class DiscoveryActor(Actor):
         period = self.interval / self.tick_fraction
         while True:
             await asyncio.sleep(period)
-            now = time.monotonic()
+            now = _clock.monotonic()
             core = self._core
             assert core is not None and self._sender is not None
             due = now - self._last_payload_at >= self.interval * 0.9
@@ -473,7 +483,7 @@ class DiscoveryActor(Actor):
     def probe_candidates(self) -> list[str]:
         """Seeds and remembered endpoints (ours excluded), whether live members or not."""
         own = {self.bind, self.advertise}
-        eps = [*self.seeds, *self._book.endpoints(clock.wall())]
+        eps = [*self.seeds, *self._book.endpoints(_clock.wall())]
         return [e for e in dict.fromkeys(eps) if e not in own]
 
     def _probe_round(self, core: Membership, attempt_timeout: float) -> None:
@@ -482,7 +492,7 @@ class DiscoveryActor(Actor):
         members = core.members()
         live_eps = {ep for _, ep in members if ep}
         live_names = {n for n, _ in members}
-        now = time.monotonic()
+        now = _clock.monotonic()
         due = self._prober.due(self.probe_candidates(), live_eps, live_names, now)
         for ep in due[:MAX_PROBES_IN_FLIGHT]:
             self.spawn(self._probe(ep, attempt_timeout), name=f"discovery:probe:{ep}")
@@ -494,7 +504,7 @@ class DiscoveryActor(Actor):
         assert core is not None
         self.seed_probes += 1
         reply = await self._ask_join(endpoint, timeout)
-        now = time.monotonic()
+        now = _clock.monotonic()
         if reply is None:
             self._prober.unanswered(endpoint, now)
             return
@@ -531,7 +541,7 @@ class DiscoveryActor(Actor):
             if reply is None:
                 continue
             try:
-                outs = core.on_join_reply(reply, time.monotonic())
+                outs = core.on_join_reply(reply, _clock.monotonic())
             except InvalidMember as e:
                 self.log.warning("bad join reply", seed=ep, error=str(e))
                 continue
@@ -570,7 +580,7 @@ class DiscoveryActor(Actor):
         if core is None:
             raise ValidationError("discovery is not running")
         try:
-            outs, reply = core.on_join_request(msg.body, time.monotonic())  # InvalidMember -> error reply
+            outs, reply = core.on_join_request(msg.body, _clock.monotonic())  # InvalidMember -> error reply
         except NameTaken as e:
             self.log.warning("join refused: the name is taken", joiner_endpoint=msg.body.get("endpoint"),
                              name=e.name, holder=e.holder_endpoint)
@@ -584,7 +594,7 @@ class DiscoveryActor(Actor):
         """A member refused our join: our name is taken by a live node. A restart under a new
         endpoint looks the same for an interval or two (the old process was just heard), so
         only a refusal that lasts a heartbeat timeout ends this node, with the member's words."""
-        now = time.monotonic()
+        now = _clock.monotonic()
         if self._name_refused_since is None:
             self._name_refused_since = now
             self.log.warning("join refused: the name is taken; retrying in case it was our own "
@@ -604,7 +614,7 @@ class DiscoveryActor(Actor):
             self.node.fail(NameInUse(
                 f"a node named {self.node.name} is already in this topology; choose another --name"))
             return
-        now = time.monotonic()
+        now = _clock.monotonic()
         if now - self._name_clash_log_at > 30.0:
             self._name_clash_log_at = now
             self.log.warning("a newer process uses this node's name; it will stop",
@@ -615,12 +625,12 @@ class DiscoveryActor(Actor):
         if not data:
             return PeerBook()
         book = load_peer_book(data)
-        book.expire(clock.wall())
+        book.expire(_clock.wall())
         return book
 
     def _remember(self, view: TopologyView) -> None:
         """Every member seen goes into the peer book (probed after a restart if it is not back)."""
-        now = clock.wall()
+        now = _clock.wall()
         self._book.seen([(i.name, i.endpoint) for i in view.instances if not i.local], now)
         self._save_book(now)
 
@@ -635,7 +645,7 @@ class DiscoveryActor(Actor):
             self.log.warning("remembered members not saved", error=str(e))
 
     def _refresh_book(self) -> None:
-        now = clock.wall()
+        now = _clock.wall()
         if now - self._book_saved_at < PEER_BOOK_REFRESH or self._core is None:
             return
         self._book.expire(now)
@@ -644,17 +654,17 @@ class DiscoveryActor(Actor):
 
     def _on_activity(self, sender: str) -> None:
         if self._core is not None:
-            self._core.touch(sender, time.monotonic())
+            self._core.touch(sender, _clock.monotonic())
 
     async def _lag_monitor(self) -> None:
         """Measure how late the loop wakes up; a blocked loop is logged (heartbeats go on regardless)."""
         period = 0.5
         worst = 0.0
-        window_start = time.monotonic()
+        window_start = _clock.monotonic()
         while True:
-            t0 = time.monotonic()
+            t0 = _clock.monotonic()
             await asyncio.sleep(period)
-            now = time.monotonic()
+            now = _clock.monotonic()
             lag = max(0.0, now - t0 - period)
             worst = max(worst, lag)
             self.loop_lag = max(self.loop_lag, lag)

@@ -27,7 +27,7 @@ Not the global registry: several nodes may live in one process (tests, the demo)
 from __future__ import annotations
 
 import bisect
-import time
+from .. import clock as _clock
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -177,7 +177,7 @@ class Snapshot:
     discovery: dict[str, Any] | None = None  # loop_lag, heartbeats_received, messages_dropped, probes
     repairs: dict[str, int] = field(default_factory=dict)  # node.repairs(): level-triggered repairs by kind
     scrape_error: str | None = None
-    taken_at: float = field(default_factory=time.time)
+    taken_at: float = field(default_factory=_clock.wall)
 
 
 def build_families(snap: Snapshot, rec: JobMetricsRecorder) -> list[Metric]:

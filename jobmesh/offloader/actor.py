@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
+from .. import clock as _clock
 from collections import deque
 from typing import Any
 
@@ -81,7 +81,7 @@ class OffloaderActor(Actor):
     async def receive(self, msg: Any) -> Any:
         kind = msg[0]
         if kind in ("plan", "kick"):
-            since = time.monotonic() - self._last_plan
+            since = _clock.monotonic() - self._last_plan
             if kind == "plan" and since < self.interval / 2:
                 return None
             if kind == "kick" and since < KICK_MIN_INTERVAL:
@@ -97,7 +97,7 @@ class OffloaderActor(Actor):
         elif kind == "received":
             _, peer, n = msg
             self.moves_in += n
-            self.history.append(MoveRecord(time.monotonic(), peer, self.node.name, n, "move"))
+            self.history.append(MoveRecord(_clock.monotonic(), peer, self.node.name, n, "move"))
         elif kind == "steal":
             _, peer, count, topics = msg
             await self._plan(only_target=peer, limit=count)
@@ -166,7 +166,7 @@ class OffloaderActor(Actor):
         return not any(i.capacity.get("queued", 0) > 0 for i in topo.instances if i.name != self.node.name)
 
     async def _plan(self, only_target: str | None = None, limit: int | None = None) -> None:
-        self._last_plan = time.monotonic()
+        self._last_plan = _clock.monotonic()
         if only_target is None and self._idle():
             return
         view = self._view()
@@ -175,7 +175,7 @@ class OffloaderActor(Actor):
         transfer = self.node.transfer
         if transfer is None:
             return
-        now = time.monotonic()
+        now = _clock.monotonic()
         local = view.instance(self.node.name)
         if only_target is None and local is not None and not local.capacity.get("movable"):
             self._maybe_steal(view, now)  # nothing of ours waits here: no window to scan

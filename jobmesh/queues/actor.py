@@ -11,7 +11,7 @@ once the write is committed (so notifications never run ahead of the disk).
 from __future__ import annotations
 
 import asyncio
-import time
+from .. import clock as _clock
 from functools import partial
 from typing import Any, Callable
 
@@ -34,7 +34,7 @@ class QueueActor(Actor):
     ``suspend`` / ``resume`` / ``info`` (ask), ``consumers_changed``, ``drain``, ``tick``."""
 
     def __init__(self, config: QueueConfig, store: Any, pool: Actor, manager: Actor,
-                 runnable: Callable[[str], bool], clock: Callable[[], float] = time.time,
+                 runnable: Callable[[str], bool], clock: Callable[[], float] = _clock.wall,
                  cores: int | None = None, window: int = WINDOW) -> None:
         super().__init__(f"queue:{config.name}")
         self.config = config

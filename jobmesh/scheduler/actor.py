@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
+from .. import clock as _clock
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -79,7 +79,7 @@ class SchedulerActor(Actor):
     ) -> None:
         super().__init__("scheduler")
         self.node = node
-        clock = clock or getattr(node, "clock", None) or time.time  # the node's clock by default
+        clock = clock or getattr(node, "clock", None) or _clock.wall  # the node's clock by default
         self.clock = clock
         data_dir = getattr(node, "data_dir", None) or node.config.data
         self.path = Path(path) if path is not None else Path(data_dir) / DB_FILE
@@ -461,7 +461,7 @@ class SchedulerActor(Actor):
     def _pull(self, peer: str, url: Any, digest: Any) -> None:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")) or peer in self._pulling:
             return
-        now = time.monotonic()
+        now = _clock.monotonic()
         last = self._pulled.get(peer)
         if last is not None and last[0] == digest and now - last[1] < self.pull_interval:
             return  # pulled this very state lately; a record we cannot use stays unusable

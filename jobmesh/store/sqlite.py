@@ -19,7 +19,7 @@ import json
 import os
 import sqlite3
 import threading
-import time
+from .. import clock as _clock
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,7 +104,7 @@ class Store(Actor):
     the write committed.
     """
 
-    def __init__(self, path: str | os.PathLike[str], durability: str = "normal", clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, path: str | os.PathLike[str], durability: str = "normal", clock: Callable[[], float] = _clock.wall) -> None:
         super().__init__("store")
         self.path = Path(path)
         self.durability = durability

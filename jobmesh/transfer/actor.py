@@ -27,7 +27,8 @@ import asyncio
 import copy
 import json
 import sqlite3
-import time
+from .. import clock as _clock
+from .. import rng as _rng
 from collections import deque
 from typing import Any, Iterable
 
@@ -135,7 +136,7 @@ class _PeerLink:
                 actor.sent += 1
             except PeerUnreachable as e:
                 actor.dropped += 1  # the protocol's resend timers cover it
-                now = time.monotonic()
+                now = _clock.monotonic()
                 if now - self._drop_log_at > 1.0:  # a dead peer must not flood the log
                     self._drop_log_at = now
                     actor.log.info("transfer message not delivered", peer=self.name, type=msg.TYPE,
@@ -169,7 +170,7 @@ class TransferActor(Actor):
         # discovery), so the first resend waits a little longer than the protocol's default:
         # under load an ack that is merely late must not double the work
         cfg = config or ProtocolConfig(resend_initial=2.0, max_in_flight_per_peer=IN_FLIGHT_PER_PEER)
-        self.protocol = TransferProtocol(node.name, time.monotonic, cfg,
+        self.protocol = TransferProtocol(node.name, _clock.monotonic, cfg,
                                          admission=self._admission)
         self._links: dict[str, _PeerLink] = {}
         self._members: dict[str, tuple[float, str]] = {}  # name -> (incarnation, endpoint), live peers
@@ -236,7 +237,7 @@ class TransferActor(Actor):
             self.tell(("foreign_done",))
 
     def foreign_started(self, jobs: list[Job]) -> None:
-        self.tell(("foreign_started", [(j.id, j.started or time.time()) for j in jobs]))
+        self.tell(("foreign_started", [(j.id, j.started or _clock.wall()) for j in jobs]))
 
     def foreign_progress(self, job: Job) -> None:
         """From ``ExecutionContext`` (maybe in a consumer's thread): progress of a copy changed."""
@@ -253,7 +254,7 @@ class TransferActor(Actor):
             return
         self._progress_pending.add(job.id)
         last = self._progress_sent.get(job.id)
-        delay = 0.0 if last is None else max(0.0, PROGRESS_MIN_INTERVAL - (time.monotonic() - last[0]))
+        delay = 0.0 if last is None else max(0.0, PROGRESS_MIN_INTERVAL - (_clock.monotonic() - last[0]))
         self.tell_later(delay, ("foreign_progress", job))
 
     async def remote_stop(self, job: Job, state: JobState) -> Job | None:
@@ -542,7 +543,7 @@ class TransferActor(Actor):
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = at
-        delay = max(0.0, at - time.monotonic())
+        delay = max(0.0, at - _clock.monotonic())
         self._timer = self.tell_later(delay + 0.001, ("timer",))
 
     # -- topology ----------------------------------------------------------------------------------------
@@ -602,7 +603,7 @@ class TransferActor(Actor):
         if job.state is JobState.QUEUED:
             old = job.state
             job.state = state
-            job.finished = time.time()
+            job.finished = _clock.wall()
             await self.node.store.update(job)
             self.node.jobs.tell(("transitions", [(job, old, state, None, "STOPPED")]))
             recorded = copy.copy(job)
@@ -621,7 +622,7 @@ class TransferActor(Actor):
     def _start_remote(self, job: Job, peer: str, at: float,
                       started: list[tuple[Job, float]] | None = None) -> None:
         """The job runs at ``peer``; the manager is told at once, or with ``started`` (a batch)."""
-        now = time.time()
+        now = _clock.wall()
         job.state = JobState.ACTIVE
         job.started = at if 0 < at <= now + 60 else now
         job.finished = None
@@ -640,7 +641,7 @@ class TransferActor(Actor):
             job = self._out_jobs.get(p.id)
             if job is None or job.state is not JobState.QUEUED or job.target != peer or job.attempt != p.attempt:
                 return
-            self._start_remote(job, peer, time.time())
+            self._start_remote(job, peer, _clock.wall())
         if p.steps is not None:
             job.progress.steps = p.steps
         if p.step is not None:
@@ -654,7 +655,7 @@ class TransferActor(Actor):
     async def _commit_results(self, items: list[tuple[str, ResultItem]]) -> None:
         """Apply results through the local retry decision; ack after the commit."""
         store, jobs_actor = self.node.store, self.node.jobs
-        now = time.time()
+        now = _clock.wall()
         transitions: list[tuple[Any, ...]] = []
         requeue: list[Job] = []
         refs: list[JobRef] = []
@@ -775,7 +776,7 @@ class TransferActor(Actor):
 
     async def _commit_copies(self, origin: str, specs: tuple[JobSpec, ...]) -> None:
         node, store = self.node, self.node.store
-        now = time.time()
+        now = _clock.wall()
         jobs: list[Job] = []
         seq = store.reserve_seqs(len(specs))
         rows, copies = [], []
@@ -853,7 +854,7 @@ class TransferActor(Actor):
         final_progress: list[Progress] = []
         rows: list[tuple[str, str, int, str]] = []
         done: list[tuple[Job, JobState]] = []
-        now = time.time()
+        now = _clock.wall()
         for job, outcome in batch:
             done.append((job, job.state))
             current = self._copy_seq.get(job.id)
@@ -913,7 +914,7 @@ class TransferActor(Actor):
         sent_lines = last[1] if last is not None else 0
         lines = job.progress.log
         new_lines = tuple(lines[sent_lines:]) if sent_lines <= len(lines) else tuple(lines[-10:])
-        self._progress_sent[job.id] = (time.monotonic(), len(lines))
+        self._progress_sent[job.id] = (_clock.monotonic(), len(lines))
         p = job.progress
         msg = Progress(job.id, st[1], p.steps, p.step, p.eta, new_lines)
         await self._exec(self.protocol.target.progress(msg))
@@ -971,9 +972,7 @@ class TransferActor(Actor):
     async def submit(self, peer: str, topic: str, properties: dict[str, Any] | None,
                      timeout: float = 30.0) -> str:
         """Add a job on ``peer`` (it becomes the job's origin); returns the job id."""
-        import uuid
-
-        rid = uuid.uuid4().hex
+        rid = _rng.token_hex(16)
         fut = asyncio.get_running_loop().create_future()
         self._submits[rid] = fut
         self.tell(("submit", peer, rid, topic, properties or {}))

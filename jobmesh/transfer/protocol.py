@@ -24,7 +24,7 @@ Each node plays both roles, so ``TransferProtocol`` holds both sides and one
 from __future__ import annotations
 
 import enum
-import time
+from .. import clock as _clock
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterable, Sequence
@@ -877,7 +877,7 @@ class OriginProtocol:
     does not match (peer, attempt) is stale and only logged.
     """
 
-    def __init__(self, node: str, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, node: str, clock: Callable[[], float] = _clock.monotonic,
                  config: ProtocolConfig | None = None) -> None:
         self.node = node
         self.clock = clock
@@ -1310,7 +1310,7 @@ class TargetProtocol:
     or None; it is a pure function of the node's settings, given by the actor.
     """
 
-    def __init__(self, node: str, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, node: str, clock: Callable[[], float] = _clock.monotonic,
                  config: ProtocolConfig | None = None, admission: Admission = _accept_all) -> None:
         self.node = node
         self.clock = clock
@@ -1709,7 +1709,7 @@ _TO_TARGET = (Handoff, ResultAck, Stop, Submit, Reconcile)
 class TransferProtocol:
     """Both roles of one node behind one entry point, which is what the actor drives."""
 
-    def __init__(self, node: str, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, node: str, clock: Callable[[], float] = _clock.monotonic,
                  config: ProtocolConfig | None = None, admission: Admission = _accept_all) -> None:
         self.node = node
         self.clock = clock

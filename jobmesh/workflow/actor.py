@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
+from .. import clock as _clock
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Iterable
@@ -63,7 +63,7 @@ class WorkflowActor(Actor):
                  path: str | Path | None = None) -> None:
         super().__init__("workflows")
         self.node = node
-        self.clock = getattr(node, "clock", time.time)
+        self.clock = getattr(node, "clock", _clock.wall)
         self.path = Path(path) if path is not None else Path(node.config.data) / "workflows.sqlite"
         self.sweep_interval = sweep_interval
         self.retention = retention
