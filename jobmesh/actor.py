@@ -182,12 +182,12 @@ class Actor:
                 try:
                     await self.on_failure(exc)
                 except Exception:
-                    self.log.exception("on_failure hook failed")
+                    self.log.exception("failure hook of a crashed actor failed", hook="on_failure")
                 await self._cancel_tasks()
                 try:
                     await self.on_stop()
                 except Exception:
-                    self.log.exception("on_stop hook failed after crash")
+                    self.log.exception("stop hook of a crashed actor failed", hook="on_stop")
                 now = _clock.monotonic()
                 self._crashes.append(now)
                 while self._crashes and now - self._crashes[0] > self.restart_window:

@@ -44,6 +44,8 @@ class ApiClient:
 
     def __init__(self, url: str, token: str | None = None, timeout: float = 10.0) -> None:
         url = url.strip()
+        if url.isdigit() or (url.startswith(":") and url[1:].isdigit()):  # a bare port, as --http takes
+            url = "127.0.0.1:" + url.lstrip(":")
         if "://" not in url:  # "127.0.0.1:8471" is what people type
             url = "http://" + url
         self.url = url.rstrip("/")
@@ -196,9 +198,23 @@ def add_property_option(parser: argparse.ArgumentParser, what: str = "a job prop
 
 
 def _short_time(iso: str | None) -> str | None:
+    """``2026-01-02T03:04:05.678Z`` -> ``2026-01-02 03:04:05Z``: seconds, and still saying UTC."""
     if not iso:
         return None
-    return iso.replace("T", " ").rstrip("Z")[:19]
+    return iso.replace("T", " ")[:19] + ("Z" if iso.endswith("Z") else "")
+
+
+def duration(seconds: float | None) -> str:
+    """Seconds for people: ``0.9998`` -> ``1.0 s``, ``75.2`` -> ``1 min 15 s``."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+    minutes, sec = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} min {sec} s" if sec else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
 
 
 def render_job(job: dict[str, Any]) -> str:
@@ -231,13 +247,24 @@ def render_jobs(data: dict[str, Any]) -> str:
     jobs = data.get("jobs", [])
     if not jobs:
         return "no jobs"
-    return table(
+    text = table(
         ["ID", "STATE", "TOPIC", "QUEUE", "RETRIES", "CREATED", "TARGET"],
         [
-            [j["id"], j["state"], j["topic"], j.get("queue"), j.get("retry_count"), _short_time(j.get("created")), j.get("target")]
+            [j["id"], j["state"], j["topic"], j.get("queue"), j.get("retry_count"), _short_time(j.get("created")),
+             _target_of(j)]
             for j in jobs
         ],
     )
+    total = data.get("total")
+    if isinstance(total, int) and total > len(jobs):
+        text += (f"\nshowing the newest {len(jobs)} of {total} jobs; --limit N shows more, "
+                 f"--state/--topic/--queue narrow it down")
+    return text
+
+
+def _target_of(job: dict[str, Any]) -> str | None:
+    """Where the job runs or ran; a copy of another node's job is running here, at the node asked."""
+    return job.get("target")
 
 
 def render_job_line(job: dict[str, Any]) -> str:
@@ -247,16 +274,45 @@ def render_job_line(job: dict[str, Any]) -> str:
     return f"{job['id']}  {job['state']}  {job['topic']}{msg}"
 
 
+TOPOLOGY_WIDTH = 100  # columns the topology table keeps to (a terminal and a half is unreadable)
+
+
 def render_topology(data: dict[str, Any]) -> str:
+    """One row per node, within ``TOPOLOGY_WIDTH`` columns: the topic list is cut to fit (with
+    "+N more"); ``--json`` has everything."""
     rows = []
     for i in data.get("instances", []):
         cap = i.get("capacity") or {}
-        cap_text = " ".join(f"{k}={_cell(v)}" for k, v in cap.items()) if cap else None
-        rows.append([i["name"], i.get("leader"), i.get("local"), i.get("endpoint"), i.get("topics"), i.get("offload_topics"), cap_text])
-    head = f"local: {data.get('local')}   leader: {data.get('leader')}"
+        name = i["name"] + (" *" if i.get("leader") else "") + (" (here)" if i.get("local") else "")
+        load = f"{cap.get('active', 0)}/{cap.get('slots', '?')}" if cap else None
+        topics = list(i.get("topics") or [])
+        enabled = set(i.get("offload_topics") or [])
+        on = sum(1 for t in topics if t in enabled)
+        offload = "all" if topics and on == len(topics) else "none" if topics and not on else f"{on}/{len(topics)}"
+        rows.append([name, i.get("endpoint"), load, cap.get("queued") if cap else None,
+                     offload if topics else None, topics])
+    head = f"local: {data.get('local')}   leader: {data.get('leader')} (*)"
     if data.get("current") is False:
         head += "   (changing)"
-    return head + "\n" + table(["NAME", "LEADER", "LOCAL", "ENDPOINT", "TOPICS", "OFFLOAD", "CAPACITY"], rows)
+    headers = ["NAME", "ENDPOINT", "ACTIVE", "QUEUED", "OFFLOAD", "TOPICS"]
+    fixed = [[_cell(v) for v in r[:-1]] for r in rows]
+    widths = [max([len(h)] + [len(r[k]) for r in fixed]) for k, h in enumerate(headers[:-1])]
+    room = max(20, TOPOLOGY_WIDTH - sum(w + 2 for w in widths))
+    cells = [[*r[:-1], _fit(t, room)] for r, t in zip(rows, [r[-1] for r in rows])]
+    return head + "\n" + table(headers, cells)
+
+
+def _fit(items: list[str], width: int) -> str:
+    """``a,b,c`` cut to ``width`` characters with ``+N more`` for what did not fit."""
+    out: list[str] = []
+    for k, item in enumerate(items):
+        rest = len(items) - k - 1
+        candidate = ",".join([*out, item])
+        tail = f" +{rest} more" if rest else ""
+        if len(candidate) + len(tail) > width and out:
+            return ",".join(out) + f" +{len(items) - k} more"
+        out.append(item)
+    return ",".join(out) or "-"
 
 
 def render_queues(data: dict[str, Any]) -> str:
@@ -267,14 +323,14 @@ def render_queues(data: dict[str, Any]) -> str:
             [
                 q.get("name"), q.get("type"), q.get("topics"), q.get("max_parallel"), q.get("suspended"),
                 s.get("queued"), s.get("active"), s.get("finished"), s.get("failed"), s.get("cancelled"),
-                s.get("average_waiting_time"), s.get("average_processing_time"),
+                _ms(s.get("average_waiting_time")), _ms(s.get("average_processing_time")),
             ]
         )
     return table(
-        ["NAME", "TYPE", "TOPICS", "PARALLEL", "SUSPENDED", "QUEUED", "ACTIVE", "FINISHED", "FAILED",
-         "CANCELLED", "AVG WAIT ms", "AVG PROC ms"],
+        ["NAME", "TYPE", "TOPICS", "PARALLEL", "SUSPENDED", "QUEUED", "ACTIVE", "FINISHED", "FAILED RUNS",
+         "CANCELLED", "AVG WAIT", "AVG RUN"],
         rows,
-    )
+    ) + "\n" + STATS_NOTE
 
 
 def render_queue_line(q: dict[str, Any]) -> str:
@@ -284,17 +340,34 @@ def render_queue_line(q: dict[str, Any]) -> str:
 STAT_FIELDS = ("queued", "active", "finished", "failed", "cancelled", "processed", "average_waiting_time", "average_processing_time")
 
 
+STATS_NOTE = ("FINISHED: jobs that succeeded.  FAILED RUNS: attempts that failed and were retried (one job\n"
+              "may count many).  CANCELLED: jobs given up, stopped or dropped.")
+
+
+def _ms(value: Any) -> str | None:
+    """Milliseconds as a rounded duration (``0.8 ms``, ``1.2 s``)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    if value < 1000:
+        return f"{value:.1f} ms" if value < 10 else f"{value:.0f} ms"
+    return duration(value / 1000.0)
+
+
+def _stat_row(s: dict[str, Any]) -> list[Any]:
+    return [*(s.get(f) for f in STAT_FIELDS[:6]), _ms(s.get("average_waiting_time")), _ms(s.get("average_processing_time"))]
+
+
 def render_stats(data: dict[str, Any]) -> str:
     def rows(section: dict[str, Any]) -> list[list[Any]]:
-        return [[name, *(s.get(f) for f in STAT_FIELDS)] for name, s in sorted(section.items())]
+        return [[name, *_stat_row(s)] for name, s in sorted(section.items())]
 
-    headers = ["QUEUED", "ACTIVE", "FINISHED", "FAILED", "CANCELLED", "PROCESSED", "AVG WAIT ms", "AVG PROC ms"]
-    out = [table(["", *headers], [["overall", *((data.get("overall") or {}).get(f) for f in STAT_FIELDS)]])]
+    headers = ["QUEUED", "ACTIVE", "FINISHED", "FAILED RUNS", "CANCELLED", "PROCESSED", "AVG WAIT", "AVG RUN"]
+    out = [table(["", *headers], [["overall", *_stat_row(data.get("overall") or {})]])]
     if data.get("queues"):
         out += ["", table(["QUEUE", *headers], rows(data["queues"]))]
     if data.get("topics"):
         out += ["", table(["TOPIC", *headers], rows(data["topics"]))]
-    return "\n".join(out)
+    return "\n".join([*out, "", STATS_NOTE])
 
 
 # -- client commands ------------------------------------------------------------------
@@ -315,22 +388,75 @@ def _job_path(job_id: str, action: str | None = None) -> str:
 
 
 def emit_created(args: argparse.Namespace, c: ApiClient, item: dict[str, Any], final: Sequence[str], success: str,
-                 path: Callable[[str], str], what: str, render: Callable[[Any], str]) -> int:
+                 path: Callable[[str], str], what: str, render: Callable[[Any], str],
+                 status: Callable[[dict[str, Any]], str] | None = None) -> int:
     """Show what ``submit``/``workflow start`` made; with ``--wait`` first poll ``path(id)`` (backing
     off to 0.5 s) until its state is in ``final``: exit 0 if that is ``success``, else 1. After
-    ``args.timeout`` s the item is shown and a CliError raised."""
+    ``args.timeout`` s the item is shown and a CliError raised. With ``status``, the id is said at
+    once and every change of ``status(item)`` while waiting, on stderr (stdout keeps the result)."""
     if args.wait:
         deadline = time.monotonic() + args.timeout
         delay = 0.05
-        while item["state"] not in final:
-            if time.monotonic() >= deadline:
-                emit(args, item, render)
-                raise CliError(f"{what} {item['id']} not finished after {args.timeout:g} s (state {item['state']})")
-            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 1.5, 0.5)
-            item = c.get(path(item["id"]))
+        said = None
+        if status is not None:
+            print(f"{what} {item['id']} added; waiting up to {duration(args.timeout)} for it to finish "
+                  f"(Ctrl-C stops waiting, not the {what})", file=sys.stderr, flush=True)
+        try:
+            while item["state"] not in final:
+                if status is not None:
+                    now = status(item)
+                    if now != said:
+                        print(f"  {now}", file=sys.stderr, flush=True)
+                        said = now
+                if time.monotonic() >= deadline:
+                    emit(args, item, render)
+                    raise CliError(f"{what} {item['id']} not finished after {args.timeout:g} s (state {item['state']})")
+                time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+                delay = min(delay * 1.5, 0.5)
+                item = c.get(path(item["id"]))
+        except KeyboardInterrupt:
+            print(f"jobmesh: stopped waiting; {what} {item['id']} goes on ({item['state']})", file=sys.stderr)
+            return 130
     emit(args, item, render)
     return 0 if not args.wait or item["state"] == success else 1
+
+
+def job_status(job: dict[str, Any]) -> str:
+    """Where a job is, in a few words: ``ACTIVE on b, step 2/3`` / ``QUEUED, retry 1/10 after KeyError``."""
+    parts = [job.get("state", "?")]
+    if job.get("target") and job.get("target") != job.get("origin"):
+        parts.append(f"on {job['target']}")
+    prog = job.get("progress") or {}
+    if prog.get("steps"):
+        parts.append(f"step {prog.get('step', 0)}/{prog['steps']}")
+    text = ", ".join(parts)
+    if job.get("retry_count"):
+        mx = job.get("max_retries")
+        text += f", retry {job['retry_count']}/{'forever' if mx == -1 else mx}"
+        if job.get("result_message") and job.get("state") == "QUEUED":
+            text += f" after {job['result_message']}"
+    return text
+
+
+def warn_if_no_consumer(c: ApiClient, topic: str) -> None:
+    """A job no member can run waits QUEUED until one can: say so now, with close topics, rather
+    than let ``--wait`` sit in silence. Silent when the topology cannot be read."""
+    import difflib
+
+    from .topics import matches
+
+    try:
+        topo = c.get("/api/v1/topology")
+        patterns = sorted({p for inst in topo.get("instances", []) for p in inst.get("topics") or []})
+    except (CliError, AttributeError, TypeError):
+        return
+    if any(matches(p, topic) for p in patterns):
+        return
+    close = difflib.get_close_matches(topic, patterns, n=3, cutoff=0.6)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else \
+        (f"; consumers here take: {', '.join(patterns[:8])}" if patterns else "; no node has any consumer")
+    print(f"jobmesh: warning: no node in the topology has a consumer for {topic}{hint}; the job stays "
+          f"QUEUED until a node with one joins", file=sys.stderr, flush=True)
 
 
 def add_id_commands(sub: Any, commands: Sequence[tuple[str, Callable[[argparse.Namespace], int], str]]) -> None:
@@ -346,7 +472,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     c = client(args)
     props = dict(args.property or [])
     job = c.post("/api/v1/jobs", {"topic": args.topic, "properties": props})
-    return emit_created(args, c, job, FINAL_STATES, "SUCCEEDED", _job_path, "job", render_job_line)
+    warn_if_no_consumer(c, args.topic)
+    return emit_created(args, c, job, FINAL_STATES, "SUCCEEDED", _job_path, "job", render_job_line, job_status)
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
@@ -360,8 +487,49 @@ def cmd_job(args: argparse.Namespace) -> int:
     return 0
 
 
+def _wait_final(c: ApiClient, job: dict[str, Any], timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while job.get("state") not in FINAL_STATES and time.monotonic() < deadline:
+        time.sleep(0.1)
+        job = c.get(_job_path(job["id"]))
+    return job
+
+
+def render_stop(job: dict[str, Any]) -> str:
+    """What ``stop`` did: a final job says its state; a running one, what happens next."""
+    if job.get("state") in FINAL_STATES:
+        return render_job_line(job)
+    grace = job.get("stop_grace")
+    if job.get("state") == "ACTIVE":
+        within = f"it has {grace:g} s to return, then an async consumer is cancelled" if isinstance(grace, (int, float)) \
+            else "an async consumer is cancelled after the node's stop_grace"
+        return (f"{job['id']}  stopping: the consumer was asked to stop (ctx.is_stopped() is true); {within}; "
+                f"then the job is STOPPED (jobmesh stop {job['id']} --wait waits for it)")
+    return f"{job['id']}  stopping ({job_status(job)}); it is STOPPED once its node confirms"
+
+
+def render_remove(job: dict[str, Any]) -> str:
+    """What ``remove`` did: deleted (a final job), dropped (its record stays), or dropping."""
+    if job.get("deleted"):
+        return f"{job['id']}  deleted"
+    if job.get("state") == "DROPPED":
+        return (f"{job['id']}  DROPPED: it will not run; its record stays until its history expires "
+                f"(jobmesh remove {job['id']} again deletes it now)")
+    if job.get("state") in FINAL_STATES:
+        return render_job_line(job)
+    return (f"{job['id']}  dropping: the consumer was asked to stop; once it returns the job is DROPPED "
+            f"(its record stays; jobmesh remove {job['id']} again then deletes it)")
+
+
 def cmd_stop(args: argparse.Namespace) -> int:
-    emit(args, client(args).post(_job_path(args.id, "stop")), render_job_line)
+    c = client(args)
+    job = c.post(_job_path(args.id, "stop"))
+    if args.wait and job.get("state") not in FINAL_STATES:
+        job = _wait_final(c, job, args.timeout)
+        if job.get("state") not in FINAL_STATES:
+            emit(args, job, render_stop)
+            raise CliError(f"job {job['id']} still {job['state']} after {args.timeout:g} s")
+    emit(args, job, render_stop)
     return 0
 
 
@@ -371,7 +539,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    emit(args, client(args).delete(_job_path(args.id)), render_job_line)
+    emit(args, client(args).delete(_job_path(args.id)), render_remove)
     return 0
 
 
@@ -412,9 +580,16 @@ def cmd_offload(args: argparse.Namespace) -> int:
 # -- node and demo ------------------------------------------------------------------------
 
 
-def node_config(args: argparse.Namespace) -> Any:
-    """The config file (or defaults) with the command-line flags applied, validated."""
-    from .config import ConfigError, load_config
+def _is_auto(value: str | None) -> bool:
+    return isinstance(value, str) and (value == "auto" or value.endswith(":auto"))
+
+
+def node_config(args: argparse.Namespace, picked: list[str] | None = None) -> Any:
+    """The config file (or defaults) with the command-line flags applied, validated, ``auto`` ports
+    picked (said in ``picked``, when given). Every mistake is a CliError (exit 2) that names the
+    flag and the fix, raised before anything starts."""
+    from .config import ConfigError, check_endpoint, load_config, normalize_http
+    from .startup import resolve_auto
 
     try:
         config = load_config(args.config)
@@ -422,25 +597,41 @@ def node_config(args: argparse.Namespace) -> Any:
             config.name = args.name
         if args.data:
             config.data = args.data
-        if args.bind:
-            config.bind = args.bind
         if args.pub:
-            config.pub = args.pub
+            config.pub = check_endpoint(args.pub, "--pub", example_port=5702)
+        if args.bind:
+            config.bind = args.bind if _is_auto(args.bind) else check_endpoint(
+                args.bind, "--bind", need_next=not config.pub)
         if args.seed:
-            config.seeds = list(args.seed)
+            config.seeds = [check_endpoint(s, "--seed") for s in args.seed]
+        if args.advertise:
+            config.advertise = check_endpoint(args.advertise, "--advertise", port_optional=True)
         if args.http is not None:
-            config.http = None if args.http.lower() in ("off", "none", "") else args.http
+            off = args.http.lower() in ("off", "none", "")
+            config.http = None if off else args.http if _is_auto(args.http) else normalize_http(args.http, "--http")
         if args.capacity is not None:
             config.capacity = args.capacity
         if args.log_format:
             config.log_format = args.log_format
+        chosen = resolve_auto(config)
+        if picked is not None:
+            picked.extend(chosen)
         return config.validate()
     except ConfigError as e:
         raise CliError(f"configuration: {e}", code=2) from None
+    except (OSError, RuntimeError) as e:  # auto: no free port on that host
+        raise CliError(f"configuration: cannot pick a free port ({e})", code=2) from None
 
 
 def cmd_node(args: argparse.Namespace) -> int:
-    config = node_config(args)
+    from .startup import StartupError, check_consumers, check_ports, import_consumer_modules
+
+    picked: list[str] = []
+    config = node_config(args, picked)
+    try:
+        check_ports(config)  # a port in use is one sentence now, not a traceback after half a start
+    except StartupError as e:
+        raise CliError(str(e), code=2) from None
 
     cwd = os.getcwd()
     if cwd not in sys.path and "" not in sys.path:
@@ -449,6 +640,15 @@ def cmd_node(args: argparse.Namespace) -> int:
     from .log import configure_logging
 
     configure_logging(config.log_format, level=args.log_level)
+    modules = list(args.consumers or [])
+    try:
+        warnings = check_consumers(import_consumer_modules(modules, cwd))
+    except StartupError as e:
+        raise CliError(str(e), code=2) from None
+    for line in warnings:
+        print(f"jobmesh: warning: {line}", file=sys.stderr)
+    if picked:  # --bind auto / --http auto: say what was picked, where a script can read it
+        print(f"jobmesh node {config.name}: " + ", ".join(picked), flush=True)
 
     import asyncio
 
@@ -456,7 +656,7 @@ def cmd_node(args: argparse.Namespace) -> int:
     from .runner import run_node
 
     try:
-        return int(asyncio.run(run_node(config, list(args.consumers or []))) or 0)
+        return int(asyncio.run(run_node(config, modules)) or 0)
     except (DataDirInUse, NameInUse) as e:  # --data or --name belongs to another live node: one line
         raise CliError(str(e), code=2) from None
     except KeyboardInterrupt:  # a second Ctrl-C while draining
@@ -493,11 +693,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="TOML configuration file")
     p.add_argument("--name", help="node name (default: the host name)")
     p.add_argument("--data", help="data directory (the job store)")
-    p.add_argument("--bind", help="transfer endpoint tcp://HOST:PORT (heartbeats on the next port)")
+    p.add_argument("--bind", help="transfer endpoint tcp://HOST:PORT (heartbeats take the next port too); "
+                                  "'auto' picks free ports and prints them")
     p.add_argument("--pub", help="heartbeat endpoint tcp://HOST:PORT (default: the port after --bind)")
     p.add_argument("--seed", nargs="+", action="extend", metavar="ENDPOINT",
                    help="live members' --bind endpoints (--seed A B or --seed A --seed B)")
-    p.add_argument("--http", help="HTTP API address HOST:PORT, or 'off'")
+    p.add_argument("--http", help="HTTP API address HOST:PORT or a port (loopback), 'auto' (a free port, "
+                                  "printed), or 'off'")
+    p.add_argument("--advertise", metavar="ENDPOINT",
+                   help="the endpoint peers connect to, tcp://HOST[:PORT] (a 0.0.0.0 bind, containers, NAT)")
     p.add_argument("--consumers", nargs="+", action="extend", metavar="MODULE", help="modules whose consumers to register")
     p.add_argument("--capacity", type=_positive_int, help="consumer slots")
     p.add_argument("--log-format", choices=("console", "json"), help="log output format")
@@ -517,18 +721,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("jobs", help="list jobs (newest first)")
     p.add_argument("--state", help="QUEUED, ACTIVE, SUCCEEDED, STOPPED, GIVEN_UP, ERROR or DROPPED")
-    p.add_argument("--topic")
+    p.add_argument("--topic", help="a topic or a pattern: 'demo/*' (one level), 'demo/**' (any depth)")
     p.add_argument("--queue")
     p.add_argument("--limit", type=_positive_int, default=None)
     add_client_options(p)
     p.set_defaults(func=cmd_jobs)
 
     add_id_commands(sub, (
-        ("job", cmd_job, "show one job"),
-        ("stop", cmd_stop, "stop a job"),
+        ("job", cmd_job, "show one job (ID or an unambiguous prefix of it)"),
+        ("stop", cmd_stop, "stop a job; a running one is asked to stop (--wait: until it has)"),
         ("retry", cmd_retry, "retry a job that ended without success"),
-        ("remove", cmd_remove, "remove a job (a queued or active one is dropped)"),
+        ("remove", cmd_remove, "remove a job (a queued or active one is dropped and kept; a final one deleted)"),
     ))
+    stop = sub.choices["stop"]
+    stop.add_argument("--wait", action="store_true", help="wait until the job is STOPPED (or otherwise final)")
+    stop.add_argument("--timeout", type=float, default=30.0, help="seconds to wait with --wait (default 30)")
 
     p = sub.add_parser("topology", help="show the nodes that see each other")
     add_client_options(p)

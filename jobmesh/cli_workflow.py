@@ -9,6 +9,7 @@ Only the stdlib: the command stays fast to start.
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 from .cli import _short_time, add_client_options, add_property_option, api_path, client, emit, emit_created, table
@@ -45,8 +46,8 @@ def render_instance(w: dict[str, Any]) -> str:
     ]
     if w.get("reason"):
         lines.append(f"reason:      {w['reason']}")
-    lines.append(f"properties:  {w.get('properties')}")
-    lines.append(f"data:        {w.get('data')}")
+    lines.append(f"properties:  {_json_text(w.get('properties'))}")
+    lines.append(f"data:        {_json_text(w.get('data'))}")
     hist = w.get("history") or []
     if hist:
         lines.append("history:")
@@ -54,6 +55,13 @@ def render_instance(w: dict[str, Any]) -> str:
                  h.get("result_message")] for h in hist]
         lines.extend("  " + line for line in table(["#", "TOPIC", "JOB", "STATE", "FINISHED", "MESSAGE"], rows).splitlines())
     return "\n".join(lines)
+
+
+def _json_text(value: Any) -> str:
+    """JSON as people read it (``{"path": "/a.png"}``, not Python's ``{'path': '/a.png'}``)."""
+    if value in (None, {}, []):
+        return "-"
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
 
 
 def render_instances(data: dict[str, Any]) -> str:

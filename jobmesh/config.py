@@ -6,6 +6,7 @@ clear errors; command-line flags override file values (see ``cli``).
 
 from __future__ import annotations
 
+import difflib
 import os
 import socket
 import tomllib
@@ -104,6 +105,9 @@ class NodeConfig:
     data: str = "data"
     bind: str = "tcp://127.0.0.1:5701"
     pub: str | None = None  # default: the next port after bind
+    # what peers are told to connect to (a 0.0.0.0 bind, containers, NAT); default: bind / pub
+    advertise: str | None = None
+    advertise_pub: str | None = None
     seeds: list[str] = field(default_factory=list)
     http: str | None = "127.0.0.1:8471"
     capacity: int = 16  # consumer slots
@@ -124,6 +128,24 @@ class NodeConfig:
             return self.pub
         return next_port_endpoint(self.bind)
 
+    @property
+    def advertise_endpoint(self) -> str:
+        """The ROUTER endpoint peers connect to: ``advertise`` (its port defaults to bind's), else ``bind``."""
+        if not self.advertise:
+            return self.bind
+        return _with_port(self.advertise, _port_of(self.bind))
+
+    @property
+    def advertise_pub_endpoint(self) -> str:
+        """The heartbeat endpoint peers subscribe to: ``advertise_pub``, else the advertised host
+        with the PUB port, else ``pub_endpoint``."""
+        if self.advertise_pub:
+            return self.advertise_pub
+        if not self.advertise:
+            return self.pub_endpoint
+        host = self.advertise.rpartition(":")[0] if _has_port(self.advertise) else self.advertise
+        return f"{host}:{_port_of(self.pub_endpoint)}"
+
     def main_queue(self) -> QueueConfig:
         for q in self.queues:
             if q.name == MAIN_QUEUE:
@@ -139,9 +161,11 @@ class NodeConfig:
     def from_dict(cls, raw: dict[str, Any]) -> "NodeConfig":
         """Validate a TOML-shaped dict: ``[node]``, ``[discovery]``, ``[[queue]]``, ..."""
         known = {"node", "discovery", "queue", "offloading", "security"}
-        unknown = set(raw) - known
+        unknown = sorted(set(raw) - known)
         if unknown:
-            raise ConfigError(f"unknown section(s): {', '.join(sorted(unknown))}")
+            hint = did_you_mean(unknown[0], known) if len(unknown) == 1 else ""
+            raise ConfigError(f"unknown section(s): {', '.join(unknown)}{hint}; "
+                              f"the sections are {', '.join(sorted(known))}")
         cfg = cls()
         _apply(cfg, raw.get("node", {}), "node", skip={"discovery", "queues", "offloading", "security"})
         _apply(cfg.discovery, raw.get("discovery", {}), "discovery")
@@ -170,6 +194,7 @@ class NodeConfig:
             self.discovery.heartbeat_timeout <= self.discovery.heartbeat_interval
         ):
             raise ConfigError("discovery: need 0 < heartbeat_interval < heartbeat_timeout")
+        self._validate_endpoints()
         names = set()
         for q in self.queues:
             q.validate()
@@ -183,6 +208,29 @@ class NodeConfig:
                 raise ConfigError(f"offloading: {e}") from None
         return self
 
+    def _validate_endpoints(self) -> None:
+        """bind/pub/seeds/advertise must be ``tcp://HOST:PORT``; http is normalized (a bare port is
+        accepted). Runs before anything binds: a typo is one sentence, not a traceback."""
+        if self.bind:
+            self.bind = check_endpoint(self.bind, "bind", need_next=not self.pub)
+        if self.pub:
+            self.pub = check_endpoint(self.pub, "pub", example_port=5702)
+        if not isinstance(self.seeds, list):
+            raise ConfigError("seeds must be a list of endpoints like tcp://127.0.0.1:5701")
+        self.seeds = [check_endpoint(s, "seed") for s in self.seeds]
+        if self.advertise:
+            self.advertise = check_endpoint(self.advertise, "advertise", port_optional=True)
+        if self.advertise_pub:
+            self.advertise_pub = check_endpoint(self.advertise_pub, "advertise_pub", example_port=5702)
+        if self.http:
+            self.http = normalize_http(self.http)
+
+
+def did_you_mean(word: str, choices: Any) -> str:
+    """`` (did you mean 'name'?)`` for the closest of ``choices``, or ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
 
 def _apply(obj: Any, values: dict[str, Any], section: str, skip: set[str] = frozenset()) -> None:  # type: ignore[assignment]
     if not isinstance(values, dict):
@@ -190,7 +238,7 @@ def _apply(obj: Any, values: dict[str, Any], section: str, skip: set[str] = froz
     allowed = {f.name: f for f in fields(obj) if f.name not in skip}
     for key, value in values.items():
         if key not in allowed:
-            raise ConfigError(f"{section}: unknown field {key!r}")
+            raise ConfigError(f"{section}: unknown field {key!r}{did_you_mean(key, allowed)}")
         current = getattr(obj, key)
         if isinstance(current, bool) and not isinstance(value, bool):
             raise ConfigError(f"{section}.{key}: expected true or false")
@@ -221,6 +269,80 @@ def load_config(path: str | os.PathLike[str] | None) -> NodeConfig:
 def next_port_endpoint(endpoint: str) -> str:
     """``tcp://host:5701`` -> ``tcp://host:5702`` (the heartbeat PUB default)."""
     host, sep, port = endpoint.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not port.isdigit() or "://" not in host:
         raise ConfigError(f"endpoint {endpoint!r} must look like tcp://HOST:PORT")
     return f"{host}:{int(port) + 1}"
+
+
+# -- endpoints: checked before anything starts, each mistake one sentence with the fix ----------
+
+MAX_PORT = 65535
+
+
+def _has_port(endpoint: str) -> bool:
+    rest = endpoint.partition("://")[2]
+    head, sep, tail = rest.rpartition(":")
+    return bool(sep) and not tail.endswith("]") and bool(head)
+
+
+def _port_of(endpoint: str) -> int:
+    return int(endpoint.rpartition(":")[2])
+
+
+def _with_port(endpoint: str, port: int) -> str:
+    return endpoint if _has_port(endpoint) else f"{endpoint}:{port}"
+
+
+def check_endpoint(text: Any, what: str, example_port: int = 5701, need_next: bool = False,
+                   port_optional: bool = False) -> str:
+    """``tcp://HOST:PORT`` or a ConfigError that says what is wrong and what to write instead.
+
+    ``what`` names the flag or field (``--seed``, ``bind``); ``need_next``: the port after it
+    must exist too (a bind's heartbeats); ``port_optional``: ``tcp://HOST`` is fine (advertise).
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError(f"{what} must be an endpoint like tcp://127.0.0.1:{example_port}")
+    text = text.strip()
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        raise ConfigError(f"{what} {text!r} needs the scheme: write tcp://{text}")
+    if scheme != "tcp":
+        raise ConfigError(f"{what} {text!r}: only tcp:// endpoints are supported (tcp://{rest})")
+    if not _has_port(text):
+        if port_optional and rest:
+            return text
+        host = rest or "127.0.0.1"
+        raise ConfigError(f"{what} {text!r} has no port: write tcp://{host}:{example_port}")
+    host, _, port_text = rest.rpartition(":")
+    if not port_text.isdigit():
+        raise ConfigError(f"{what} {text!r}: the port must be a number, like tcp://{host}:{example_port}")
+    port = int(port_text)
+    if not 1 <= port <= MAX_PORT:
+        raise ConfigError(f"{what} {text!r}: port {port} is out of range (1-{MAX_PORT})")
+    if need_next and port == MAX_PORT:
+        raise ConfigError(f"{what} {text!r}: heartbeats take the next port, and {MAX_PORT} is the last; "
+                          f"choose a lower port")
+    return text
+
+
+def normalize_http(text: Any, what: str = "http") -> str:
+    """``8472`` and ``:8472`` mean ``127.0.0.1:8472`` (loopback, as the default); ``http://H:P`` is
+    ``H:P``; anything else must be ``HOST:PORT`` with a port in 0-65535 (0: the OS picks)."""
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError(f"{what} must be HOST:PORT, a port, or 'off'")
+    t = text.strip()
+    for prefix in ("http://", "https://"):
+        if t.startswith(prefix):
+            t = t[len(prefix):].rstrip("/")
+    if t.isdigit():
+        t = "127.0.0.1:" + t
+    elif t.startswith(":"):
+        t = "127.0.0.1" + t
+    host, sep, port_text = t.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"{what} {text!r} must look like HOST:PORT, e.g. 127.0.0.1:8471 (or just a port: 8471)")
+    if not port_text.isdigit():
+        raise ConfigError(f"{what} {text!r}: the port must be a number, e.g. {host}:8471")
+    if not 0 <= int(port_text) <= MAX_PORT:
+        raise ConfigError(f"{what} {text!r}: port {port_text} is out of range (0-{MAX_PORT})")
+    return t

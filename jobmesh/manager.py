@@ -19,9 +19,11 @@ from typing import Any, Callable
 
 from .actor import Actor
 from .config import NodeConfig
+from .consumers.context import failure_entries
 from .errors import Conflict, NotFound, ValidationError
 from .events import JOB_ADDED, EventBus, Notification, notification_topic
 from .job import FINAL_STATES, Job, JobIdGenerator, JobState, Progress, iso
+from .job_queries import JobQueries
 from .queues.core import QueueMatcher
 from .topics import TopicError, validate_topic
 
@@ -101,6 +103,9 @@ class JobManager(Actor):
         self._queue_actors: dict[str, Actor] = {}
         self.pool: Any = None
         self._live: dict[str, Job] = {}
+        self._failures_logged: dict[str, int] = {}  # job id -> the last failed attempt logged
+        self._ran_here: dict[str, str] = {}  # other nodes' jobs that ran here: id -> origin (bounded)
+        self.queries = JobQueries(store.path) if hasattr(store, "path") else None
         self._waiters: dict[str, list[asyncio.Future[Job]]] = {}
         self._started_at = clock()
         self.overall = Stats(self._started_at)
@@ -128,6 +133,10 @@ class JobManager(Actor):
                 else:
                     s.active += n
         self.spawn(self._cleanup_loop(), name="job-manager:cleanup")
+
+    async def on_stop(self) -> None:
+        if self.queries is not None:
+            self.queries.close()
 
     # -- the API (DESIGN §5.3) ---------------------------------------------
     async def add(self, topic: str, properties: dict[str, Any] | None = None) -> Job:
@@ -198,7 +207,7 @@ class JobManager(Actor):
     async def _get_or_404(self, job_id: str) -> Job:
         job = await self.get(job_id)
         if job is None:
-            raise NotFound(f"job {job_id} not found")
+            raise self.not_found(job_id)
         return job
 
     async def find(self, state: str | JobState | None = None, topic: str | None = None,
@@ -215,9 +224,43 @@ class JobManager(Actor):
             raise ValidationError("limit must be an integer") from None
         if not 1 <= limit <= 10_000:
             raise ValidationError("limit must be between 1 and 10000")
-        jobs = await self.store.find_async(st, topic, queue, limit)
+        if topic is not None and "*" in topic and self.queries is not None:  # a pattern: 'demo/*'
+            jobs = await self.queries.find(st, topic, queue, limit)
+        else:
+            jobs = await self.store.find_async(st, topic, queue, limit)
         live = self._live
         return [_snapshot(live[j.id]) if j.id in live and live[j.id].state.value == j.state.value else j for j in jobs]
+
+    async def find_page(self, state: str | JobState | None = None, topic: str | None = None,
+                        queue: str | None = None, limit: int = 100) -> tuple[list[Job], int]:
+        """``find`` and how many jobs match in all (counted only when the page is full)."""
+        jobs = await self.find(state, topic, queue, limit)
+        if len(jobs) < int(limit) or self.queries is None:
+            return jobs, len(jobs)
+        st = state.value if isinstance(state, JobState) else (str(state).upper() if state is not None else None)
+        return jobs, max(len(jobs), await self.queries.count(st, topic, queue))
+
+    async def resolve_id(self, job_id: str) -> str:
+        """``job_id`` itself when this node knows it, else the one job id it is a prefix of;
+        NotFound says where the job went when it ran here for another node."""
+        if await self.get(job_id) is not None:
+            return job_id
+        if self.queries is not None and all(c in "0123456789abcdef-" for c in job_id):
+            try:
+                return await self.queries.resolve_prefix(job_id)
+            except NotFound:
+                pass
+        raise self.not_found(job_id)
+
+    def not_found(self, job_id: str) -> NotFound:
+        """A NotFound that points to the job's origin when this node ran it as a target."""
+        origin = self._ran_here.get(job_id)
+        if origin is None:
+            return NotFound(f"job {job_id} not found")
+        err = NotFound(f"job {job_id} is not kept here: it ran here for its origin {origin}, which keeps "
+                       f"its record; ask {origin}")
+        err.origin = origin  # type: ignore[attr-defined]
+        return err
 
     async def wait(self, job_id: str, timeout: float | None = None) -> Job:
         """The job once it is final (asyncio.TimeoutError after ``timeout``); NotFound if unknown."""
@@ -228,6 +271,9 @@ class JobManager(Actor):
         self._waiters.setdefault(job_id, []).append(fut)
         try:
             return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:  # say where the job is: a bare TimeoutError explains nothing
+            now_job = await self.get(job_id) or job
+            raise asyncio.TimeoutError(f"job {job_id} is not final after {timeout:g} s: {describe_state(now_job)}") from None
         finally:
             lst = self._waiters.get(job_id)
             if lst is not None and fut in lst:
@@ -318,6 +364,10 @@ class JobManager(Actor):
         info["statistics"] = self._queue_stats(name).to_json()
         return info
 
+    def running_jobs(self) -> list[Job]:
+        """Jobs ACTIVE in this node's consumer pool now (a copy of the list: any thread may call)."""
+        return [j for j in list(self._live.values()) if j.state is _ACTIVE]
+
     def queued_count(self) -> int:
         return self.overall.queued
 
@@ -350,7 +400,11 @@ class JobManager(Actor):
 
     def _foreign_done(self, done: list[tuple[Job, JobState]]) -> None:
         """Copies that ended here (their outcome went to the transfer outbox; the origin records it)."""
+        ran = self._ran_here
         for job, old in done:
+            ran[job.id] = job.origin
+            if len(ran) > MAX_TOPIC_STATS:  # bounded: forget the oldest
+                ran.pop(next(iter(ran)))
             for s in self._scopes(job.queue, job.topic):
                 if old is JobState.QUEUED:
                     s.queued -= 1
@@ -389,6 +443,8 @@ class JobManager(Actor):
         agg: dict[tuple[str, str, JobState, JobState, bool], list[float]] = {}
         live, waiters, events = self._live, self._waiters, self.events
         for job, old, new, processing_ms, how in transitions:
+            if how == "FAILED" and old is _ACTIVE:
+                self._log_failure(job, new, now)
             key = (job.queue, job.topic, old, new, how == "ABORTED")
             a = agg.get(key)
             if a is None:
@@ -430,6 +486,32 @@ class JobManager(Actor):
                 if proc_n and not aborted:
                     st.processing_total += proc_total
                     st.processing_n += proc_n
+
+    def _log_failure(self, job: Job, new: JobState, now: float) -> None:
+        """A failed attempt is a WARNING with its attempt number, what happens next and its
+        traceback (unless it repeats the previous attempt's), as Celery and Dramatiq workers do.
+        Read from the job's log entries: by the time this transition arrives the engine may
+        already be running the next attempt of the same job object."""
+        last = self._failures_logged.get(job.id, 0)
+        entries = failure_entries(job, last)
+        if new is not _QUEUED:
+            self._failures_logged.pop(job.id, None)
+        elif entries:
+            self._failures_logged[job.id] = entries[0].attempt
+            if len(self._failures_logged) > MAX_TOPIC_STATS:  # bounded: forget the oldest
+                self._failures_logged.pop(next(iter(self._failures_logged)))
+        fields: dict[str, Any] = {"job_id": job.id, "topic": job.topic}
+        if entries:
+            e = entries[0]
+            fields.update(attempt=e.attempt, detail=e.detail, error=e.error)
+            if e.traceback:
+                fields["exception"] = e.traceback
+        else:  # no entry (a result from another node, a trimmed log): what the record says now
+            fields.update(attempt=job.attempt, retry=_retries(job), error=job.result_message)
+        if new is _QUEUED:
+            self.log.warning("job failed; retrying", **fields)
+        elif new is JobState.GIVEN_UP and "exception" in fields:  # else the queue's "job given up" says it
+            self.log.warning("job failed; no retries left", **fields)
 
     def _transition(self, job: Job, old: JobState, new: JobState, processing_ms: float | None, how: str) -> None:
         self._transitions([(job, old, new, processing_ms, how)])
@@ -477,6 +559,22 @@ class JobManager(Actor):
         if total:
             self.log.debug("history cleaned", removed=total)
         return total
+
+
+def _retries(job: Job) -> str:
+    return f"{job.retry_count}/forever" if job.max_retries < 0 else f"{job.retry_count}/{job.max_retries}"
+
+
+def describe_state(job: Job) -> str:
+    """One phrase for where a job is: ``QUEUED, retry 3/10, last error: NameError: ...``."""
+    parts = [job.state.value]
+    if job.target and job.target != job.origin:
+        parts.append(f"at {job.target}")
+    if job.retry_count:
+        parts.append(f"retry {_retries(job)}")
+    if job.result_message:
+        parts.append(f"last error: {job.result_message}" if job.state is not _SUCCEEDED else job.result_message)
+    return ", ".join(parts)
 
 
 def _snapshot(job: Job) -> Job:

@@ -21,7 +21,7 @@ import structlog
 from .actor import Actor, ActorSystem
 from .config import NodeConfig, QueueConfig
 from .consumers.pool import ConsumerPool
-from .consumers.registry import ConsumerSpec, consumers_in_module, spec_of
+from .consumers.registry import ConsumerSpec, check_new_consumer, consumers_in_module, spec_of
 from .datadir import DataDirLock
 from .discovery.view import InstanceView, TopologyEvent, TopologyEventType, TopologyView
 from .events import EventBus
@@ -68,6 +68,8 @@ class Node:
                 raise TypeError(f"Node() got an unknown option {key!r}")
             setattr(cfg, key, value)
         cfg.validate()
+        from .log import ensure_logging
+        ensure_logging(cfg.log_format)  # before any actor binds a logger: never structlog's default (stdout)
         self.config = cfg
         self.name = cfg.name
         self.clock = clock
@@ -124,6 +126,7 @@ class Node:
         self.stopped = asyncio.Event() if _has_loop() else None
         self.escalated: BaseException | None = None
         self.fatal: Exception | None = None  # why a part stopped the node (e.g. its name is taken)
+        self._watchdog: Any = None
 
     # -- lifecycle -----------------------------------------------------------
     async def start(self) -> "Node":
@@ -143,6 +146,7 @@ class Node:
             self._data_lock.release()
             raise
         self._running = True
+        self._start_watchdog()
         self._publish_offloading()  # in the properties before discovery reads them
         await self._start_optional_guarded()
         self.log.info("node started", data=self.config.data, queues=list(self._queue_actors),
@@ -219,6 +223,7 @@ class Node:
                 self.http = http_cls(self)
                 await self._system.start(self.http)
                 self.http_url = getattr(self.http, "url", None) or f"http://{self.config.http}"
+                self.set_property("http_url", self.http_url)  # members point clients here (a job's origin)
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful: stop taking jobs, let running ones finish for ``grace`` s, persist the rest."""
@@ -250,6 +255,8 @@ class Node:
             except Exception as exc:
                 self.log.error("final store flush failed", error=repr(exc))
         finally:
+            if self._watchdog is not None:
+                self._watchdog.stop()
             await self._system.stop_all()
             self._data_lock.release()  # after the store closed: the next node may open it now
             self._running = False
@@ -287,6 +294,9 @@ class Node:
     def add_consumer(self, consumer: Any) -> ConsumerSpec:
         """Register a ``@consumer`` function, a ``ConsumerActor`` subclass or instance."""
         spec = spec_of(consumer)
+        same = check_new_consumer(spec, [*self.pool.index.specs, *self._pending_consumers, *self._starting])
+        if same is not None:  # the same consumer twice (a module imported twice): one registration
+            return same
         if not self._running:
             self._pending_consumers.append(spec)
         elif spec.actor is not None:
@@ -322,6 +332,27 @@ class Node:
         return pats
 
     # -- observation -------------------------------------------------------------
+    def _start_watchdog(self) -> None:
+        """A thread that names the job blocking the event loop while it blocks (consumers/watchdog.py).
+        Not in a simulation (a transport of its own): a real thread there would only add noise."""
+        if self.transport_factory is not None:
+            return
+        from .consumers.watchdog import LoopWatchdog
+        self._watchdog = LoopWatchdog(self.log, describe=self.describe_running_jobs)
+        self._watchdog.start()
+
+    def describe_running_jobs(self) -> list[dict[str, Any]]:
+        """The jobs running here now: ``{"job_id", "topic", "consumer", "async"}`` each. ``async``
+        ones run on the event loop: when the loop lags, one of them is blocking it (a sync
+        ``def`` consumer would run in a thread). Safe to call from any thread (a snapshot).
+        Discovery's lag warning (``_lag_monitor``) may add these to its line."""
+        out = []
+        for job in self.jobs.running_jobs():
+            spec = self.pool.index.find(job.topic)
+            out.append({"job_id": job.id, "topic": job.topic, "consumer": spec.name if spec else None,
+                        "async": bool(spec.is_async) if spec else False})
+        return out
+
     def capacity_snapshot(self) -> dict[str, Any]:
         snap = self.pool.snapshot()
         queued = max(0, self.jobs.queued_count())
@@ -403,8 +434,9 @@ class Node:
 
     def _local_view(self) -> TopologyView:
         me = InstanceView(
-            name=self.name, incarnation=self.started_at, endpoint=self.config.bind,
-            pub_endpoint=self.config.pub_endpoint if self.config.bind else None,
+            name=self.name, incarnation=self.started_at,
+            endpoint=self.config.advertise_endpoint if self.config.bind else None,
+            pub_endpoint=self.config.advertise_pub_endpoint if self.config.bind else None,
             topics=tuple(self.consumer_topics()), offload_topics=tuple(self.offload_topics()),
             capacity=self.capacity_snapshot(), properties=dict(self._properties),
             leader=True, local=True,

@@ -260,7 +260,7 @@ class _ZmqDealer:
         try:
             await asyncio.wait_for(self._sock.send_multipart(frames), timeout)
         except asyncio.TimeoutError:
-            raise PeerUnreachable(f"could not send within {timeout}s") from None
+            raise PeerUnreachable(f"could not send within {timeout:.1f} s") from None
 
     async def recv(self, timeout: float) -> list[bytes]:
         return await asyncio.wait_for(self._sock.recv_multipart(), timeout)
@@ -566,7 +566,7 @@ class Dealer:
         try:
             await self._sock.send(frames, timeout)
         except PeerUnreachable:
-            raise PeerUnreachable(f"could not send to {self.endpoint} within {timeout}s") from None
+            raise PeerUnreachable(f"could not send to {self.endpoint} within {timeout:.1f} s") from None
 
     async def recv(self, timeout: float) -> wire.Message:
         """The next valid message; bad ones are logged and skipped. ``RequestTimeout`` after ``timeout``."""
@@ -574,11 +574,11 @@ class Dealer:
         while True:
             left = deadline - _clock.monotonic()
             if left <= 0:
-                raise RequestTimeout(f"no answer from {self.endpoint} within {timeout}s")
+                raise RequestTimeout(f"no answer from {self.endpoint} within {timeout:.1f} s")
             try:
                 frames = await self._sock.recv(left)
             except asyncio.TimeoutError:
-                raise RequestTimeout(f"no answer from {self.endpoint} within {timeout}s") from None
+                raise RequestTimeout(f"no answer from {self.endpoint} within {timeout:.1f} s") from None
             try:
                 return wire.decode(frames)
             except wire.WireError as e:

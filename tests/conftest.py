@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
@@ -11,6 +12,27 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # lets tests `from helpers import ...`
 
 import jobmesh  # noqa: E402
+
+DEFAULT_PORTS = (5701, 5702, 8471)  # jobmesh node's defaults: --bind, its heartbeats, --http
+
+
+@pytest.fixture(scope="session", autouse=True)
+def default_ports_are_off_limits() -> Any:
+    """Tests never use the default ports: a developer's own node may hold them (the suite then
+    failed with 13 'Address already in use'). The suite holds them itself while it runs, so a test
+    that binds one fails here and in CI alike, not only on a machine where a node runs."""
+    held = []
+    for port in DEFAULT_PORTS:
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+            s.listen(1)
+            held.append(s)
+        except OSError:  # taken already (a node, another suite): just as off limits
+            s.close()
+    yield
+    for s in held:
+        s.close()
 
 
 @pytest.fixture

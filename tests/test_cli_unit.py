@@ -140,3 +140,18 @@ def test_node_flags_override_the_config_file(tmp_path) -> None:
         cli.node_config(parser.parse_args(["node", "--config", str(bad)]))
     assert e.value.code == 2 and "durability" in str(e.value)
     assert cli.main(["node", "--log-level", "chatty"]) == 2
+
+
+def test_workflow_show_prints_json_not_python_repr() -> None:
+    from jobmesh.cli_workflow import render_instance
+
+    text = render_instance({"id": "w1", "workflow": "dam", "state": "RUNNING", "steps": 2, "current_step": 0,
+                            "created": "2026-01-02T03:04:05.000Z", "properties": {"path": "/a.png", "ok": True},
+                            "data": {}})
+    assert 'properties:  {"ok": true, "path": "/a.png"}' in text and "data:        -" in text
+    assert "created:     2026-01-02 03:04:05Z" in text
+
+
+def test_durations_are_rounded() -> None:
+    assert cli.duration(0.9998130919998403) == "1.0 s" and cli.duration(75.2) == "1 min 15 s"
+    assert cli._ms(0.4567) == "0.5 ms" and cli._ms(1999.87) == "2.0 s"

@@ -89,7 +89,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     workdir = tmp_path_factory.mktemp("console-mesh")
     for filename, source in CONSUMERS.items():
         (workdir / filename).write_text(textwrap.dedent(source))
-    (workdir / "token.toml").write_text(f'[security]\nhttp_token = "{TOKEN}"\n')
+    (workdir / "token.toml").write_text(f'[node]\nbind = ""\n[security]\nhttp_token = "{TOKEN}"\n')  # no bind: not 5701
     mesh = Mesh()
     try:
         a = NodeProcess(workdir, "a", ["console_work"], bind=True, data=workdir / "data-a", extra=["--capacity", "4"])

@@ -52,7 +52,8 @@ async def node(tmp_path: Path):
 
     config = NodeConfig()
     config.security.http_token = TOKEN
-    async with jobmesh.Node(name="console-<node>", data_dir=str(tmp_path / "n"), http="127.0.0.1:0", config=config) as n:
+    async with jobmesh.Node(name="console-<node>", data_dir=str(tmp_path / "n"), bind=None, http="127.0.0.1:0",
+                            config=config) as n:  # bind=None: a full config keeps the default port 5701
         yield n
 
 

@@ -58,7 +58,8 @@ async def start_node(workdir: Path, name: str = "replicator") -> tuple[asyncio.s
     try:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "jobmesh", "node", "--name", name, "--data", str(workdir / name),
-            "--http", f"127.0.0.1:{port}", "--config", str(HERE / "jobmesh.toml"),
+            "--http", f"127.0.0.1:{port}", "--bind", "auto",  # never the default port: another node may hold it
+            "--config", str(HERE / "jobmesh.toml"),
             "--consumers", "examples.replication.consumers", "--log-format", "json",
             cwd=str(REPO), env=env, stdout=log_file, stderr=subprocess.STDOUT)
     finally:

@@ -6,20 +6,106 @@ these too: each method is a few attribute updates, safe under the GIL.
 
 from __future__ import annotations
 
+import re
+
 from .. import clock as _clock
 from typing import Any, Callable
 
-from ..job import Job, JobResult, ResultKind
+from dataclasses import dataclass
+
+from ..job import Job, JobResult, JobState, ResultKind, iso
 
 MAX_LOG_LINES = 1000  # a job's progress log keeps its newest lines (bounded memory and rows)
 MAX_LOG_LINE = 4000
+TRACEBACK = "Traceback (most recent call last):"
+# frames of the runtime itself, not of the consumer: they only hide the line that failed
+_INTERNAL_FRAME = re.compile(
+    r'^  File ".*(?:jobmesh/consumers/(?:pool|threads)\.py|concurrent/futures/thread\.py)", line \d+')
+_FAILED = re.compile(r"^attempt (\d+) failed \((started [^)]*)\)")
 
 
 def append_log(job: Job, line: str) -> None:
+    """Add a line to the job's log; a traceback becomes a failure entry (see ``failure_entry``)."""
+    if line.startswith(TRACEBACK):
+        line = failure_entry(job, line)
     log = job.progress.log
     log.append(line[:MAX_LOG_LINE])
     if len(log) > MAX_LOG_LINES:
         del log[: len(log) - MAX_LOG_LINES]
+
+
+def clean_traceback(text: str) -> str:
+    """The traceback without the runtime's own frames (pool, sync threads): the consumer's frames stay."""
+    out: list[str] = []
+    dropping = False
+    for line in text.splitlines():
+        if line.startswith('  File "'):
+            dropping = bool(_INTERNAL_FRAME.match(line))
+        elif not line.startswith("    "):
+            dropping = False
+        if not dropping:
+            out.append(line)
+    return "\n".join(out) if any(l.startswith('  File "') for l in out) else text.rstrip("\n")
+
+
+def failure_entry(job: Job, traceback_text: str) -> str:
+    """``attempt N failed (started T; retry R/M at T2):`` and the cleaned traceback; when the
+    previous failure had the very same traceback, one line that says so (eleven identical
+    tracebacks help nobody). Written after the retry decision, so the header says what comes next."""
+    tb = clean_traceback(traceback_text)
+    head = f"attempt {job.attempt} failed (started {iso(job.started) or '-'}{_next(job)})"
+    for previous in reversed(job.progress.log):
+        m = _FAILED.match(previous)
+        if m:
+            body = previous[m.end():]
+            if body.startswith(":\n") and body[2:] == tb:
+                last = tb.splitlines()[-1] if tb else ""
+                return f"{head}: {last} (same traceback as attempt {m.group(1)})"
+            if body.startswith(":\n"):
+                break
+    return f"{head}:\n{tb}"
+
+
+def _next(job: Job) -> str:
+    retries = "forever" if job.max_retries < 0 else str(job.max_retries)
+    if job.state is JobState.QUEUED:
+        return f"; retry {job.retry_count}/{retries} at {iso(job.not_before) or 'once a slot is free'}"
+    if job.state is JobState.GIVEN_UP:
+        return f"; given up after {job.retry_count} retries"
+    return ""
+
+
+@dataclass(frozen=True)
+class FailureEntry:
+    """A failure entry of a job's log, read back (for the log line that reports it)."""
+
+    attempt: int
+    detail: str  # "started T; retry R/M at T2"
+    traceback: str | None  # None when it repeated the previous attempt's
+    error: str  # the traceback's last line
+
+    @classmethod
+    def parse(cls, line: str) -> "FailureEntry | None":
+        m = _FAILED.match(line)
+        if not m:
+            return None
+        rest = line[m.end():]
+        if rest.startswith(":\n"):
+            tb = rest[2:]
+            return cls(int(m.group(1)), m.group(2), tb, tb.splitlines()[-1] if tb else "")
+        return cls(int(m.group(1)), m.group(2), None, rest.lstrip(": "))
+
+
+def failure_entries(job: Job, after_attempt: int) -> list[FailureEntry]:
+    """The failure entries of ``job``'s log for attempts after ``after_attempt``, oldest first."""
+    found = []
+    for line in reversed(job.progress.log):
+        e = FailureEntry.parse(line)
+        if e is not None:
+            if e.attempt <= after_attempt:
+                break
+            found.append(e)
+    return found[::-1]
 
 
 class ResultBuilder:

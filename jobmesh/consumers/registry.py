@@ -34,6 +34,7 @@ class ConsumerSpec:
     is_async: bool = True
     actor: "ConsumerActor | None" = None
     semaphore: asyncio.Semaphore | None = None  # a ConsumerActor's concurrency bound
+    origin: Any = None  # what was declared (the function, class or instance): the same one twice is one consumer
 
 
 def _patterns(pattern: str | list[str] | tuple[str, ...], more: tuple[str, ...]) -> tuple[str, ...]:
@@ -47,15 +48,32 @@ def _patterns(pattern: str | list[str] | tuple[str, ...], more: tuple[str, ...])
         raise ValidationError(str(e)) from None
 
 
-def _takes_context(fn: Callable[..., Any]) -> bool:
+def _where(fn: Any) -> str:
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return ""
+    return f" ({code.co_filename.rsplit('/', 1)[-1]}:{code.co_firstlineno})"
+
+
+def _takes_context(fn: Callable[..., Any], what: str | None = None, skip_self: bool = False) -> bool:
+    """Whether ``fn`` takes ``(job, ctx)`` rather than ``(job)``. A signature that can take
+    neither is a ValidationError now, at declaration, rather than a TypeError on every attempt."""
     try:
-        params = [
-            p for p in inspect.signature(fn).parameters.values()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
+        sig = inspect.signature(fn)
     except (TypeError, ValueError):
-        return False
-    return len(params) >= 2
+        return False  # no signature to read (a builtin, a C callable): trust it
+    params = [p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    takes_context = len(params) >= 2
+    try:
+        sig.bind(*((object(), object()) if takes_context else (object(),)))
+    except TypeError as e:
+        name = what or getattr(fn, "__qualname__", repr(fn))
+        short = name.rsplit(".", 1)[-1]
+        kw = "async def" if inspect.iscoroutinefunction(fn) else "def"
+        raise ValidationError(
+            f"consumer {name}{_where(fn)} cannot take a job: its signature is {short}{sig} ({e}); "
+            f"write `{kw} {short}(job)` or `{kw} {short}(job, ctx)`") from None
+    return takes_context
 
 
 def consumer(pattern: str | list[str], *more: str, name: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -71,6 +89,7 @@ def consumer(pattern: str | list[str], *more: str, name: str | None = None) -> C
             fn=fn,
             takes_context=_takes_context(fn),
             is_async=inspect.iscoroutinefunction(fn),
+            origin=fn,
         ))
         return fn
 
@@ -98,20 +117,37 @@ class ConsumerActor(Actor):
         raise ValidationError(f"{self.name}: consumers take jobs through process(), not messages")
 
 
+def _check_actor_class(cls: type) -> tuple[str, ...]:
+    """A ConsumerActor class's patterns, once its ``topics`` and ``process(job, ctx)`` are checked."""
+    if not cls.topics:
+        raise ValidationError(f"{cls.__name__}: set `topics` to the topic patterns it consumes")
+    if not inspect.iscoroutinefunction(cls.process):
+        raise ValidationError(f"{cls.__name__}.process must be `async def process(self, job, ctx)`")
+    try:
+        inspect.signature(cls.process).bind(object(), object(), object())
+    except TypeError:
+        raise ValidationError(f"{cls.__name__}.process{_where(cls.process)} cannot take a job: "
+                              f"write `async def process(self, job, ctx)`") from None
+    except ValueError:
+        pass
+    return _patterns(list(cls.topics), ())
+
+
 def spec_of(obj: Any) -> ConsumerSpec:
     """A ConsumerSpec for a decorated function, a ConsumerActor subclass or instance."""
     if isinstance(obj, ConsumerSpec):
         return obj
+    origin = obj
     if inspect.isclass(obj) and issubclass(obj, ConsumerActor):
+        _check_actor_class(obj)  # before making one: a bad class is refused without side effects
         obj = obj()
     if isinstance(obj, ConsumerActor):
-        if not obj.topics:
-            raise ValidationError(f"{type(obj).__name__}: set `topics` to the topic patterns it consumes")
-        if not inspect.iscoroutinefunction(obj.process):
-            raise ValidationError(f"{type(obj).__name__}.process must be `async def`")
+        patterns = _check_actor_class(type(obj))
+        if list(obj.topics) != list(type(obj).topics):  # topics set on the instance
+            patterns = _patterns(list(obj.topics), ())
         return ConsumerSpec(
-            name=obj.name, patterns=_patterns(list(obj.topics), ()), actor=obj,
-            takes_context=True, is_async=True,
+            name=obj.name, patterns=patterns, actor=obj,
+            takes_context=True, is_async=True, origin=origin,
         )
     spec = getattr(obj, MARK, None)
     if isinstance(spec, ConsumerSpec):
@@ -119,6 +155,30 @@ def spec_of(obj: Any) -> ConsumerSpec:
     raise ValidationError(
         f"{obj!r} is not a consumer: decorate it with @jobmesh.consumer(pattern) or subclass ConsumerActor"
     )
+
+
+def declared_spec(obj: Any) -> ConsumerSpec:
+    """Like ``spec_of`` but a ConsumerActor class is not instantiated (checks before a node exists)."""
+    if inspect.isclass(obj) and issubclass(obj, ConsumerActor):
+        return ConsumerSpec(name=obj.__qualname__, patterns=_check_actor_class(obj), origin=obj)
+    return spec_of(obj)
+
+
+def check_new_consumer(spec: ConsumerSpec, existing: Any) -> ConsumerSpec | None:
+    """May ``spec`` join ``existing`` specs? None: yes. A spec: that one is this very consumer
+    (the same function, class or instance added twice: nothing to do). ValidationError: another
+    consumer declared one of its patterns already, so which one runs would be an accident."""
+    existing = list(existing)
+    for other in existing:
+        if other is spec or (spec.origin is not None and other.origin is spec.origin):
+            return other
+    for other in existing:
+        same = sorted(set(spec.patterns) & set(other.patterns))
+        if same:
+            raise ValidationError(
+                f"topic {same[0]!r} has two consumers, {other.name} and {spec.name}: keep one (or give "
+                f"them different topics; a more specific pattern such as 'a/b' beside 'a/*' is fine)")
+    return None
 
 
 def consumers_in_module(module: ModuleType | str) -> list[Any]:

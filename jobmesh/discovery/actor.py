@@ -147,6 +147,7 @@ class DiscoveryActor(Actor):
         self.timeout: float = cfg.discovery.heartbeat_timeout
         self.bind: str = cfg.bind
         self.pub: str = cfg.pub_endpoint
+        self.advertise, self.advertise_pub = cfg.advertise_endpoint, cfg.advertise_pub_endpoint  # what peers dial
         self.seeds: list[str] = [s for s in cfg.seeds if s != cfg.bind]
         self.log = log.bind(node=node.name)
         self.curve = load_curve_keys(cfg.security)  # bad keys: a ConfigError before anything binds
@@ -273,11 +274,11 @@ class DiscoveryActor(Actor):
             "discovery started", bind=self.bind, pub=self.pub, seeds=self.seeds, secure=self.curve is not None,
             remembered=len(self._book),
         )
-        for ep in (self.bind, self.pub):
+        for ep in (self.advertise, self.advertise_pub):
             if "://*" in ep or "://0.0.0.0" in ep or "://[::]" in ep:
                 # peers connect to the endpoints we advertise, and cannot connect to a wildcard
-                self.log.warning("a wildcard endpoint is advertised to peers; bind a reachable address",
-                                 endpoint=ep)
+                self.log.warning("a wildcard endpoint is advertised to peers", endpoint=ep,
+                                 hint="set advertise (--advertise tcp://HOST) to an address they reach")
 
     async def on_stop(self) -> None:
         final = None
@@ -356,7 +357,7 @@ class DiscoveryActor(Actor):
         topics, offload = self._local_topics()
         inc = float(self.node.started_at)
         return MemberInfo(
-            name=self.node.name, incarnation=inc, rank=inc, endpoint=self.bind, pub_endpoint=self.pub,
+            name=self.node.name, incarnation=inc, rank=inc, endpoint=self.advertise, pub_endpoint=self.advertise_pub,
             topics=tuple(topics), offload_topics=tuple(offload), capacity=self._capacity(),
             properties=dict(self._user_properties),
         )
@@ -478,7 +479,7 @@ class DiscoveryActor(Actor):
 
     def probe_candidates(self) -> list[str]:
         """Seeds and remembered endpoints (ours excluded), whether live members or not."""
-        own = {self.bind, getattr(self.node.config, "advertise", None)}
+        own = {self.bind, self.advertise}
         eps = [*self.seeds, *self._book.endpoints(_clock.wall())]
         return [e for e in dict.fromkeys(eps) if e not in own]
 

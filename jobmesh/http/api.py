@@ -90,15 +90,51 @@ async def add_jobs(request: web.Request) -> web.Response:
 
 
 async def find_jobs(request: web.Request) -> web.Response:
+    """``{"jobs": [...], "total": N}``: ``total`` (added) is how many match in all, so a client can
+    say "showing 100 of N"; ``topic`` may be a pattern (``demo/*``, ``demo/**``)."""
     node = request.app[NODE]
     q = parse_find_query(request.query)
+    find_page = getattr(node.jobs, "find_page", None)
+    if find_page is not None:
+        jobs, total = await find_page(state=q["state"], topic=q["topic"], queue=q["queue"], limit=q["limit"])
+        return json_response({"jobs": [j.to_json() for j in jobs], "total": total})
     jobs = await node.jobs.find(state=q["state"], topic=q["topic"], queue=q["queue"], limit=q["limit"])
     return json_response({"jobs": [j.to_json() for j in jobs]})
 
 
-async def get_job(request: web.Request) -> web.Response:
+async def _resolved_job_id(request: web.Request) -> str:
+    """The route's job id, or the one id it is an unambiguous prefix of; a 404 for a job that ran
+    here for another node names that origin (and its HTTP address when the topology knows it)."""
     node = request.app[NODE]
     job_id = _job_id(request)
+    resolve = getattr(node.jobs, "resolve_id", None)
+    if resolve is None:
+        return job_id
+    try:
+        return await resolve(job_id)
+    except NotFound as e:
+        origin = getattr(e, "origin", None)
+        url = _http_url_of(node, origin) if origin else None
+        if url:
+            raise NotFound(f"{e} (jobmesh job {job_id} --url {url})") from None
+        raise
+
+
+def _http_url_of(node: Any, name: str) -> str | None:
+    try:
+        inst = node.topology.instance(name)
+    except Exception:
+        return None
+    if inst is None:
+        return None
+    props = inst.properties or {}
+    url = props.get("http_url") or (props.get("schedules") or {}).get("url")
+    return url if isinstance(url, str) else None
+
+
+async def get_job(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    job_id = await _resolved_job_id(request)
     job = await node.jobs.get(job_id)
     if job is None:
         raise NotFound(f"job {job_id} not found")
@@ -106,22 +142,32 @@ async def get_job(request: web.Request) -> web.Response:
 
 
 async def stop_job(request: web.Request) -> web.Response:
-    job = await request.app[NODE].jobs.stop(_job_id(request))
-    return json_response(job.to_json())
+    """The job as it is now; a running one also carries ``stop_grace`` (added): the seconds its
+    consumer has to return before an async one is cancelled."""
+    node = request.app[NODE]
+    job = await node.jobs.stop(await _resolved_job_id(request))
+    data = job.to_json()
+    if data["state"] == "ACTIVE":
+        data["stop_grace"] = getattr(node.config, "stop_grace", None)
+    return json_response(data)
 
 
 async def retry_job(request: web.Request) -> web.Response:
-    job = await request.app[NODE].jobs.retry(_job_id(request))
+    job = await request.app[NODE].jobs.retry(await _resolved_job_id(request))
     return json_response(job.to_json())
 
 
 async def remove_job(request: web.Request) -> web.Response:
     """Queued/active: stopped and recorded DROPPED (the job comes back); final: deleted."""
-    job_id = _job_id(request)
-    job = await request.app[NODE].jobs.remove(job_id)
+    node = request.app[NODE]
+    job_id = await _resolved_job_id(request)
+    job = await node.jobs.remove(job_id)
     if job is None:
         return json_response({"id": job_id, "deleted": True})
-    return json_response(job.to_json())
+    data = job.to_json()
+    if data["state"] == "ACTIVE":
+        data["stop_grace"] = getattr(node.config, "stop_grace", None)
+    return json_response(data)
 
 
 async def topology(request: web.Request) -> web.Response:
