@@ -35,8 +35,16 @@ partitioned leader does not take the leadership back, exactly as with heartbeats
 
 Repair is level-triggered: every ``reprobe_interval`` a node pings one remembered
 dead member (with a dead notice) or sends a join to a seed that is not a member, so
-views that were split meet again and merge; a tombstoned member that another node
-still gossips as alive is re-announced dead, which makes it rejoin.
+views that were split meet again; a tombstoned member that another node still gossips
+as alive is re-announced dead, which makes it rejoin. When two views meet, each verdict
+carries the leader of the view that made it and the view with the younger leader
+yields (its members join the older view, behind it), so the older leader keeps leading.
+Every ``sync_interval`` a node sends one member its view's digest; a member whose view
+differs answers with its list (what gossip missed; free while views agree).
+
+A node that hears nobody for two periods is most likely the one cut off (paused,
+isolated): it convicts nobody publicly then, so it moves only itself to the back
+instead of declaring every member it probed dead.
 
 Capacity figures change all the time: ``set_local(capacity=...)`` refreshes this
 node's own view but spreads only with the next real change (topics, properties, a
@@ -670,7 +678,9 @@ class Swim:
         elif kind == "d":
             left = len(entry) > 5 and entry[5] is True
             top = entry[6] if len(entry) > 6 and _num(entry[6]) else key[1]
-            ld = (float(entry[7]), entry[8]) if len(entry) > 8 and _num(entry[7]) and isinstance(entry[8], str) else None
+            ld = None
+            if len(entry) > 8 and _num(entry[7]) and isinstance(entry[8], str):
+                ld = (float(entry[7]), entry[8])
             self._on_dead(name, key, now, left=left, top=float(top), ld=ld)
 
     def _on_alive(self, info: MemberInfo, n: int, now: float, *, spread: bool) -> None:
@@ -804,7 +814,8 @@ class Swim:
         self._seq += 1
         self._probe = _Probe(target, info.endpoint, self._seq, now + self.rtt_timeout,  # type: ignore[arg-type]
                              now + self.period)
-        self._send_to(info.endpoint, PING, dict(self._base(), seq=self._seq, ep=self._local.endpoint), now)  # type: ignore[arg-type]
+        body = dict(self._base(), seq=self._seq, ep=self._local.endpoint)
+        self._send_to(info.endpoint, PING, body, now)  # type: ignore[arg-type]
 
     def _next_target(self) -> str | None:
         while True:

@@ -37,8 +37,9 @@ from typing import Any, Callable, Iterable
 
 import msgpack
 
-from ..discovery.membership import Connect, Disconnect, Dropped, InvalidMember, MemberInfo, Membership, Rejoin, ViewEvent
-from ..discovery.swim import JOIN, JOIN_REPLY, Send, Suspected, Swim
+from ..discovery.membership import (Connect, Disconnect, Dropped, InvalidMember, MemberInfo, Membership, Rejoin,
+                                    ViewEvent)
+from ..discovery.swim import Send, Suspected, Swim
 from ..discovery.view import TopologyEvent
 from .network import LinkSpec, SimNetwork
 
