@@ -75,10 +75,16 @@ class QueueConfig:
         return self
 
 
+DISCOVERY_PROTOCOLS = ("heartbeat", "swim")
+
+
 @dataclass
 class DiscoveryConfig:
-    heartbeat_interval: float = 0.5
+    heartbeat_interval: float = 0.5  # with protocol "swim": the probe period
     heartbeat_timeout: float = 2.5
+    # "heartbeat": all-to-all PUB/SUB heartbeats (membership.py); "swim": point-to-point probes
+    # with piggybacked gossip, flat per-node cost at any size (swim.py; not wired to the actor yet)
+    protocol: str = "heartbeat"
 
 
 @dataclass
@@ -194,6 +200,8 @@ class NodeConfig:
             self.discovery.heartbeat_timeout <= self.discovery.heartbeat_interval
         ):
             raise ConfigError("discovery: need 0 < heartbeat_interval < heartbeat_timeout")
+        if self.discovery.protocol not in DISCOVERY_PROTOCOLS:
+            raise ConfigError(f"discovery: protocol must be one of {', '.join(DISCOVERY_PROTOCOLS)}")
         self._validate_endpoints()
         names = set()
         for q in self.queues:

@@ -64,6 +64,8 @@ http_token = "s3cret"
         ({"queue": [{"name": "q", "topics": ["a"], "retries": -2}]}, "retries"),
         ({"queue": [{"name": "q", "topics": ["a"]}, {"name": "q", "topics": ["b"]}]}, "twice"),
         ({"discovery": {"heartbeat_interval": 3, "heartbeat_timeout": 2}}, "heartbeat"),
+        ({"discovery": {"protocol": "gossip"}}, "protocol must be one of heartbeat, swim"),
+        ({"discovery": {"protocol": 1}}, "protocol must be one of"),
         ({"queue": {"name": "q"}}, "array of tables"),
         ({"queue": [{"name": "q", "topics": ["a"], "keep_jobs": 1}]}, "true or false"),
     ],
@@ -94,3 +96,8 @@ def test_next_port() -> None:
     assert next_port_endpoint("tcp://127.0.0.1:5701") == "tcp://127.0.0.1:5702"
     with pytest.raises(ConfigError):
         next_port_endpoint("tcp://nohost")
+
+
+def test_discovery_protocol_defaults_to_heartbeat_and_accepts_swim() -> None:
+    assert NodeConfig.from_dict({}).discovery.protocol == "heartbeat"
+    assert NodeConfig.from_dict({"discovery": {"protocol": "swim"}}).discovery.protocol == "swim"
