@@ -653,6 +653,22 @@ class DiscoveryActor(Actor):
         if self._core is not None:
             self._core.touch(sender, _clock.monotonic())
 
+    def _warn_lag(self, lag: float) -> None:
+        """Say which async jobs were on the loop (one of them blocked it) and what to do."""
+        describe = getattr(self.node, "describe_running_jobs", None)
+        on_loop: list[dict[str, Any]] = []
+        if callable(describe):
+            try:
+                on_loop = [j for j in describe() if j.get("async")]
+            except Exception:
+                on_loop = []
+        if not on_loop:
+            self.log.warning("event loop lag", lag_ms=round(lag * 1000, 1))
+            return
+        self.log.warning("event loop lag: an async consumer blocked the loop; make a blocking consumer a plain def "
+                         "(it then runs in a thread)", lag_ms=round(lag * 1000, 1), running=len(on_loop),
+                         jobs=[f"{j['job_id']} {j['topic']} ({j['consumer']})" for j in on_loop[:3]])
+
     async def _lag_monitor(self) -> None:
         """Measure how late the loop wakes up; a blocked loop is logged (heartbeats go on regardless)."""
         period = 0.5
@@ -666,6 +682,6 @@ class DiscoveryActor(Actor):
             worst = max(worst, lag)
             self.loop_lag = max(self.loop_lag, lag)
             if lag > self.lag_warning:
-                self.log.warning("event loop lag", lag_ms=round(lag * 1000, 1))
+                self._warn_lag(lag)
             if now - window_start >= 10.0:  # loop_lag: the worst lag of the last window
                 self.loop_lag, worst, window_start = worst, 0.0, now

@@ -271,9 +271,7 @@ class QueueActor(Actor):
     def _log_outcome(self, job: Job, new: JobState, outcome: Outcome) -> None:
         """Failures are worth a line (bound to the job); successes are counted, not logged."""
         if new is JobState.QUEUED:
-            if outcome.kind != "ABORTED":
-                self.log.debug("job failed; retrying", job_id=job.id, topic=job.topic,
-                               retry=job.retry_count, not_before=job.not_before, reason=outcome.message)
+            pass  # a failed attempt that will retry: the manager logs it (with its traceback)
         elif new in (JobState.GIVEN_UP, JobState.ERROR):
             self.log.warning("job given up" if new is JobState.GIVEN_UP else "job cancelled by its consumer",
                              job_id=job.id, topic=job.topic, retries=job.retry_count, reason=outcome.message)
