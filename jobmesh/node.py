@@ -138,6 +138,7 @@ class Node:
         self.started_at = self.clock()
         # Before anything opens a file there: DataDirInUse leaves nothing started.
         self._data_lock.acquire(self.started_at)
+        self.started_at = self._next_incarnation(self.started_at)
         try:
             await self._start_actors()
         except BaseException:
@@ -152,6 +153,24 @@ class Node:
         self.log.info("node started", data=self.config.data, queues=list(self._queue_actors),
                       consumers=self.consumer_topics(), http=self.http_url)
         return self
+
+    def _next_incarnation(self, now: float) -> float:
+        """This start's incarnation: the start time, but always above the last one this data
+        directory had. Peers tell a restarted node from a stale process by it, so it must grow
+        even when the clock went back (NTP, a VM restored, a container with another clock)."""
+        path = Path(self.config.data) / INCARNATION_FILE
+        try:
+            last = float(path.read_text().strip() or 0.0)
+        except (OSError, ValueError):
+            last = 0.0
+        inc = now if now > last else last + 0.001
+        try:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(repr(inc))
+            os.replace(tmp, path)
+        except OSError as e:
+            self.log.warning("incarnation not saved", error=str(e))
+        return inc
 
     async def _start_optional_guarded(self) -> None:
         try:
@@ -459,6 +478,9 @@ class Node:
     @property
     def properties(self) -> dict[str, Any]:
         return dict(self._properties)
+
+
+INCARNATION_FILE = "incarnation"  # the last start's incarnation (see Node._next_incarnation)
 
 
 def _has_loop() -> bool:

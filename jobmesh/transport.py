@@ -456,7 +456,7 @@ class Endpoint:
         self.node = node
         self.log = log.bind(node=node, part="endpoint")
         self._handlers: dict[str, Handler] = {}
-        self._activity: list[Callable[[str], None]] = []
+        self._activity: list[Callable[[str, Any], None]] = []
         self._sock: RouterSocket | None = None
         self._dropped_log = 0.0
         self._max_size = wire.MAX_MESSAGE_SIZE
@@ -467,8 +467,9 @@ class Endpoint:
         wire.register_type(msg_type)
         self._handlers[msg_type] = handler
 
-    def on_activity(self, callback: Callable[[str], None]) -> None:
-        """Call ``callback(sender_name)`` for every message whose body names its sender (``from``)."""
+    def on_activity(self, callback: Callable[[str, Any], None]) -> None:
+        """Call ``callback(sender_name, incarnation)`` for every message whose body names its sender
+        (``from``); the incarnation is the body's ``inc`` (or a join's ``incarnation``), else None."""
         self._activity.append(callback)
 
     @property
@@ -517,9 +518,10 @@ class Endpoint:
                 continue
             sender = msg.body.get("from")
             if isinstance(sender, str):
+                inc = msg.body.get("inc", msg.body.get("incarnation"))
                 for cb in self._activity:
                     try:
-                        cb(sender)
+                        cb(sender, inc)
                     except Exception:
                         self.log.exception("activity callback failed")
             handler = self._handlers.get(msg.type)

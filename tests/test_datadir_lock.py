@@ -109,3 +109,23 @@ def test_second_process_exits_2_at_once_and_a_killed_holder_is_taken_over(tmp_pa
         assert again.terminate(timeout=20) == 0
     finally:
         again.close()
+
+
+async def test_the_incarnation_grows_across_restarts_even_when_the_clock_went_back(tmp_path) -> None:
+    """Peers tell a restarted node from a stale process by its incarnation; with the start time
+    alone, a clock set back made the restart look older and the mesh refused it for good
+    (the simulator's seed 239: a clock jump of -30 s, then a kill -9 and a restart)."""
+    import jobmesh
+
+    now = [1000.0]
+    first = jobmesh.Node(name="a", data_dir=tmp_path / "a", clock=lambda: now[0])
+    await first.start()
+    inc1 = first.started_at
+    await first.stop()
+    now[0] = 970.0  # the clock went back 30 s
+    again = jobmesh.Node(name="a", data_dir=tmp_path / "a", clock=lambda: now[0])
+    await again.start()
+    try:
+        assert again.started_at > inc1
+    finally:
+        await again.stop()

@@ -915,3 +915,17 @@ def test_peer_book_expires_and_survives_bad_files(tmp_path: Any) -> None:
     assert len(load_peer_book(tmp_path)) == 0
     (tmp_path / "peers.json").write_text('{"peers": {"tcp://x:1": {"name": 3, "seen": "no"}, "y": 5}}')
     assert len(load_peer_book(tmp_path)) == 0
+
+
+def test_a_message_from_another_incarnation_is_no_proof_of_life() -> None:
+    """A restarted process's messages must not keep its dead predecessor a member (seed 239)."""
+    m = make()
+    m.drain()
+    m.on_heartbeat(hb("b", 101.0), 100.0)
+    m.touch("b", 102.0, incarnation=150.0)  # the new process, not the member we know
+    m.tick(102.0)
+    m.touch("b", 102.5, incarnation=101.0)
+    assert m.member("b") is not None
+    m.touch("b", 104.0, incarnation=150.0)
+    tick_to(m, 102.6, 105.2)
+    assert m.member("b") is None  # dropped: only its own incarnation's messages counted

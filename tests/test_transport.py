@@ -59,7 +59,7 @@ async def test_request_reply_through_a_registered_handler(server: Any) -> None:
 
     wire.register_type("test/echo_reply")
     ep.register("test/echo", echo)
-    ep.on_activity(seen.append)
+    ep.on_activity(lambda sender, inc: seen.append(sender))
     client = Transport("cli")
     try:
         with Dealer(client, address) as d:

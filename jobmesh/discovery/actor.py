@@ -649,9 +649,9 @@ class DiscoveryActor(Actor):
         self._book.seen([(n, ep) for n, ep in self._core.members() if n != self.node.name], now)
         self._save_book(now, force=True)
 
-    def _on_activity(self, sender: str) -> None:
-        if self._core is not None:
-            self._core.touch(sender, _clock.monotonic())
+    def _on_activity(self, sender: str, incarnation: Any = None) -> None:
+        if self._core is not None and isinstance(incarnation, (int, float)) and not isinstance(incarnation, bool):
+            self._core.touch(sender, _clock.monotonic(), float(incarnation))
 
     def _warn_lag(self, lag: float) -> None:
         """Say which async jobs were on the loop (one of them blocked it) and what to do."""

@@ -429,10 +429,11 @@ class Membership:
         self._evaluate(now)
         return self._drain()
 
-    def touch(self, name: str, now: float) -> None:
-        """Any message from a member is proof of life."""
+    def touch(self, name: str, now: float, incarnation: float | None = None) -> None:
+        """Any message from a member is proof of life — of that incarnation only: a restarted
+        process under the same name must not keep its dead predecessor alive."""
         m = self._members.get(name)
-        if m is not None:
+        if m is not None and (incarnation is None or incarnation == m.info.incarnation):
             m.last_seen = max(m.last_seen, now)
 
     def on_join_request(self, body: dict[str, Any], now: float) -> tuple[list[Output], dict[str, Any]]:

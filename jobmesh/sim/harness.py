@@ -167,7 +167,7 @@ class _TraceLogger:
         node = str(event.pop("node", "-"))
         msg = event.pop("event", "")
         event.pop("timestamp", None)
-        detail = " ".join(f"{k}={v}" for k, v in sorted(event.items()) if k not in ("exc_info",))
+        detail = " ".join(f"{k}={v}" for k, v in sorted(event.items()) if k not in ("exc_info", "exception", "level"))
         self.sim.trace.add(node, f"log.{method}", f"{msg} {detail}"[:400])
         if method in ("error", "critical", "exception"):
             self.sim.log_errors.append(f"{node}: {msg} {detail}"[:400])
