@@ -14,6 +14,8 @@ Invariants (DESIGN §3), each a ``Violation`` with the seed, its name and the tr
   asked for (its add, plus each ``retry``); a stale result never changes a record.
 - ``all-final``: after healing, every job whose add was acknowledged is final at its origin
   within ``settle`` (SUCCEEDED unless the workload stopped it), every workflow COMPLETED.
+- ``stuck-queued``: after that, no runnable job QUEUED for ``queued_bound`` while a capable node
+  has free slots.
 - ``one-topology``: after healing, within ``topology_bound``, every node sees all nodes, the
   same leader, and a current view.
 - ``topology-events``: Sling's guarantees per listener (INIT first, never two CHANGING in a
@@ -78,6 +80,8 @@ class SimConfig:
     plant: str | None = None
     trace_tail: int = 80
     job_rate: float = 8.0  # workload operations per simulated second
+
+    queued_bound: float = 30.0  # after one topology: no runnable job QUEUED this long while slots are free
 
     @property
     def topology_bound(self) -> float:
@@ -805,6 +809,27 @@ class Simulation:
                     return
                 if now > deadline:
                     self._fail("all-final", f"{cfg.settle:g}s after healing: {problem}")
+                if now - self.healed_at - (self.converged_s or 0) > cfg.queued_bound:
+                    self._check_stuck_queued()
+
+    def _check_stuck_queued(self) -> None:
+        """A job QUEUED (ready, not handed off) at its origin while a node that may run its topic
+        has free slots, long after the mesh became one topology: nobody is dispatching it."""
+        free: dict[str, bool] = {}
+        for name, node in self._live():
+            if node.pool.free_slots() > 0:
+                for t in self.topics[name]:
+                    if (name, t) not in self._disabled:
+                        free[t] = True
+        now = None
+        for origin, node in self._live():
+            now = node.clock()
+            for job_id, topic, not_before, target in node.store.reader.execute(
+                    "SELECT id, topic, not_before, target FROM jobs WHERE state='QUEUED' AND origin=? "
+                    "AND (target IS NULL OR target=?) LIMIT 50", (origin, origin)):
+                if job_id in self.accepted and not_before <= now and free.get(topic):
+                    self._fail("stuck-queued", f"job {job_id} ({topic}) is QUEUED at {origin} {self.cfg.queued_bound:g}s "
+                                               f"after the mesh healed, while a node that runs {topic} has free slots")
 
     def _topology_problem(self) -> str | None:
         views = {}
