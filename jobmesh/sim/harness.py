@@ -248,6 +248,10 @@ class Simulation:
             self.violation = Violation("all-final", "the run did not end")
         finally:
             simulated = loop.time()
+            if self.violation is not None:
+                # its traceback holds the frames of the nodes' code: drop it, or they outlive the
+                # teardown and their half-run coroutines are collected at some later moment
+                self.violation = Violation(self.violation.invariant, self.violation.detail)
             self._teardown(loop)
             warn.__exit__(None, None, None)
             asyncio.set_event_loop(old_loop)
