@@ -212,6 +212,7 @@ class Simulation:
         self.trace: Trace = None  # type: ignore[assignment]
         self._restarts: dict[str, asyncio.TimerHandle] = {}
         self._disabled: set[tuple[str, str]] = set()
+        self._suspended: set[tuple[str, str]] = set()
         self.healed_at: float | None = None
         self.converged_s: float | None = None
         self.schedule_id: str | None = None
@@ -508,7 +509,8 @@ class Simulation:
             if not live:
                 continue
             name = rng.choice(live)
-            op = rng.choices(["add", "stop", "retry", "flow", "toggle"], [70, 6, 6, 6, 4])[0]
+            op = rng.choices(["add", "stop", "retry", "flow", "toggle", "remove", "suspend"],
+                             [70, 6, 6, 6, 4, 3, 2])[0]
             if op == "add":
                 items = [(rng.choice(TOPICS), {"ms": rng.choice([1, 5, 20, 100, 400]),
                                                "fails": 1 if rng.random() < 0.1 else 0})
@@ -522,6 +524,12 @@ class Simulation:
                 self._spawn(self.accepted[job_id], self._retry(job_id))
             elif op == "flow" and "sim/a" in self.topics[name]:  # its last step runs at its origin
                 self._spawn(name, self._flow(name))
+            elif op == "remove" and self.accepted:
+                job_id = rng.choice(sorted(self.accepted))
+                self._spawn(self.accepted[job_id], self._remove(job_id))
+            elif op == "suspend":
+                queue = rng.choice(["main", "ordered"])
+                self._spawn(name, self._suspend(name, queue, rng.uniform(0.2, 3.0)))
             elif op == "toggle":
                 topic = rng.choice(self.topics[name])
                 key = (name, topic)
@@ -547,6 +555,42 @@ class Simulation:
             self.trace.add(node.name, "stop", job_id[-8:])
         except Exception as e:
             self.trace.add(node.name, "stop-refused", f"{job_id[-8:]} {type(e).__name__}")
+
+    async def _remove(self, job_id: str) -> None:
+        node = self.nodes.get(self.accepted[job_id])
+        if node is None:
+            return
+        self.stop_asked.add(job_id)  # DROPPED, or deleted if it was final already
+        try:
+            await node.jobs.remove(job_id)
+            self.trace.add(node.name, "remove", job_id[-8:])
+        except Exception as e:
+            self.trace.add(node.name, "remove-refused", f"{job_id[-8:]} {type(e).__name__}")
+
+    async def _suspend(self, name: str, queue: str, span: float) -> None:
+        """Suspend a queue (running jobs finish, nothing new starts), resume it a while later."""
+        node = self.nodes.get(name)
+        if node is None:
+            return
+        self._suspended.add((name, queue))
+        await node.jobs.suspend_queue(queue)
+        self.trace.add(name, "suspend", queue)
+        await asyncio.sleep(span)
+        node = self.nodes.get(name)
+        if node is not None and (name, queue) in self._suspended:
+            await node.jobs.resume_queue(queue)
+            self._suspended.discard((name, queue))
+            self.trace.add(name, "resume-queue", queue)
+
+    async def _resume_queues(self, name: str, queues: list[str]) -> None:
+        node = self.nodes.get(name)
+        while node is None:  # healing: the node may still be booting
+            await asyncio.sleep(0.1)
+            node = self.nodes.get(name)
+        for queue in queues:
+            await node.jobs.resume_queue(queue)
+            self._suspended.discard((name, queue))
+            self.trace.add(name, "resume-queue", queue)
 
     async def _retry(self, job_id: str) -> None:
         node = self.nodes.get(self.accepted[job_id])
@@ -672,6 +716,10 @@ class Simulation:
                 self._start(name)
         for name, topic in sorted(self._disabled):
             self._spawn(name, self._toggle(name, topic, "enabled", wait=True))
+        for name in self.names:  # suspension is not durable, but a queue suspended in a live node stays so
+            queues = sorted(q for n, q in self._suspended if n == name)
+            if queues:
+                self._spawn(name, self._resume_queues(name, queues))
         self.healed_at = self.loop.time()
         self.trace.add("sim", "healed", f"after {self.faults} faults")
 
