@@ -18,6 +18,8 @@ Invariants (DESIGN §3), each a ``Violation`` with the seed, its name and the tr
   has free slots.
 - ``one-topology``: after healing, within ``topology_bound``, every node sees all nodes, the
   same leader, and a current view.
+- ``one-topology`` also holds for ``stable`` seconds after everything settled, with no member
+  change; ``no-late-repair``: no repair happens in that time.
 - ``topology-events``: Sling's guarantees per listener (INIT first, never two CHANGING in a
   row, CHANGED only after CHANGING, PROPERTIES_CHANGED only between changes).
 - ``leader-oldest``: a current view's leader is its member with the lowest rank.
@@ -81,6 +83,7 @@ class SimConfig:
     trace_tail: int = 80
     job_rate: float = 8.0  # workload operations per simulated second
 
+    stable: float = 20.0  # after everything settled: this long with nothing changing
     queued_bound: float = 30.0  # after one topology: no runnable job QUEUED this long while slots are free
 
     @property
@@ -316,6 +319,7 @@ class Simulation:
         self._heal()
         try:
             await self._converge()
+            await self._stay_stable()
             self._check_schedules()
         finally:
             checker.cancel()
@@ -863,6 +867,26 @@ class Simulation:
                     self._fail("all-final", f"{cfg.settle:g}s after healing: {problem}")
                 if now - self.healed_at - (self.converged_s or 0) > cfg.queued_bound:
                     self._check_stuck_queued()
+
+    async def _stay_stable(self) -> None:
+        """Healed and settled, the mesh stays so: one topology for ``stable`` more seconds, no
+        member changes, no repair (a repair now would mean a belief still drifting)."""
+        assert self.loop is not None
+        repairs = self._repairs()
+        changes = {k: len(v) for k, v in self.events.items()}
+        end = self.loop.time() + self.cfg.stable
+        while self.loop.time() < end:
+            await asyncio.sleep(0.5)
+            problem = self._topology_problem()
+            if problem is not None:
+                self._fail("one-topology", f"after settling, the mesh split again: {problem}")
+        moved = [k for k, v in self.events.items() if k in changes and any(
+            e.type is TE.TOPOLOGY_CHANGING for e in v[changes[k]:])]
+        if moved:
+            self._fail("one-topology", f"membership changed after settling, seen by {sorted(moved)}")
+        after = self._repairs()
+        if any(after.get(k, 0) > repairs.get(k, 0) for k in after):
+            self._fail("no-late-repair", f"repairs after settling: {repairs} -> {after}")
 
     def _check_stuck_queued(self) -> None:
         """A job QUEUED (ready, not handed off) at its origin while a node that may run its topic
