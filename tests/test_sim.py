@@ -35,7 +35,7 @@ CI_SEEDS = int(os.environ.get("JOBMESH_SIM_CI_SEEDS", "240"))
 # "handed off" with nobody holding it. Fixed three ways: a stop recorded at home withdraws the
 # attempt; a refused offer comes home; the origin's consistency check brings home any record
 # handed off that the protocol does not hold (handoff_orphaned).
-REGRESSION_SEEDS: list[int] = [239, 1073]
+REGRESSION_SEEDS: list[int] = [239, 1073, 1253]  # 1253: the same as 1073
 
 # Each plant with a seed that finds it at duration 20 (the CLI finds each within 200 seeds).
 PLANT_SEEDS = {
