@@ -872,6 +872,18 @@ class Simulation:
         """Healed and settled, the mesh stays so: one topology for ``stable`` more seconds, no
         member changes, no repair (a repair now would mean a belief still drifting)."""
         assert self.loop is not None
+        # the views may still reorder for a moment (a rejoin moves a node back): let them settle
+        # for two heartbeat timeouts without a change, then nothing may change any more
+        quiet_since = self.loop.time()
+        limit = quiet_since + self.cfg.settle
+        changes = {k: len(v) for k, v in self.events.items()}
+        while self.loop.time() - quiet_since < 2 * self.cfg.timeout:
+            await asyncio.sleep(0.25)
+            now_changes = {k: len(v) for k, v in self.events.items()}
+            if now_changes != changes:
+                changes, quiet_since = now_changes, self.loop.time()
+            if self.loop.time() > limit:
+                self._fail("one-topology", "the views never stopped changing after healing")
         repairs = self._repairs()
         changes = {k: len(v) for k, v in self.events.items()}
         end = self.loop.time() + self.cfg.stable
