@@ -39,7 +39,7 @@ from ..errors import Conflict, JobmeshError, NotFound, ValidationError
 from ..job import FINAL_STATES, Job, JobState, ResultKind, check_transition
 from ..consumers.context import append_log
 from ..queues.core import Outcome, decide
-from ..store.sqlite import JOB_COLUMNS, row_to_job
+from ..store.sqlite import COPY_COLUMNS, JOB_COLUMNS, row_to_job
 from .. import wire
 from .protocol import (
     MESSAGE_TYPES,
@@ -792,8 +792,7 @@ class TransferActor(Actor):
 
         def write(conn: sqlite3.Connection) -> None:
             conn.executemany("DELETE FROM jobs WHERE id=? AND origin!=?", [(c[0], node.name) for c in copies])
-            cols = JOB_COLUMNS.replace(", output", "")
-            conn.executemany(f"INSERT INTO jobs ({cols}) VALUES ({', '.join('?' * 17)})", rows)
+            conn.executemany(f"INSERT INTO jobs ({COPY_COLUMNS}) VALUES ({', '.join('?' * 17)})", rows)
             conn.executemany("INSERT OR REPLACE INTO transfer_copies (job_id, origin, attempt) VALUES (?,?,?)",
                              copies)
 
