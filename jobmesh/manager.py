@@ -404,6 +404,26 @@ class JobManager(Actor):
                 if not lst:
                     del self._waiters[job_id]
 
+    async def join(self, timeout: float | None = None, poll: float = 0.01) -> None:
+        """Return once nothing is QUEUED or ACTIVE on this node (delayed jobs count: they are
+        QUEUED); asyncio.TimeoutError saying what is left after ``timeout`` seconds. What a test
+        awaits after sending jobs (Dramatiq's ``broker.join``)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            if self.overall.queued <= 0 and self.overall.active <= 0 and not self._adding_keys:
+                counts = self.store.open_counts()  # the statistics said idle: the store agrees?
+                if not counts:
+                    return
+            if deadline is not None and loop.time() >= deadline:
+                left: dict[str, int] = {}
+                for _, _, state, n in self.store.open_counts():
+                    left[state] = left.get(state, 0) + n
+                raise asyncio.TimeoutError(
+                    f"node {self.node_name} is not idle after {timeout:g} s: {left.get('QUEUED', 0)} jobs queued, "
+                    f"{left.get('ACTIVE', 0)} active")
+            await asyncio.sleep(poll)
+
     async def stop(self, job_id: str) -> Job:
         """QUEUED -> STOPPED now; ACTIVE: the consumer is asked to stop (returns the job as it is)."""
         return await self._cancel(job_id, JobState.STOPPED)

@@ -147,6 +147,8 @@ class Node:
             self._data_lock.release()
             raise
         self._running = True
+        from .tasks import node_started
+        node_started(self)  # the default producer of task.send() in this process
         self._start_watchdog()
         self._publish_offloading()  # in the properties before discovery reads them
         await self._start_optional_guarded()
@@ -252,6 +254,8 @@ class Node:
         if not self._running:
             return
         self._stopping = True
+        from .tasks import node_stopped
+        node_stopped(self)
         grace = self.config.shutdown_grace if grace is None else grace
         self.jobs.accepting = False
         try:
