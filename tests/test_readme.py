@@ -131,7 +131,7 @@ async def test_scheduled_jobs(tmp_path: Path) -> None:
     async with jobmesh.Node(name="s", data_dir=tmp_path / "s") as node:
         await scope["snippet"](node)
         topics = sorted(s["topic"] for s in await node.schedules.list())
-    assert topics == ["cache/warm", "cleanup/tmp", "mail/reminder", "reports/daily"]
+    assert topics == ["cache/warm", "cleanup/tmp", "mail/digest", "mail/reminder", "reports/daily"]
 
 
 async def test_workflows(tmp_path: Path) -> None:
