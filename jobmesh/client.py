@@ -360,7 +360,7 @@ class SyncClient(_Api):
         conn = getattr(self._local, "conn", None)
         if conn is None:
             cls = http.client.HTTPSConnection if self._parts.scheme == "https" else http.client.HTTPConnection
-            conn = cls(self._parts.hostname, self._parts.port, timeout=self.timeout + WAIT_STEP)
+            conn = cls(str(self._parts.hostname), self._parts.port, timeout=self.timeout + WAIT_STEP)
             self._local.conn = conn
             with self._lock:
                 self._conns.append(conn)

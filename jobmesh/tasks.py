@@ -80,7 +80,7 @@ class Task(Generic[P, R]):
             raise ValidationError(f"@jobmesh.task({topic!r}): {e} (a task's topic is one topic, not a pattern)") from None
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
         self.fn = fn
-        self.name = name or getattr(fn, "__qualname__", repr(fn))
+        self.name: str = name or str(getattr(fn, "__qualname__", repr(fn)))
         what = f"task {self.name}"
         self.timeout, self.throws = check_options(timeout, throws, retries, retry_delay, priority, queue, what)
         self.retries = retries
