@@ -463,7 +463,7 @@ class JobManager(Actor):
         job.not_before = 0.0
         job.finished = None
         job.result_message = None
-        job.output = None
+        job.result = None
         job.target = None  # it may have run at another node: back in this node's windows
         job.progress = Progress()
         await self.store.update(job)

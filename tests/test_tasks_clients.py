@@ -173,3 +173,40 @@ async def test_sync_client_is_the_blocking_twin(node_factory) -> None:
             return [job.state, again.job().priority, len(client.find(topic="tc/sync")) >= 2]
 
     assert await asyncio.to_thread(use) == [jobmesh.JobState.SUCCEEDED, 1, True]
+
+
+async def test_a_tasks_return_value_is_its_result(node_factory) -> None:
+    node = await node_factory([send_mail, add_numbers], name="r")
+    assert await (await send_mail.send("r@s.t", "hi")).result(timeout=10) == {"message_id": "m-r@s.t"}
+    h = await add_numbers.send(20, b=22)
+    assert await h.result(timeout=10) == 42  # a sync task, from its thread
+    job = await node.jobs.get(h.id)
+    assert job.result == 42 and job.result_message is None and job.to_json()["result"] == 42
+
+
+@jobmesh.consumer("tc/plain")
+async def plain(job: jobmesh.Job) -> dict[str, Any]:  # a plain consumer's return value is its result too
+    return {"rows": 3}
+
+
+@jobmesh.consumer("tc/notjson")
+async def not_json(job: jobmesh.Job) -> Any:
+    return object()
+
+
+async def test_results_of_plain_consumers_and_the_refusal_of_what_is_not_json(node_factory) -> None:
+    node = await node_factory([plain, not_json], name="p", queues=[jobmesh.QueueConfig(name="main", retries=0)])
+    ok = await node.jobs.wait((await node.jobs.add("tc/plain")).id, timeout=10)
+    assert ok.result == {"rows": 3} and ok.output == {"rows": 3}  # an object result is a step's output
+    bad = await node.jobs.wait((await node.jobs.add("tc/notjson")).id, timeout=10)
+    assert bad.state is jobmesh.JobState.GIVEN_UP and "not JSON-compatible" in bad.result_message
+    again = await node.jobs.retry(ok.id) if ok.state is not jobmesh.JobState.SUCCEEDED else None
+    assert again is None
+
+
+async def test_testing_run_gives_the_result_or_job_failed() -> None:
+    import jobmesh.testing
+
+    assert await jobmesh.testing.run(add_numbers, 1, b=5) == 6
+    with pytest.raises(jobmesh.JobFailed, match="GIVEN_UP: the consumer's return value is not JSON"):
+        await jobmesh.testing.run(jobmesh.task("tc/objects")(lambda: object()), retries=0)

@@ -1001,3 +1001,14 @@ def test_targets_crash_and_restart_every_job_once_and_no_superseded_copy_runs(se
     assert len(committed) == n_jobs, f"{n_jobs - len(committed)} jobs not committed"
     assert set(committed.values()) == {1}
     assert nodes["a"].origin.in_flight() == 0
+
+
+def test_result_item_carries_any_json_result_and_reads_an_older_output() -> None:
+    from jobmesh.transfer.protocol import ResultItem
+
+    for value in ({"a": 1}, [1, 2], "text", 0, False):
+        item = ResultItem("j", 1, ResultKind.OK, result=value)
+        assert ResultItem.from_wire(item.to_wire()).result == value
+    assert "result" not in ResultItem("j", 1, ResultKind.OK).to_wire()
+    old = {"id": "j", "attempt": 1, "kind": "OK", "log": [], "output": {"step": "out"}}  # a peer before issue 12
+    assert ResultItem.from_wire(old).result == {"step": "out"}

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import json
 from .. import clock as _clock
 import traceback
 from functools import partial
@@ -398,8 +399,8 @@ class ConsumerPool(Actor):
         if run.abort:
             return Outcome("ABORTED", "interrupted by node shutdown")
         outcome = _outcome_of(result)
-        if ctx is not None and ctx.output and outcome.kind == "OK" and outcome.output is None:
-            outcome = Outcome("OK", outcome.message, output=dict(ctx.output))  # ctx.output[...] = v
+        if ctx is not None and ctx.output and outcome.kind == "OK" and outcome.result is None:
+            outcome = Outcome("OK", outcome.message, result=dict(ctx.output))  # ctx.output[...] = v
         return outcome
 
     def _count_done(self) -> None:
@@ -462,19 +463,31 @@ async def _resume(coro: Any, yielded: Any, cvars: contextvars.Context | None = N
             return done.value
 
 
+MAX_RESULT_BYTES = 1_000_000  # a result is stored with its job and travels back in one message
+
+
 def _outcome_of(result: Any) -> Outcome:
-    """A consumer's return value as an outcome: None/True = OK, False = FAILED, JobResult as said."""
+    """A consumer's return value as an outcome: None/True = OK, False = FAILED, JobResult as said;
+    any other value is the job's result (a task's return value), which must be JSON-compatible:
+    one that is not fails the run, saying so (it could be neither stored nor sent to the origin)."""
     if result is None or result is True:
         return _OK
     if isinstance(result, JobResult):
         if result.kind is ResultKind.OK:
             if result.output:
-                return Outcome("OK", result.message, output=dict(result.output))
+                return Outcome("OK", result.message, result=dict(result.output))
             return _OK if result.message is None else Outcome("OK", result.message)
         if result.kind is ResultKind.CANCEL:
             return Outcome("CANCEL", result.message)
         return Outcome("FAILED", result.message, result.retry_delay)
     if result is False:
         return Outcome("FAILED", "consumer returned False")
-    text = repr(result)
-    return Outcome("OK", text if len(text) <= 1000 else text[:997] + "...")
+    try:
+        text = json.dumps(result, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        return Outcome("FAILED", f"the consumer's return value is not JSON-compatible ({e}); return str, int, "
+                                 f"float, bool, None, or lists and dicts of them")
+    if len(text) > MAX_RESULT_BYTES:
+        return Outcome("FAILED", f"the consumer's return value is {len(text)} bytes as JSON, more than "
+                                 f"{MAX_RESULT_BYTES}; store large results elsewhere and return a reference")
+    return Outcome("OK", result=result if type(result) is not tuple else list(result))

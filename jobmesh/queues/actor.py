@@ -254,7 +254,7 @@ class QueueActor(Actor):
         if message is not None or new is JobState.SUCCEEDED:
             job.result_message = message
         if new is JobState.SUCCEEDED:
-            job.output = outcome.output
+            job.result = outcome.result
         for line in outcome.log:
             append_log(job, line)
         if new is not JobState.SUCCEEDED:

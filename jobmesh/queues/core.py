@@ -54,7 +54,7 @@ class Outcome:
     retry_delay: float | None = None  # the consumer's failed(retry_delay)
     stop_state: JobState = JobState.STOPPED  # STOPPED for stop, DROPPED for remove
     log: tuple[str, ...] = ()  # lines to append to the progress log (e.g. a traceback)
-    output: dict[str, Any] | None = None  # OK only: the consumer's output properties
+    result: Any = None  # OK only: the consumer's return value (JSON-compatible; an object is a step's output)
 
 
 def retry_delay_for(job: Job, queue: QueueConfig, consumer_delay: float | None) -> float:

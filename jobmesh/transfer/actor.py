@@ -689,7 +689,7 @@ class TransferActor(Actor):
             if d.message is not None or d.state is JobState.SUCCEEDED:
                 job.result_message = d.message
             if d.state is JobState.SUCCEEDED:
-                job.output = r.output  # a workflow step's output, made at the target
+                job.result = r.result  # the consumer's return value (a workflow step's output), made at the target
             if r.log:
                 job.progress.log = list(r.log)[-1000:]
             if d.state is JobState.QUEUED:
@@ -874,7 +874,7 @@ class TransferActor(Actor):
                 message = "stopped"
             item = ResultItem(job.id, attempt, _KIND_OF_OUTCOME.get(outcome.kind, ResultKind.FAILED), message,
                               outcome.retry_delay, job.started, now, log_lines,
-                              output=outcome.output if outcome.kind == "OK" else None)
+                              result=outcome.result if outcome.kind == "OK" else None)
             items.append(item)
             rows.append((job.id, origin, attempt, json.dumps(item.to_wire())))
             p = job.progress

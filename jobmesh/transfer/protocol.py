@@ -240,7 +240,7 @@ class ResultItem:
     started: float | None = None
     finished: float | None = None
     log: tuple[str, ...] = ()
-    output: dict[str, Any] | None = None  # OK only: the consumer's output properties (workflow steps)
+    result: Any = None  # OK only: the consumer's return value (any JSON; an object is a workflow step's output)
 
     def to_wire(self) -> dict[str, Any]:
         body = {
@@ -253,8 +253,8 @@ class ResultItem:
             "finished": self.finished,
             "log": list(self.log),
         }
-        if self.output is not None:  # absent when there is none: older peers' bodies stay the same
-            body["output"] = self.output
+        if self.result is not None:  # absent when there is none: bodies without one stay as they were
+            body["result"] = self.result
         return body
 
     @classmethod
@@ -279,7 +279,8 @@ class ResultItem:
             started=None if started is None else float(started),
             finished=None if finished is None else float(finished),
             log=tuple(_str_list(body, "log", what)),
-            output=_opt(body, "output", dict, what),
+            # "output" (an object) is how peers and outbox rows before issue 12 carried a step's output
+            result=body["result"] if body.get("result") is not None else _opt(body, "output", dict, what),
         )
 
 
