@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 import jobmesh
+import jobmesh.testing
 from helpers import free_port
 from jobmesh import tasks as tasks_mod
 from jobmesh.consumers.registry import consumers_in_module
@@ -210,3 +211,32 @@ async def test_testing_run_gives_the_result_or_job_failed() -> None:
     assert await jobmesh.testing.run(add_numbers, 1, b=5) == 6
     with pytest.raises(jobmesh.JobFailed, match="GIVEN_UP: the consumer's return value is not JSON"):
         await jobmesh.testing.run(jobmesh.task("tc/objects")(lambda: object()), retries=0)
+
+
+@jobmesh.task("tc/throws", throws=(ValueError,), retries=5, retry_delay=0)
+async def picky(n: int) -> int:
+    if n < 0:
+        raise ValueError(f"negative: {n}")
+    raise RuntimeError("flaky")
+
+
+@jobmesh.consumer("tc/throws-consumer", throws=KeyError)
+def lookup(job: jobmesh.Job) -> None:
+    raise KeyError("missing")
+
+
+async def test_throws_ends_the_job_error_without_a_retry(node_factory) -> None:
+    node = await node_factory([picky, lookup, send_mail], name="t")
+    err = await node.jobs.wait((await picky.send(-1)).id, timeout=10)
+    assert err.state is jobmesh.JobState.ERROR and err.retry_count == 0
+    assert err.result_message == "ValueError: negative: -1 (listed in throws: not retried)"
+    assert "ValueError: negative: -1" in err.progress.log[-1]  # the traceback is in the log
+    retried = await node.jobs.wait((await picky.send(1)).id, timeout=10)
+    assert retried.state is jobmesh.JobState.GIVEN_UP and retried.retry_count == 5  # others are retried
+    assert (await node.jobs.wait((await node.jobs.add("tc/throws-consumer")).id, timeout=10)).state \
+        is jobmesh.JobState.ERROR
+    # properties that do not fit the task's signature: ERROR at once (it would fail the same way again)
+    bad = await node.jobs.wait((await node.jobs.add("tc/mail", {"too": "x"})).id, timeout=10)
+    assert bad.state is jobmesh.JobState.ERROR and "do not fit send_mail" in bad.result_message
+    with pytest.raises(jobmesh.JobFailed, match="ERROR: ValueError: negative"):
+        await jobmesh.testing.run(picky, -3)

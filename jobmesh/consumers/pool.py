@@ -391,7 +391,9 @@ class ConsumerPool(Actor):
             tb = "".join(traceback.format_exception(exc))
             if run.stop_state is not None:
                 return Outcome("STOPPED", stop_state=run.stop_state, log=(tb,))
-            return Outcome("FAILED", f"{type(exc).__name__}: {exc}", log=(tb,))
+            if spec.throws and isinstance(exc, spec.throws):  # declared: ends the job ERROR, no retry
+                return Outcome("CANCEL", f"{type(exc).__name__}: {exc} (listed in throws: not retried)", log=(tb,))
+            return Outcome("FAILED", f"{type(exc).__name__}: {exc}", spec.retry_delay, log=(tb,))
         finally:
             run.executing = False
         if run.stop_state is not None:
