@@ -81,6 +81,7 @@ class Node:
         self.store = Store(Path(cfg.data) / "jobs.db", durability=cfg.durability, clock=clock)
         self.jobs = JobManager(cfg, self.store, self.events, clock=clock)
         self.pool = ConsumerPool(cfg.name, cfg.capacity, self.store, stop_grace=cfg.stop_grace, clock=clock)
+        self.pool.queue_timeouts = {qc.name: qc.timeout for qc in cfg.all_queues()}
         self._queue_actors: dict[str, QueueActor] = {}
         for qc in cfg.all_queues():
             self._queue_actors[qc.name] = QueueActor(qc, self.store, self.pool, self.jobs,

@@ -101,3 +101,12 @@ def test_next_port() -> None:
 def test_discovery_protocol_defaults_to_heartbeat_and_accepts_swim() -> None:
     assert NodeConfig.from_dict({}).discovery.protocol == "heartbeat"
     assert NodeConfig.from_dict({"discovery": {"protocol": "swim"}}).discovery.protocol == "swim"
+
+
+def test_queue_timeout_is_a_positive_number_of_seconds() -> None:
+    cfg = NodeConfig.from_dict({"queue": [{"name": "main", "timeout": 30}]})
+    assert cfg.main_queue().timeout == 30 and QueueConfig().timeout is None
+    with pytest.raises(ConfigError, match="timeout must be a number of seconds above 0"):
+        NodeConfig.from_dict({"queue": [{"name": "main", "timeout": 0}]}).validate()
+    with pytest.raises(ConfigError, match="timeout must be a number of seconds above 0"):
+        NodeConfig.from_dict({"queue": [{"name": "main", "timeout": "30"}]}).validate()

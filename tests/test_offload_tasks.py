@@ -135,3 +135,18 @@ def test_a_delayed_job_starts_at_the_target_no_earlier_than_due(mesh: tuple[Node
     assert done["state"] == "SUCCEEDED" and done["target"] == "b"
     started = done["result"]["started"]
     assert due - 0.05 <= started <= due + 1.5, started - due  # no earlier, and about a tick after at most
+
+
+def test_the_target_enforces_the_time_limit(mesh: tuple[NodeProcess, NodeProcess]) -> None:
+    a, _ = mesh
+    t0 = time.monotonic()
+    slow = submit(a, {"topic": "far/slow", "properties": {"seconds": 30}})
+    blocking = submit(a, {"topic": "far/blocking", "properties": {"seconds": 30}})
+    own = submit(a, {"topic": "far/slow", "properties": {"seconds": 30}, "timeout": 0.3})
+    fits = submit(a, {"topic": "far/slow", "properties": {"seconds": 1.0}, "timeout": 5})
+    for j, limit in ((slow, 0.5), (blocking, 0.5), (own, 0.3)):
+        done = final(a, j["id"], timeout=20)
+        assert done["state"] == "GIVEN_UP" and done["target"] == "b", done
+        assert done["result_message"] == f"time limit {limit:g} s exceeded" and done["retry_count"] == 1
+    assert time.monotonic() - t0 < 15
+    assert final(a, fits["id"])["result"] == "woke"  # the job's own, longer limit travelled with it

@@ -240,3 +240,48 @@ async def test_throws_ends_the_job_error_without_a_retry(node_factory) -> None:
     assert bad.state is jobmesh.JobState.ERROR and "do not fit send_mail" in bad.result_message
     with pytest.raises(jobmesh.JobFailed, match="ERROR: ValueError: negative"):
         await jobmesh.testing.run(picky, -3)
+
+
+@jobmesh.task("tc/nap", timeout=0.3, retries=1, retry_delay=0)
+async def nap(seconds: float) -> str:
+    await asyncio.sleep(seconds)
+    return "rested"
+
+
+interrupted: list[str] = []
+
+
+@jobmesh.task("tc/busy", timeout=0.3, retries=0)
+def busy(seconds: float) -> str:
+    end = time.monotonic() + seconds
+    try:
+        while time.monotonic() < end:
+            time.sleep(0.01)
+    except jobmesh.TimeLimitExceeded:
+        interrupted.append("busy")
+        raise
+    return "done"
+
+
+@jobmesh.consumer("tc/limited")
+async def limited(job: jobmesh.Job) -> None:
+    await asyncio.sleep(float(job.properties["s"]))
+
+
+async def test_time_limits_job_over_task_over_queue(node_factory) -> None:
+    node = await node_factory([nap, busy, limited], name="tl", queues=[
+        jobmesh.QueueConfig(name="main", retries=0, timeout=0.3),
+    ])
+    t0 = time.monotonic()
+    over = await node.jobs.wait((await nap.send(5)).id, timeout=10)
+    assert over.state is jobmesh.JobState.GIVEN_UP and over.retry_count == 1  # retried once, then given up
+    assert over.result_message == "time limit 0.3 s exceeded" and time.monotonic() - t0 < 3
+    fine = await nap.send_with_options(args=(0.5,), timeout=2)  # the job's own limit beats the task's
+    assert await fine.result(timeout=10) == "rested"
+    sync = await node.jobs.wait((await busy.send(5)).id, timeout=10)
+    assert sync.state is jobmesh.JobState.GIVEN_UP and sync.result_message == "time limit 0.3 s exceeded"
+    assert interrupted == ["busy"] and "TimeLimitExceeded" in sync.progress.log[-1]  # raised in its thread
+    q = await node.jobs.wait((await node.jobs.add("tc/limited", {"s": 5})).id, timeout=10)
+    assert q.state is jobmesh.JobState.GIVEN_UP and q.result_message == "time limit 0.3 s exceeded"
+    ok = await node.jobs.wait((await node.jobs.add("tc/limited", {"s": 0.6}, timeout=3)).id, timeout=10)
+    assert ok.state is jobmesh.JobState.SUCCEEDED

@@ -1012,3 +1012,15 @@ def test_result_item_carries_any_json_result_and_reads_an_older_output() -> None
     assert "result" not in ResultItem("j", 1, ResultKind.OK).to_wire()
     old = {"id": "j", "attempt": 1, "kind": "OK", "log": [], "output": {"step": "out"}}  # a peer before issue 12
     assert ResultItem.from_wire(old).result == {"step": "out"}
+
+
+def test_job_spec_carries_the_time_limit_and_priority() -> None:
+    from jobmesh.transfer.protocol import JobSpec, ProtocolError
+
+    spec = JobSpec("j", 1, "a/b", {}, timeout=2.5, priority=-3)
+    assert JobSpec.from_wire(spec.to_wire()) == spec
+    plain = JobSpec("j", 1, "a/b", {})
+    assert "timeout" not in plain.to_wire() and "priority" not in plain.to_wire()
+    assert JobSpec.from_wire(plain.to_wire()) == plain
+    with pytest.raises(ProtocolError, match="timeout must be > 0"):
+        JobSpec.from_wire({**spec.to_wire(), "timeout": -1})

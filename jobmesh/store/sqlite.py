@@ -43,7 +43,7 @@ _INSERT = f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({', '.join('?' * 21)})"
 # What a target writes for a copy of another node's job (the transfer actor's rows, in this order).
 COPY_COLUMNS = (
     "seq, id, topic, queue, state, properties, origin, target, created, started, finished, "
-    "retry_count, max_retries, attempt, not_before, progress, result_message"
+    "retry_count, max_retries, attempt, not_before, progress, result_message, timeout, priority"
 )
 _UPDATE = (
     "UPDATE jobs SET state=?, started=?, finished=?, retry_count=?, attempt=?, not_before=?, "

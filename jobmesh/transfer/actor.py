@@ -582,7 +582,7 @@ class TransferActor(Actor):
             job.attempt += 1  # every handoff is a new attempt
             job.target = peer
             specs.append(JobSpec(job.id, job.attempt, job.topic, job.properties, job.queue, job.retry_count,
-                                 job.max_retries, job.origin, job.created))
+                                 job.max_retries, job.origin, job.created, job.timeout, job.priority))
         if not jobs:
             return
         for job in jobs:
@@ -784,15 +784,16 @@ class TransferActor(Actor):
             q = node.jobs.matcher.match(s.topic)
             job = Job(id=s.id, topic=s.topic, properties=dict(s.properties), queue=q.name, origin=origin,
                       created=s.created or now, retry_count=s.retry_count, max_retries=s.max_retries,
-                      attempt=0, seq=seq + i)
+                      attempt=0, seq=seq + i, timeout=s.timeout, priority=s.priority)
             jobs.append(job)
             rows.append((job.seq, job.id, job.topic, job.queue, "QUEUED", json.dumps(job.properties) if job.properties else "{}", origin,
-                         None, job.created, None, None, job.retry_count, job.max_retries, 0, 0.0, None, None))
+                         None, job.created, None, None, job.retry_count, job.max_retries, 0, 0.0, None, None,
+                         job.timeout, job.priority))
             copies.append((s.id, origin, s.attempt))
 
         def write(conn: sqlite3.Connection) -> None:
             conn.executemany("DELETE FROM jobs WHERE id=? AND origin!=?", [(c[0], node.name) for c in copies])
-            conn.executemany(f"INSERT INTO jobs ({COPY_COLUMNS}) VALUES ({', '.join('?' * 17)})", rows)
+            conn.executemany(f"INSERT INTO jobs ({COPY_COLUMNS}) VALUES ({', '.join('?' * 19)})", rows)
             conn.executemany("INSERT OR REPLACE INTO transfer_copies (job_id, origin, attempt) VALUES (?,?,?)",
                              copies)
 
@@ -1029,7 +1030,7 @@ class TransferActor(Actor):
                 self._remote[job.id] = job
             by_peer.setdefault(job.target or "", []).append(
                 JobSpec(job.id, job.attempt, job.topic, job.properties, job.queue, job.retry_count,
-                        job.max_retries, job.origin, job.created))
+                        job.max_retries, job.origin, job.created, job.timeout, job.priority))
         out: list[Any] = []
         self._restored_peers = set(by_peer)
         for peer, specs in by_peer.items():

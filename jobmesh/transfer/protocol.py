@@ -126,6 +126,14 @@ def _attempt(body: dict[str, Any], what: str) -> int:
     return value
 
 
+def _positive(value: Any, key: str, what: str) -> float | None:
+    if value is None:
+        return None
+    if not value > 0:
+        raise ProtocolError(f"{what}: {key} must be > 0")
+    return float(value)
+
+
 def _items(body: dict[str, Any], what: str, limit: int = 100_000) -> list[Any]:
     items = _req(body, "items", list, what)
     if len(items) > limit:
@@ -156,9 +164,11 @@ class JobSpec:
     max_retries: int = 10
     origin: str = ""
     created: float = 0.0
+    timeout: float | None = None  # the job's own time limit (s): the target enforces it
+    priority: int = 0  # the job's priority within its queue at the target
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        body = {
             "id": self.id,
             "attempt": self.attempt,
             "topic": self.topic,
@@ -169,6 +179,11 @@ class JobSpec:
             "origin": self.origin,
             "created": self.created,
         }
+        if self.timeout is not None:  # absent unless set: handoffs without options stay as they were
+            body["timeout"] = self.timeout
+        if self.priority:
+            body["priority"] = self.priority
+        return body
 
     @classmethod
     def from_wire(cls, body: dict[str, Any]) -> "JobSpec":
@@ -183,10 +198,13 @@ class JobSpec:
                 pass
             else:
                 c = body.get("created")
+                to, pr = body.get("timeout"), body.get("priority", 0)
                 if (type(i) is str and i and type(a) is int and a >= 0 and type(t) is str and t
                         and type(p) is dict and type(q) is str and type(rc) is int and type(mr) is int
-                        and type(o) is str and (c is None or type(c) is float or type(c) is int)):
-                    return cls(i, a, t, p, q, rc, mr, o, float(c or 0.0))
+                        and type(o) is str and (c is None or type(c) is float or type(c) is int)
+                        and (to is None or ((type(to) is float or type(to) is int) and to > 0))
+                        and type(pr) is int):
+                    return cls(i, a, t, p, q, rc, mr, o, float(c or 0.0), None if to is None else float(to), pr)
         return cls._from_wire_checked(body)
 
     @classmethod
@@ -202,6 +220,8 @@ class JobSpec:
             max_retries=_req(body, "max_retries", int, what),
             origin=_req(body, "origin", str, what),
             created=float(_opt(body, "created", (int, float), what) or 0.0),
+            timeout=_positive(_opt(body, "timeout", (int, float), what), "timeout", what),
+            priority=_opt(body, "priority", int, what) or 0,
         )
 
 
