@@ -119,3 +119,32 @@ async def test_http_options_key_200_and_long_poll(node_factory) -> None:
         t0 = time.monotonic()
         async with http.get(f"/api/v1/jobs/{first['id']}", params={"wait": "0.3"}) as r:
             assert (await r.json())["state"] in ("QUEUED", "ACTIVE") and time.monotonic() - t0 >= 0.25
+
+
+order: list[int] = []
+
+
+@jobmesh.consumer("prio/**")
+async def note(job: jobmesh.Job) -> None:
+    order.append(job.properties["n"])
+
+
+async def test_priority_within_a_queue_higher_first_and_an_ordered_queue_keeps_order(node_factory) -> None:
+    node = await node_factory([note], capacity=1, queues=[
+        jobmesh.QueueConfig(name="main", max_parallel=1),
+        jobmesh.QueueConfig(name="line", topics=["prio/ordered"], type="ordered")])
+    await node.jobs.suspend_queue("main")
+    await node.jobs.suspend_queue("line")
+    await node.jobs.add_many([("prio/x", {"n": 1}), ("prio/x", {"n": 2})])
+    await node.jobs.add("prio/x", {"n": 3}, priority=5)
+    await node.jobs.add("prio/x", {"n": 4}, priority=-5)
+    await node.jobs.add("prio/x", {"n": 5}, priority=5)
+    await node.jobs.resume_queue("main")
+    await node.jobs.join(timeout=10)
+    assert order == [3, 5, 1, 2, 4]
+    order.clear()
+    await node.jobs.add("prio/ordered", {"n": 1})
+    await node.jobs.add("prio/ordered", {"n": 2}, priority=9)
+    await node.jobs.resume_queue("line")
+    await node.jobs.join(timeout=10)
+    assert order == [1, 2]

@@ -130,3 +130,38 @@ def test_round_robin_alternates_topics():
     while (j := w.take(0.0, always)) is not None:
         order.append(j.topic)
     assert order == ["a", "b", "c", "a", "b", "a"]
+
+
+def test_unordered_higher_priority_first_fifo_within_a_priority():
+    w = UnorderedWindow()
+    for s, p in ((1, 0), (2, -1), (3, 5), (4, 0), (5, 5), (6, 2), (7, -1)):
+        w.add(job(s, priority=p), 0.0)
+    late = job(8, priority=9)
+    late.not_before = 10.0  # a delayed high-priority job goes first once it is due
+    w.add(late, 0.0)
+    assert [w.take(0.0, always).seq for _ in range(3)] == [3, 5, 6]
+    assert w.take(10.0, always).seq == 8
+    assert [w.take(10.0, always).seq for _ in range(4)] == [1, 4, 2, 7]
+    assert w.take(10.0, always) is None
+    # parked jobs keep their priority when a consumer appears; removed ones are skipped
+    w.add(job(9, topic="x", priority=1), 0.0)
+    w.add(job(10, priority=0), 0.0)
+    w.add(job(11, priority=3), 0.0)
+    w.remove("j11")
+    assert w.take(0.0, lambda t: t != "x").seq == 10
+    w.unpark(always)
+    assert w.take(0.0, always).seq == 9 and w.take(0.0, always) is None
+
+
+def test_round_robin_priority_within_a_topic_and_ordered_ignores_it():
+    w = RoundRobinWindow()
+    for s, t, p in ((1, "a", 0), (2, "a", 0), (3, "a", 4), (4, "b", 0), (5, "a", 4)):
+        w.add(job(s, topic=t, priority=p), 0.0)
+    order = []
+    while (j := w.take(0.0, always)) is not None:
+        order.append(j.seq)
+    assert order == [3, 4, 5, 1, 2]
+    o = OrderedWindow()
+    for s, p in ((1, 0), (2, 9)):
+        o.add(job(s, priority=p), 0.0)
+    assert [o.take(0.0, always).seq, o.take(0.0, always).seq] == [1, 2]  # an ordered queue keeps its order
