@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from jobmesh.config import QueueConfig
 from jobmesh.job import Job, JobState
 from jobmesh.queues.core import (
@@ -63,8 +65,29 @@ def test_retries_forever():
 
 
 def test_backoff_and_cap():
-    q = QueueConfig(retry_delay=2.0, retry_backoff=3.0, max_retry_delay=50.0)
+    q = QueueConfig(retry_delay=2.0, retry_backoff=3.0, max_retry_delay=50.0, retry_jitter=False)
     assert [retry_delay_for(job(1, retry_count=n), q, None) for n in range(5)] == [2.0, 6.0, 18.0, 50.0, 50.0]
+
+
+def test_retry_jitter_spreads_backed_off_delays_and_is_on_by_default_with_backoff():
+    q = QueueConfig(retry_delay=2.0, retry_backoff=3.0, max_retry_delay=50.0)
+    assert retry_delay_for(job(1, retry_count=2), q, None, rand=lambda: 0.0) == 9.0  # half of 18
+    assert retry_delay_for(job(1, retry_count=2), q, None, rand=lambda: 0.999) == pytest.approx(17.99, abs=0.01)
+    assert retry_delay_for(job(1, retry_count=9), q, None, rand=lambda: 0.0) == 25.0  # half of the cap
+    import random
+
+    from jobmesh import rng
+    token = rng.use(random.Random(7))  # the default source is jobmesh.rng's (the simulator seeds it)
+    try:
+        delays = [retry_delay_for(job(i, retry_count=3), q, None) for i in range(200)]
+    finally:
+        rng._current.reset(token)
+    assert all(25.0 <= d <= 50.0 for d in delays) and len(set(delays)) > 150  # spread, within [d/2, d]
+    flat = QueueConfig(retry_delay=2.0)  # backoff 1: no jitter unless asked
+    assert retry_delay_for(job(1, retry_count=3), flat, None) == 2.0
+    assert retry_delay_for(job(1), QueueConfig(retry_delay=2.0, retry_jitter=True), None, rand=lambda: 0.5) == 1.5
+    explicit = job(1, properties={"retry_delay": 4}, retry_count=3)
+    assert retry_delay_for(explicit, q, None) == 4.0 and retry_delay_for(job(1), q, 1.5) == 1.5  # as meant
 
 
 def test_retry_delay_precedence_consumer_then_property_then_queue():

@@ -14,6 +14,7 @@ from functools import lru_cache
 from typing import Any, Callable, Iterator, NamedTuple
 
 from ..config import MAIN_QUEUE, QueueConfig
+from .. import rng as _rng
 from ..job import Job, JobState
 from ..topics import matches, specificity
 
@@ -57,19 +58,26 @@ class Outcome:
     result: Any = None  # OK only: the consumer's return value (JSON-compatible; an object is a step's output)
 
 
-def retry_delay_for(job: Job, queue: QueueConfig, consumer_delay: float | None) -> float:
+def retry_delay_for(job: Job, queue: QueueConfig, consumer_delay: float | None,
+                    rand: Callable[[], float] | None = None) -> float:
     """Sling's precedence: the consumer's delay > the job's ``retry_delay`` property > the queue's.
 
     Only the queue's delay is backed off (``retry_backoff`` per retry already made,
-    capped at ``max_retry_delay``): an explicit delay is taken as meant.
+    capped at ``max_retry_delay``) and jittered: an explicit delay is taken as meant.
+    With ``retry_jitter`` (default: on when ``retry_backoff`` > 1) the delay is drawn from
+    [delay/2, delay], so jobs that failed together (an outage) do not all come back at once.
+    ``rand`` is the uniform [0, 1) source: jobmesh.rng's (seeded in the simulator) by default.
     """
     if consumer_delay is not None and consumer_delay >= 0:
         return float(consumer_delay)
     prop = job.properties.get("retry_delay") if isinstance(job.properties, dict) else None
     if isinstance(prop, (int, float)) and not isinstance(prop, bool) and prop >= 0:
         return float(prop)
-    delay = queue.retry_delay * (queue.retry_backoff ** job.retry_count)
-    return min(delay, queue.max_retry_delay)
+    delay = min(queue.retry_delay * (queue.retry_backoff ** job.retry_count), queue.max_retry_delay)
+    jitter = queue.retry_jitter if queue.retry_jitter is not None else queue.retry_backoff > 1
+    if jitter and delay > 0:
+        delay *= 0.5 + 0.5 * (rand or _rng.current().random)()
+    return delay
 
 
 class Decision(NamedTuple):
