@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 R = TypeVar("R")
 
 DEFAULT_URL = "http://127.0.0.1:8471"
+JOBS_PATH = "/api/v1/jobs"
 WAIT_STEP = 20.0  # seconds one long-poll (GET /jobs/{id}?wait=) may take; the server caps requests at 30 s
 _ERRORS: dict[int, type[JobmeshError]] = {400: ValidationError, 401: Unauthorized, 404: NotFound,
                                           409: Conflict, 413: ValidationError}
@@ -125,15 +126,19 @@ def _outcome(job: Job) -> Any:
     raise JobFailed(job)
 
 
+def _as_job(job: Job | dict[str, Any] | None) -> Job | None:
+    return Job.from_json(job) if isinstance(job, dict) else job
+
+
 class JobHandle(Generic[R]):
     """A job that was added: ``.id``, ``await .result(timeout)``, ``await .job()``, ``await .stop()``."""
 
     __slots__ = ("id", "_producer", "_job")
 
-    def __init__(self, job_id: str, producer: Any, job: Job | None = None) -> None:
+    def __init__(self, job_id: str, producer: Any, job: Job | dict[str, Any] | None = None) -> None:
         self.id = job_id
         self._producer = producer
-        self._job = job
+        self._job = job  # its JSON until asked for: most producers never look
 
     def __repr__(self) -> str:
         return f"<JobHandle {self.id}>"
@@ -141,6 +146,7 @@ class JobHandle(Generic[R]):
     @property
     def added(self) -> Job | None:
         """The job as the add returned it (None for a handle made from an id)."""
+        self._job = _as_job(self._job)
         return self._job
 
     async def job(self) -> Job:
@@ -165,7 +171,7 @@ class SyncJobHandle(Generic[R]):
 
     __slots__ = ("id", "_client", "_job")
 
-    def __init__(self, job_id: str, client: "SyncClient", job: Job | None = None) -> None:
+    def __init__(self, job_id: str, client: "SyncClient", job: Job | dict[str, Any] | None = None) -> None:
         self.id = job_id
         self._client = client
         self._job = job
@@ -175,6 +181,7 @@ class SyncJobHandle(Generic[R]):
 
     @property
     def added(self) -> Job | None:
+        self._job = _as_job(self._job)
         return self._job
 
     def job(self) -> Job:
@@ -227,6 +234,7 @@ class Client(_Api):
                  _per_call: bool = False) -> None:
         super().__init__(url, token, timeout)
         self._session: Any = None
+        self._jobs_url: Any = None
         self._per_call = _per_call  # the default producer's: a session per call, nothing left open
 
     async def __aenter__(self) -> "Client":
@@ -250,8 +258,15 @@ class Client(_Api):
         """One API call: its JSON answer, or the library error it stands for."""
         import aiohttp
 
-        url = self.url + self._query(path, query)
-        data = None if body is None else json.dumps(body, separators=(",", ":"))
+        if query or path != JOBS_PATH:
+            url: Any = self.url + self._query(path, query)
+        else:  # POST /api/v1/jobs, the hot one: its URL parsed once, not per call
+            url = self._jobs_url
+            if url is None:
+                import yarl
+
+                url = self._jobs_url = yarl.URL(self.url + JOBS_PATH)
+        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
         session = self._session
         own = False
         if session is None:
@@ -281,20 +296,20 @@ class Client(_Api):
                   at: Any = None, key: str | None = None, timeout: float | None = None,
                   priority: int | None = None) -> JobHandle[Any]:
         data = await self.request("POST", "/api/v1/jobs", job_body(topic, properties, delay, at, key, timeout, priority))
-        return JobHandle(data["id"], self, Job.from_json(data))
+        return JobHandle(data["id"], self, data)
 
     async def add_many(self, items: Iterable[Any]) -> list[JobHandle[Any]]:
         """Many jobs in one request (one transaction at the node): ``(topic, properties)`` pairs or
         dicts like the HTTP body (``{"topic", "properties", "delay", "key", ...}``)."""
         data = await self.request("POST", "/api/v1/jobs", [item_body(i) for i in items])
-        return [JobHandle(j["id"], self, Job.from_json(j)) for j in data]
+        return [JobHandle(j["id"], self, j) for j in data]
 
     async def enqueue(self, task: "Task[Any, R]", *args: Any, **kwargs: Any) -> JobHandle[R]:
         """A job for ``task``: arguments bound to its signature (TypeError here when they do not
         fit); options with a leading underscore: ``_delay``, ``_at``, ``_key``, ``_timeout``,
         ``_priority``."""
         data = await self.request("POST", "/api/v1/jobs", enqueue_body(task, args, kwargs))
-        return JobHandle(data["id"], self, Job.from_json(data))
+        return JobHandle(data["id"], self, data)
 
     async def get(self, job_id: str) -> Job:
         return Job.from_json(await self.request("GET", _job_path(job_id)))
@@ -408,15 +423,15 @@ class SyncClient(_Api):
             at: Any = None, key: str | None = None, timeout: float | None = None,
             priority: int | None = None) -> SyncJobHandle[Any]:
         data = self.request("POST", "/api/v1/jobs", job_body(topic, properties, delay, at, key, timeout, priority))
-        return SyncJobHandle(data["id"], self, Job.from_json(data))
+        return SyncJobHandle(data["id"], self, data)
 
     def add_many(self, items: Iterable[Any]) -> list[SyncJobHandle[Any]]:
         data = self.request("POST", "/api/v1/jobs", [item_body(i) for i in items])
-        return [SyncJobHandle(j["id"], self, Job.from_json(j)) for j in data]
+        return [SyncJobHandle(j["id"], self, j) for j in data]
 
     def enqueue(self, task: "Task[Any, R]", *args: Any, **kwargs: Any) -> SyncJobHandle[R]:
         data = self.request("POST", "/api/v1/jobs", enqueue_body(task, args, kwargs))
-        return SyncJobHandle(data["id"], self, Job.from_json(data))
+        return SyncJobHandle(data["id"], self, data)
 
     def get(self, job_id: str) -> Job:
         return Job.from_json(self.request("GET", _job_path(job_id)))

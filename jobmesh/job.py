@@ -213,15 +213,21 @@ def _ts(text: str | None) -> float | None:
     return parse_iso(text) if text else None
 
 
+_last_iso: tuple[float, str] = (-1.0, "")
+
+
 def iso(ts: float | None) -> str | None:
-    """Epoch seconds as ISO 8601 UTC with milliseconds, or None."""
+    """Epoch seconds as ISO 8601 UTC with milliseconds, or None. The last one is remembered:
+    the jobs of one add share their ``created`` time, so a batch's JSON formats it once."""
+    global _last_iso
     if ts is None:
         return None
-    return (
-        datetime.fromtimestamp(ts, tz=timezone.utc)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
+    last = _last_iso
+    if last[0] == ts:
+        return last[1]
+    text = datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    _last_iso = (ts, text)
+    return text
 
 
 def parse_iso(text: str) -> float:

@@ -181,6 +181,7 @@ class JobManager(Actor):
         texts: list[str] = []
         nid, match, node, valid = self.ids.next, self.matcher.match, self.node_name, _valid_topic
         tasky = self._task_options
+        seen: dict[str, Any] = {}  # topic -> its task options (few topics per call, many jobs)
         for i, item in enumerate(items):
             try:
                 topic, props = item
@@ -190,7 +191,9 @@ class JobManager(Actor):
                 raise ValidationError(f"item {i}: topic must be a string")
             valid(topic)
             texts.append("{}" if props is None or props == {} else _check_properties(props))
-            opts = tasky(topic)
+            opts = seen.get(topic, seen)
+            if opts is seen:
+                opts = seen[topic] = tasky(topic)
             if opts is None:
                 q = match(topic)
                 jobs.append(Job(id=nid(), topic=topic, properties=props if props is not None else {},
@@ -234,6 +237,7 @@ class JobManager(Actor):
         out: list[tuple[Job, bool]] = []
         jobs: list[Job] = []
         texts: list[str] = []
+        task_opts: dict[str, Any] = {}  # topic -> its task options, once per call
         for r in checked:
             if r.key is not None and r.key in existing:
                 job = existing[r.key]
@@ -242,16 +246,22 @@ class JobManager(Actor):
                 continue
             props = r.properties
             texts.append("{}" if props is None or props == {} else _check_properties(props))
-            opts = self._task_options(r.topic)
+            opts = task_opts.get(r.topic, task_opts)
+            if opts is task_opts:
+                opts = task_opts[r.topic] = self._task_options(r.topic)
             if opts is None:
                 q = self.matcher.match(r.topic)
                 qname, retries, prio = q.name, q.retries, 0
             else:
                 qname, retries, prio = opts
-            job = Job(id=self.ids.next(), topic=r.topic, properties=props if props is not None else {},
-                      queue=qname, origin=self.node_name, created=now, max_retries=retries,
-                      not_before=not_before(r, now), key=r.key, timeout=r.timeout,
-                      priority=r.priority if r.priority is not None else prio)
+            if r.plain:
+                job = Job(id=self.ids.next(), topic=r.topic, properties=props if props is not None else {},
+                          queue=qname, origin=self.node_name, created=now, max_retries=retries, priority=prio)
+            else:
+                job = Job(id=self.ids.next(), topic=r.topic, properties=props if props is not None else {},
+                          queue=qname, origin=self.node_name, created=now, max_retries=retries,
+                          not_before=not_before(r, now), key=r.key, timeout=r.timeout,
+                          priority=r.priority if r.priority is not None else prio)
             jobs.append(job)
             out.append((job, True))
             if r.key is not None:
