@@ -19,6 +19,7 @@ from ..topics import TopicError, validate_pattern, validate_topic
 
 JOB_FIELD_ORDER = ("topic", "properties", *OPTION_FIELDS)
 JOB_FIELDS = frozenset(JOB_FIELD_ORDER)
+_PLAIN_FIELDS = frozenset({"topic", "properties"})
 MAX_WAIT = 25.0  # seconds a GET /jobs/{id}?wait= may hold the request (requests time out at 30 s)
 MAX_BATCH = 10_000  # jobs in one POST; the body size limit usually bites first
 DEFAULT_LIMIT = 100
@@ -40,6 +41,11 @@ def decode_json(raw: bytes) -> Any:
 
 def parse_job_spec(item: Any, where: str = "body") -> JobRequest:
     """One ``{"topic": T, "properties": {...}, "delay"|"at", "key", "timeout", "priority"}`` object."""
+    if type(item) is dict and item.keys() <= _PLAIN_FIELDS:  # the usual body: checked in a few steps
+        topic = item.get("topic")
+        props = item.get("properties")
+        if type(topic) is str and (props is None or type(props) is dict) and _valid_topic_cached(topic) is None:
+            return JobRequest(topic, props)
     if not isinstance(item, dict):
         raise ValidationError(f"{where}: expected a JSON object with a topic, got {_kind(item)}")
     unknown = set(item) - JOB_FIELDS
