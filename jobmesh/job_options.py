@@ -42,7 +42,7 @@ class JobRequest(NamedTuple):
 
 def _number(value: Any, name: str, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValidationError(f"{where}{name} must be a number of seconds, got {_kind(value)}")
+        raise ValidationError(f"{where}{name} must be a number of seconds, got {kind_of(value)}")
     value = float(value)
     if not math.isfinite(value):
         raise ValidationError(f"{where}{name} must be a finite number")
@@ -61,7 +61,7 @@ def at_epoch(at: Any, where: str = "") -> float:
                                   f"got {at!r}") from None
     if isinstance(at, (int, float)) and not isinstance(at, bool) and math.isfinite(at):
         return float(at)
-    raise ValidationError(f"{where}at must be an ISO 8601 time, got {_kind(at)}")
+    raise ValidationError(f"{where}at must be an ISO 8601 time, got {kind_of(at)}")
 
 
 def check_request(req: JobRequest, where: str = "") -> JobRequest:
@@ -78,7 +78,7 @@ def check_request(req: JobRequest, where: str = "") -> JobRequest:
         at = at_epoch(at, where)
     if key is not None:
         if not isinstance(key, str) or not key:
-            raise ValidationError(f"{where}key must be a non-empty string, got {_kind(key)}")
+            raise ValidationError(f"{where}key must be a non-empty string, got {kind_of(key)}")
         if len(key) > MAX_KEY:
             raise ValidationError(f"{where}key is longer than {MAX_KEY} characters")
     if timeout is not None:
@@ -87,7 +87,7 @@ def check_request(req: JobRequest, where: str = "") -> JobRequest:
             raise ValidationError(f"{where}timeout must be more than 0 seconds, got {timeout:g}")
     if priority is not None:
         if isinstance(priority, bool) or not isinstance(priority, int):
-            raise ValidationError(f"{where}priority must be a whole number, got {_kind(priority)}")
+            raise ValidationError(f"{where}priority must be a whole number, got {kind_of(priority)}")
         lo, hi = PRIORITY_RANGE
         if not lo <= priority <= hi:
             raise ValidationError(f"{where}priority must be between {lo} and {hi}, got {priority}")
@@ -124,7 +124,8 @@ def request_from(item: Any, where: str = "") -> JobRequest:
     return JobRequest(topic, props)
 
 
-def _kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
+    """What a JSON value is, for messages: 'a string', 'a number', 'null', ..."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -140,4 +141,4 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
-__all__ = ["JobRequest", "OPTION_FIELDS", "at_epoch", "check_request", "not_before", "request_from"]
+__all__ = ["JobRequest", "OPTION_FIELDS", "at_epoch", "check_request", "kind_of", "not_before", "request_from"]

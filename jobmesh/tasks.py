@@ -31,6 +31,7 @@ import functools
 import inspect
 import json
 import os
+import weakref
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generic, ParamSpec, TypeVar, overload
 
 from .consumers.registry import MARK, ConsumerSpec, check_options
@@ -233,23 +234,29 @@ def task(topic: str, *, retries: int | None = None, retry_delay: float | None = 
 
 # -- the default producer ------------------------------------------------------------
 
-_running_nodes: list["Node"] = []  # this process's running nodes, the last started last
+# this process's running nodes, the last started last. Weak: a node dropped without stop() (the
+# simulator's kill -9) must not be kept alive by this list, nor be found here later.
+_running_nodes: list["weakref.ref[Node]"] = []
 
 
 def node_started(node: "Node") -> None:
-    if node not in _running_nodes:
-        _running_nodes.append(node)
+    node_stopped(node)
+    _running_nodes.append(weakref.ref(node))
 
 
 def node_stopped(node: "Node") -> None:
-    if node in _running_nodes:
-        _running_nodes.remove(node)
+    _running_nodes[:] = [r for r in _running_nodes if r() is not None and r() is not node]
+
+
+def running_nodes() -> list["Node"]:
+    """The nodes started in this process and not stopped yet, the last started last."""
+    return [n for n in (r() for r in _running_nodes) if n is not None and n.running]
 
 
 def default_producer() -> Any:
     """The Node running in this process (the last started), else a Client for ``$JOBMESH_URL``."""
-    for node in reversed(_running_nodes):
-        if node.running and node.jobs.accepting:
+    for node in reversed(running_nodes()):
+        if node.jobs.accepting:
             return node
     url = os.environ.get("JOBMESH_URL")
     if not url:

@@ -14,6 +14,7 @@ from functools import lru_cache
 
 from ..errors import ValidationError
 from ..job_options import OPTION_FIELDS, JobRequest, check_request
+from ..job_options import kind_of as _kind
 from ..job import JobState
 from ..topics import TopicError, validate_pattern, validate_topic
 
@@ -182,19 +183,3 @@ def parse_event_topics(text: str | None) -> list[str] | None:
         return None
     topics = [t.strip() for t in text.split(",") if t.strip()]
     return topics or None
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
