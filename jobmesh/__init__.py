@@ -24,12 +24,7 @@ from .job import Job, JobResult, JobState
 from .node import Node
 from .tasks import PropertiesMismatch, Task, current_context, task
 
-try:
-    from importlib.metadata import version as _version
-
-    __version__ = _version("jobmesh")
-except Exception:  # not installed (a source checkout on sys.path)
-    __version__ = "0.1.0"
+__version__ = "0.1.0"  # setup.cfg reads it from here (attr:), so the two never disagree
 
 __all__ = [
     "Client",

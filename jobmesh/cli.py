@@ -881,12 +881,9 @@ def _add_optional_commands(sub: Any, module_name: str) -> None:
 
 
 def _version() -> str:
-    try:
-        from importlib.metadata import version
+    from . import __version__
 
-        return version("jobmesh")
-    except Exception:  # a source checkout that is not installed
-        return "0.1.0"
+    return __version__
 
 
 def _seconds(text: str) -> float:

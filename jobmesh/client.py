@@ -24,7 +24,6 @@ without success and ``TimeoutError`` when it is not final in time.
 from __future__ import annotations
 
 import asyncio
-import http.client
 import json
 import os
 import threading
@@ -37,6 +36,8 @@ from .errors import Conflict, JobFailed, JobmeshError, NodeUnreachable, NotFound
 from .job import FINAL_STATES, Job, JobState
 
 if TYPE_CHECKING:
+    import http.client
+
     from .tasks import Task
 
 R = TypeVar("R")
@@ -355,7 +356,7 @@ class SyncClient(_Api):
     def __init__(self, url: str | None = None, token: str | None = None, *, timeout: float = 30.0) -> None:
         super().__init__(url, token, timeout)
         self._local = threading.local()
-        self._conns: list[http.client.HTTPConnection] = []
+        self._conns: list["http.client.HTTPConnection"] = []
         self._lock = threading.Lock()
 
     def __enter__(self) -> "SyncClient":
@@ -371,9 +372,11 @@ class SyncClient(_Api):
             c.close()
         self._local = threading.local()
 
-    def _conn(self) -> http.client.HTTPConnection:
+    def _conn(self) -> "http.client.HTTPConnection":
         conn = getattr(self._local, "conn", None)
         if conn is None:
+            import http.client
+
             cls = http.client.HTTPSConnection if self._parts.scheme == "https" else http.client.HTTPConnection
             conn = cls(str(self._parts.hostname), self._parts.port, timeout=self.timeout + WAIT_STEP)
             self._local.conn = conn
@@ -391,6 +394,8 @@ class SyncClient(_Api):
                     self._conns.remove(conn)
 
     def request(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None) -> Any:
+        import http.client
+
         target = self._base_path + self._query(path, query)
         data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
         for attempt in (1, 2):
