@@ -148,3 +148,62 @@ async def test_priority_within_a_queue_higher_first_and_an_ordered_queue_keeps_o
     await node.jobs.resume_queue("line")
     await node.jobs.join(timeout=10)
     assert order == [1, 2]
+
+
+ran_at: dict[int, float] = {}
+
+
+@jobmesh.consumer("far/**")
+async def mark(job: jobmesh.Job) -> None:
+    ran_at[job.properties["n"]] = time.time()
+
+
+async def test_jobs_delayed_beyond_the_horizon_stay_on_disk_and_do_not_hold_back_ready_ones(
+        node_factory, monkeypatch) -> None:
+    from jobmesh.queues import actor as queue_actor
+
+    monkeypatch.setattr(queue_actor, "DEFER_AFTER", 1.0)
+    monkeypatch.setattr(queue_actor, "DUE_SCAN", 0.5)
+    node = await node_factory([mark], name="far")
+    qa = node.queue_actor("main")
+    qa.watchdog_period = 0.1
+    qa.window_size, qa.refill_below = 8, 2  # a small window: 20 delayed jobs would fill it twice over
+    t0 = time.time()
+    later = await node.jobs.add_many([("far/x", {"n": i}) for i in range(20)], delay=2.5)
+    soon = await node.jobs.add("far/x", {"n": 100}, delay=0.5)  # within the horizon: in the window
+    now = await node.jobs.add_many([("far/x", {"n": 200 + i}) for i in range(5)])
+    for j in now:
+        await node.jobs.wait(j.id, timeout=5)
+    assert all(ran_at[200 + i] - t0 < 1.5 for i in range(5))  # not held back by the delayed ones
+    assert len(qa.window) <= 2  # the 20 are on disk, not in memory
+    await node.jobs.join(timeout=10)
+    assert t0 + 0.49 <= ran_at[100] <= t0 + 1.5
+    due = later[0].not_before
+    assert all(due - 0.01 <= ran_at[i] <= due + 1.5 for i in range(20)), [ran_at[i] - due for i in range(20)]
+    assert node.repairs()["watchdog_requeue"] == 0  # the watchdog does not take them for lost
+
+
+async def test_a_node_restarted_reads_its_far_delayed_jobs_back_in_time(node_factory, tmp_path, monkeypatch) -> None:
+    from jobmesh.queues import actor as queue_actor
+
+    monkeypatch.setattr(queue_actor, "DEFER_AFTER", 1.0)
+    monkeypatch.setattr(queue_actor, "DUE_SCAN", 0.5)
+    node = await node_factory([mark], name="fr")
+    job = await node.jobs.add("far/y", {"n": 300}, delay=2.0)
+    await node.stop()
+    node2 = await node_factory([mark], name="fr", data=tmp_path / "fr")
+    node2.queue_actor("main").watchdog_period = 0.1
+    done = await node2.jobs.wait(job.id, timeout=10)
+    assert done.state is jobmesh.JobState.SUCCEEDED and job.not_before - 0.01 <= ran_at[300] <= job.not_before + 1.5
+
+
+async def test_an_ordered_queue_defers_nothing_its_delayed_head_holds_the_line(node_factory, monkeypatch) -> None:
+    from jobmesh.queues import actor as queue_actor
+
+    monkeypatch.setattr(queue_actor, "DEFER_AFTER", 0.5)
+    node = await node_factory([mark], name="ord", queues=[
+        jobmesh.QueueConfig(name="line", topics=["far/line"], type="ordered")])
+    head = await node.jobs.add("far/line", {"n": 400}, delay=1.2)
+    after = await node.jobs.add("far/line", {"n": 401})
+    await node.jobs.wait(after.id, timeout=10)
+    assert ran_at[400] < ran_at[401] and ran_at[400] >= head.not_before - 0.01

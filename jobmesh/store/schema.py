@@ -77,6 +77,11 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
         "CREATE INDEX jobs_key ON jobs(key) WHERE key IS NOT NULL",
     ],
+    [
+        # Jobs delayed beyond the queues' horizon stay on disk until they are nearly due: the
+        # queue actor reads them back by due time (Store.due), not with its arrival-order refill.
+        "CREATE INDEX jobs_due ON jobs(queue, not_before, seq) WHERE state = 'QUEUED' AND not_before > 0",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
