@@ -66,7 +66,7 @@ async def test_a_delayed_job_survives_a_restart(node_factory, tmp_path: Path) ->
 
 
 async def test_key_returns_the_open_job_until_it_is_final(node_factory) -> None:
-    node = await node_factory([record, hold])
+    node = await node_factory([record, hold], stop_grace=0.2)
     a, b = await asyncio.gather(node.jobs.add("hold/x", {"n": 1}, key="k1"), node.jobs.add("hold/x", {"n": 2}, key="k1"))
     assert a.id == b.id and b.properties == {"n": 1}  # concurrent adds: one job
     c = await node.jobs.add("hold/x", key="k1")

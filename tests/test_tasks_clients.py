@@ -120,7 +120,7 @@ async def test_default_producer_without_a_node_is_jobmesh_url(node_factory, monk
 
 
 async def test_client_methods_and_errors(node_factory) -> None:
-    node = await node_factory([send_mail, hold, fail], name="c", http="127.0.0.1:0",
+    node = await node_factory([send_mail, hold, fail], name="c", http="127.0.0.1:0", stop_grace=0.2,
                               queues=[jobmesh.QueueConfig(name="main", retries=0)])
     async with jobmesh.Client(node.http_url) as client:
         h = await client.add("tc/hold", {"n": 1}, key="k", priority=2, timeout=50, delay=0)
