@@ -386,22 +386,29 @@ class QueueActor(Actor):
             self._suspects.clear()
             return
         self.window.unpark(self.runnable)  # a missed consumers_changed costs a round, not forever
-        rows: list[tuple[int, str]] = []
+        rows: list[tuple[int, str, float]] = []
         free = self.free_slots() if self.free_slots is not None else 0
+        cursor = self._due_cursor
         if free > 0 and len(self.in_flight) < self.parallelism:
             # due now, and read already: delayed jobs past the due cursor wait on disk by design
-            rows = self.store.ready_ids(self.config.name, WATCHDOG_SCAN, min(self.clock(), self._due_cursor[0]))
+            rows = self.store.ready_ids(self.config.name, WATCHDOG_SCAN, min(self.clock(), cursor[0]))
         verify, self._verify = self._verify, set()
         found: dict[str, int] = {}
         window, in_flight = self.window, self.in_flight
-        for seq, job_id in rows:
-            if job_id not in window and job_id not in in_flight and not (self.store_has_more and seq > self.last_seq):
-                found[job_id] = seq
+        for seq, job_id, not_before in rows:
+            if job_id in window or job_id in in_flight or (self.store_has_more and seq > self.last_seq):
+                continue
+            if not_before > 0 and (not_before, seq) > cursor:
+                continue  # due at the cursor's time but after it in due order: the next scan reads it
+            found[job_id] = seq
         for job_id in verify:
             if job_id not in window and job_id not in in_flight and job_id not in found:
                 stored = self.store.get(job_id)
-                if stored is not None and stored.state is JobState.QUEUED and stored.queue == self.config.name:
-                    found[job_id] = stored.seq
+                if stored is None or stored.state is not JobState.QUEUED or stored.queue != self.config.name:
+                    continue
+                if stored.not_before > 0 and (stored.not_before, stored.seq) > cursor:
+                    continue  # delayed and on disk by design until the due scan reaches it
+                found[job_id] = stored.seq
         repair = [i for i, seq in found.items() if self._suspects.get(i) == seq]
         self._suspects = {i: seq for i, seq in found.items() if i not in repair}
         if repair:
