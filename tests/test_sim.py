@@ -148,6 +148,19 @@ def test_the_cli_lists_plants_and_exits_1_with_the_seed_for_a_plant() -> None:
     assert f"replay: python -m jobmesh.sim --seed {last['found_at']} --plant leader-not-oldest" in p.stdout
 
 
+def test_delayed_jobs_under_faults_and_no_repair_without_a_fault() -> None:
+    """A share of the adds delayed, queues deferring after 3 s with windows of 8: the on-disk and
+    full-window paths under every fault; with the nemesis off, no repair at all. Seed 4 with the
+    nemesis off found the watchdog taking delayed jobs behind a full window for lost (CI had seen
+    ``watchdog_requeue == 4`` in test_job_options); seed 100 a round delivered twice dropping a copy
+    accepted in between (test_transfer_protocol has it as a pure test)."""
+    for extra, seeds in ((["--no-faults"], "1-6"), ([], "1-10,100")):
+        p = subprocess.run([sys.executable, "-m", "jobmesh.sim", "--seeds", seeds, "--delays", "0.3",
+                            "--jobs", "2", *extra], cwd=REPO, capture_output=True, text=True, timeout=300)
+        last = json.loads(p.stdout.strip().splitlines()[-1])
+        assert p.returncode == 0 and last["violations"] == 0, p.stdout[-4000:] + p.stderr[-2000:]
+
+
 @pytest.mark.timeout(600)
 def test_ci_seeds() -> None:
     """The CI set: no invariant breaks in any seed (the regression seeds replayed exactly as the CLI
