@@ -149,6 +149,10 @@ class Job:
     attempt: int = 0
     not_before: float = 0.0
     seq: int = 0  # store sequence number: the order of arrival, for ordered queues
+    # job payload (blobs): name -> BlobRef (``id``, ``size``). Kept by the node's blob store (its
+    # references), filled in where a job is read for a user or a consumer; see jobmesh.blobs
+    payload: dict[str, Any] = field(default_factory=dict)
+    output_payload: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The job as DESIGN §5.2's job JSON."""
@@ -168,6 +172,8 @@ class Job:
             "progress": self.progress.to_json(),
             "result_message": self.result_message,
         }
+        data["payload"] = {n: r.to_json() for n, r in sorted(self.payload.items())}
+        data["output_payload"] = {n: r.to_json() for n, r in sorted(self.output_payload.items())}
         if self.output is not None:  # only jobs that produced output carry it (DESIGN's fields stay as they are)
             data["output"] = self.output
         return data

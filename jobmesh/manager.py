@@ -107,6 +107,7 @@ class JobManager(Actor):
         self._ran_here: dict[str, str] = {}  # other nodes' jobs that ran here: id -> origin (bounded)
         self.queries = JobQueries(store.path) if hasattr(store, "path") else None
         self._waiters: dict[str, list[asyncio.Future[Job]]] = {}
+        self.blobs: Any = None  # the node's BlobStore (job payload), set by the node
         self._started_at = clock()
         self.overall = Stats(self._started_at)
         self._by_queue: dict[str, Stats] = {}
@@ -139,11 +140,39 @@ class JobManager(Actor):
             self.queries.close()
 
     # -- the API (DESIGN §5.3) ---------------------------------------------
-    async def add(self, topic: str, properties: dict[str, Any] | None = None) -> Job:
-        return (await self.add_many([(topic, properties)]))[0]
+    async def add(self, topic: str, properties: dict[str, Any] | None = None, *,
+                  payload: dict[str, Any] | None = None) -> Job:
+        return (await self.add_many([(topic, properties)], payload=payload))[0]
 
-    async def add_many(self, items: list[tuple[str, dict[str, Any] | None]]) -> list[Job]:
-        """Validate all, write all in one transaction, return after commit (in order)."""
+    async def add_many(self, items: list[tuple[str, dict[str, Any] | None]], *,
+                       payload: dict[str, Any] | None = None) -> list[Job]:
+        """Validate all, write all in one transaction, return after commit (in order). ``payload``
+        (``{name: Path | bytes | blob id}``) goes with every job; an item may also be a
+        ``(topic, properties, payload)`` triple of its own."""
+        if payload is not None or any(type(i) is tuple and len(i) == 3 for i in items or ()):
+            return await self._add_with_payload(items, payload)
+        return await self._add_plain(items)
+
+    async def _add_with_payload(self, items: list[Any], payload: dict[str, Any] | None) -> list[Job]:
+        """Jobs with payload: the blobs are stored first, then the jobs' references to them, then
+        the jobs (a crash in between leaves references to no job, which the blob GC drops)."""
+        from .blobs.payload import resolve_payload
+
+        if self.blobs is None:
+            raise ValidationError("this node has no blob store")
+        plain: list[tuple[str, Any]] = []
+        refs: list[dict[str, Any]] = []
+        shared = await resolve_payload(self.blobs, payload) if payload is not None else {}
+        for i, item in enumerate(items):
+            if type(item) is tuple and len(item) == 3:
+                plain.append((item[0], item[1]))
+                refs.append(await resolve_payload(self.blobs, item[2], f"item {i}: ") if item[2] else shared)
+            else:
+                plain.append(item)
+                refs.append(shared)
+        return await self._add_plain(plain, refs)
+
+    async def _add_plain(self, items: Any, payloads: list[dict[str, Any]] | None = None) -> list[Job]:
         if not self.accepting:
             raise Conflict(f"node {self.node_name} is shutting down")
         if not isinstance(items, (list, tuple)):
@@ -168,6 +197,10 @@ class JobManager(Actor):
                             queue=q.name, origin=node, created=now, max_retries=q.retries))
         if not jobs:
             return []
+        if payloads is not None:
+            for job, refs in zip(jobs, payloads):
+                job.payload = dict(refs)
+            self.blobs.set_inputs({j.id: j.payload for j in jobs if j.payload})
         await self.store.insert(jobs, texts)
         self._on_added(jobs)
         return jobs
@@ -201,8 +234,31 @@ class JobManager(Actor):
             return None
         live = self._live.get(job_id)
         if live is not None and live.state is _ACTIVE:
-            return _snapshot(live)  # running: its progress lives in memory
-        return self.store.get(job_id)  # what is committed (a just-decided outcome may not be yet)
+            return self._with_payload([_snapshot(live)])[0]  # running: its progress lives in memory
+        job = self.store.get(job_id)  # what is committed (a just-decided outcome may not be yet)
+        return None if job is None else self._with_payload([job])[0]
+
+    def _with_payload(self, jobs: list[Job]) -> list[Job]:
+        """The jobs' payload and output payload, from the blob store's references."""
+        blobs = self.blobs
+        if blobs is None or not blobs.has_refs or not jobs:
+            return jobs
+        found = blobs.payloads([j.id for j in jobs])
+        for j in jobs:
+            ins, outs = found.get(j.id, ({}, {}))
+            j.payload, j.output_payload = ins, outs
+        return jobs
+
+    async def payload(self, job_id: str, name: str) -> "Path":
+        """The local file of a job's output (``name``) or, failing that, its input; ``NotFound``."""
+        job = await self._get_or_404(await self.resolve_id(job_id) if isinstance(job_id, str) else job_id)
+        ref = job.output_payload.get(name) or job.payload.get(name)
+        if ref is None:
+            raise NotFound(f"job {job.id} has no payload named {name!r}")
+        path = self.blobs.path(ref.id)
+        if not path.is_file():
+            raise NotFound(f"payload {name!r} of job {job.id} ({ref.id}) is not on this node")
+        return path
 
     async def _get_or_404(self, job_id: str) -> Job:
         job = await self.get(job_id)
@@ -229,7 +285,8 @@ class JobManager(Actor):
         else:
             jobs = await self.store.find_async(st, topic, queue, limit)
         live = self._live
-        return [_snapshot(live[j.id]) if j.id in live and live[j.id].state.value == j.state.value else j for j in jobs]
+        return self._with_payload(
+            [_snapshot(live[j.id]) if j.id in live and live[j.id].state.value == j.state.value else j for j in jobs])
 
     async def find_page(self, state: str | JobState | None = None, topic: str | None = None,
                         queue: str | None = None, limit: int = 100) -> tuple[list[Job], int]:
@@ -270,7 +327,7 @@ class JobManager(Actor):
         fut: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(job_id, []).append(fut)
         try:
-            return await asyncio.wait_for(fut, timeout)
+            return self._with_payload([await asyncio.wait_for(fut, timeout)])[0]
         except asyncio.TimeoutError:  # say where the job is: a bare TimeoutError explains nothing
             now_job = await self.get(job_id) or job
             raise asyncio.TimeoutError(f"job {job_id} is not final after {timeout:g} s: {describe_state(now_job)}") from None
