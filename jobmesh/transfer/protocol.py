@@ -156,9 +156,12 @@ class JobSpec:
     max_retries: int = 10
     origin: str = ""
     created: float = 0.0
+    # job payload: {name: {"id": "sha256:...", "size": n}}; the blobs reach the target before
+    # the handoff that names them (the transfer actor pushes them first). Absent when None.
+    payload: dict[str, Any] | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        body = {
             "id": self.id,
             "attempt": self.attempt,
             "topic": self.topic,
@@ -169,6 +172,9 @@ class JobSpec:
             "origin": self.origin,
             "created": self.created,
         }
+        if self.payload:
+            body["payload"] = self.payload
+        return body
 
     @classmethod
     def from_wire(cls, body: dict[str, Any]) -> "JobSpec":
@@ -186,7 +192,9 @@ class JobSpec:
                 if (type(i) is str and i and type(a) is int and a >= 0 and type(t) is str and t
                         and type(p) is dict and type(q) is str and type(rc) is int and type(mr) is int
                         and type(o) is str and (c is None or type(c) is float or type(c) is int)):
-                    return cls(i, a, t, p, q, rc, mr, o, float(c or 0.0))
+                    pl = body.get("payload")
+                    return cls(i, a, t, p, q, rc, mr, o, float(c or 0.0),
+                               None if pl is None else payload_from_wire(pl, "job"))
         return cls._from_wire_checked(body)
 
     @classmethod
@@ -202,7 +210,31 @@ class JobSpec:
             max_retries=_req(body, "max_retries", int, what),
             origin=_req(body, "origin", str, what),
             created=float(_opt(body, "created", (int, float), what) or 0.0),
+            payload=None if body.get("payload") is None else payload_from_wire(body["payload"], what),
         )
+
+
+def payload_from_wire(value: Any, what: str) -> dict[str, Any]:
+    """``{name: {"id", "size"}}`` checked (names and ids as the blob store takes them)."""
+    from ..blobs.store import check_id, check_name
+
+    if not isinstance(value, dict) or len(value) > 256:
+        raise ProtocolError(f"{what}: payload must be a map of at most 256 names")
+    out: dict[str, Any] = {}
+    try:
+        for name, ref in value.items():
+            check_name(name)
+            if not isinstance(ref, dict):
+                raise ProtocolError(f"{what}: payload {name!r} must be {{id, size}}")
+            size = ref.get("size")
+            if type(size) is not int or size < 0:
+                raise ProtocolError(f"{what}: payload {name!r} size must be a whole number >= 0")
+            out[name] = {"id": check_id(ref.get("id")), "size": size}
+    except ValidationError as e:
+        if isinstance(e, ProtocolError):
+            raise
+        raise ProtocolError(f"{what}: {e}") from None
+    return out
 
 
 @dataclass(frozen=True)
@@ -241,6 +273,8 @@ class ResultItem:
     finished: float | None = None
     log: tuple[str, ...] = ()
     output: dict[str, Any] | None = None  # OK only: the consumer's output properties (workflow steps)
+    # OK only: output payload {name: {"id", "size"}}; the blobs reach the origin before this result
+    output_payload: dict[str, Any] | None = None
 
     def to_wire(self) -> dict[str, Any]:
         body = {
@@ -255,6 +289,8 @@ class ResultItem:
         }
         if self.output is not None:  # absent when there is none: older peers' bodies stay the same
             body["output"] = self.output
+        if self.output_payload:
+            body["output_payload"] = self.output_payload
         return body
 
     @classmethod
@@ -280,6 +316,8 @@ class ResultItem:
             finished=None if finished is None else float(finished),
             log=tuple(_str_list(body, "log", what)),
             output=_opt(body, "output", dict, what),
+            output_payload=None if body.get("output_payload") is None
+            else payload_from_wire(body["output_payload"], what),
         )
 
 
