@@ -52,7 +52,9 @@ def test_job_json_has_the_contract_fields() -> None:
     assert set(data) == {
         "id", "topic", "properties", "state", "queue", "origin", "target", "created",
         "started", "finished", "retry_count", "max_retries", "progress", "result_message",
+        "payload", "output_payload",
     }
+    assert data["payload"] == {} and data["output_payload"] == {}
     assert data["created"] == "1970-01-01T00:00:00.000Z"
     assert data["started"] is None
     assert set(data["progress"]) == {"steps", "step", "eta", "log"}
