@@ -17,6 +17,7 @@ from aiohttp import web
 from ..errors import JobmeshError, NotFound, ValidationError
 from .keys import NODE
 from .validation import (
+    parse_payload_field,
     decode_json,
     parse_find_query,
     parse_job_body,
@@ -80,12 +81,17 @@ async def health(request: web.Request) -> web.Response:
 
 async def add_jobs(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    specs, is_list = parse_job_body(await read_json(request))
+    body = await read_json(request)
+    specs, is_list = parse_job_body(body)
     if is_list:
+        payloads = [parse_payload_field(item, f"jobs[{i}]") for i, item in enumerate(body)]
+        if any(payloads):
+            specs = [(t, p, pl) for (t, p), pl in zip(specs, payloads)]  # type: ignore[misc]
         jobs = await node.jobs.add_many(specs) if specs else []
         return json_response([j.to_json() for j in jobs], status=201)
     topic, props = specs[0]
-    job = await node.jobs.add(topic, props)
+    payload = parse_payload_field(body)
+    job = await node.jobs.add(topic, props, payload=payload) if payload else await node.jobs.add(topic, props)
     return json_response(job.to_json(), status=201, headers={"Location": f"/api/v1/jobs/{job.id}"})
 
 

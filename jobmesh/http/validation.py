@@ -14,7 +14,7 @@ from ..errors import ValidationError
 from ..job import JobState
 from ..topics import TopicError, validate_pattern, validate_topic
 
-JOB_FIELDS = frozenset({"topic", "properties"})
+JOB_FIELDS = frozenset({"topic", "properties", "payload"})
 MAX_BATCH = 10_000  # jobs in one POST; the body size limit usually bites first
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 10_000
@@ -40,7 +40,7 @@ def parse_job_spec(item: Any, where: str = "body") -> tuple[str, dict[str, Any] 
     unknown = set(item) - JOB_FIELDS
     if unknown:
         raise ValidationError(
-            f"{where}: unknown field(s) {', '.join(sorted(map(repr, unknown)))}; allowed: topic, properties"
+            f"{where}: unknown field(s) {', '.join(sorted(map(repr, unknown)))}; allowed: topic, properties, payload"
         )
     if "topic" not in item:
         raise ValidationError(f"{where}: missing field 'topic'")
@@ -55,6 +55,22 @@ def parse_job_spec(item: Any, where: str = "body") -> tuple[str, dict[str, Any] 
     if props is not None and not isinstance(props, dict):
         raise ValidationError(f"{where}: properties must be a JSON object, got {_kind(props)}")
     return topic, props
+
+
+def parse_payload_field(item: Any, where: str = "body") -> dict[str, str] | None:
+    """``"payload": {"name": "sha256:<hex>"}`` -> the map (ids and names checked; unknown ids are
+    the manager's 400)."""
+    from ..blobs.store import check_id, check_name
+
+    if not isinstance(item, dict) or item.get("payload") is None:
+        return None
+    payload = item["payload"]
+    if not isinstance(payload, dict):
+        raise ValidationError(f"{where}: payload must be a JSON object of names to blob ids, got {_kind(payload)}")
+    for name, blob_id in payload.items():
+        check_name(name, f"{where}: payload name")
+        check_id(blob_id, f"{where}: payload {name!r}")
+    return payload
 
 
 def parse_job_body(body: Any) -> tuple[list[tuple[str, dict[str, Any] | None]], bool]:
