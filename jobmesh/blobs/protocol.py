@@ -39,7 +39,7 @@ from typing import Any, Callable, ClassVar, Iterable
 
 from .. import clock as _clock
 
-CHUNK_SIZE = 512 * 1024
+CHUNK_SIZE = 1024 * 1024
 WINDOW = 16 * CHUNK_SIZE
 
 
