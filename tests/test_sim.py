@@ -30,7 +30,12 @@ CI_SEEDS = int(os.environ.get("JOBMESH_SIM_CI_SEEDS", "240"))
 # time) was below its dead predecessor's, whose name its own join messages kept alive; the
 # mesh refused it for good. Fixed: incarnations grow per data directory; proof of life counts
 # only the member's own incarnation.
-REGRESSION_SEEDS: list[int] = [239]
+# 1073: a job offered to an unreachable target, stopped at home, then retried: the stop left its
+# old attempt in flight, the retry's offer was refused with a log line only, and the record said
+# "handed off" with nobody holding it. Fixed three ways: a stop recorded at home withdraws the
+# attempt; a refused offer comes home; the origin's consistency check brings home any record
+# handed off that the protocol does not hold (handoff_orphaned).
+REGRESSION_SEEDS: list[int] = [239, 1073, 1253]  # 1253: the same as 1073
 
 # Each plant with a seed that finds it at duration 20 (the CLI finds each within 200 seeds).
 PLANT_SEEDS = {

@@ -105,7 +105,7 @@ class QueueActor(Actor):
             self._timer_at = None
         elif kind == "requeue":
             job = msg[1]
-            if job.id not in self.in_flight and job.id not in self.window:
+            if job.id not in self.in_flight and job.id not in self.window and self._still_queued(job):
                 self.window.add(job, self.clock())
         elif kind == "copies":
             # other nodes' jobs committed here by the transfer actor. Not through ``enqueue``:
@@ -159,6 +159,18 @@ class QueueActor(Actor):
             raise ValueError(f"{self.name}: unknown message {kind!r}")
         self._pump()
         return None
+
+    def _still_queued(self, job: Job) -> bool:
+        """A job sent back to its queue (a retry, a job home from a peer) is checked against its
+        committed row first: another part may have ended it since (a stop that crossed the
+        result of its last run — sim seed 1 with forget-before-ack found a STOPPED job run again
+        from a stale object). Belief against fact, at the door of the window."""
+        row = self.store.get(job.id)
+        if row is None or row.state is not JobState.QUEUED or row.seq != job.seq:
+            self.log.info("job sent back to its queue is no longer queued; not taken", job_id=job.id,
+                          state=None if row is None else row.state.value)
+            return False
+        return True
 
     def _enqueue(self, jobs: list[Job]) -> None:
         """Jobs just committed. Ones at or below ``last_seq`` were already read by a refill."""

@@ -220,6 +220,7 @@ class TransferActor(Actor):
         self.repairs: dict[str, int] = {}  # kind -> count (reconcile repairs; each is a bug found)
         self.copies_released = 0  # restored copies confirmed by their origin
         self.fenced = 0  # messages addressed to an earlier incarnation of this node, dropped
+        self._orphans: dict[str, int] = {}  # handed-off records the protocol did not know, last round
 
     # -- hooks for the engine (called synchronously by the queue actors and the pool) ------------
     def foreign_finished(self, job: Job, outcome: Outcome) -> None:
@@ -332,7 +333,30 @@ class TransferActor(Actor):
             # peers we had jobs with before a restart and that never show up: failed
             wait = 2 * float(self.node.config.discovery.heartbeat_timeout) + 1.0
             self.tell_later(wait, ("absent_check",))
+            self.tell_later(self.protocol.cfg.reconcile_interval, ("consistency",))
         self.started_ok = True
+
+    async def _check_handed_off(self) -> None:
+        """Level-triggered repair at the origin: every job whose record says it was handed to a
+        peer must be in flight there in the protocol under that attempt. One that is not on two
+        rounds in a row (a transition that left them apart) comes home, logged and counted."""
+        origin = self.protocol.origin
+        found: dict[str, int] = {}
+        for job_id, job in self._out_jobs.items():
+            st = origin.job_state(job_id)
+            if job.state in (JobState.QUEUED, JobState.ACTIVE) and (st is None or st[0] != job.target
+                                                                      or st[1] != job.attempt):
+                found[job_id] = job.attempt
+        orphans = [self._out_jobs[i] for i, a in found.items() if self._orphans.get(i) == a]
+        self._orphans = {i: a for i, a in found.items() if i not in {j.id for j in orphans}}
+        if not orphans:
+            return
+        self.repairs["handoff_orphaned"] = self.repairs.get("handoff_orphaned", 0) + len(orphans)
+        self.log.warning("repaired: jobs recorded as handed off that no peer has come home (a missed "
+                         "transition; please report it)", count=len(orphans), job_ids=[j.id for j in orphans[:10]])
+        for job in orphans:
+            self._remote.pop(job.id, None)
+        await self._back_home([(j, None) for j in orphans], "recorded as handed off, in flight nowhere")
 
     async def _absent_check(self) -> None:
         out: list[Any] = []
@@ -447,6 +471,9 @@ class TransferActor(Actor):
             await self._exec(self.protocol.origin.receive(msg[1], Result((msg[2],))))
         elif kind == "absent_check":
             await self._absent_check()
+        elif kind == "consistency":
+            self.tell_later(self.protocol.cfg.reconcile_interval, ("consistency",))
+            await self._check_handed_off()
         elif kind == "submit":
             _, peer, request_id, topic, props = msg
             await self._exec(self.protocol.origin.submit(peer, request_id, topic, props))
@@ -617,8 +644,10 @@ class TransferActor(Actor):
             await self.node.store.update(job)
             self.node.jobs.tell(("transitions", [(job, old, state, None, "STOPPED")]))
             recorded = copy.copy(job)
-        else:
-            self._stop_requested[job_id] = state
+            self._out_jobs.pop(job_id, None)
+            await self._exec(self.protocol.origin.withdraw(job_id))  # final here: the attempt goes
+            return recorded
+        self._stop_requested[job_id] = state
         await self._exec(self.protocol.origin.stop(job_id))
         return recorded
 

@@ -998,6 +998,7 @@ class OriginProtocol:
         sending: list[JobSpec] = []
         deferred: list[JobRef] = []
         stale: list[JobRef] = []
+        refused: list[JobRef] = []
         room = self.room(peer)
         for spec in jobs:
             existing = self._jobs.get(spec.id)
@@ -1007,6 +1008,7 @@ class OriginProtocol:
                 out.append(Log("warning", "offer_refused_in_flight",
                                {"job_id": spec.id, "attempt": spec.attempt, "peer": peer,
                                 "in_flight_at": existing.peer, "in_flight_attempt": existing.spec.attempt}))
+                refused.append(JobRef(spec.id, spec.attempt))  # its record must not say it went
                 continue
             last = self._retired.get(spec.id)
             if last is not None and spec.attempt <= last:
@@ -1027,6 +1029,8 @@ class OriginProtocol:
         if deferred:
             reason = "peer down" if peer in self._down else "backpressure"
             out.append(RequeueLocal(tuple(deferred), reason, peer))
+        if refused:
+            out.append(RequeueLocal(tuple(refused), "another attempt is still in flight", peer))
         if stale:
             out.append(RequeueLocal(tuple(stale), "attempt already used: offer with a higher attempt", peer))
             out.append(Log("error", "offer_with_used_attempt", {"peer": peer, "jobs": [r.id for r in stale]}))
@@ -1049,6 +1053,19 @@ class OriginProtocol:
             out.append(Send(job.peer, Stop(job.spec.id, job.spec.attempt)))
         self._timers.maybe(self.next_deadline(), out)
         return out
+
+    def withdraw(self, job_id: str) -> list[Any]:
+        """The origin ended the job before it started at the target (a stop or remove recorded at
+        home): let the attempt go now and ask the target to drop its copy. A copy it runs anyway
+        ends as a stale result, and the next reconcile round drops what is left; keeping the
+        attempt in flight instead would block the job's next attempt after a manual retry."""
+        job = self._jobs.get(job_id)
+        if job is None or job.state is OriginJobState.RESULT_RECEIVED:
+            return []
+        self._release(job)
+        if job.peer in self._down:
+            return []
+        return [Send(job.peer, Stop(job.spec.id, job.spec.attempt))]
 
     def submit(self, peer: str, request_id: str, topic: str, properties: dict[str, Any]) -> list[Any]:
         """Add a job on ``peer``; ``SubmitDone`` reports the outcome (or a timeout)."""
