@@ -876,10 +876,14 @@ class Simulation:
         # for two heartbeat timeouts without a change, then nothing may change any more
         quiet_since = self.loop.time()
         limit = quiet_since + self.cfg.settle
-        changes = {k: len(v) for k, v in self.events.items()}
+
+        def member_changes() -> dict[tuple[str, int], int]:  # properties (a schedule's last fire) may change
+            return {k: sum(1 for e in v if e.type is TE.TOPOLOGY_CHANGED) for k, v in self.events.items()}
+
+        changes = member_changes()
         while self.loop.time() - quiet_since < 2 * self.cfg.timeout:
             await asyncio.sleep(0.25)
-            now_changes = {k: len(v) for k, v in self.events.items()}
+            now_changes = member_changes()
             if now_changes != changes:
                 changes, quiet_since = now_changes, self.loop.time()
             if self.loop.time() > limit:
