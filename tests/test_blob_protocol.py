@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import zlib
 from collections import deque
 from typing import Any
 
 from jobmesh.blobs.protocol import (
-    BlobConfig, BlobProtocol, Chunk, Done, Fetched, Finish, OpenPartial, Pushed, Send, SendChunk, Write, Want,
+    BlobConfig, BlobProtocol, Chunk, checksum, Done, Fetched, Finish, OpenPartial, Pushed, Send, SendChunk, Write, Want,
 )
 
 CFG = BlobConfig(chunk_size=100, window=400, stall_timeout=1.0)
@@ -39,7 +38,7 @@ class Node:
                 self.mesh.wire.append((self.name, ins.peer, ins.message))
             elif isinstance(ins, SendChunk):
                 data = self.blobs[ins.id][ins.offset:ins.offset + ins.length]
-                crc = zlib.crc32(data)
+                crc = checksum(data)
                 if self.mesh.corrupt and ins.offset == self.mesh.corrupt[0]:
                     self.mesh.corrupt.pop(0)
                     data = b"X" + data[1:]
@@ -49,7 +48,7 @@ class Node:
                 self.run(self.p.opened(ins.id, len(buf)))
             elif isinstance(ins, Write):
                 buf = self.partial[ins.id]
-                if zlib.crc32(ins.data) != ins.crc:
+                if checksum(ins.data) != ins.sum:
                     self.run(self.p.corrupt(ins.id, ins.gen, ins.offset))
                     continue
                 del buf[ins.offset:]
@@ -88,7 +87,8 @@ class Mesh:
                 self.drop.discard(msg.offset)
                 continue
             node = self.nodes[dst]
-            node.run(node.p.receive_wire(src, msg.TYPE, msg.to_wire()))
+            raw = msg.data if isinstance(msg, Chunk) else None  # a chunk's data travels as the raw frame
+            node.run(node.p.receive_wire(src, msg.TYPE, msg.to_wire(), raw))
             n += 1
             if stop_after is not None and n >= stop_after:
                 break

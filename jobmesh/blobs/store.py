@@ -213,36 +213,50 @@ class PartialBlob:
                     if not b:
                         break
                     self._h.update(b)
-        self.offset = offset
+        self.offset = self.hashed = offset  # bytes in the file / bytes of it hashed
         self._f: BinaryIO | None = open(self.path, "ab")
         busy = store._partial_busy
         busy[self.path.name] = busy.get(self.path.name, 0) + 1
 
     def write_at(self, offset: int, data: bytes) -> None:
-        """Append ``data`` that belongs at ``offset``: a rewind (a chunk fetched again after a
-        corrupt or lost one) first cuts the file there and hashes the prefix again."""
+        """Append ``data`` that belongs at ``offset`` and hash it: a rewind (a chunk fetched again
+        after a corrupt or lost one) first cuts the file there and hashes the prefix again."""
+        self.write_only(offset, data)
+        self.hash([data])
+
+    def write_only(self, offset: int, data: bytes) -> None:
+        """``write_at`` without the hashing, which ``hash`` does next, in the same order (a
+        transfer writes one chunk while the one before it is hashed). A rewind needs every
+        chunk before it hashed."""
         if offset > self.offset:
             raise BlobMismatch(f"chunk at {offset} but the file ends at {self.offset}")
         if offset < self.offset:
-            self.close()
-            with open(self.path, "r+b") as f:
-                f.truncate(offset)
-            self._h = hashlib.sha256()
-            with open(self.path, "rb") as f:
-                left = offset
-                while left > 0:
-                    b = f.read(min(IO_CHUNK, left))
-                    if not b:
-                        break
-                    self._h.update(b)
-                    left -= len(b)
-            self.offset = offset
-            self._f = open(self.path, "ab")
-            busy = self.store._partial_busy
-            busy[self.path.name] = busy.get(self.path.name, 0) + 1
-        self.append(data)
+            self._rewind(offset)
+        self.append_only(data)
+
+    def _rewind(self, offset: int) -> None:
+        self.close()
+        with open(self.path, "r+b") as f:
+            f.truncate(offset)
+        self._h = hashlib.sha256()
+        with open(self.path, "rb") as f:
+            left = offset
+            while left > 0:
+                b = f.read(min(IO_CHUNK, left))
+                if not b:
+                    break
+                self._h.update(b)
+                left -= len(b)
+        self.offset = self.hashed = offset
+        self._f = open(self.path, "ab")
+        busy = self.store._partial_busy
+        busy[self.path.name] = busy.get(self.path.name, 0) + 1
 
     def append(self, data: bytes) -> None:
+        self.append_only(data)
+        self.hash([data])
+
+    def append_only(self, data: bytes) -> None:
         self.store.check_room(len(data))
         assert self._f is not None
         try:
@@ -252,8 +266,16 @@ class PartialBlob:
             if _full(e):
                 raise BlobStoreFull(f"blob store is full (disk): {e.strerror}") from None
             raise
-        self._h.update(data)
         self.offset += len(data)
+
+    def hash(self, datas: Iterable[bytes]) -> int:
+        """Hash what was just written, in order; returns the bytes hashed."""
+        n = 0
+        for data in datas:
+            self._h.update(data)
+            n += len(data)
+        self.hashed += n
+        return n
 
     def close(self) -> None:
         if self._f is not None:
@@ -280,7 +302,7 @@ class PartialBlob:
         """Verify the whole content against the id; ``BlobMismatch`` (file discarded) if it is not."""
         self.close()
         digest = PREFIX + self._h.hexdigest()
-        if digest != self.id or self.offset != self.expected_size:
+        if digest != self.id or self.offset != self.expected_size or self.hashed != self.offset:
             self.discard()
             raise BlobMismatch(f"received {self.offset} bytes hashing to {digest[:20]}…, expected {self.id[:20]}…")
         return self.store._install(self.path, self.id, self.offset)
