@@ -5,14 +5,18 @@
 - ``transfer``: a job on A (no consumer for its topic) with a payload of ``--size`` MiB goes to
   B; timed from the job's submission until B's blob store serves the blob (whole, verified,
   renamed: ``HEAD /api/v1/blobs/{id}`` answers 200). The blob was uploaded to A beforehand (not
-  timed), streamed from generated data (no source file on disk).
+  timed), streamed from generated data (no source file on disk). ``--rounds`` transfers of
+  blobs of their own; ``mb_s`` is the median.
 - ``heartbeats``: a SUB of the benchmark's own on both nodes' heartbeat endpoints records
   when each heartbeat arrives; the largest gap per node during the transfer, against the
   interval and the failure-detection timeout.
 - ``small_jobs``: jobs/s of 1,000 small offloaded jobs (A -> B), idle and while a
-  ``--busy-size`` MiB payload is moving A -> B; ``ratio`` = busy / idle.
+  ``--busy-size`` MiB payload is moving A -> B, ``--rounds`` pairs measured one after the other
+  (the machine's load changes alike for both); ``ratio`` = median busy / median idle.
+- ``load_average``: the machine's, at the end (the figures above share its 2 cores with
+  whatever else runs).
 
-    python benchmarks/payload.py [--size 200] [--busy-size 1024] [--quick]
+    python benchmarks/payload.py [--size 200] [--busy-size 1024] [--rounds 3] [--quick]
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import argparse
 import hashlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -226,10 +231,11 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=200, help="MiB of the timed transfer (default 200)")
     ap.add_argument("--busy-size", type=int, default=1024, help="MiB moving while small jobs run (default 1024)")
     ap.add_argument("--small", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=3, help="repetitions of each measurement (medians count)")
     ap.add_argument("--quick", action="store_true", help="small sizes (a check of the script)")
     args = ap.parse_args()
     if args.quick:
-        args.size, args.busy_size, args.small = 8, 32, 200
+        args.size, args.busy_size, args.small, args.rounds = 8, 32, 200, 1
     result: dict[str, Any] = {"benchmark": "payload", "size_mib": args.size}
     result["raw_zmq_mb_s"] = round(raw_zmq(args.size * MIB), 1)
     with tempfile.TemporaryDirectory(prefix="jobmesh-payload-") as d:
@@ -249,36 +255,47 @@ def main() -> None:
                     raise RuntimeError("no mesh")
                 time.sleep(0.05)
             small_jobs(a.url, 100)  # warm-up (connections, the offloader's first rounds)
-            # the timed transfer
-            blob = upload(a.url, args.size * MIB, seed=1)
-            t0 = time.monotonic()
-            job = api(a.url, "POST", "/api/v1/jobs", {"topic": "bench/big", "payload": {"in": blob["id"]}})
-            while not has_blob(b.url, blob["id"]):
-                time.sleep(0.01)  # each look costs B's loop an HTTP request: not too often
-            t1 = time.monotonic()
-            dt = t1 - t0
-            result["transfer"] = {"seconds": round(dt, 3), "mb_s": round(blob["size"] / dt / 1e6, 1),
-                                  "bytes": blob["size"]}
-            gaps = watch.max_gap(t0, t1)
+            # the timed transfer (``--rounds`` times, a blob of its own each time: the median counts)
+            runs, gaps_all = [], []
+            for r in range(args.rounds):
+                blob = upload(a.url, args.size * MIB, seed=1 + r)
+                t0 = time.monotonic()
+                api(a.url, "POST", "/api/v1/jobs", {"topic": "bench/big", "payload": {"in": blob["id"]}})
+                while not has_blob(b.url, blob["id"]):
+                    time.sleep(0.01)  # each look costs B's loop an HTTP request: not too often
+                t1 = time.monotonic()
+                runs.append(blob["size"] / (t1 - t0) / 1e6)
+                gaps_all.append(watch.max_gap(t0, t1))
+            result["transfer"] = {"mb_s": round(statistics.median(runs), 1), "runs_mb_s": [round(x, 1) for x in runs],
+                                  "bytes": args.size * MIB}
+            gaps = {n: max((g[n] for g in gaps_all if g[n] is not None), default=None) for n in ("a", "b")}
             result["heartbeats"] = {"interval_s": INTERVAL, "timeout_s": TIMEOUT, "max_gap_s_during_transfer": gaps,
                                     "on_time": all(g is not None and g < TIMEOUT for g in gaps.values())}
             members = len(api(b.url, "GET", "/api/v1/topology")["instances"])
             result["heartbeats"]["members_after"] = members
-            # small jobs, idle and while a large payload moves
-            idle = small_jobs(a.url, args.small)
-            busy_blob = upload(a.url, args.busy_size * MIB, seed=2)
-            t2 = time.monotonic()
-            api(a.url, "POST", "/api/v1/jobs", {"topic": "bench/big", "payload": {"in": busy_blob["id"]}})
-            time.sleep(0.05)  # the transfer is under way
-            busy = small_jobs(a.url, args.small)
-            overlapped = not has_blob(b.url, busy_blob["id"])
-            while not has_blob(b.url, busy_blob["id"]):
-                time.sleep(0.005)
-            t3 = time.monotonic()
+            # small jobs, idle and while a large payload moves: ``--rounds`` pairs, interleaved, so
+            # that a change in the machine's load hits both figures alike; the medians count
+            idles, busies, overlapped, busy_rates, busy_gaps = [], [], [], [], []
+            for r in range(args.rounds):
+                idles.append(small_jobs(a.url, args.small))
+                busy_blob = upload(a.url, args.busy_size * MIB, seed=100 + r)
+                t2 = time.monotonic()
+                api(a.url, "POST", "/api/v1/jobs", {"topic": "bench/big", "payload": {"in": busy_blob["id"]}})
+                time.sleep(0.05)  # the transfer is under way
+                busies.append(small_jobs(a.url, args.small))
+                overlapped.append(not has_blob(b.url, busy_blob["id"]))
+                while not has_blob(b.url, busy_blob["id"]):
+                    time.sleep(0.005)
+                t3 = time.monotonic()
+                busy_rates.append(busy_blob["size"] / (t3 - t2) / 1e6)
+                busy_gaps.append(watch.max_gap(t2, t3))
+            idle, busy = statistics.median(idles), statistics.median(busies)
             result["small_jobs"] = {"count": args.small, "idle_jobs_s": round(idle, 1), "busy_jobs_s": round(busy, 1),
-                                    "ratio": round(busy / idle, 2), "transfer_still_running_at_end": overlapped,
-                                    "busy_transfer_mb_s": round(busy_blob["size"] / (t3 - t2) / 1e6, 1)}
-            gaps = watch.max_gap(t2, t3)
+                                    "ratio": round(busy / idle, 2),
+                                    "runs": [[round(i, 1), round(b_, 1)] for i, b_ in zip(idles, busies)],
+                                    "transfer_still_running_at_end": all(overlapped),
+                                    "busy_transfer_mb_s": round(statistics.median(busy_rates), 1)}
+            gaps = {n: max((g[n] for g in busy_gaps if g[n] is not None), default=None) for n in ("a", "b")}
             result["heartbeats"]["max_gap_s_during_busy_transfer"] = gaps
             result["heartbeats"]["on_time"] = result["heartbeats"]["on_time"] and all(
                 g is not None and g < TIMEOUT for g in gaps.values())
