@@ -23,6 +23,7 @@ from .consumers.context import failure_entries
 from .errors import Conflict, NotFound, ValidationError
 from .events import JOB_ADDED, EventBus, Notification, notification_topic
 from .job import FINAL_STATES, Job, JobIdGenerator, JobState, Progress, iso
+from .job_options import JobRequest, check_request, not_before, request_from
 from .job_queries import JobQueries
 from .queues.core import QueueMatcher
 from .topics import TopicError, validate_topic
@@ -108,6 +109,8 @@ class JobManager(Actor):
         self.queries = JobQueries(store.path) if hasattr(store, "path") else None
         self._waiters: dict[str, list[asyncio.Future[Job]]] = {}
         self.blobs: Any = None  # the node's BlobStore (job payload), set by the node
+        self._adding_keys: dict[str, Job] = {}  # keyed jobs being committed: a second add finds them
+        self._warned_queues: set[str] = set()
         self._started_at = clock()
         self.overall = Stats(self._started_at)
         self._by_queue: dict[str, Stats] = {}
@@ -140,49 +143,52 @@ class JobManager(Actor):
             self.queries.close()
 
     # -- the API (DESIGN §5.3) ---------------------------------------------
-    async def add(self, topic: str, properties: dict[str, Any] | None = None, *,
-                  payload: dict[str, Any] | None = None) -> Job:
-        return (await self.add_many([(topic, properties)], payload=payload))[0]
+    async def add(self, topic: str, properties: dict[str, Any] | None = None, *, delay: float | None = None,
+                  at: Any = None, key: str | None = None, timeout: float | None = None,
+                  priority: int | None = None, payload: dict[str, Any] | None = None) -> Job:
+        """Add one job, committed on return. ``delay`` (s) or ``at`` (ISO/datetime): QUEUED until then;
+        ``key``: while a job of this node with that key is open, that job is returned instead;
+        ``timeout``: its time limit (s); ``priority``: higher starts first within its queue;
+        ``payload``: ``{name: Path | bytes | blob id}``, stored before the job (issue 14)."""
+        if (delay is None and at is None and key is None and timeout is None and priority is None
+                and payload is None):
+            return (await self._add_plain([(topic, properties)]))[0]
+        return (await self.submit([JobRequest(topic, properties, delay, at, key, timeout, priority, payload)]))[0][0]
 
-    async def add_many(self, items: list[tuple[str, dict[str, Any] | None]], *,
+    async def add_many(self, items: list[Any], *, delay: float | None = None, at: Any = None,
+                       timeout: float | None = None, priority: int | None = None,
                        payload: dict[str, Any] | None = None) -> list[Job]:
-        """Validate all, write all in one transaction, return after commit (in order). ``payload``
-        (``{name: Path | bytes | blob id}``) goes with every job; an item may also be a
-        ``(topic, properties, payload)`` triple of its own."""
-        if payload is not None or any(type(i) is tuple and len(i) == 3 for i in items or ()):
-            return await self._add_with_payload(items, payload)
-        return await self._add_plain(items)
-
-    async def _add_with_payload(self, items: list[Any], payload: dict[str, Any] | None) -> list[Job]:
-        """Jobs with payload: the blobs are stored first, then the jobs' references to them, then
-        the jobs (a crash in between leaves references to no job, which the blob GC drops)."""
-        from .blobs.payload import resolve_payload
-
-        if self.blobs is None:
-            raise ValidationError("this node has no blob store")
-        plain: list[tuple[str, Any]] = []
-        refs: list[dict[str, Any]] = []
-        shared = await resolve_payload(self.blobs, payload) if payload is not None else {}
-        for i, item in enumerate(items):
-            if type(item) is tuple and len(item) == 3:
-                plain.append((item[0], item[1]))
-                refs.append(await resolve_payload(self.blobs, item[2], f"item {i}: ") if item[2] else shared)
-            else:
-                plain.append(item)
-                refs.append(shared)
-        return await self._add_plain(plain, refs)
-
-    async def _add_plain(self, items: Any, payloads: list[dict[str, Any]] | None = None) -> list[Job]:
-        if not self.accepting:
-            raise Conflict(f"node {self.node_name} is shutting down")
+        """Validate all, write all in one transaction, return after commit (in order). An item is
+        ``(topic, properties)``, ``(topic, properties, payload)``, a ``JobRequest`` or a dict like the
+        HTTP body (with its own options); the keyword options apply to every item that does not set
+        them (``payload`` is stored once and shared by those jobs)."""
         if not isinstance(items, (list, tuple)):
             raise ValidationError("add_many takes a list of (topic, properties) pairs")
-        if len(items) > MAX_BATCH * 10:
-            raise ValidationError(f"at most {MAX_BATCH * 10} jobs per call")
+        shared = (delay is not None or at is not None or timeout is not None or priority is not None
+                  or payload is not None)
+        if not shared and all(type(i) is tuple and len(i) == 2 for i in items):
+            return await self._add_plain(items)
+        reqs = []
+        for i, item in enumerate(items):
+            r = request_from(item, f"item {i}: ")
+            if shared:
+                r = r._replace(delay=r.delay if r.delay is not None or r.at is not None else delay,
+                               at=r.at if r.at is not None or r.delay is not None else at,
+                               timeout=r.timeout if r.timeout is not None else timeout,
+                               priority=r.priority if r.priority is not None else priority,
+                               payload=r.payload if r.payload is not None else payload)
+            reqs.append(r)
+        return [job for job, _ in await self.submit(reqs)]
+
+    async def _add_plain(self, items: Any) -> list[Job]:
+        """(topic, properties) pairs, no options: the hot path."""
+        self._check_accepting(items)
         now = self.clock()
         jobs: list[Job] = []
         texts: list[str] = []
         nid, match, node, valid = self.ids.next, self.matcher.match, self.node_name, _valid_topic
+        tasky = self._task_options
+        seen: dict[str, Any] = {}  # topic -> its task options (few topics per call, many jobs)
         for i, item in enumerate(items):
             try:
                 topic, props = item
@@ -192,18 +198,144 @@ class JobManager(Actor):
                 raise ValidationError(f"item {i}: topic must be a string")
             valid(topic)
             texts.append("{}" if props is None or props == {} else _check_properties(props))
-            q = match(topic)
-            jobs.append(Job(id=nid(), topic=topic, properties=props if props is not None else {},
-                            queue=q.name, origin=node, created=now, max_retries=q.retries))
+            opts = seen.get(topic, seen)
+            if opts is seen:
+                opts = seen[topic] = tasky(topic)
+            if opts is None:
+                q = match(topic)
+                jobs.append(Job(id=nid(), topic=topic, properties=props if props is not None else {},
+                                queue=q.name, origin=node, created=now, max_retries=q.retries))
+            else:
+                qname, retries, prio = opts
+                jobs.append(Job(id=nid(), topic=topic, properties=props if props is not None else {},
+                                queue=qname, origin=node, created=now, max_retries=retries, priority=prio))
         if not jobs:
             return []
-        if payloads is not None:
-            for job, refs in zip(jobs, payloads):
-                job.payload = dict(refs)
-            self.blobs.set_inputs({j.id: j.payload for j in jobs if j.payload})
         await self.store.insert(jobs, texts)
         self._on_added(jobs)
         return jobs
+
+    def _check_accepting(self, items: Any) -> None:
+        if not self.accepting:
+            raise Conflict(f"node {self.node_name} is shutting down")
+        if len(items) > MAX_BATCH * 10:
+            raise ValidationError(f"at most {MAX_BATCH * 10} jobs per call")
+
+    async def submit(self, requests: list[JobRequest]) -> list[tuple[Job, bool]]:
+        """Add jobs with options: ``[(job, created)]`` in order. ``created`` is False when the
+        request's ``key`` belongs to a job of this node that is not final (that job is returned; the
+        HTTP API answers 200 instead of 201), or to an earlier request of the same call."""
+        self._check_accepting(requests)
+        now = self.clock()
+        checked = []
+        for i, r in enumerate(requests):
+            where = f"item {i}: " if len(requests) > 1 else ""
+            if not isinstance(r.topic, str):
+                raise ValidationError(f"{where}topic must be a string")
+            _valid_topic(r.topic)
+            checked.append(r if r.plain else check_request(r, where))
+        refs = await self._resolve_payloads(checked) if any(r.payload is not None for r in checked) else None
+        keys = {r.key for r in checked if r.key is not None}
+        existing: dict[str, Job] = {}
+        if keys:
+            existing = {k: j for k, j in self._adding_keys.items() if k in keys}
+            missing = [k for k in keys if k not in existing]
+            if missing:
+                existing.update(self.store.open_with_keys(missing, self.node_name))
+        out: list[tuple[Job, bool]] = []
+        jobs: list[Job] = []
+        texts: list[str] = []
+        task_opts: dict[str, Any] = {}  # topic -> its task options, once per call
+        for i, r in enumerate(checked):
+            if r.key is not None and r.key in existing:
+                job = existing[r.key]
+                live = self._live.get(job.id)
+                out.append((_snapshot(live if live is not None else job), False))
+                continue
+            props = r.properties
+            texts.append("{}" if props is None or props == {} else _check_properties(props))
+            opts = task_opts.get(r.topic, task_opts)
+            if opts is task_opts:
+                opts = task_opts[r.topic] = self._task_options(r.topic)
+            if opts is None:
+                q = self.matcher.match(r.topic)
+                qname, retries, prio = q.name, q.retries, 0
+            else:
+                qname, retries, prio = opts
+            if r.plain:
+                job = Job(id=self.ids.next(), topic=r.topic, properties=props if props is not None else {},
+                          queue=qname, origin=self.node_name, created=now, max_retries=retries, priority=prio)
+            else:
+                job = Job(id=self.ids.next(), topic=r.topic, properties=props if props is not None else {},
+                          queue=qname, origin=self.node_name, created=now, max_retries=retries,
+                          not_before=not_before(r, now), key=r.key, timeout=r.timeout,
+                          priority=r.priority if r.priority is not None else prio)
+                if refs is not None and refs[i]:
+                    job.payload = dict(refs[i])
+            jobs.append(job)
+            out.append((job, True))
+            if r.key is not None:
+                existing[r.key] = job
+        if not jobs:
+            return out
+        if refs is not None:  # the jobs' references before the jobs (a crash in between: GC drops them)
+            self.blobs.set_inputs({j.id: j.payload for j in jobs if j.payload})
+        for job in jobs:
+            if job.key is not None:
+                self._adding_keys[job.key] = job
+        try:
+            await self.store.insert(jobs, texts)
+        finally:
+            for job in jobs:
+                if job.key is not None and self._adding_keys.get(job.key) is job:
+                    del self._adding_keys[job.key]
+        self._on_added(jobs)
+        return out
+
+    async def _resolve_payloads(self, requests: list[JobRequest]) -> list[dict[str, Any]]:
+        """Each request's payload as ``{name: BlobRef}``: files and bytes stored (once per payload
+        object, so a payload shared by many requests is stored once), blob ids checked."""
+        from .blobs.payload import resolve_payload
+
+        if self.blobs is None:
+            raise ValidationError("this node has no blob store")
+        done: dict[int, dict[str, Any]] = {}
+        out: list[dict[str, Any]] = []
+        for i, r in enumerate(requests):
+            if r.payload is None:
+                out.append({})
+                continue
+            refs = done.get(id(r.payload))
+            if refs is None:
+                where = f"item {i}: " if len(requests) > 1 else ""
+                refs = done[id(r.payload)] = await resolve_payload(self.blobs, r.payload, where)
+            out.append(refs)
+        return out
+
+    def _task_options(self, topic: str) -> tuple[str, int, int] | None:
+        """(queue, retries, priority) for a topic whose consumer here is a task with options, else None
+        (the queue that matches the topic decides). Read where the job is recorded: its origin."""
+        index = getattr(self.pool, "index", None)
+        if index is None:
+            return None
+        spec = index.find(topic)
+        if spec is None or (spec.retries is None and spec.queue is None and not spec.priority):
+            return None
+        q = self.matcher.match(topic)
+        if spec.queue is not None and spec.queue != q.name:
+            if spec.queue in self._queue_actors:
+                q = self._queue_config(spec.queue) or q
+            elif spec.queue not in self._warned_queues:
+                self._warned_queues.add(spec.queue)
+                self.log.warning("a task names a queue this node does not configure; its jobs go to the "
+                                 "queue that matches their topic", task=spec.name, queue=spec.queue, used=q.name)
+        return q.name, spec.retries if spec.retries is not None else q.retries, spec.priority or 0
+
+    def _queue_config(self, name: str) -> Any:
+        for q in self.matcher.queues:
+            if q.name == name:
+                return q
+        return None
 
     def _on_added(self, jobs: list[Job]) -> None:
         by_queue: dict[str, list[Job]] = {}
@@ -338,6 +470,26 @@ class JobManager(Actor):
                 if not lst:
                     del self._waiters[job_id]
 
+    async def join(self, timeout: float | None = None, poll: float = 0.01) -> None:
+        """Return once nothing is QUEUED or ACTIVE on this node (delayed jobs count: they are
+        QUEUED); asyncio.TimeoutError saying what is left after ``timeout`` seconds. What a test
+        awaits after sending jobs (Dramatiq's ``broker.join``)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            if self.overall.queued <= 0 and self.overall.active <= 0 and not self._adding_keys:
+                counts = self.store.open_counts()  # the statistics said idle: the store agrees?
+                if not counts:
+                    return
+            if deadline is not None and loop.time() >= deadline:
+                left: dict[str, int] = {}
+                for _, _, state, n in self.store.open_counts():
+                    left[state] = left.get(state, 0) + n
+                raise asyncio.TimeoutError(
+                    f"node {self.node_name} is not idle after {timeout:g} s: {left.get('QUEUED', 0)} jobs queued, "
+                    f"{left.get('ACTIVE', 0)} active")
+            await asyncio.sleep(poll)
+
     async def stop(self, job_id: str) -> Job:
         """QUEUED -> STOPPED now; ACTIVE: the consumer is asked to stop (returns the job as it is)."""
         return await self._cancel(job_id, JobState.STOPPED)
@@ -377,7 +529,7 @@ class JobManager(Actor):
         job.not_before = 0.0
         job.finished = None
         job.result_message = None
-        job.output = None
+        job.result = None
         job.target = None  # it may have run at another node: back in this node's windows
         job.progress = Progress()
         await self.store.update(job)

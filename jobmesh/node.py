@@ -81,6 +81,7 @@ class Node:
         self.store = Store(Path(cfg.data) / "jobs.db", durability=cfg.durability, clock=clock)
         self.jobs = JobManager(cfg, self.store, self.events, clock=clock)
         self.pool = ConsumerPool(cfg.name, cfg.capacity, self.store, stop_grace=cfg.stop_grace, clock=clock)
+        self.pool.queue_timeouts = {qc.name: qc.timeout for qc in cfg.all_queues()}
         self._queue_actors: dict[str, QueueActor] = {}
         for qc in cfg.all_queues():
             self._queue_actors[qc.name] = QueueActor(qc, self.store, self.pool, self.jobs,
@@ -151,6 +152,8 @@ class Node:
             self._data_lock.release()
             raise
         self._running = True
+        from .tasks import node_started
+        node_started(self)  # the default producer of task.send() in this process
         self._start_watchdog()
         self._publish_offloading()  # in the properties before discovery reads them
         await self._start_optional_guarded()
@@ -258,6 +261,8 @@ class Node:
         if not self._running:
             return
         self._stopping = True
+        from .tasks import node_stopped
+        node_stopped(self)
         grace = self.config.shutdown_grace if grace is None else grace
         self.jobs.accepting = False
         try:

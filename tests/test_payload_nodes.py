@@ -113,7 +113,7 @@ def test_cli_payload_of_0_bytes_10_mib_and_200_mib_goes_to_the_target_and_the_ou
         src = tmp_path / f"in-{size}.bin"
         digest = _file(src, size)
         props = ["-p", "reverse=1"] if reverse else []
-        r = _cli(a, "submit", "pay/echo", *props, "--payload", f"in={src}", "--wait", "--json", "--timeout", "120")
+        r = _cli(a, "submit", "pay/echo", *props, "--payload", f"in={src}", "--wait", "--json", "--wait-timeout", "120")
         assert r.returncode == 0, r.stderr + r.stdout
         job = json.loads(r.stdout)
         assert job["state"] == "SUCCEEDED" and job["target"] == "b", job

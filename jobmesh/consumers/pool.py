@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import ctypes
+import json
+import threading
 from .. import clock as _clock
 import traceback
 from functools import partial
@@ -28,7 +31,7 @@ from collections import deque
 from typing import Any, Callable
 
 from ..actor import Actor
-from ..errors import ActorStopped
+from ..errors import ActorStopped, TimeLimitExceeded
 from ..job import Job, JobResult, JobState, ResultKind, check_transition
 from ..queues.core import Outcome
 from .context import ExecutionContext
@@ -42,7 +45,7 @@ class _Run:
     """One job in a slot: its stop flag and how to cancel it."""
 
     __slots__ = ("job", "queue", "stop_state", "task", "executing", "is_async", "abort", "timer", "waiting_ms",
-                 "ended")
+                 "ended", "limit", "timed_out", "limit_timer", "thread_id")
 
     def __init__(self, job: Job, queue: str) -> None:
         self.job = job
@@ -55,6 +58,10 @@ class _Run:
         self.timer: asyncio.TimerHandle | None = None
         self.waiting_ms = 0.0
         self.ended = False  # its outcome was reported: anything the consumer says later is ignored
+        self.limit: float | None = None  # its time limit (s): the job's, else the consumer's, else the queue's
+        self.timed_out = False  # the limit passed: whatever the consumer does, the run FAILED
+        self.limit_timer: asyncio.TimerHandle | None = None
+        self.thread_id: int | None = None  # a sync consumer's thread while it runs the job
 
     def stopped(self) -> bool:
         return self.stop_state is not None or self.abort
@@ -97,6 +104,9 @@ class ConsumerPool(Actor):
         self._finished: dict[str, list[tuple[Job, Outcome]]] = {}
         self._flush_scheduled = False
         self._hurry = False
+        # Time limits of the queues' configurations (set by the node; a job's or consumer's own beats them).
+        self.queue_timeouts: dict[str, float | None] = {}
+        self._thread_lock = threading.Lock()  # a sync run's thread id against a time limit's interrupt
         # Offloading hooks (the transfer actor): another node's job started here / reported progress.
         self.foreign_started: Callable[[list[Job]], None] | None = None
         self.foreign_progress: Callable[[Job], None] | None = None
@@ -319,6 +329,8 @@ class ConsumerPool(Actor):
             self._active[run.queue] -= 1
         if run.timer is not None:
             run.timer.cancel()
+        if run.limit_timer is not None:
+            run.limit_timer.cancel()
         if not self._runs:
             self._idle.set()
         self._count_done()
@@ -357,6 +369,10 @@ class ConsumerPool(Actor):
         if blobs is not None and blobs.has_refs:  # job payload: the consumer sees its names (and files)
             job.payload, job.output_payload = blobs.payloads([job.id]).get(job.id, ({}, {}))
         ctx = ExecutionContext(job, run.stopped, self.clock, on_progress, blobs) if spec.takes_context else None
+        limit = job.timeout or spec.timeout or self.queue_timeouts.get(run.queue)
+        if limit:
+            run.limit = limit
+            run.limit_timer = asyncio.get_running_loop().call_later(limit, self._time_up, run)
         run.executing = True
         try:
             if spec.actor is not None:
@@ -381,30 +397,83 @@ class ConsumerPool(Actor):
                 fn = spec.fn
                 assert fn is not None
                 call = (lambda: fn(job, ctx)) if ctx is not None else (lambda: fn(job))
+                if limit:
+                    call = self._interruptible(run, call)
                 assert self._threads is not None
                 result = await self._threads.run(call)
         except asyncio.CancelledError:
-            if self._stopping or (run.stop_state is None and not run.abort) or run.task is None:
+            if self._stopping or (run.stop_state is None and not run.abort and not run.timed_out) or run.task is None:
                 raise  # the pool itself is being torn down
             run.task.uncancel()
             if run.abort:
                 return Outcome("ABORTED", "interrupted by node shutdown")
+            if run.stop_state is None:  # timed out
+                return self._over_limit(run)
             return Outcome("STOPPED", "cancelled after the stop grace period", stop_state=run.stop_state)  # type: ignore[arg-type]
+        except TimeLimitExceeded as exc:  # raised in a sync consumer's thread by _time_up
+            if run.stop_state is not None:
+                return Outcome("STOPPED", stop_state=run.stop_state)
+            return self._over_limit(run, "".join(traceback.format_exception(exc)))
         except Exception as exc:
             tb = "".join(traceback.format_exception(exc))
             if run.stop_state is not None:
                 return Outcome("STOPPED", stop_state=run.stop_state, log=(tb,))
-            return Outcome("FAILED", f"{type(exc).__name__}: {exc}", log=(tb,))
+            if spec.throws and isinstance(exc, spec.throws):  # declared: ends the job ERROR, no retry
+                return Outcome("CANCEL", f"{type(exc).__name__}: {exc} (listed in throws: not retried)", log=(tb,))
+            return Outcome("FAILED", f"{type(exc).__name__}: {exc}", spec.retry_delay, log=(tb,))
         finally:
             run.executing = False
         if run.stop_state is not None:
             return Outcome("STOPPED", stop_state=run.stop_state)
         if run.abort:
             return Outcome("ABORTED", "interrupted by node shutdown")
+        if run.timed_out:  # it caught the interruption and returned: the run is over its limit all the same
+            return self._over_limit(run)
         outcome = _outcome_of(result)
-        if ctx is not None and ctx.output and outcome.kind == "OK" and outcome.output is None:
-            outcome = Outcome("OK", outcome.message, output=dict(ctx.output))  # ctx.output[...] = v
+        if ctx is not None and ctx.output and outcome.kind == "OK" and outcome.result is None:
+            outcome = Outcome("OK", outcome.message, result=dict(ctx.output))  # ctx.output[...] = v
         return outcome
+
+    # -- time limits ----------------------------------------------------------
+    def _time_up(self, run: _Run) -> None:
+        """A run reached its time limit: an async consumer is cancelled; a sync one gets
+        ``TimeLimitExceeded`` raised in its thread (as Dramatiq does), and is given up
+        ``stop_grace`` seconds later if it still runs (blocked in C code, or it swallowed it)."""
+        if self._runs.get(run.job.id) is not run or not run.executing or run.task is None or run.ended:
+            return
+        run.timed_out = True
+        if run.is_async:
+            run.task.cancel()
+            return
+        with self._thread_lock:
+            tid = run.thread_id
+            if tid is not None:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), ctypes.py_object(TimeLimitExceeded))
+        loop = asyncio.get_running_loop()
+        run.limit_timer = loop.call_later(self.stop_grace, self._abandon_thread, run)
+
+    def _abandon_thread(self, run: _Run) -> None:
+        if self._runs.get(run.job.id) is run and run.executing and run.task is not None and not run.ended:
+            self.log.warning("sync consumer still running past its time limit; its thread is left behind and "
+                             "its result will be ignored", job_id=run.job.id, topic=run.job.topic, limit=run.limit)
+            run.task.cancel()
+
+    def _interruptible(self, run: _Run, call: Callable[[], Any]) -> Callable[[], Any]:
+        """``call`` for a sync consumer's thread that says which thread runs it while it does."""
+        lock = self._thread_lock
+
+        def in_thread() -> Any:
+            run.thread_id = threading.get_ident()
+            try:
+                return call()
+            finally:
+                with lock:  # from here on no interrupt is sent; one sent before is raised right here
+                    run.thread_id = None
+        return in_thread
+
+    @staticmethod
+    def _over_limit(run: _Run, tb: str | None = None) -> Outcome:
+        return Outcome("FAILED", f"time limit {run.limit:g} s exceeded", log=(tb,) if tb else ())
 
     def _count_done(self) -> None:
         self.finished_total += 1
@@ -466,19 +535,31 @@ async def _resume(coro: Any, yielded: Any, cvars: contextvars.Context | None = N
             return done.value
 
 
+MAX_RESULT_BYTES = 1_000_000  # a result is stored with its job and travels back in one message
+
+
 def _outcome_of(result: Any) -> Outcome:
-    """A consumer's return value as an outcome: None/True = OK, False = FAILED, JobResult as said."""
+    """A consumer's return value as an outcome: None/True = OK, False = FAILED, JobResult as said;
+    any other value is the job's result (a task's return value), which must be JSON-compatible:
+    one that is not fails the run, saying so (it could be neither stored nor sent to the origin)."""
     if result is None or result is True:
         return _OK
     if isinstance(result, JobResult):
         if result.kind is ResultKind.OK:
             if result.output:
-                return Outcome("OK", result.message, output=dict(result.output))
+                return Outcome("OK", result.message, result=dict(result.output))
             return _OK if result.message is None else Outcome("OK", result.message)
         if result.kind is ResultKind.CANCEL:
             return Outcome("CANCEL", result.message)
         return Outcome("FAILED", result.message, result.retry_delay)
     if result is False:
         return Outcome("FAILED", "consumer returned False")
-    text = repr(result)
-    return Outcome("OK", text if len(text) <= 1000 else text[:997] + "...")
+    try:
+        text = json.dumps(result, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        return Outcome("FAILED", f"the consumer's return value is not JSON-compatible ({e}); return str, int, "
+                                 f"float, bool, None, or lists and dicts of them")
+    if len(text) > MAX_RESULT_BYTES:
+        return Outcome("FAILED", f"the consumer's return value is {len(text)} bytes as JSON, more than "
+                                 f"{MAX_RESULT_BYTES}; store large results elsewhere and return a reference")
+    return Outcome("OK", result=result if type(result) is not tuple else list(result))

@@ -11,6 +11,7 @@ once the write is committed (so notifications never run ahead of the disk).
 from __future__ import annotations
 
 import asyncio
+import math
 from .. import clock as _clock
 from functools import partial
 from typing import Any, Callable
@@ -26,6 +27,11 @@ REFILL_BELOW = WINDOW // 4
 REFILL_CHUNK = 1024  # rows read from the store per refill
 WATCHDOG_PERIOD = 1.5  # s between the watchdog's comparisons of the store with the window
 WATCHDOG_SCAN = 256  # ready rows compared per round (an index scan of two columns)
+# A job due later than this (a delay, an ``at``) stays on disk, out of the window, until it is
+# nearly due: a million jobs delayed until tomorrow must not fill the window and hold back the
+# ones ready now. Read back by due time every DUE_SCAN s (from the watchdog's timer).
+DEFER_AFTER = 60.0
+DUE_SCAN = DEFER_AFTER / 2
 
 
 class QueueActor(Actor):
@@ -77,6 +83,11 @@ class QueueActor(Actor):
         self._timer_at: float | None = None
         self._notify_fut: asyncio.Future[Any] | None = None
         self._notify_msgs: list[tuple[Any, ...]] = []
+        # delayed jobs due up to here were read into the window (the refill reads what is due by
+        # then; ``_scan_due`` moves it on): the (not_before, seq) cursor of the due-order reads
+        # (an ordered queue defers nothing: its head holds the line, delayed or not)
+        self._due_cursor: tuple[float, int] = (
+            math.inf if self.config.type == "ordered" else self.clock() + DEFER_AFTER, 0)
 
     async def on_start(self) -> None:
         """(Re)load from the store: whatever is QUEUED is this queue's durable state."""
@@ -147,6 +158,7 @@ class QueueActor(Actor):
             return None
         elif kind == "watchdog":
             self.tell_later(self.watchdog_period, ("watchdog",))
+            self._scan_due()
             self._watchdog()
         elif kind == "offload_summary":
             self._pump()  # refills the window: jobs waiting in the store count (and move) too
@@ -177,8 +189,12 @@ class QueueActor(Actor):
         if self.store_has_more:
             return  # older jobs wait in the store: these are read in order by the next refill
         window, now = self.window, self.clock()
+        defer = self._due_cursor[0]
         for job in jobs:
             if job.seq <= self.last_seq:
+                continue
+            if job.not_before > defer:  # due after the horizon: read back by _scan_due in time
+                self.last_seq = job.seq
                 continue
             if len(window) >= self.window_size:
                 self.store_has_more = True
@@ -194,7 +210,7 @@ class QueueActor(Actor):
         want = min(self.window_size - len(self.window), REFILL_CHUNK)
         if want <= 0:
             return
-        jobs = self.store.ready(self.config.name, self.last_seq, want)
+        jobs = self.store.ready(self.config.name, self.last_seq, want, self._due_cursor[0])
         now = self.clock()
         skip = self.in_flight
         for job in jobs:
@@ -266,7 +282,7 @@ class QueueActor(Actor):
         if message is not None or new is JobState.SUCCEEDED:
             job.result_message = message
         if new is JobState.SUCCEEDED:
-            job.output = outcome.output
+            job.result = outcome.result
         for line in outcome.log:
             append_log(job, line)
         if new is not JobState.SUCCEEDED:
@@ -339,6 +355,26 @@ class QueueActor(Actor):
         self.manager.tell(("transitions", [(job, old, state, None, "STOPPED")]))
         return job
 
+    def _scan_due(self) -> None:
+        """Delayed jobs left on disk that come due within ``DEFER_AFTER`` s go into the window
+        (its delay heap starts them on time); the cursor moves on in due order."""
+        now = self.clock()
+        until = now + DEFER_AFTER
+        if until - self._due_cursor[0] < DUE_SCAN or self.draining:
+            return
+        window, in_flight = self.window, self.in_flight
+        while len(window) < self.window_size:
+            limit = min(REFILL_CHUNK, self.window_size - len(window))
+            jobs = self.store.due(self.config.name, self._due_cursor, until, limit)
+            for job in jobs:
+                if job.id not in window and job.id not in in_flight and job.id not in self._after_run:
+                    window.add(job, now)
+            if len(jobs) < limit:
+                self._due_cursor = (until, 0)
+                break
+            self._due_cursor = (jobs[-1].not_before, jobs[-1].seq)
+        self._pump()
+
     # -- the watchdog: belief (window, in flight) against fact (the store) -----------------
     def _watchdog(self) -> None:
         """Level-triggered repair (DESIGN §3). Every QUEUED job of this queue that may run here
@@ -353,7 +389,8 @@ class QueueActor(Actor):
         rows: list[tuple[int, str]] = []
         free = self.free_slots() if self.free_slots is not None else 0
         if free > 0 and len(self.in_flight) < self.parallelism:
-            rows = self.store.ready_ids(self.config.name, WATCHDOG_SCAN)
+            # due now, and read already: delayed jobs past the due cursor wait on disk by design
+            rows = self.store.ready_ids(self.config.name, WATCHDOG_SCAN, min(self.clock(), self._due_cursor[0]))
         verify, self._verify = self._verify, set()
         found: dict[str, int] = {}
         window, in_flight = self.window, self.in_flight

@@ -39,7 +39,7 @@ from ..errors import Conflict, JobmeshError, NotFound, ValidationError
 from ..job import FINAL_STATES, Job, JobState, ResultKind, check_transition
 from ..consumers.context import append_log
 from ..queues.core import Outcome, decide
-from ..store.sqlite import JOB_COLUMNS, row_to_job
+from ..store.sqlite import COPY_COLUMNS, JOB_COLUMNS, row_to_job
 from .. import wire
 from ..blobs.transfer import output_specs, payload_specs, record_copy_payload, record_outputs
 from .protocol import (
@@ -619,7 +619,8 @@ class TransferActor(Actor):
             job.attempt += 1  # every handoff is a new attempt
             job.target = peer
             specs.append(JobSpec(job.id, job.attempt, job.topic, job.properties, job.queue, job.retry_count,
-                                 job.max_retries, job.origin, job.created, payloads.get(job.id)))
+                                 job.max_retries, job.origin, job.created, job.timeout, job.priority,
+                                 payloads.get(job.id)))
         if not jobs:
             return
         for job in jobs:
@@ -730,7 +731,7 @@ class TransferActor(Actor):
             if d.message is not None or d.state is JobState.SUCCEEDED:
                 job.result_message = d.message
             if d.state is JobState.SUCCEEDED:
-                job.output = r.output  # a workflow step's output, made at the target
+                job.result = r.result  # the consumer's return value (a workflow step's output), made at the target
                 if r.output_payload:
                     record_outputs(self.node.blobs.store, job, r.output_payload)
             if r.log:
@@ -831,16 +832,16 @@ class TransferActor(Actor):
             q = node.jobs.matcher.match(s.topic)
             job = Job(id=s.id, topic=s.topic, properties=dict(s.properties), queue=q.name, origin=origin,
                       created=s.created or now, retry_count=s.retry_count, max_retries=s.max_retries,
-                      attempt=0, seq=seq + i)
+                      attempt=0, seq=seq + i, timeout=s.timeout, priority=s.priority)
             jobs.append(job)
             rows.append((job.seq, job.id, job.topic, job.queue, "QUEUED", json.dumps(job.properties) if job.properties else "{}", origin,
-                         None, job.created, None, None, job.retry_count, job.max_retries, 0, 0.0, None, None))
+                         None, job.created, None, None, job.retry_count, job.max_retries, 0, 0.0, None, None,
+                         job.timeout, job.priority))
             copies.append((s.id, origin, s.attempt))
 
         def write(conn: sqlite3.Connection) -> None:
             conn.executemany("DELETE FROM jobs WHERE id=? AND origin!=?", [(c[0], node.name) for c in copies])
-            cols = JOB_COLUMNS.replace(", output", "")
-            conn.executemany(f"INSERT INTO jobs ({cols}) VALUES ({', '.join('?' * 17)})", rows)
+            conn.executemany(f"INSERT INTO jobs ({COPY_COLUMNS}) VALUES ({', '.join('?' * 19)})", rows)
             conn.executemany("INSERT OR REPLACE INTO transfer_copies (job_id, origin, attempt) VALUES (?,?,?)",
                              copies)
 
@@ -924,7 +925,7 @@ class TransferActor(Actor):
                 message = "stopped"
             item = ResultItem(job.id, attempt, _KIND_OF_OUTCOME.get(outcome.kind, ResultKind.FAILED), message,
                               outcome.retry_delay, job.started, now, log_lines,
-                              output=outcome.output if outcome.kind == "OK" else None,
+                              result=outcome.result if outcome.kind == "OK" else None,
                               output_payload=outputs.get(job.id) if outcome.kind == "OK" else None)
             items.append(item)
             rows.append((job.id, origin, attempt, json.dumps(item.to_wire())))
@@ -1081,7 +1082,8 @@ class TransferActor(Actor):
                 self._remote[job.id] = job
             by_peer.setdefault(job.target or "", []).append(
                 JobSpec(job.id, job.attempt, job.topic, job.properties, job.queue, job.retry_count,
-                        job.max_retries, job.origin, job.created, payloads.get(job.id)))
+                        job.max_retries, job.origin, job.created, job.timeout, job.priority,
+                        payloads.get(job.id)))
         out: list[Any] = []
         self._restored_peers = set(by_peer)
         for peer, specs in by_peer.items():

@@ -126,6 +126,14 @@ def _attempt(body: dict[str, Any], what: str) -> int:
     return value
 
 
+def _positive(value: Any, key: str, what: str) -> float | None:
+    if value is None:
+        return None
+    if not value > 0:
+        raise ProtocolError(f"{what}: {key} must be > 0")
+    return float(value)
+
+
 def _items(body: dict[str, Any], what: str, limit: int = 100_000) -> list[Any]:
     items = _req(body, "items", list, what)
     if len(items) > limit:
@@ -156,6 +164,8 @@ class JobSpec:
     max_retries: int = 10
     origin: str = ""
     created: float = 0.0
+    timeout: float | None = None  # the job's own time limit (s): the target enforces it
+    priority: int = 0  # the job's priority within its queue at the target
     # job payload: {name: {"id": "sha256:...", "size": n}}; the blobs reach the target before
     # the handoff that names them (the transfer actor pushes them first). Absent when None.
     payload: dict[str, Any] | None = None
@@ -174,6 +184,10 @@ class JobSpec:
         }
         if self.payload:
             body["payload"] = self.payload
+        if self.timeout is not None:  # absent unless set: handoffs without options stay as they were
+            body["timeout"] = self.timeout
+        if self.priority:
+            body["priority"] = self.priority
         return body
 
     @classmethod
@@ -189,11 +203,14 @@ class JobSpec:
                 pass
             else:
                 c = body.get("created")
+                to, pr = body.get("timeout"), body.get("priority", 0)
                 if (type(i) is str and i and type(a) is int and a >= 0 and type(t) is str and t
                         and type(p) is dict and type(q) is str and type(rc) is int and type(mr) is int
-                        and type(o) is str and (c is None or type(c) is float or type(c) is int)):
+                        and type(o) is str and (c is None or type(c) is float or type(c) is int)
+                        and (to is None or ((type(to) is float or type(to) is int) and to > 0))
+                        and type(pr) is int):
                     pl = body.get("payload")
-                    return cls(i, a, t, p, q, rc, mr, o, float(c or 0.0),
+                    return cls(i, a, t, p, q, rc, mr, o, float(c or 0.0), None if to is None else float(to), pr,
                                None if pl is None else payload_from_wire(pl, "job"))
         return cls._from_wire_checked(body)
 
@@ -210,6 +227,8 @@ class JobSpec:
             max_retries=_req(body, "max_retries", int, what),
             origin=_req(body, "origin", str, what),
             created=float(_opt(body, "created", (int, float), what) or 0.0),
+            timeout=_positive(_opt(body, "timeout", (int, float), what), "timeout", what),
+            priority=_opt(body, "priority", int, what) or 0,
             payload=None if body.get("payload") is None else payload_from_wire(body["payload"], what),
         )
 
@@ -272,7 +291,7 @@ class ResultItem:
     started: float | None = None
     finished: float | None = None
     log: tuple[str, ...] = ()
-    output: dict[str, Any] | None = None  # OK only: the consumer's output properties (workflow steps)
+    result: Any = None  # OK only: the consumer's return value (any JSON; an object is a workflow step's output)
     # OK only: output payload {name: {"id", "size"}}; the blobs reach the origin before this result
     output_payload: dict[str, Any] | None = None
 
@@ -287,8 +306,8 @@ class ResultItem:
             "finished": self.finished,
             "log": list(self.log),
         }
-        if self.output is not None:  # absent when there is none: older peers' bodies stay the same
-            body["output"] = self.output
+        if self.result is not None:  # absent when there is none: bodies without one stay as they were
+            body["result"] = self.result
         if self.output_payload:
             body["output_payload"] = self.output_payload
         return body
@@ -315,7 +334,8 @@ class ResultItem:
             started=None if started is None else float(started),
             finished=None if finished is None else float(finished),
             log=tuple(_str_list(body, "log", what)),
-            output=_opt(body, "output", dict, what),
+            # "output" (an object) is how peers and outbox rows before issue 12 carried a step's output
+            result=body["result"] if body.get("result") is not None else _opt(body, "output", dict, what),
             output_payload=None if body.get("output_payload") is None
             else payload_from_wire(body["output_payload"], what),
         )
