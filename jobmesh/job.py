@@ -212,7 +212,17 @@ class Job:
             result_message=data.get("result_message"), result=data.get("result"),
             not_before=_ts(data.get("not_before")) or 0.0, key=data.get("key"), timeout=data.get("timeout"),
             priority=int(data.get("priority") or 0),
+            payload=_refs(data.get("payload")), output_payload=_refs(data.get("output_payload")),
         )
+
+
+def _refs(data: Any) -> dict[str, Any]:
+    """``{name: {"id", "size"}}`` of a job JSON as ``{name: BlobRef}`` (the client's job)."""
+    if not data:
+        return {}
+    from .blobs.store import BlobRef
+
+    return {n: BlobRef.from_json(r, f"payload {n!r}") for n, r in data.items()}
 
 
 def _ts(text: str | None) -> float | None:
