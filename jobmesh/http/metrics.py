@@ -367,6 +367,10 @@ def offloading_families(snap: Snapshot) -> list[Metric]:
             "jobmesh_offloader_steal_requests",
             "Requests for work this idle node sent to a busy peer.",
             value=_num(o.get("steal_requests"))))
+        fams.append(CounterMetricFamily(
+            "jobmesh_offloader_kept_for_payload",
+            "Jobs the policy would have moved but kept here: their payload takes longer to send than it saves.",
+            value=_num(o.get("kept_for_payload"))))
 
     d = snap.discovery
     if d is not None:
