@@ -108,6 +108,7 @@ class JobManager(Actor):
         self._ran_here: dict[str, str] = {}  # other nodes' jobs that ran here: id -> origin (bounded)
         self.queries = JobQueries(store.path) if hasattr(store, "path") else None
         self._waiters: dict[str, list[asyncio.Future[Job]]] = {}
+        self.blobs: Any = None  # the node's BlobStore (job payload), set by the node
         self._adding_keys: dict[str, Job] = {}  # keyed jobs being committed: a second add finds them
         self._warned_queues: set[str] = set()
         self._started_at = clock()
@@ -144,22 +145,27 @@ class JobManager(Actor):
     # -- the API (DESIGN §5.3) ---------------------------------------------
     async def add(self, topic: str, properties: dict[str, Any] | None = None, *, delay: float | None = None,
                   at: Any = None, key: str | None = None, timeout: float | None = None,
-                  priority: int | None = None) -> Job:
+                  priority: int | None = None, payload: dict[str, Any] | None = None) -> Job:
         """Add one job, committed on return. ``delay`` (s) or ``at`` (ISO/datetime): QUEUED until then;
         ``key``: while a job of this node with that key is open, that job is returned instead;
-        ``timeout``: its time limit (s); ``priority``: higher starts first within its queue."""
-        if delay is None and at is None and key is None and timeout is None and priority is None:
+        ``timeout``: its time limit (s); ``priority``: higher starts first within its queue;
+        ``payload``: ``{name: Path | bytes | blob id}``, stored before the job (issue 14)."""
+        if (delay is None and at is None and key is None and timeout is None and priority is None
+                and payload is None):
             return (await self._add_plain([(topic, properties)]))[0]
-        return (await self.submit([JobRequest(topic, properties, delay, at, key, timeout, priority)]))[0][0]
+        return (await self.submit([JobRequest(topic, properties, delay, at, key, timeout, priority, payload)]))[0][0]
 
     async def add_many(self, items: list[Any], *, delay: float | None = None, at: Any = None,
-                       timeout: float | None = None, priority: int | None = None) -> list[Job]:
+                       timeout: float | None = None, priority: int | None = None,
+                       payload: dict[str, Any] | None = None) -> list[Job]:
         """Validate all, write all in one transaction, return after commit (in order). An item is
-        ``(topic, properties)``, a ``JobRequest`` or a dict like the HTTP body (with its own options);
-        the keyword options apply to every item that does not set them."""
+        ``(topic, properties)``, ``(topic, properties, payload)``, a ``JobRequest`` or a dict like the
+        HTTP body (with its own options); the keyword options apply to every item that does not set
+        them (``payload`` is stored once and shared by those jobs)."""
         if not isinstance(items, (list, tuple)):
             raise ValidationError("add_many takes a list of (topic, properties) pairs")
-        shared = delay is not None or at is not None or timeout is not None or priority is not None
+        shared = (delay is not None or at is not None or timeout is not None or priority is not None
+                  or payload is not None)
         if not shared and all(type(i) is tuple and len(i) == 2 for i in items):
             return await self._add_plain(items)
         reqs = []
@@ -169,7 +175,8 @@ class JobManager(Actor):
                 r = r._replace(delay=r.delay if r.delay is not None or r.at is not None else delay,
                                at=r.at if r.at is not None or r.delay is not None else at,
                                timeout=r.timeout if r.timeout is not None else timeout,
-                               priority=r.priority if r.priority is not None else priority)
+                               priority=r.priority if r.priority is not None else priority,
+                               payload=r.payload if r.payload is not None else payload)
             reqs.append(r)
         return [job for job, _ in await self.submit(reqs)]
 
@@ -227,6 +234,7 @@ class JobManager(Actor):
                 raise ValidationError(f"{where}topic must be a string")
             _valid_topic(r.topic)
             checked.append(r if r.plain else check_request(r, where))
+        refs = await self._resolve_payloads(checked) if any(r.payload is not None for r in checked) else None
         keys = {r.key for r in checked if r.key is not None}
         existing: dict[str, Job] = {}
         if keys:
@@ -238,7 +246,7 @@ class JobManager(Actor):
         jobs: list[Job] = []
         texts: list[str] = []
         task_opts: dict[str, Any] = {}  # topic -> its task options, once per call
-        for r in checked:
+        for i, r in enumerate(checked):
             if r.key is not None and r.key in existing:
                 job = existing[r.key]
                 live = self._live.get(job.id)
@@ -262,12 +270,16 @@ class JobManager(Actor):
                           queue=qname, origin=self.node_name, created=now, max_retries=retries,
                           not_before=not_before(r, now), key=r.key, timeout=r.timeout,
                           priority=r.priority if r.priority is not None else prio)
+                if refs is not None and refs[i]:
+                    job.payload = dict(refs[i])
             jobs.append(job)
             out.append((job, True))
             if r.key is not None:
                 existing[r.key] = job
         if not jobs:
             return out
+        if refs is not None:  # the jobs' references before the jobs (a crash in between: GC drops them)
+            self.blobs.set_inputs({j.id: j.payload for j in jobs if j.payload})
         for job in jobs:
             if job.key is not None:
                 self._adding_keys[job.key] = job
@@ -278,6 +290,26 @@ class JobManager(Actor):
                 if job.key is not None and self._adding_keys.get(job.key) is job:
                     del self._adding_keys[job.key]
         self._on_added(jobs)
+        return out
+
+    async def _resolve_payloads(self, requests: list[JobRequest]) -> list[dict[str, Any]]:
+        """Each request's payload as ``{name: BlobRef}``: files and bytes stored (once per payload
+        object, so a payload shared by many requests is stored once), blob ids checked."""
+        from .blobs.payload import resolve_payload
+
+        if self.blobs is None:
+            raise ValidationError("this node has no blob store")
+        done: dict[int, dict[str, Any]] = {}
+        out: list[dict[str, Any]] = []
+        for i, r in enumerate(requests):
+            if r.payload is None:
+                out.append({})
+                continue
+            refs = done.get(id(r.payload))
+            if refs is None:
+                where = f"item {i}: " if len(requests) > 1 else ""
+                refs = done[id(r.payload)] = await resolve_payload(self.blobs, r.payload, where)
+            out.append(refs)
         return out
 
     def _task_options(self, topic: str) -> tuple[str, int, int] | None:
@@ -334,8 +366,31 @@ class JobManager(Actor):
             return None
         live = self._live.get(job_id)
         if live is not None and live.state is _ACTIVE:
-            return _snapshot(live)  # running: its progress lives in memory
-        return self.store.get(job_id)  # what is committed (a just-decided outcome may not be yet)
+            return self._with_payload([_snapshot(live)])[0]  # running: its progress lives in memory
+        job = self.store.get(job_id)  # what is committed (a just-decided outcome may not be yet)
+        return None if job is None else self._with_payload([job])[0]
+
+    def _with_payload(self, jobs: list[Job]) -> list[Job]:
+        """The jobs' payload and output payload, from the blob store's references."""
+        blobs = self.blobs
+        if blobs is None or not blobs.has_refs or not jobs:
+            return jobs
+        found = blobs.payloads([j.id for j in jobs])
+        for j in jobs:
+            ins, outs = found.get(j.id, ({}, {}))
+            j.payload, j.output_payload = ins, outs
+        return jobs
+
+    async def payload(self, job_id: str, name: str) -> "Path":
+        """The local file of a job's output (``name``) or, failing that, its input; ``NotFound``."""
+        job = await self._get_or_404(await self.resolve_id(job_id) if isinstance(job_id, str) else job_id)
+        ref = job.output_payload.get(name) or job.payload.get(name)
+        if ref is None:
+            raise NotFound(f"job {job.id} has no payload named {name!r}")
+        path = self.blobs.path(ref.id)
+        if not path.is_file():
+            raise NotFound(f"payload {name!r} of job {job.id} ({ref.id}) is not on this node")
+        return path
 
     async def _get_or_404(self, job_id: str) -> Job:
         job = await self.get(job_id)
@@ -362,7 +417,8 @@ class JobManager(Actor):
         else:
             jobs = await self.store.find_async(st, topic, queue, limit)
         live = self._live
-        return [_snapshot(live[j.id]) if j.id in live and live[j.id].state.value == j.state.value else j for j in jobs]
+        return self._with_payload(
+            [_snapshot(live[j.id]) if j.id in live and live[j.id].state.value == j.state.value else j for j in jobs])
 
     async def find_page(self, state: str | JobState | None = None, topic: str | None = None,
                         queue: str | None = None, limit: int = 100) -> tuple[list[Job], int]:
@@ -403,7 +459,7 @@ class JobManager(Actor):
         fut: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(job_id, []).append(fut)
         try:
-            return await asyncio.wait_for(fut, timeout)
+            return self._with_payload([await asyncio.wait_for(fut, timeout)])[0]
         except asyncio.TimeoutError:  # say where the job is: a bare TimeoutError explains nothing
             now_job = await self.get(job_id) or job
             raise asyncio.TimeoutError(f"job {job_id} is not final after {timeout:g} s: {describe_state(now_job)}") from None

@@ -88,6 +88,10 @@ class Node:
                                                      self.pool.index.has_consumer, clock=clock)
         for actor in (self.store, self.jobs, self.pool, *self._queue_actors.values()):
             actor.log = actor.log.bind(node=cfg.name)  # every engine log line names its node
+        # job payload: the blob store and its transfers (jobmesh.blobs), started after the job store
+        from .blobs.actor import BlobActor
+        self.blobs = BlobActor(self)
+        self.jobs.blobs = self.pool.blobs = self.blobs.store
         self.pool.bind(self.jobs, self._queue_actors)  # type: ignore[arg-type]
         self.jobs.bind(self.pool, self._queue_actors)  # type: ignore[arg-type]
         # Offloading (DESIGN §2 transfer/offloader): per-node settings decide what runs here, even
@@ -192,6 +196,7 @@ class Node:
             self.log.warning("recovered jobs interrupted by a crash", jobs=len(recovered),
                              given_up=sum(1 for _, s in recovered if s == "GIVEN_UP"))
         await self._rehome_orphans()
+        await system.start(self.blobs)
         await system.start(self.jobs)
         for spec in self._pending_consumers:
             if spec.actor is not None:
@@ -222,6 +227,7 @@ class Node:
             else:
                 self.discovery = mod.DiscoveryActor(self)
                 await self._system.start(self.discovery)
+                self.blobs.attach_network()
                 if self.transfer is not None:
                     from .offloader.actor import OffloaderActor
                     await self._system.start(self.transfer)

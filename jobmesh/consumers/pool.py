@@ -110,6 +110,7 @@ class ConsumerPool(Actor):
         # Offloading hooks (the transfer actor): another node's job started here / reported progress.
         self.foreign_started: Callable[[list[Job]], None] | None = None
         self.foreign_progress: Callable[[Job], None] | None = None
+        self.blobs: Any = None  # the node's BlobStore (job payload), set by the node
 
     def bind(self, manager: Actor, queues: dict[str, Actor]) -> None:
         self.manager = manager
@@ -364,7 +365,10 @@ class ConsumerPool(Actor):
             return Outcome("FAILED", f"no consumer for topic {job.topic}")
         run.is_async = spec.is_async
         on_progress = self.foreign_progress if job.origin != self.node_name else None
-        ctx = ExecutionContext(job, run.stopped, self.clock, on_progress) if spec.takes_context else None
+        blobs = self.blobs
+        if blobs is not None and blobs.has_refs:  # job payload: the consumer sees its names (and files)
+            job.payload, job.output_payload = blobs.payloads([job.id]).get(job.id, ({}, {}))
+        ctx = ExecutionContext(job, run.stopped, self.clock, on_progress, blobs) if spec.takes_context else None
         limit = job.timeout or spec.timeout or self.queue_timeouts.get(run.queue)
         if limit:
             run.limit = limit

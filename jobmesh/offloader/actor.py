@@ -9,6 +9,12 @@ idle node asks the busiest one for work (``plan_steal``); a steal request is
 answered with the thief's part of the same balance. Every move made or received is
 recorded (``MoveRecord``) for the policy's no-ping-pong rules and counted for the
 metrics.
+
+Payload (issue 14): the jobs taken for one (queue, topic) are placed by
+``policy.assign_payload`` — each to the planned target that needs the fewest of its bytes (the
+blob actor knows what each peer holds), or kept home when its bytes would take longer to send
+than the wait the move saves; kept jobs go back to their queue and are left out of the next
+takes for ``PAYLOAD_KEEP`` seconds.
 """
 
 from __future__ import annotations
@@ -24,12 +30,13 @@ import structlog
 from ..actor import Actor
 from ..discovery.view import TopologyView
 from ..transfer.protocol import StealRequest
-from .policy import MoveRecord, PolicyConfig, QueueSummary, plan_moves, plan_steal
+from .policy import Move, MoveRecord, PolicyConfig, QueueSummary, assign_payload, plan_moves, plan_steal
 
 log = structlog.get_logger("jobmesh.offloader")
 
 MAX_JOBS_PER_ROUND = 4096  # jobs handed off per decision at most (bounded latency per round)
 HISTORY = 1000
+PAYLOAD_KEEP = 2.0  # s a job kept home for its payload is not taken again (the loads change meanwhile)
 KICK_MIN_INTERVAL = 0.02  # s between two rounds asked for by events (results back, jobs added)  # move records kept (the policy looks at the last seconds only)
 
 
@@ -53,6 +60,8 @@ class OffloaderActor(Actor):
         self._kick_pending = False
         self._listening = False
         self._last_unassignable_log = 0.0
+        self._kept: dict[str, float] = {}  # job id -> until when it stays home (its payload)
+        self.kept_for_payload = 0  # jobs kept home because their payload would cost more than it saves
 
     async def on_start(self) -> None:
         self.spawn(self._ticker(), name="offloader:tick")
@@ -76,7 +85,7 @@ class OffloaderActor(Actor):
 
     def stats(self) -> dict[str, Any]:
         return {"moves_out": self.moves_out, "moves_in": self.moves_in, "decisions": self.decisions,
-                "steal_requests": self.steal_requests}
+                "steal_requests": self.steal_requests, "kept_for_payload": self.kept_for_payload}
 
     async def receive(self, msg: Any) -> Any:
         kind = msg[0]
@@ -194,28 +203,61 @@ class OffloaderActor(Actor):
         if not plan.moves:
             return
         actors = {g.queue: qa for qa, g in groups}
-        moved = 0
+        if self._kept:
+            self._kept = {j: t for j, t in self._kept.items() if t > now}
+        by_group: dict[tuple[str, str], list[Move]] = {}
         for m in plan.moves:
-            qa = actors.get(m.queue)
-            n = min(m.count, transfer.room(m.target), budget)
-            if qa is None or n <= 0:
+            by_group.setdefault((m.queue, m.topic), []).append(m)
+        moved = 0
+        for (queue, topic), moves in by_group.items():
+            qa = actors.get(queue)
+            if qa is None or budget <= 0:
+                continue
+            moves = [dataclasses.replace(m, count=min(m.count, transfer.room(m.target))) for m in moves]
+            moves = [m for m in moves if m.count > 0]
+            n = min(sum(m.count for m in moves), budget)
+            if n <= 0:
                 continue
             try:
-                jobs = await qa.ask(("take", m.topic, n), timeout=5.0)
+                jobs = await qa.ask(("take", topic, n, set(self._kept)) if self._kept else ("take", topic, n),
+                                    timeout=5.0)
             except Exception as e:
-                self.log.warning("could not take jobs to move", queue=m.queue, error=repr(e))
+                self.log.warning("could not take jobs to move", queue=queue, error=repr(e))
                 continue
             if not jobs:
                 continue
-            transfer.offer(m.target, jobs)
-            kind = "stolen" if m.reason == "steal" else "move"
-            self.history.append(MoveRecord(now, self.node.name, m.target, len(jobs), kind))
-            self.moves_out += len(jobs)
-            budget -= len(jobs)
-            moved += len(jobs)
-            self.log.debug("jobs moved", target=m.target, topic=m.topic, jobs=len(jobs), reason=m.reason)
+            placed = self._place(jobs, moves)
+            home = [j for j, t in zip(jobs, placed) if t is None]
+            if home:
+                qa.tell(("returned", home))
+                for j in home:
+                    self._kept[j.id] = now + PAYLOAD_KEEP
+                self.kept_for_payload += len(home)
+                self.log.debug("jobs kept home: their payload takes longer to send than it saves",
+                               topic=topic, jobs=len(home))
+            reasons = {m.target: m.reason for m in moves}
+            for target in dict.fromkeys(t for t in placed if t is not None):
+                batch = [j for j, t in zip(jobs, placed) if t == target]
+                transfer.offer(target, batch)
+                kind = "stolen" if reasons[target] == "steal" else "move"
+                self.history.append(MoveRecord(now, self.node.name, target, len(batch), kind))
+                self.moves_out += len(batch)
+                budget -= len(batch)
+                moved += len(batch)
+                self.log.debug("jobs moved", target=target, topic=topic, jobs=len(batch), reason=reasons[target])
         if moved:
             self.decisions += 1
+
+    def _place(self, jobs: list[Any], moves: list[Move]) -> list[str | None]:
+        """The target of each taken job (None: it stays home), by ``assign_payload`` when some
+        carry payload; else in the plan's order, as many to each target as it planned."""
+        needs = payload_needs(self.node.blobs, jobs, [m.target for m in moves])
+        if needs is not None:
+            return assign_payload(needs, moves, self.cfg)
+        out: list[str | None] = []
+        for m in moves:
+            out += [m.target] * m.count
+        return (out + [None] * len(jobs))[:len(jobs)]
 
     def _maybe_steal(self, view: TopologyView, now: float) -> None:
         ask = plan_steal(view, now, list(self.history), self.cfg)
@@ -227,4 +269,28 @@ class OffloaderActor(Actor):
         self.steal_requests += 1
 
 
-__all__ = ["OffloaderActor"]
+def payload_needs(blobs: Any, jobs: list[Any], targets: list[str]) -> list[dict[str, int]] | None:
+    """For each job, the bytes of its input payload each target still needs (what the blob actor
+    has not seen it confirm holding); None when no job has payload (the common case: one look)."""
+    store = getattr(blobs, "store", None)
+    if store is None or not getattr(store, "has_refs", False):
+        return None
+    found = store.payloads([j.id for j in jobs])
+    if not any(ins for ins, _ in found.values()):
+        return None
+    out: list[dict[str, int]] = []
+    for j in jobs:
+        ins = found.get(j.id, ({}, {}))[0]
+        if not ins:
+            out.append({})
+            continue
+        refs = {r.id: r.size for r in ins.values()}  # one blob named twice is sent once
+        total = sum(refs.values())
+        need = {"*": total}
+        for t in dict.fromkeys(targets):
+            need[t] = max(0, total - blobs.held_by(t, refs))
+        out.append(need)
+    return out
+
+
+__all__ = ["OffloaderActor", "payload_needs"]

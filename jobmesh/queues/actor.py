@@ -163,8 +163,8 @@ class QueueActor(Actor):
         elif kind == "offload_summary":
             self._pump()  # refills the window: jobs waiting in the store count (and move) too
             return self._offload_summary()
-        elif kind == "take":
-            taken = self._take(msg[1], msg[2])
+        elif kind == "take":  # ("take", topic, count[, ids to leave here])
+            taken = self._take(msg[1], msg[2], msg[3] if len(msg) > 3 else ())
             self._pump()  # the window refills from the store behind what left
             return taken
         else:
@@ -449,15 +449,16 @@ class QueueActor(Actor):
         ordered = self.config.type == "ordered"
         return [(t, int(c[0]), max(0.0, now - c[1]), ordered) for t, c in counts.items()]
 
-    def _take(self, topic: str, count: int) -> list[Job]:
+    def _take(self, topic: str, count: int, keep: Any = ()) -> list[Job]:
         """Take up to ``count`` movable jobs of ``topic`` out of the window, newest first
-        (the oldest keep their place in line here); the transfer actor hands them off."""
+        (the oldest keep their place in line here); the transfer actor hands them off.
+        ``keep``: ids not to take (the offloader kept them home for their payload)."""
         now = self.clock()
         out: list[Job] = []
         if count <= 0:
             return out
         for job in reversed(list(self.window.jobs())):
-            if job.topic != topic or not self._movable(job, now):
+            if job.topic != topic or not self._movable(job, now) or (keep and job.id in keep):
                 continue
             self.window.remove(job.id)
             out.append(job)

@@ -41,6 +41,7 @@ from ..consumers.context import append_log
 from ..queues.core import Outcome, decide
 from ..store.sqlite import COPY_COLUMNS, JOB_COLUMNS, row_to_job
 from .. import wire
+from ..blobs.transfer import output_specs, payload_specs, record_copy_payload, record_outputs
 from .protocol import (
     MESSAGE_TYPES,
     CommitAccepted,
@@ -204,6 +205,8 @@ class TransferActor(Actor):
         self._restored_peers: set[str] = set()
         self.stopping = False
         self.started_ok = False
+        from ..blobs.transfer import PayloadSender
+        self._payload_sender: PayloadSender | None = PayloadSender(self) if getattr(node, "blobs", None) else None
         # counters (metrics)
         self.offloaded_out = 0  # jobs accepted by a peer
         self.offloaded_in = 0  # copies accepted here
@@ -463,6 +466,9 @@ class TransferActor(Actor):
             return await self._stop_job(job_id, state)
         elif kind == "send":  # a message decided elsewhere (the offloader's steal request)
             self._send(msg[1], msg[2])
+        elif kind == "result_again":  # its output payload arrived: commit it now (jobmesh.blobs)
+            from .protocol import Result
+            await self._exec(self.protocol.origin.receive(msg[1], Result((msg[2],))))
         elif kind == "absent_check":
             await self._absent_check()
         elif kind == "consistency":
@@ -562,6 +568,9 @@ class TransferActor(Actor):
             if link is not None:
                 link.close()
             link = self._links[peer] = _PeerLink(self, peer, member[1])
+        if self._payload_sender is not None and self._payload_sender.needs(message):
+            self._payload_sender.send_after_blobs(peer, message)  # job payload first (jobmesh.blobs)
+            return
         link.put(message)
 
     def _arm(self, at: float) -> None:
@@ -605,11 +614,13 @@ class TransferActor(Actor):
         """Hand ``jobs`` (taken out of a queue window) to ``peer``: the record says so first."""
         store = self.node.store
         specs: list[JobSpec] = []
+        payloads = payload_specs(self.node.blobs.store, [j.id for j in jobs])
         for job in jobs:
             job.attempt += 1  # every handoff is a new attempt
             job.target = peer
             specs.append(JobSpec(job.id, job.attempt, job.topic, job.properties, job.queue, job.retry_count,
-                                 job.max_retries, job.origin, job.created, job.timeout, job.priority))
+                                 job.max_retries, job.origin, job.created, job.timeout, job.priority,
+                                 payloads.get(job.id)))
         if not jobs:
             return
         for job in jobs:
@@ -689,6 +700,8 @@ class TransferActor(Actor):
         requeue: list[Job] = []
         refs: list[JobRef] = []
         newly_started: list[tuple[Job, float]] = []  # results proving starts never announced: one message
+        if self._payload_sender is not None:
+            items = self._payload_sender.outputs_here(items)  # the others wait for their output payload
         for peer, r in items:
             refs.append(JobRef(r.id, r.attempt))
             self._remote.pop(r.id, None)
@@ -719,6 +732,8 @@ class TransferActor(Actor):
                 job.result_message = d.message
             if d.state is JobState.SUCCEEDED:
                 job.result = r.result  # the consumer's return value (a workflow step's output), made at the target
+                if r.output_payload:
+                    record_outputs(self.node.blobs.store, job, r.output_payload)
             if r.log:
                 job.progress.log = list(r.log)[-1000:]
             if d.state is JobState.QUEUED:
@@ -801,6 +816,10 @@ class TransferActor(Actor):
             return f"no consumer for {spec.topic}"
         if not node.offload_settings.allows(spec.topic):
             return f"topic {spec.topic} is disabled here"
+        if spec.payload:  # the origin pushes the payload before the handoff: it must be here
+            missing = node.blobs.store.missing(r["id"] for r in spec.payload.values())
+            if missing:
+                return f"payload not here: {missing[0]}"
         return None
 
     async def _commit_copies(self, origin: str, specs: tuple[JobSpec, ...]) -> None:
@@ -828,6 +847,7 @@ class TransferActor(Actor):
 
         refs = [JobRef(s.id, s.attempt) for s in specs]
         try:
+            record_copy_payload(node.blobs.store, specs)  # before the copies: a crash leaves only references
             await store.call(write)
         except Exception as e:
             self.log.error("could not commit accepted copies; refused", origin=origin, jobs=len(specs), error=repr(e))
@@ -884,6 +904,7 @@ class TransferActor(Actor):
         rows: list[tuple[str, str, int, str]] = []
         done: list[tuple[Job, JobState]] = []
         now = _clock.wall()
+        outputs = output_specs(self.node.blobs.store, [j.id for j, o in batch if o.kind == "OK"])
         for job, outcome in batch:
             done.append((job, job.state))
             current = self._copy_seq.get(job.id)
@@ -904,7 +925,8 @@ class TransferActor(Actor):
                 message = "stopped"
             item = ResultItem(job.id, attempt, _KIND_OF_OUTCOME.get(outcome.kind, ResultKind.FAILED), message,
                               outcome.retry_delay, job.started, now, log_lines,
-                              result=outcome.result if outcome.kind == "OK" else None)
+                              result=outcome.result if outcome.kind == "OK" else None,
+                              output_payload=outputs.get(job.id) if outcome.kind == "OK" else None)
             items.append(item)
             rows.append((job.id, origin, attempt, json.dumps(item.to_wire())))
             p = job.progress
@@ -1050,16 +1072,18 @@ class TransferActor(Actor):
         store, me = self.node.store, self.node.name
         reader = store.reader
         by_peer: dict[str, list[JobSpec]] = {}
-        for row in reader.execute(
+        rows = [row_to_job(row) for row in reader.execute(
                 f"SELECT {JOB_COLUMNS} FROM jobs WHERE origin=? AND target IS NOT NULL AND target!=? "
-                "AND state IN ('QUEUED','ACTIVE')", (me, me)):
-            job = row_to_job(row)
+                "AND state IN ('QUEUED','ACTIVE')", (me, me))]
+        payloads = payload_specs(self.node.blobs.store, [j.id for j in rows])
+        for job in rows:
             self._out_jobs[job.id] = job
             if job.state is JobState.ACTIVE:
                 self._remote[job.id] = job
             by_peer.setdefault(job.target or "", []).append(
                 JobSpec(job.id, job.attempt, job.topic, job.properties, job.queue, job.retry_count,
-                        job.max_retries, job.origin, job.created, job.timeout, job.priority))
+                        job.max_retries, job.origin, job.created, job.timeout, job.priority,
+                        payloads.get(job.id)))
         out: list[Any] = []
         self._restored_peers = set(by_peer)
         for peer, specs in by_peer.items():
