@@ -906,24 +906,25 @@ def _version() -> str:
     return __version__
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
+def number_arg(cast: Callable[[str], Any], ok: Callable[[Any], bool], must: str) -> Callable[[str], Any]:
+    """An argparse ``type=`` for a number: ``cast`` (float: seconds, int: a whole number) that must
+    satisfy ``ok``; bad input is a one-line usage error ("must be {must}, got ...")."""
+    expected = "a number of seconds" if cast is float else "a whole number"
+
+    def parse(text: str) -> Any:
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {must}, got {text if cast is float else value}")
+        return value
+
+    return parse
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+_seconds = number_arg(float, lambda v: v >= 0, "0 or more")
+_positive_int = number_arg(int, lambda v: v >= 1, "at least 1")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

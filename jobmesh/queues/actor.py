@@ -376,6 +376,11 @@ class QueueActor(Actor):
         self._pump()
 
     # -- the watchdog: belief (window, in flight) against fact (the store) -----------------
+    def _waits_for_due_scan(self, not_before: float, seq: int) -> bool:
+        """A delayed job after the due cursor in due order (not_before, seq) is on disk by design:
+        the next ``_scan_due`` reads it, even when it is due at the cursor's very instant."""
+        return not_before > 0 and (not_before, seq) > self._due_cursor
+
     def _watchdog(self) -> None:
         """Level-triggered repair (DESIGN §3). Every QUEUED job of this queue that may run here
         belongs in the window or is in flight; one that is in neither on two rounds in a row was
@@ -388,27 +393,24 @@ class QueueActor(Actor):
         self.window.unpark(self.runnable)  # a missed consumers_changed costs a round, not forever
         rows: list[tuple[int, str, float]] = []
         free = self.free_slots() if self.free_slots is not None else 0
-        cursor = self._due_cursor
         if free > 0 and len(self.in_flight) < self.parallelism:
             # due now, and read already: delayed jobs past the due cursor wait on disk by design
-            rows = self.store.ready_ids(self.config.name, WATCHDOG_SCAN, min(self.clock(), cursor[0]))
+            rows = self.store.ready_ids(self.config.name, WATCHDOG_SCAN, min(self.clock(), self._due_cursor[0]))
         verify, self._verify = self._verify, set()
         found: dict[str, int] = {}
         window, in_flight = self.window, self.in_flight
         for seq, job_id, not_before in rows:
             if job_id in window or job_id in in_flight or (self.store_has_more and seq > self.last_seq):
                 continue
-            if not_before > 0 and (not_before, seq) > cursor:
-                continue  # due at the cursor's time but after it in due order: the next scan reads it
-            found[job_id] = seq
+            if not self._waits_for_due_scan(not_before, seq):
+                found[job_id] = seq
         for job_id in verify:
             if job_id not in window and job_id not in in_flight and job_id not in found:
                 stored = self.store.get(job_id)
                 if stored is None or stored.state is not JobState.QUEUED or stored.queue != self.config.name:
                     continue
-                if stored.not_before > 0 and (stored.not_before, stored.seq) > cursor:
-                    continue  # delayed and on disk by design until the due scan reaches it
-                found[job_id] = stored.seq
+                if not self._waits_for_due_scan(stored.not_before, stored.seq):
+                    found[job_id] = stored.seq
         repair = [i for i, seq in found.items() if self._suspects.get(i) == seq]
         self._suspects = {i: seq for i, seq in found.items() if i not in repair}
         if repair:

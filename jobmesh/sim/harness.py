@@ -419,8 +419,10 @@ class Simulation:
         if not run.alive:
             return
         if self.cfg.delays > 0:
-            for qa in node._queue_actors.values():
-                qa.window_size, qa.refill_below = self.cfg.window, max(1, self.cfg.window // 4)
+            for qc in node.config.all_queues():
+                qa = node.queue_actor(qc.name)
+                if qa is not None:
+                    qa.window_size, qa.refill_below = self.cfg.window, max(1, self.cfg.window // 4)
         node.workflows.define(Workflow(FLOW, [Step("sim/a"), Step("sim/b"), Step("sim/a", offloadable=False)]))
         key = (name, run.incarnation)
         self.events[key] = []
