@@ -69,6 +69,10 @@ class Actor:
     async def on_failure(self, exc: BaseException) -> None:
         """Called after a crash, before the restart."""
 
+    def on_idle(self) -> None:
+        """Called each time the mailbox has been emptied, before waiting for more: an actor that
+        coalesces work over many messages (one dispatch for a burst of them) does it here."""
+
     async def receive(self, msg: Any) -> Any:
         raise NotImplementedError
 
@@ -227,6 +231,9 @@ class Actor:
                 exc, self._crash = self._crash, None
                 raise exc
             if not mailbox:
+                self.on_idle()
+                if mailbox:
+                    continue
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue

@@ -81,6 +81,7 @@ class QueueActor(Actor):
         self.draining = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._pump_due = False  # jobs entered or left: a pump before the next message or idle wait
         self._notify_fut: asyncio.Future[Any] | None = None
         self._notify_msgs: list[tuple[Any, ...]] = []
         # delayed jobs due up to here were read into the window (the refill reads what is due by
@@ -106,12 +107,20 @@ class QueueActor(Actor):
     # -- messages ----------------------------------------------------------
     def receive(self, msg: tuple[Any, ...]) -> Any:
         kind = msg[0]
+        # Jobs added and runs ended arrive in bursts (the adds of one group commit, the outcomes
+        # of one pool batch): one pump for the burst dispatches them in one batch, not one each.
         if kind == "finished":
             for job, outcome in msg[1]:
                 self._finished(job, outcome)
-        elif kind == "enqueue":
+            self._pump_due = True
+            return None
+        if kind == "enqueue":
             self._enqueue(msg[1])
-        elif kind == "tick":
+            self._pump_due = True
+            return None
+        if self._pump_due:  # every other message sees the queue as after a pump, as it always did
+            self._pump()
+        if kind == "tick":
             self._timer = None
             self._timer_at = None
         elif kind == "requeue":
@@ -221,8 +230,13 @@ class QueueActor(Actor):
         if len(jobs) < want:
             self.store_has_more = False
 
+    def on_idle(self) -> None:
+        if self._pump_due:
+            self._pump()
+
     def _pump(self) -> None:
         """Dispatch while slots allow; refill when the window runs low; arm the retry timer."""
+        self._pump_due = False
         if self.suspended or self.draining:
             return
         if self.store_has_more and len(self.window) < self.refill_below:
