@@ -14,7 +14,7 @@ import json
 from json.encoder import encode_basestring_ascii as _str_text  # type: ignore[attr-defined]
 from typing import Any, Iterable
 
-from .job import Job, iso
+from .job import Job, JobState, iso
 
 _dumps = json.JSONEncoder(separators=(",", ":"), default=str).encode
 try:  # the C encoder itself: a third of ``JSONEncoder.encode``'s cost for a small dict
@@ -51,6 +51,10 @@ def _refs(refs: dict[str, Any]) -> str:
     return _dumps({n: r.to_json() for n, r in sorted(refs.items())})
 
 
+_STATE_TEXT = {state: _str_text(state.value) for state in JobState}
+_int_text = int.__repr__
+
+
 def job_json_text(job: Job) -> str:
     """``job.to_json()`` as compact JSON text."""
     p = job.progress
@@ -58,18 +62,26 @@ def job_json_text(job: Job) -> str:
         progress = _EMPTY_PROGRESS
     else:
         progress = _dumps(p.to_json())
-    props = job.properties
+    props, target, started, finished = job.properties, job.target, job.started, job.finished
+    retries, max_retries, priority = job.retry_count, job.max_retries, job.priority
+    message, result, key, timeout = job.result_message, job.result, job.key, job.timeout
     return (
         f'{{"id":{_str_text(job.id)},"topic":{_str_text(job.topic)},'
-        f'"properties":{_props_text(props) if props else "{}"},"state":{_str_text(job.state.value)},'
-        f'"queue":{_str_text(job.queue)},"origin":{_str_text(job.origin)},"target":{_opt_str(job.target)},'
-        f'"created":{_opt_str(iso(job.created))},"started":{_opt_str(iso(job.started))},'
-        f'"finished":{_opt_str(iso(job.finished))},"retry_count":{_value(job.retry_count)},'
-        f'"max_retries":{_value(job.max_retries)},"progress":{progress},'
-        f'"result_message":{_opt_str(job.result_message)},"result":{_value(job.result)},'
+        f'"properties":{_props_text(props) if props else "{}"},"state":{_STATE_TEXT[job.state]},'
+        f'"queue":{_str_text(job.queue)},"origin":{_str_text(job.origin)},'
+        f'"target":{"null" if target is None else _str_text(target)},'
+        f'"created":{_opt_str(iso(job.created))},'
+        f'"started":{"null" if started is None else _str_text(iso(started))},'  # type: ignore[arg-type]
+        f'"finished":{"null" if finished is None else _str_text(iso(finished))},'  # type: ignore[arg-type]
+        f'"retry_count":{_int_text(retries) if type(retries) is int else _value(retries)},'
+        f'"max_retries":{_int_text(max_retries) if type(max_retries) is int else _value(max_retries)},'
+        f'"progress":{progress},"result_message":{"null" if message is None else _str_text(message)},'
+        f'"result":{"null" if result is None else _value(result)},'
         f'"not_before":{_opt_str(iso(job.not_before)) if job.not_before else "null"},'
-        f'"key":{_opt_str(job.key)},"timeout":{_value(job.timeout)},"priority":{_value(job.priority)},'
-        f'"payload":{_refs(job.payload)},"output_payload":{_refs(job.output_payload)}}}'
+        f'"key":{"null" if key is None else _str_text(key)},"timeout":{"null" if timeout is None else _value(timeout)},'
+        f'"priority":{_int_text(priority) if type(priority) is int else _value(priority)},'
+        f'"payload":{_refs(job.payload) if job.payload else "{}"},'
+        f'"output_payload":{_refs(job.output_payload) if job.output_payload else "{}"}}}'
     )
 
 

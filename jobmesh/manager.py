@@ -74,6 +74,22 @@ def _valid_topic(topic: str) -> None:
         raise ValidationError(str(e)) from None
 
 
+try:
+    from json.encoder import c_make_encoder as _c_make_encoder  # type: ignore[attr-defined]
+    from json.encoder import encode_basestring_ascii as _ascii  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - an interpreter without the C accelerator
+    _c_make_encoder = None
+_json_default = json.JSONEncoder().default
+
+
+def _strict_json(obj: Any) -> str:
+    """``json.dumps(obj, allow_nan=False)``, the same text and errors, without ``JSONEncoder``'s
+    per-call set-up (half the cost for a small dict; it runs once per added job)."""
+    if _c_make_encoder is None:  # pragma: no cover
+        return json.dumps(obj, allow_nan=False)
+    return "".join(_c_make_encoder({}, _json_default, _ascii, None, ": ", ", ", False, False, False)(obj, 0))
+
+
 def _check_properties(props: Any) -> str:
     """JSON text of ``props``; ValidationError when it is not a JSON-compatible dict."""
     if props is None:
@@ -81,7 +97,7 @@ def _check_properties(props: Any) -> str:
     if not isinstance(props, dict):
         raise ValidationError("properties must be a JSON object (a dict)")
     try:
-        text = json.dumps(props, allow_nan=False)
+        text = _strict_json(props)
     except (TypeError, ValueError) as e:
         raise ValidationError(f"properties are not JSON-compatible: {e}") from None
     if len(text) > MAX_PROPERTIES_BYTES:
