@@ -484,7 +484,7 @@ class TransferActor(Actor):
     # -- the instruction interpreter -------------------------------------------------------------------
     async def _exec(self, instructions: Iterable[Any]) -> None:
         results: list[tuple[str, ResultItem]] = []
-        accepted: dict[str, list[JobSpec]] = {}
+        accepted: dict[str, dict[str, JobSpec]] = {}
         forget: list[tuple[str, int]] = []
         held: list[str] = []
         for ins in instructions:
@@ -492,7 +492,13 @@ class TransferActor(Actor):
                 results.append((ins.peer, ins.result))  # committed together, after the others
                 continue
             if isinstance(ins, CommitAccepted):
-                accepted.setdefault(ins.origin, []).extend(ins.jobs)
+                # One row per job: a later handoff of a job in this batch superseded the earlier
+                # attempt (the protocol forgot it), so the last spec wins. Both in one INSERT
+                # failed on UNIQUE jobs.id and refused the whole batch (sim seed 7).
+                specs = accepted.setdefault(ins.origin, {})
+                for spec in ins.jobs:
+                    specs.pop(spec.id, None)
+                    specs[spec.id] = spec
                 continue
             if isinstance(ins, ForgetJob):
                 forget.append((ins.id, ins.attempt))  # one transaction for all of them
@@ -509,7 +515,7 @@ class TransferActor(Actor):
             await self._forget(forget, held)
         for origin, specs in accepted.items():
             try:
-                await self._commit_copies(origin, tuple(specs))
+                await self._commit_copies(origin, tuple(specs.values()))
             except Exception:
                 self.log.exception("committing copies failed", origin=origin)
         if results:
