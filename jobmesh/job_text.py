@@ -55,19 +55,18 @@ _STATE_TEXT = {state: _str_text(state.value) for state in JobState}
 _int_text = int.__repr__
 
 
-def job_json_text(job: Job) -> str:
-    """``job.to_json()`` as compact JSON text."""
+def _tail_text(job: Job) -> str:
+    """Everything after the properties: the fields the jobs of one add mostly share."""
     p = job.progress
     if p.steps is None and p.step == 0 and p.eta is None and not p.log:
         progress = _EMPTY_PROGRESS
     else:
         progress = _dumps(p.to_json())
-    props, target, started, finished = job.properties, job.target, job.started, job.finished
+    target, started, finished = job.target, job.started, job.finished
     retries, max_retries, priority = job.retry_count, job.max_retries, job.priority
     message, result, key, timeout = job.result_message, job.result, job.key, job.timeout
     return (
-        f'{{"id":{_str_text(job.id)},"topic":{_str_text(job.topic)},'
-        f'"properties":{_props_text(props) if props else "{}"},"state":{_STATE_TEXT[job.state]},'
+        f',"state":{_STATE_TEXT[job.state]},'
         f'"queue":{_str_text(job.queue)},"origin":{_str_text(job.origin)},'
         f'"target":{"null" if target is None else _str_text(target)},'
         f'"created":{_opt_str(iso(job.created))},'
@@ -85,9 +84,38 @@ def job_json_text(job: Job) -> str:
     )
 
 
+def _head_text(job: Job) -> str:
+    props = job.properties
+    return (f'{{"id":{_str_text(job.id)},"topic":{_str_text(job.topic)},'
+            f'"properties":{_props_text(props) if props else "{}"}')
+
+
+def job_json_text(job: Job) -> str:
+    """``job.to_json()`` as compact JSON text."""
+    return _head_text(job) + _tail_text(job)
+
+
+_QUEUED = JobState.QUEUED
+
+
 def jobs_json_text(jobs: Iterable[Job]) -> str:
-    """A JSON list of jobs."""
-    return "[" + ",".join([job_json_text(j) for j in jobs]) + "]"
+    """A JSON list of jobs. Jobs as an add leaves them (queued, never run, nothing attached) share
+    their tail with the others of the same queue, time and options: written once a call."""
+    tails: dict[tuple[Any, ...], str] = {}
+    parts = []
+    for j in jobs:
+        if (j.state is _QUEUED and j.started is None and j.target is None and j.result is None
+                and j.result_message is None and not j.retry_count and not j.payload and not j.output_payload
+                and not j.progress.log and j.progress.steps is None and not j.progress.step
+                and j.progress.eta is None and j.key is None):
+            k = (j.queue, j.origin, j.created, j.finished, j.max_retries, j.not_before, j.timeout, j.priority)
+            tail = tails.get(k)
+            if tail is None:
+                tail = tails[k] = _tail_text(j)
+        else:
+            tail = _tail_text(j)
+        parts.append(_head_text(j) + tail)
+    return "[" + ",".join(parts) + "]"
 
 
 __all__ = ["job_json_text", "jobs_json_text"]

@@ -255,7 +255,7 @@ class Store(Actor):
             seq += 1
             props = properties_json[i] if properties_json is not None else json.dumps(job.properties)
             rows.append((
-                job.seq, job.id, job.topic, job.queue, job.state.value, props, job.origin,
+                job.seq, job.id, job.topic, job.queue, job.state._value_, props, job.origin,
                 job.target, job.created, job.started, job.finished, job.retry_count,
                 job.max_retries, job.attempt, job.not_before, progress_json(job.progress),
                 job.result_message, None if job.result is None else json.dumps(job.result), job.key,
