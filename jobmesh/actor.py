@@ -3,7 +3,8 @@
 An actor owns its state and a mailbox, and handles one message at a time in
 ``receive``. The only ways in are ``tell`` (fire and forget) and ``ask``
 (request/reply with a timeout). Lifecycle hooks: ``on_start`` (load durable
-state), ``on_stop`` (release resources), ``on_failure`` (log what broke).
+state), ``on_stop`` (release resources), ``on_failure`` (log what broke), and
+``on_idle`` (the mailbox is empty: work coalesced over a burst of messages runs here).
 
 Supervision: an exception that is a ``JobmeshError`` is an answer (it goes back to
 the asker, the actor carries on). Any other exception escaping ``receive`` or a
