@@ -8,9 +8,11 @@ both ways and the loopback.
 
     .venv/bin/python benchmarks/client.py [--jobs 20000] [--concurrency 64] [--batch-jobs 100000]
                                           [--batch 1000] [--batch-concurrency 2] [--no-consumer]
+                                          [--no-coalesce]
 
 ``add_jobs_per_second``: Client.add calls completed per second (each returns after its job is
-committed); ``add_many_jobs_per_second``: jobs per second over ``add_many`` batches of ``--batch``.
+committed; the adds made in one turn of the producer's loop go as one request unless
+``--no-coalesce``, see jobmesh/client_batch.py); ``add_many_jobs_per_second``: jobs per second over ``add_many`` batches of ``--batch``.
 Targets (issue 12): 3,000 and 20,000.
 """
 
@@ -38,7 +40,7 @@ async def produce(args: argparse.Namespace) -> dict:
     """The producer process: N adds at a concurrency, then add_many batches."""
     out: dict = {}
     cpu0 = time.process_time()
-    async with jobmesh.Client(args.url, timeout=60) as client:
+    async with jobmesh.Client(args.url, timeout=60, coalesce=not args.no_coalesce) as client:
         await client.add("bench/warm")  # the connection pool and the node's first request
         if args.jobs:
             todo = iter(range(args.jobs))
@@ -76,6 +78,8 @@ async def run(args: argparse.Namespace, data: Path) -> dict:
         cmd = [sys.executable, __file__, "--producer", "--url", node.http_url, "--jobs", str(args.jobs),
                "--concurrency", str(args.concurrency), "--batch-jobs", str(args.batch_jobs),
                "--batch", str(args.batch), "--batch-concurrency", str(args.batch_concurrency)]
+        if args.no_coalesce:
+            cmd.append("--no-coalesce")
         cpu0 = time.process_time()
         proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE)
         out, _ = await proc.communicate()
@@ -91,6 +95,7 @@ async def run(args: argparse.Namespace, data: Path) -> dict:
         "batch": args.batch,
         "batch_concurrency": args.batch_concurrency,
         "consumer": not args.no_consumer,
+        "coalesce": not args.no_coalesce,
         "node_cpu_seconds": round(node_cpu, 3),
         "jobs_recorded": total["queued"] + total["active"] + total["finished"],
         "target_add_jobs_per_second": 3000,
@@ -107,6 +112,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1000)
     p.add_argument("--batch-concurrency", type=int, default=2)
     p.add_argument("--no-consumer", action="store_true", help="only record the jobs (no consumer runs them)")
+    p.add_argument("--no-coalesce", action="store_true",
+                   help="one request per Client.add (Client(coalesce=False)) instead of one per loop turn")
     p.add_argument("--producer", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--url", help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -39,6 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Iterable, TypeVar
 
+from .client_batch import AddCoalescer
 from .errors import Conflict, JobFailed, JobmeshError, NodeUnreachable, NotFound, Unauthorized, ValidationError
 from .job import FINAL_STATES, Job, JobState
 
@@ -292,11 +293,14 @@ class Client(_Api):
     without ``async with``, ``await client.close()`` when done."""
 
     def __init__(self, url: str | None = None, token: str | None = None, *, timeout: float = 30.0,
-                 _per_call: bool = False) -> None:
+                 coalesce: bool = True, _per_call: bool = False) -> None:
         super().__init__(url, token, timeout)
         self._session: Any = None
         self._jobs_url: Any = None
         self._per_call = _per_call  # the default producer's: a session per call, nothing left open
+        # adds issued in one turn of the loop go as one list (jobmesh/client_batch.py); each call
+        # still returns its own job once committed, or raises its own error
+        self._adds: AddCoalescer | None = AddCoalescer(self._post_jobs) if coalesce else None
 
     async def __aenter__(self) -> "Client":
         return self
@@ -305,6 +309,8 @@ class Client(_Api):
         await self.close()
 
     async def close(self) -> None:
+        if self._adds is not None:
+            await self._adds.close()
         session, self._session = self._session, None
         if session is not None:
             await session.close()
@@ -315,8 +321,13 @@ class Client(_Api):
         return aiohttp.ClientSession(headers=self.headers, timeout=aiohttp.ClientTimeout(total=self.timeout + WAIT_STEP),
                                      connector=aiohttp.TCPConnector(limit=0))
 
-    async def request(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None) -> Any:
-        """One API call: its JSON answer, or the library error it stands for."""
+    async def _post_jobs(self, raw: bytes) -> Any:
+        return await self.request("POST", JOBS_PATH, raw=raw)
+
+    async def request(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None,
+                      raw: bytes | None = None) -> Any:
+        """One API call: its JSON answer, or the library error it stands for. ``raw``: a body
+        already encoded as JSON."""
         import aiohttp
 
         if query or path != JOBS_PATH:
@@ -327,7 +338,7 @@ class Client(_Api):
                 import yarl
 
                 url = self._jobs_url = yarl.URL(self.url + JOBS_PATH)
-        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        data = raw if raw is not None else None if body is None else json.dumps(body, separators=(",", ":")).encode()
         session = self._session
         own = False
         if session is None:
@@ -360,7 +371,13 @@ class Client(_Api):
         body = job_body(topic, properties, delay, at, key, timeout, priority, payload)
         if payload is not None:
             body = (await self._with_payload([body]))[0]
-        data = await self.request("POST", "/api/v1/jobs", body)
+        return await self._add_body(body)
+
+    async def _add_body(self, body: dict[str, Any]) -> JobHandle[Any]:
+        if self._adds is not None:
+            data = await self._adds.add(body)
+        else:
+            data = await self.request("POST", JOBS_PATH, body)
         return JobHandle(data["id"], self, data)
 
     async def add_many(self, items: Iterable[Any]) -> list[JobHandle[Any]]:
@@ -375,8 +392,7 @@ class Client(_Api):
         fit); options with a leading underscore: ``_delay``, ``_at``, ``_key``, ``_timeout``,
         ``_priority``, ``_payload``."""
         body = (await self._with_payload([enqueue_body(task, args, kwargs)]))[0]
-        data = await self.request("POST", "/api/v1/jobs", body)
-        return JobHandle(data["id"], self, data)
+        return await self._add_body(body)
 
     # -- job payload ----------------------------------------------------------------------------
     async def upload(self, data: "os.PathLike[str] | bytes") -> dict[str, Any]:
