@@ -8,12 +8,13 @@ both ways and the loopback.
 
     .venv/bin/python benchmarks/client.py [--jobs 20000] [--concurrency 64] [--batch-jobs 100000]
                                           [--batch 1000] [--batch-concurrency 2] [--no-consumer]
-                                          [--no-coalesce]
+                                          [--no-coalesce] [--no-gc-tune]
 
 ``add_jobs_per_second``: Client.add calls completed per second (each returns after its job is
 committed; the adds made in one turn of the producer's loop go as one request unless
 ``--no-coalesce``, see jobmesh/client_batch.py); ``add_many_jobs_per_second``: jobs per second over ``add_many`` batches of ``--batch``.
-Targets (issue 12): 3,000 and 20,000.
+The node's GC is tuned as ``jobmesh node`` tunes it (``jobmesh.runner.tune_gc``) unless
+``--no-gc-tune``. Targets (issue 12): 3,000 and 20,000.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 from _common import load_average, quiet_logs, run_on_fresh_node  # first: puts the repo on sys.path
 
 import jobmesh
+from jobmesh.runner import tune_gc
 
 
 @jobmesh.consumer("bench/noop")
@@ -73,6 +75,8 @@ async def produce(args: argparse.Namespace) -> dict:
 async def run(args: argparse.Namespace, data: Path) -> dict:
     queues = [jobmesh.QueueConfig(name="main", max_parallel=64)]
     async with jobmesh.Node(name="bench", data_dir=data, capacity=64, queues=queues, http="127.0.0.1:0") as node:
+        if not args.no_gc_tune:
+            tune_gc()  # as `jobmesh node` does once its node is up (jobmesh/runner.py)
         if not args.no_consumer:
             node.add_consumer(noop)
         cmd = [sys.executable, __file__, "--producer", "--url", node.http_url, "--jobs", str(args.jobs),
@@ -96,6 +100,7 @@ async def run(args: argparse.Namespace, data: Path) -> dict:
         "batch_concurrency": args.batch_concurrency,
         "consumer": not args.no_consumer,
         "coalesce": not args.no_coalesce,
+        "gc_tuned": not args.no_gc_tune,
         "node_cpu_seconds": round(node_cpu, 3),
         "jobs_recorded": total["queued"] + total["active"] + total["finished"],
         "target_add_jobs_per_second": 3000,
@@ -112,6 +117,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1000)
     p.add_argument("--batch-concurrency", type=int, default=2)
     p.add_argument("--no-consumer", action="store_true", help="only record the jobs (no consumer runs them)")
+    p.add_argument("--no-gc-tune", action="store_true",
+                   help="keep CPython's GC settings (jobmesh node freezes its start-up objects and collects less often)")
     p.add_argument("--no-coalesce", action="store_true",
                    help="one request per Client.add (Client(coalesce=False)) instead of one per loop turn")
     p.add_argument("--producer", action="store_true", help=argparse.SUPPRESS)

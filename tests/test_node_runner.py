@@ -71,3 +71,18 @@ def test_demo_ends_by_itself_with_a_summary():
     assert out.returncode == 0, out.stderr[-2000:]
     assert "summary" in out.stdout and "SUCCEEDED" in out.stdout
     assert "jobs/s" in out.stdout.splitlines()[0]
+
+
+def test_tune_gc_freezes_what_is_alive_and_collects_less_often() -> None:
+    import gc
+
+    from jobmesh.runner import GC_GEN0_THRESHOLD, tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold()[0] >= GC_GEN0_THRESHOLD and gc.get_threshold()[1:] == before[1:]
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
