@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import threading
 import time
 import urllib.parse
@@ -614,18 +613,35 @@ class SyncClient(_Api):
                 raise_for(resp.status, _json_or_none(resp.read()), self.url + target)
             if path is None:
                 return resp.read()
-            dest = Path(path)
-            tmp = dest.with_name(dest.name + ".part")
-            with open(tmp, "wb") as out:
-                shutil.copyfileobj(resp, out, 1 << 20)
-            os.replace(tmp, dest)
-            return dest
         except TimeoutError:
+            conn.close()
             raise NodeUnreachable(f"node at {self.url} sent nothing for {BLOB_TIMEOUT:g} s") from None
         except OSError as e:
+            conn.close()
             raise NodeUnreachable(f"cannot reach node at {self.url} ({e})") from None
+        except BaseException:
+            conn.close()
+            raise
+        try:  # a local write error (disk full, no such folder) is the OSError it is, not the node's
+            return self._save(resp, Path(path))
         finally:
             conn.close()
+
+    def _save(self, resp: Any, dest: Path) -> Path:
+        tmp = dest.with_name(dest.name + ".part")
+        with open(tmp, "wb") as out:
+            while True:
+                try:
+                    chunk = resp.read(1 << 20)
+                except TimeoutError:
+                    raise NodeUnreachable(f"node at {self.url} sent nothing for {BLOB_TIMEOUT:g} s") from None
+                except OSError as e:
+                    raise NodeUnreachable(f"the node at {self.url} broke off the download ({e})") from None
+                if not chunk:
+                    break
+                out.write(chunk)
+        os.replace(tmp, dest)
+        return dest
 
     def _with_payload(self, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
         values = payload_values(bodies)

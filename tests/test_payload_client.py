@@ -41,6 +41,8 @@ async def test_client_add_uploads_files_and_bytes_and_reads_outputs(node_factory
         assert await client.payload(h.id, "out") == b"HELLO FILE!"
         saved = await client.payload(h.id, "text", tmp_path / "copy.txt")
         assert saved == tmp_path / "copy.txt" and saved.read_bytes() == b"hello file"
+        with pytest.raises(FileNotFoundError):  # a local write error is not the node's
+            await client.payload(h.id, "text", tmp_path / "no" / "such" / "folder" / "copy.txt")
         # bytes, and a blob id already stored (passed as it is, no upload)
         h2 = await client.add("pc/upper", payload={"text": b"abc"})
         h3 = await client.add("pc/upper", payload={"text": sha(b"abc")})
@@ -106,6 +108,8 @@ async def test_sync_client_payload(node_factory, tmp_path: Path) -> None:
             e.wait(10)
             with pytest.raises(jobmesh.ValidationError, match="unknown blob"):
                 client.add("pc/upper", payload={"text": sha(b"nothing")})
+            with pytest.raises(FileNotFoundError):  # a local write error is not the node's
+                client.payload(e.id, "out", tmp_path / "no" / "such" / "folder" / "e")
             return [job.state, client.payload(h.id, "out"), client.payload(e.id, "out", tmp_path / "e").read_bytes(),
                     client.upload(b"xyz")]
 
