@@ -26,7 +26,7 @@ try:  # the C encoder itself: a third of ``JSONEncoder.encode``'s cost for a sma
         """Properties (checked JSON when added, so no cycle check) as compact text."""
         return "".join(_props_chunks(props, 0))
 except ImportError:  # pragma: no cover - an interpreter without the C accelerator
-    _props_text = _dumps
+    _props_text = _dumps  # type: ignore[assignment]
 _EMPTY_PROGRESS = '{"steps":null,"step":0,"eta":null,"log":[]}'
 
 
