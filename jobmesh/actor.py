@@ -232,7 +232,10 @@ class Actor:
                 exc, self._crash = self._crash, None
                 raise exc
             if not mailbox:
-                self.on_idle()
+                try:
+                    self.on_idle()
+                except JobmeshError as e:  # as for a message: an answer, logged, not a crash
+                    self.log.warning("idle work refused", error=str(e))
                 if mailbox:
                     continue
                 self._wakeup.clear()

@@ -612,7 +612,9 @@ class SyncClient(_Api):
             if resp.status >= 400:
                 raise_for(resp.status, _json_or_none(resp.read()), self.url + target)
             if path is None:
-                return resp.read()
+                data = resp.read()
+                conn.close()
+                return data
         except TimeoutError:
             conn.close()
             raise NodeUnreachable(f"node at {self.url} sent nothing for {BLOB_TIMEOUT:g} s") from None

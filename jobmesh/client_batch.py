@@ -48,6 +48,8 @@ class AddCoalescer:
         text = json.dumps(body, separators=(",", ":"))
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
+        if self._pending and self._bytes + len(text) + 1 > MAX_BYTES:
+            self._flush()  # what waits goes first: this body would take the request over the limit
         self._pending.append((text, fut))
         self._bytes += len(text) + 1
         if len(self._pending) >= MAX_JOBS or self._bytes >= MAX_BYTES:
@@ -59,7 +61,9 @@ class AddCoalescer:
 
     def _flush(self) -> None:
         self._scheduled = False
-        batch, self._pending, self._bytes = self._pending, [], 0
+        # a caller cancelled before its request left adds nothing (as a request never sent would)
+        batch = [(t, f) for t, f in self._pending if not f.cancelled()]
+        self._pending, self._bytes = [], 0
         if not batch:
             return
         task = asyncio.ensure_future(self._deliver(batch))
@@ -76,12 +80,12 @@ class AddCoalescer:
             answer = await self._send(("[" + ",".join(t for t, _ in batch) + "]").encode())
         except ValidationError:
             # Nothing of the list was written: each body on its own, each caller its own answer.
-            await asyncio.gather(*(self._one(text.encode(), fut) for text, fut in batch))
+            await asyncio.gather(*(self._one(text.encode(), fut) for text, fut in batch if not fut.cancelled()))
             return
         except BaseException as e:  # the same failure each request would have met
             for _, fut in batch:
                 if not fut.done():
-                    fut.set_exception(e if isinstance(e, Exception) else JobmeshError(repr(e)))
+                    fut.set_exception(e if isinstance(e, Exception) else JobmeshError(f"the request was {e!r}"))
             if not isinstance(e, Exception):
                 raise
             return
@@ -99,19 +103,22 @@ class AddCoalescer:
         self.requests += 1
         try:
             answer = await self._send(raw)
-        except Exception as e:
+        except BaseException as e:  # the caller learns it whatever it is; a cancel goes on up
             if not fut.done():
-                fut.set_exception(e)
+                fut.set_exception(e if isinstance(e, Exception) else JobmeshError(f"the request was {e!r}"))
+            if not isinstance(e, Exception):
+                raise
             return
         if not fut.done():
             fut.set_result(answer)
 
     async def close(self) -> None:
-        """Let the requests on their way finish (their callers are waiting for them)."""
+        """Let the requests on their way finish (their callers are waiting for them). Shielded:
+        a close that is itself cancelled or timed out does not cancel those requests."""
         if self._pending:
             self._flush()
         if self._sending:
-            await asyncio.gather(*self._sending, return_exceptions=True)
+            await asyncio.shield(asyncio.gather(*self._sending, return_exceptions=True))
 
 
 __all__ = ["AddCoalescer", "MAX_JOBS", "MAX_BYTES"]

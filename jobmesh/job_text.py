@@ -108,7 +108,9 @@ def jobs_json_text(jobs: Iterable[Job]) -> str:
                 and j.result_message is None and not j.retry_count and not j.payload and not j.output_payload
                 and not j.progress.log and j.progress.steps is None and not j.progress.step
                 and j.progress.eta is None and j.key is None):
-            k = (j.queue, j.origin, j.created, j.finished, j.max_retries, j.not_before, j.timeout, j.priority)
+            # types too: 1 == 1.0 as keys, but they are written differently
+            k = (j.queue, j.origin, j.created, j.finished, j.max_retries, j.not_before, j.timeout,
+                 type(j.timeout), j.priority, type(j.max_retries), type(j.priority))
             tail = tails.get(k)
             if tail is None:
                 tail = tails[k] = _tail_text(j)

@@ -38,6 +38,7 @@ def tune_gc() -> None:
     every few thousand jobs: 15 % of the time of a 100,000-job ``add_many`` (0.9 s of GC in 6 s,
     ``benchmarks/client.py``), about 2 % after.
     """
+    gc.collect()  # start-up's garbage first: what is frozen is never collected
     gc.freeze()
     gen0, gen1, gen2 = gc.get_threshold()
     if 0 < gen0 < GC_GEN0_THRESHOLD:

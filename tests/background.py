@@ -10,7 +10,9 @@ the foreground instead, as before.
 
 from __future__ import annotations
 
+import atexit
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -33,28 +35,34 @@ def _lowest_priority() -> None:  # pragma: no cover - runs in the child
 
 
 class BackgroundRun:
-    """One command started now, its output kept in a temporary file until ``result``."""
+    """One command started now in a process group of its own (it and its worker processes are
+    stopped together), stdout and stderr kept in temporary files until ``result``."""
 
     def __init__(self, argv: Sequence[str], niced: bool = True) -> None:
         self.argv = list(argv)
         self._out: IO[bytes] = tempfile.TemporaryFile()
+        self._err: IO[bytes] = tempfile.TemporaryFile()
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(self.argv, cwd=REPO, stdout=self._out, stderr=subprocess.STDOUT,
-                                     preexec_fn=_lowest_priority if niced else None)
+        self.proc = subprocess.Popen(self.argv, cwd=REPO, stdout=self._out, stderr=self._err,
+                                     start_new_session=True, preexec_fn=_lowest_priority if niced else None)
 
-    def result(self, timeout: float) -> tuple[int, str]:
-        """(exit code, output); the process is killed when it outlives ``timeout`` from now."""
+    def result(self, timeout: float) -> tuple[int, str, str]:
+        """(exit code, stdout, stderr); the run is killed when it outlives ``timeout`` from now."""
         try:
             code = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.stop()
             raise
         self._out.seek(0)
-        return code, self._out.read().decode(errors="replace")
+        self._err.seek(0)
+        return code, self._out.read().decode(errors="replace"), self._err.read().decode(errors="replace")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.kill()
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # the simulator's worker processes too
+            except ProcessLookupError:
+                pass
             self.proc.wait(timeout=10)
 
 
@@ -72,6 +80,9 @@ def start(name: str, argv: Sequence[str], niced: bool = True) -> BackgroundRun:
 def stop_all() -> None:
     for run in _RUNS.values():
         run.stop()
+
+
+atexit.register(stop_all)  # also when pytest ends without its session-finish hook
 
 
 def sim_argv(seeds: str) -> list[str]:

@@ -4,6 +4,7 @@ still gets its own job or its own error. A real node over HTTP on loopback."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -84,3 +85,29 @@ async def test_large_bodies_are_split_below_the_request_limit(node_factory: Any,
         handles = await asyncio.gather(*(client.add("co/big", {"t": text, "i": i}) for i in range(8)))
         assert client._adds is not None and client._adds.requests >= 2  # 8 x 75 KB: over MAX_BYTES once
     assert sorted(h.added.properties["i"] for h in handles) == list(range(8))
+
+
+async def test_a_caller_cancelled_before_the_request_leaves_adds_nothing(node_factory: Any) -> None:
+    node = await node_factory(name="cancel", http="127.0.0.1:0")
+    async with jobmesh.Client(node.http_url) as client:
+        kept = asyncio.ensure_future(client.add("co/kept"))
+        gone = asyncio.ensure_future(client.add("co/gone"))
+        await asyncio.sleep(0)  # both are in the batch now, not yet sent
+        gone.cancel()
+        await kept
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+    assert len(await node.jobs.find(topic="co/kept")) == 1
+    assert await node.jobs.find(topic="co/gone") == []
+
+
+async def test_a_close_that_times_out_does_not_strand_an_add(node_factory: Any) -> None:
+    node = await node_factory(name="strand", http="127.0.0.1:0")
+    client = jobmesh.Client(node.http_url)
+    add = asyncio.ensure_future(client.add("co/s"))
+    await asyncio.sleep(0)
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(client.close(), 0.0001)
+    handle = await asyncio.wait_for(add, 10)  # answered, not left hanging
+    assert (await node.jobs.get(handle.id)) is not None
+    await client.close()

@@ -174,12 +174,13 @@ def test_ci_seeds() -> None:
     argv = background.sim_argv(ci_seeds())
     run = background.start("ci-seeds", argv, niced=True) if background.enabled() else None
     if run is not None:
-        code, out = run.result(timeout=580)
+        code, out, err = run.result(timeout=580)
     else:
         p = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=580)
-        code, out = p.returncode, p.stdout + p.stderr
+        code, out, err = p.returncode, p.stdout, p.stderr
+    assert out.strip(), f"the simulator printed nothing (exit {code}): {err[-4000:]}"
     last = json.loads(out.strip().splitlines()[-1])
-    assert code == 0 and last["violations"] == 0, out[-8000:]
+    assert code == 0 and last["violations"] == 0, out[-6000:] + err[-2000:]
     assert last["seeds"] == CI_SEEDS + len(REGRESSION_SEEDS)
     if CI_SEEDS >= 170:
         assert last["simulated_s"] >= 200 * 60, last
