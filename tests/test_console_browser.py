@@ -51,6 +51,12 @@ CONSUMERS = {
         async def fast(job):
             await asyncio.sleep(float(job.properties.get("seconds", 0.02)))
             return None
+
+        @jobmesh.consumer("console/pay")
+        async def pay(job, ctx):
+            data = ctx.payload("in").read_bytes()
+            ctx.output_payload("out", data.upper())
+            return {"bytes": len(data)}
     ''',
     "console_media.py": '''
         """Consumers present on some nodes only, so the Offloading Browser has holes."""
@@ -421,3 +427,32 @@ def test_a_node_that_goes_away_is_shown_offline(page: Any, mesh: Mesh) -> None:
     stop_all([t], timeout=5)
     page.locator("#banner", has_text="cannot reach the node").wait_for()
     page.wait_for_selector('#live:not([data-status="live"])')
+
+
+def test_a_jobs_payload_and_return_value_are_shown_and_downloaded_with_the_token(page: Any, mesh: Mesh) -> None:
+    import urllib.request
+
+    t = mesh.nodes["t"]
+    req = urllib.request.Request(f"{t.url}/api/v1/blobs", data=b"hello payload", method="POST",
+                                 headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        blob = json.loads(resp.read())
+    status, job = t.api("POST", "/api/v1/jobs", {"topic": "console/pay", "payload": {"in": blob["id"]}})
+    assert status == 201
+    wait_for(lambda: t.api("GET", f"/api/v1/jobs/{job['id']}")[1]["state"] == "SUCCEEDED", 10, "the job to succeed")
+
+    page.goto(f"{t.url}/#/jobs/{job['id']}")
+    page.locator("#token-dialog").wait_for()
+    page.fill("#token-input", TOKEN)
+    page.click("#token-submit")
+    panel = page.locator("#job-panel")
+    panel.locator(".state-succeeded").wait_for()
+    assert json.loads(panel.locator("#job-return").inner_text()) == {"bytes": 13}
+    table = panel.locator("#job-payload")
+    assert "13 B" in table.locator('tr[data-payload="input:in"]').inner_text()
+    assert "13 B" in table.locator('tr[data-payload="output:out"]').inner_text()
+    with page.expect_download() as info:
+        table.locator('tr[data-payload="output:out"] button').click()
+    download = info.value
+    assert download.suggested_filename == "out"
+    assert Path(download.path()).read_bytes() == b"HELLO PAYLOAD"

@@ -75,6 +75,31 @@ export async function api(path, {method = 'GET', body, authRetries = 3} = {}) {
   return data;
 }
 
+/** Save what ``path`` streams (a job's payload) as ``filename``: fetched with the token, since
+ * a plain link cannot send one. Throws ApiError with the server's message. */
+export async function download(path, filename) {
+  const headers = {};
+  const token = getToken();
+  if (token) headers.Authorization = `Bearer ${token}`;
+  let response;
+  try {
+    response = await fetch(path, {headers});
+  } catch {
+    throw new ApiError(0, 'cannot reach the node');
+  }
+  if (!response.ok) {
+    let message = `${response.status} ${response.statusText || 'error'}`;
+    try { message = (await response.json()).error || message; } catch { /* not JSON */ }
+    throw new ApiError(response.status, message);
+  }
+  const url = URL.createObjectURL(await response.blob());
+  const a = Object.assign(document.createElement('a'), {href: url, download: filename});
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60000);
+}
+
 /** The path of a job, schedule, node or topic, each segment escaped but slashes kept. */
 export function pathOf(...parts) {
   return parts.map((p) => String(p).split('/').map(encodeURIComponent).join('/')).join('/');

@@ -1,6 +1,6 @@
 // Jobs: Sling's job console. A filtered list, and a job panel with properties,
 // progress, log and result, and the stop / retry / remove actions.
-import {ApiError, pathOf} from './api.js';
+import {ApiError, download, pathOf} from './api.js';
 import {h, replace, stateBadge, shortId, clockTime, relative, humanSeconds, parseTime,
   empty, throttle, debounce, STATES, FINAL_STATES} from './dom.js';
 
@@ -216,6 +216,10 @@ export class JobsView {
         h('div', {class: 'muted small'}, progressText(job))),
       job.result_message ? h('section', {class: 'job-section'},
         h('h3', {}, 'Result'), h('p', {class: 'result-message', id: 'job-result'}, job.result_message)) : null,
+      job.result !== null && job.result !== undefined ? h('section', {class: 'job-section'},
+        h('h3', {}, 'Return value'),
+        h('pre', {class: 'code', id: 'job-return'}, JSON.stringify(job.result, null, 2))) : null,
+      this.payloadSection(job),
       h('section', {class: 'job-section'},
         h('dl', {class: 'kv wide'},
           h('dt', {}, 'queue'), h('dd', {}, job.queue || '–'),
@@ -235,6 +239,35 @@ export class JobsView {
     );
     const logEl = this.panel.querySelector('.log');
     if (logEl) logEl.scrollTop = logEl.scrollHeight;
+  }
+
+  /** The job's input and output payload by name, each with its size and a download button. */
+  payloadSection(job) {
+    const rows = [];
+    for (const [kind, refs] of [['input', job.payload || {}], ['output', job.output_payload || {}]]) {
+      for (const [name, ref] of Object.entries(refs)) {
+        rows.push(h('tr', {'data-payload': `${kind}:${name}`},
+          h('td', {}, kind), h('td', {class: 'mono'}, name), h('td', {class: 'num'}, humanBytes(ref.size)),
+          h('td', {class: 'mono muted small', title: ref.id}, shortId(String(ref.id).replace(/^sha256:/, ''))),
+          h('td', {}, h('button', {class: 'btn small', type: 'button', title: `download ${name}`,
+            onclick: () => this.save(job.id, name)}, 'Download'))));
+      }
+    }
+    if (!rows.length) return null;
+    return h('section', {class: 'job-section'},
+      h('h3', {}, `Payload (${rows.length})`),
+      h('table', {class: 'table compact', id: 'job-payload'},
+        h('thead', {}, h('tr', {}, h('th', {}, ''), h('th', {}, 'name'), h('th', {}, 'size'),
+          h('th', {}, 'blob'), h('th', {}, ''))),
+        h('tbody', {}, ...rows)));
+  }
+
+  async save(jobId, name) {
+    try {
+      await download(`/api/v1/jobs/${pathOf(jobId)}/payload/${encodeURIComponent(name)}`, name);
+    } catch (err) {
+      this.ctx.toast(`Could not download ${name}: ${err.message}`);
+    }
   }
 
   async act(action) {
@@ -290,4 +323,13 @@ function duration(job) {
   if (start === null) return '–';
   const end = parseTime(job.finished) ?? Date.now();
   return humanSeconds(Math.max(0, end - start) / 1000);
+}
+
+function humanBytes(n) {
+  if (n === null || n === undefined) return '–';
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let value = Number(n);
+  let i = 0;
+  while (value >= 1024 && i < units.length - 1) { value /= 1024; i += 1; }
+  return i === 0 ? `${value} B` : `${value.toFixed(value < 10 ? 1 : 0)} ${units[i]}`;
 }
