@@ -417,18 +417,6 @@ def test_screenshot_of_a_busy_mesh(page: Any, mesh: Mesh) -> None:
     assert (OUTPUT / "console.png").stat().st_size > 10_000
 
 
-def test_a_node_that_goes_away_is_shown_offline(page: Any, mesh: Mesh) -> None:
-    """Runs last on t (only the token test uses it): stop the node under an open console."""
-    t = mesh.nodes["t"]
-    page.goto(f"{t.url}/")
-    page.evaluate(f"sessionStorage.setItem('jobmesh.token', {json.dumps(TOKEN)})")
-    page.reload()
-    page.wait_for_selector('#live[data-status="live"]')
-    stop_all([t], timeout=5)
-    page.locator("#banner", has_text="cannot reach the node").wait_for()
-    page.wait_for_selector('#live:not([data-status="live"])')
-
-
 def test_a_jobs_payload_and_return_value_are_shown_and_downloaded_with_the_token(page: Any, mesh: Mesh) -> None:
     import urllib.request
 
@@ -456,3 +444,15 @@ def test_a_jobs_payload_and_return_value_are_shown_and_downloaded_with_the_token
     download = info.value
     assert download.suggested_filename == "out"
     assert Path(download.path()).read_bytes() == b"HELLO PAYLOAD"
+
+
+def test_a_node_that_goes_away_is_shown_offline(page: Any, mesh: Mesh) -> None:
+    """Runs last on t (only the token test uses it): stop the node under an open console."""
+    t = mesh.nodes["t"]
+    page.goto(f"{t.url}/")
+    page.evaluate(f"sessionStorage.setItem('jobmesh.token', {json.dumps(TOKEN)})")
+    page.reload()
+    page.wait_for_selector('#live[data-status="live"]')
+    stop_all([t], timeout=5)
+    page.locator("#banner", has_text="cannot reach the node").wait_for()
+    page.wait_for_selector('#live:not([data-status="live"])')
