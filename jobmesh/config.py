@@ -99,6 +99,10 @@ class DiscoveryConfig:
 class OffloadingConfig:
     enabled_topics: list[str] = field(default_factory=lambda: ["**"])
     disabled_topics: list[str] = field(default_factory=list)
+    # bytes/s a job's payload is taken to move at between nodes: the offloader moves a job with
+    # payload only when sending its bytes takes less than the wait the move saves (loopback
+    # measures 110-360 MB/s, benchmarks/payload.py; set what your network gives)
+    transfer_rate: float = 100e6
 
 
 @dataclass
@@ -224,6 +228,8 @@ class NodeConfig:
             if q.name in names:
                 raise ConfigError(f"queue {q.name}: defined twice")
             names.add(q.name)
+        if not self.offloading.transfer_rate > 0:
+            raise ConfigError("offloading: transfer_rate must be > 0 (bytes per second, e.g. 1e9 for 1 GB/s)")
         for t in [*self.offloading.enabled_topics, *self.offloading.disabled_topics]:
             try:
                 validate_pattern(t)

@@ -230,8 +230,10 @@ class Node:
                 self.blobs.attach_network()
                 if self.transfer is not None:
                     from .offloader.actor import OffloaderActor
+                    from .offloader.policy import PolicyConfig
                     await self._system.start(self.transfer)
-                    self.offloader = OffloaderActor(self)
+                    self.offloader = OffloaderActor(
+                        self, PolicyConfig(transfer_rate=float(self.config.offloading.transfer_rate)))
                     await self._system.start(self.offloader)
                     offloader = self.offloader
                     self.jobs.added_hook = lambda: offloader.tell(("kick",))

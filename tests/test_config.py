@@ -68,6 +68,8 @@ http_token = "s3cret"
         ({"discovery": {"protocol": 1}}, "protocol must be one of"),
         ({"queue": {"name": "q"}}, "array of tables"),
         ({"queue": [{"name": "q", "topics": ["a"], "keep_jobs": 1}]}, "true or false"),
+        ({"offloading": {"transfer_rate": 0}}, "transfer_rate must be > 0"),
+        ({"offloading": {"transfer_rate": "fast"}}, "expected a number"),
     ],
 )
 def test_bad_config_is_explained(raw, fragment: str) -> None:

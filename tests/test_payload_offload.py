@@ -29,17 +29,19 @@ async def only_c(job, ctx):
     ctx.payload("in")
 
 
-def _cfg(tmp: Path, name: str, seeds: list[str], capacity: int) -> NodeConfig:
+def _cfg(tmp: Path, name: str, seeds: list[str], capacity: int, rate: float | None = None) -> NodeConfig:
     c = NodeConfig(name=name, data=str(tmp / name), bind=f"tcp://127.0.0.1:{free_port_pair()}", seeds=seeds,
                    http=None, capacity=capacity)
+    if rate is not None:  # [offloading] transfer_rate
+        c.offloading.transfer_rate = rate
     c.discovery = DiscoveryConfig(heartbeat_interval=0.2, heartbeat_timeout=1.0)
     return c
 
 
-async def _mesh(tmp: Path, specs: list[tuple[str, int, list]]) -> list[jobmesh.Node]:
+async def _mesh(tmp: Path, specs: list[tuple[str, int, list]], rate: float | None = None) -> list[jobmesh.Node]:
     nodes: list[jobmesh.Node] = []
     for name, capacity, consumers in specs:
-        n = jobmesh.Node(config=_cfg(tmp, name, [nodes[0].config.bind] if nodes else [], capacity))
+        n = jobmesh.Node(config=_cfg(tmp, name, [nodes[0].config.bind] if nodes else [], capacity, rate))
         for c in consumers:
             n.add_consumer(c)
         await n.start()
@@ -58,9 +60,10 @@ async def _stop(nodes: list[jobmesh.Node]) -> None:
 
 
 async def test_a_payload_that_costs_more_than_it_saves_stays_home(tmp_path: Path) -> None:
-    a, b = await _mesh(tmp_path, [("a", 1, [work]), ("b", 4, [work])])
+    # [offloading] transfer_rate = 2e3: 50 kB take 25 s, more than any wait here saves
+    a, b = await _mesh(tmp_path, [("a", 1, [work]), ("b", 4, [work])], rate=2_000.0)
     try:
-        _slow_transfers(a, 2_000.0)  # 2 kB/s: 50 kB take 25 s, more than any wait here saves
+        assert a.offloader.cfg.transfer_rate == 2_000.0
         heavy = [await a.jobs.add("po/work", {"i": i}, payload={"in": bytes([i]) * 50_000}) for i in range(4)]
         light = await a.jobs.add_many([("po/work", {"j": j}) for j in range(6)])
         done = [await a.jobs.wait(j.id, timeout=30) for j in heavy + light]
