@@ -38,7 +38,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Iterable, TypeVar
 
-from .client_batch import AddCoalescer
+from .client_batch import AddCoalescer, request_text
 from .errors import Conflict, JobFailed, JobmeshError, NodeUnreachable, NotFound, Unauthorized, ValidationError
 from .job import FINAL_STATES, Job, JobState
 
@@ -337,7 +337,7 @@ class Client(_Api):
                 import yarl
 
                 url = self._jobs_url = yarl.URL(self.url + JOBS_PATH)
-        data = raw if raw is not None else None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        data = raw if raw is not None else None if body is None else request_text(body).encode()
         session = self._session
         own = False
         if session is None:
@@ -357,7 +357,7 @@ class Client(_Api):
         finally:
             if own:
                 await session.close()
-        answer = json.loads(raw) if raw else None
+        answer = _answer(raw, status, url)
         if status >= 400:
             raise_for(status, answer, url)
         return answer
@@ -414,7 +414,7 @@ class Client(_Api):
         finally:
             if not isinstance(body, bytes):
                 body.close()
-        answer = json.loads(raw) if raw else None
+        answer = _answer(raw, status, url)
         if status >= 400:
             raise_for(status, answer, url)
         return answer  # type: ignore[no-any-return]
@@ -531,7 +531,7 @@ class SyncClient(_Api):
         import http.client
 
         target = self._base_path + self._query(path, query)
-        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        data = None if body is None else request_text(body).encode()
         for attempt in (1, 2):
             conn = self._conn()
             reused = getattr(conn, "_jobmesh_used", False)
@@ -553,7 +553,7 @@ class SyncClient(_Api):
             except (OSError, http.client.HTTPException) as e:
                 self._drop_conn()
                 raise NodeUnreachable(f"cannot reach node at {self.url} ({e})") from None
-        answer = json.loads(raw) if raw else None
+        answer = _answer(raw, status, self.url + target)
         if status >= 400:
             raise_for(status, answer, self.url + target)
         return answer
@@ -708,6 +708,17 @@ class NodeProducer:
 
     async def stop(self, job_id: str) -> Job:
         return await self.node.jobs.stop(job_id)  # type: ignore[no-any-return]
+
+
+def _answer(raw: bytes, status: int, url: Any) -> Any:
+    """The JSON of an answer; one that is not JSON did not come from a jobmesh node."""
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise JobmeshError(f"{url} answered HTTP {status} that is not JSON: is it a jobmesh node's "
+                           "HTTP address (jobmesh node --http)?") from None
 
 
 def _json_or_none(raw: bytes) -> Any:

@@ -32,6 +32,15 @@ MAX_BYTES = 256 * 1024  # of request JSON; the node refuses bodies over 1 MiB (4
 Send = Callable[[bytes], Awaitable[Any]]  # a raw JSON body -> the node's JSON answer, or raises
 
 
+def request_text(body: Any) -> str:
+    """A request body as compact JSON; a value JSON cannot carry is the caller's TypeError, said
+    plainly (``Client.add("t", {"when": datetime.now()})``)."""
+    try:
+        return json.dumps(body, separators=(",", ":"))
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"job properties (and options) must be JSON-compatible: {e}") from None
+
+
 class AddCoalescer:
     """Collects single adds for one turn of the loop and sends them as a list through ``send``."""
 
@@ -45,7 +54,7 @@ class AddCoalescer:
 
     async def add(self, body: dict[str, Any]) -> Any:
         """The job JSON of ``body``'s job once it is committed (or the error the node gave)."""
-        text = json.dumps(body, separators=(",", ":"))
+        text = request_text(body)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         if self._pending and self._bytes + len(text) + 1 > MAX_BYTES:
@@ -121,4 +130,4 @@ class AddCoalescer:
             await asyncio.shield(asyncio.gather(*self._sending, return_exceptions=True))
 
 
-__all__ = ["AddCoalescer", "MAX_JOBS", "MAX_BYTES"]
+__all__ = ["AddCoalescer", "MAX_JOBS", "MAX_BYTES", "request_text"]

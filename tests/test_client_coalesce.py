@@ -111,3 +111,39 @@ async def test_a_close_that_times_out_does_not_strand_an_add(node_factory: Any) 
     handle = await asyncio.wait_for(add, 10)  # answered, not left hanging
     assert (await node.jobs.get(handle.id)) is not None
     await client.close()
+
+
+async def test_properties_json_cannot_carry_are_the_callers_type_error(node_factory: Any) -> None:
+    import datetime
+
+    node = await node_factory(name="json", http="127.0.0.1:0")
+    async with jobmesh.Client(node.http_url) as client:
+        with pytest.raises(TypeError, match="must be JSON-compatible: Object of type datetime"):
+            await client.add("co/when", {"when": datetime.datetime.now()})
+    with jobmesh.SyncClient(node.http_url) as sync:
+        with pytest.raises(TypeError, match="must be JSON-compatible"):
+            await asyncio.to_thread(sync.add, "co/when", {"when": datetime.datetime.now()})
+
+
+async def test_a_server_that_is_not_a_jobmesh_node_is_named_so() -> None:
+    from aiohttp import web
+
+    async def not_json(request: web.Request) -> web.Response:
+        return web.Response(text="<html>hello</html>", status=404, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", not_json)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    try:
+        async with jobmesh.Client(f"http://127.0.0.1:{port}") as client:
+            with pytest.raises(jobmesh.JobmeshError, match="not JSON: is it a jobmesh node"):
+                await client.add("co/x")
+        with jobmesh.SyncClient(f"http://127.0.0.1:{port}") as sync:
+            with pytest.raises(jobmesh.JobmeshError, match="not JSON: is it a jobmesh node"):
+                await asyncio.to_thread(sync.get, "some-id")
+    finally:
+        await runner.cleanup()

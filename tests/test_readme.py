@@ -279,7 +279,8 @@ def test_the_testing_snippet_passes(tmp_path: Path) -> None:
     text = find(TASK_TESTS).text
     plugin = re.search(r"conftest\.py says: (pytest_plugins = \[.*\])", text).group(1)
     (tmp_path / "conftest.py").write_text(plugin + "\n")
-    (tmp_path / "pytest.ini").write_text("[pytest]\nasyncio_mode = auto\n")
+    ini = re.search(r"pytest\.ini says: (asyncio_mode = auto), under \[pytest\]", text).group(1)
+    (tmp_path / "pytest.ini").write_text(f"[pytest]\n{ini}\n")  # what the README says, nothing more
     (tmp_path / "test_tasks.py").write_text(text)
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_tasks.py"],
                        cwd=tmp_path, env=env_for(tmp_path), capture_output=True, text=True, timeout=120)
