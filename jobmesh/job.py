@@ -2,7 +2,10 @@
 
 Every transition a job can take is listed in ``TRANSITIONS``; ``check_transition``
 refuses anything else, so a bug shows up as an error instead of a job in a state
-Sling users would not recognise.
+Sling users would not recognise. The engine (``jobmesh.engine.core``) moves every job,
+on every path (local runs, copies, recovery, retry), through ``Story.transition``: the
+check, the change of state and a line of the job's recent story in one place; a refused
+transition raises ``InvalidTransition`` with that story.
 """
 
 from __future__ import annotations
@@ -64,12 +67,56 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 
 
 class InvalidTransition(ValueError):
-    """A job was asked to move to a state it cannot reach from where it is."""
+    """A job was asked to move to a state it cannot reach from where it is.
+
+    ``story`` is what happened to the job lately (``Story.of``), oldest first: the
+    transitions it took and why, so that the bug that asked for this one can be found.
+    """
+
+    def __init__(self, old: JobState, new: JobState, job_id: str | None = None,
+                 story: tuple[tuple[Any, ...], ...] = ()) -> None:
+        self.old, self.new, self.job_id, self.story = old, new, job_id, story
+        who = f"job {job_id}" if job_id else "job"
+        text = f"{who} cannot go from {old.value} to {new.value}"
+        if story:
+            text += "; its recent story:\n  " + "\n  ".join(
+                f"{t:.3f} {o} -> {n} ({why})" for _, t, o, n, why in story)
+        super().__init__(text)
 
 
 def check_transition(old: JobState, new: JobState) -> None:
     if new not in TRANSITIONS[old]:
-        raise InvalidTransition(f"job cannot go from {old.value} to {new.value}")
+        raise InvalidTransition(old, new)
+
+
+class Story:
+    """The recent transitions of all jobs, newest last, bounded (dask's worker ``story``).
+
+    One shared ring, not a list per job: a million queued jobs must not each carry a list.
+    ``transition`` is the only way the engine changes a job's state.
+    """
+
+    def __init__(self, size: int = 20_000) -> None:
+        from collections import deque
+
+        self.lines: "deque[tuple[str, float, str, str, str]]" = deque(maxlen=size)
+
+    def transition(self, job: "Job", new: JobState, why: str, now: float) -> JobState:
+        """Check ``job.state -> new`` against ``TRANSITIONS``, record it, set it; returns the old state."""
+        old = job.state
+        if new not in TRANSITIONS[old]:
+            raise InvalidTransition(old, new, job.id, self.of(job.id))
+        job.state = new
+        self.lines.append((job.id, now, old._value_, new._value_, why))
+        return old
+
+    def note(self, job_id: str, state: JobState, why: str, now: float) -> None:
+        """A line that is not a change of state (added, handed off, restored ...)."""
+        self.lines.append((job_id, now, state._value_, state._value_, why))
+
+    def of(self, job_id: str, limit: int = 20) -> tuple[tuple[str, float, str, str, str], ...]:
+        found = [line for line in self.lines if line[0] == job_id]
+        return tuple(found[-limit:])
 
 
 class ResultKind(str, enum.Enum):
@@ -149,6 +196,15 @@ class Job:
     attempt: int = 0
     not_before: float = 0.0
     seq: int = 0  # store sequence number: the order of arrival, for ordered queues
+
+    def snapshot(self) -> "Job":
+        """A copy a reader may keep: the engine goes on changing its own record (its
+        progress log too), never this copy."""
+        j = Job.__new__(Job)
+        j.__dict__.update(self.__dict__)
+        p = self.progress
+        j.progress = Progress(p.steps, p.step, p.eta, list(p.log))
+        return j
 
     def to_json(self) -> dict[str, Any]:
         """The job as DESIGN §5.2's job JSON."""

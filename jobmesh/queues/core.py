@@ -49,7 +49,9 @@ _SUCCEEDED = JobState.SUCCEEDED  # enum member lookups are slow on the hot path
 class Outcome:
     """How a run ended, as the consumer pool reports it to the job's queue."""
 
-    kind: str  # "OK", "FAILED", "CANCEL", "STOPPED" (stop/remove requested), "ABORTED" (node shut down)
+    # "OK", "FAILED", "CANCEL", "STOPPED" (stop/remove requested), "ABORTED" (node shut down),
+    # "INTERRUPTED" (the node crashed while it ran: found ACTIVE at the next start)
+    kind: str
     message: str | None = None
     retry_delay: float | None = None  # the consumer's failed(retry_delay)
     stop_state: JobState = JobState.STOPPED  # STOPPED for stop, DROPPED for remove
@@ -91,8 +93,12 @@ def decide(job: Job, outcome: Outcome, queue: QueueConfig, now: float) -> Decisi
         return Decision(outcome.stop_state, job.retry_count, job.not_before, now, outcome.message)
     if kind == "ABORTED":  # graceful shutdown interrupted it: not the job's fault, no retry counted
         return Decision(JobState.QUEUED, job.retry_count, 0.0, None, outcome.message)
-    # FAILED (an exception is a failure too)
     retries = job.max_retries
+    if kind == "INTERRUPTED":  # a crash: counted as a retry (a poison job ends GIVEN_UP), no delay
+        if retries == -1 or job.retry_count < retries:
+            return Decision(JobState.QUEUED, job.retry_count + 1, 0.0, None, None)
+        return Decision(JobState.GIVEN_UP, job.retry_count, job.not_before, now, outcome.message)
+    # FAILED (an exception is a failure too)
     if retries == -1 or job.retry_count < retries:
         delay = retry_delay_for(job, queue, outcome.retry_delay)
         return Decision(JobState.QUEUED, job.retry_count + 1, now + delay, None, outcome.message)
