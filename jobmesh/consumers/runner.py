@@ -1,0 +1,234 @@
+"""Runs the consumers of the runs the engine starts, and reports how each ended, once.
+
+The engine core decides what runs (it reserves the slots); this is the I/O part the
+engine actor uses for it: async consumers on the loop (stepped inline until they wait,
+``stepping.py``), sync ones on daemon threads (``threads.SyncThreads``, inline in a
+simulation), ``ConsumerActor`` classes under their concurrency bound. A stopped run's
+``ctx.is_stopped()`` turns true at once; an async consumer still running ``stop_grace``
+seconds later is cancelled (the outcome is STOPPED either way). At shutdown a run is
+interrupted: an async consumer cancelled, a sync one's thread left behind (logged).
+
+A consumer gets a copy of the job (``Job.snapshot``) whose ``progress`` is the run's own
+(``Run.progress``): the context writes progress there, nobody else does; the engine makes
+it the job's when the run ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import traceback
+from collections import deque
+from typing import Any, Callable
+
+from ..job import Job, JobResult, ResultKind
+from ..queues.core import Outcome
+from .context import ExecutionContext
+from .registry import ConsumerIndex, ConsumerSpec
+from .stepping import first_step, resume
+from .threads import SyncThreads
+
+_OK = Outcome("OK")
+Report = Callable[[Any, Outcome], None]
+
+
+class _Exec:
+    """The runner's side of a run: the worker task running it, a sync call's future, the
+    stop grace timer."""
+
+    __slots__ = ("task", "future", "is_async", "timer", "executing")
+
+    def __init__(self, task: asyncio.Task[Any] | None) -> None:
+        self.task = task
+        self.future: asyncio.Future[Any] | None = None  # a sync consumer's thread call
+        self.is_async = True
+        self.timer: asyncio.TimerHandle | None = None
+        self.executing = False
+
+
+class Runner:
+    """``start(runs)``, ``stop(run)``, ``cancel(run)``; outcomes go to ``report(run, outcome)``.
+
+    ``slots`` long-lived worker tasks (made with ``spawn``, owned by the engine actor) run the
+    started runs: a worker runs ready jobs one after the other for as long as their consumers
+    finish without waiting; a consumer that does wait wakes the next worker. So fast jobs
+    cost no task switch each, slow ones still fan out over all slots, and a consumer runs
+    from its first step to its end inside one task (``asyncio.timeout``, ``current_task``
+    and aiohttp work as in a task of its own). A worker cancelled because the actor stops
+    ends; a run interrupted that way is not an outcome (the next start recovers the job)."""
+
+    def __init__(self, index: ConsumerIndex, report: Report, progress: Callable[[Any], None],
+                 spawn: Callable[..., asyncio.Task[Any]], node: str, stop_grace: float,
+                 clock: Callable[[], float], log: Any, slots: int) -> None:
+        self.index = index
+        self.report = report
+        self.progress = progress
+        self.node = node
+        self.stop_grace = stop_grace
+        self.clock = clock
+        self.log = log
+        self.threads = SyncThreads("jobmesh-consumer")
+        self._ready: deque[Any] = deque()
+        self._idle: list[asyncio.Future[None]] = []
+        self._stopping = False
+        self._workers = [spawn(self._worker(), name=f"slot-{i}") for i in range(max(1, slots))]
+
+    def shutdown(self) -> None:
+        self._stopping = True
+        self.threads.shutdown()  # never waits: a stuck consumer's thread is not ours to join
+
+    # -- the runs ------------------------------------------------------------------
+    def start(self, runs: list[Any]) -> None:
+        self._ready.extend(runs)
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        if self._ready and self._idle:
+            w = self._idle.pop()
+            if not w.done():
+                w.set_result(None)
+
+    async def _worker(self) -> None:
+        me = asyncio.current_task()
+        ready, loop = self._ready, asyncio.get_running_loop()
+        while True:
+            if not ready:
+                waiter = loop.create_future()
+                self._idle.append(waiter)
+                await waiter
+                continue
+            run = ready.popleft()
+            if run.ended:
+                continue
+            ex = run.handle = _Exec(me)
+            if run.abort:
+                outcome = Outcome("ABORTED", "interrupted by node shutdown")
+            elif run.stop_state is not None:
+                outcome = Outcome("STOPPED", stop_state=run.stop_state)
+            else:
+                outcome = await self._execute(run, ex, me)
+            if ex.timer is not None:
+                ex.timer.cancel()
+                ex.timer = None
+            self.report(run, outcome)
+
+    async def _execute(self, run: Any, ex: _Exec, me: Any) -> Outcome:
+        job = run.job
+        spec = self.index.find(job.topic)
+        if spec is None:
+            return Outcome("FAILED", f"no consumer for topic {job.topic}")
+        view = _view(job, run.progress)
+        ctx = None
+        if spec.takes_context:
+            on_progress = (lambda _job, _run=run: self.progress(_run)) if job.origin != self.node else None
+            ctx = ExecutionContext(view, run.stopped, self.clock, on_progress)
+        ex.is_async = spec.is_async or spec.actor is not None
+        ex.executing = True
+        try:
+            if spec.actor is not None:
+                self._wake_one()
+                result = await self._actor_call(spec, view, ctx)
+            elif spec.is_async:
+                coro = spec.fn(view, ctx) if ctx is not None else spec.fn(view)  # type: ignore[misc]
+                # its own copy of the context, as a task per job would have: a contextvar a consumer
+                # sets (structlog's bind_contextvars...) must not leak into the next job
+                cvars = contextvars.copy_context()
+                done, value = first_step(coro, cvars)
+                if done:
+                    result = value  # finished without waiting: no task switch at all
+                else:
+                    self._wake_one()  # this one waits: the next ready job gets another worker
+                    result = await resume(coro, value, cvars)
+            else:
+                self._wake_one()
+                fn = spec.fn
+                assert fn is not None
+                call = (lambda: fn(view, ctx)) if ctx is not None else (lambda: fn(view))
+                fut = ex.future = self.threads.run(call)
+                result = await fut
+        except asyncio.CancelledError:
+            if self._stopping or not run.stopped() or me is None:
+                raise  # the engine itself is stopping: not an outcome
+            me.uncancel()
+            if run.abort:
+                return Outcome("ABORTED", "interrupted by node shutdown")
+            return Outcome("STOPPED", "cancelled after the stop grace period", stop_state=run.stop_state)
+        except Exception as exc:  # noqa: BLE001 - the consumer's exception is its outcome
+            return self._failed(run, exc)
+        finally:
+            ex.executing = False
+        return self._outcome(run, result, ctx)
+
+    @staticmethod
+    async def _actor_call(spec: ConsumerSpec, job: Job, ctx: Any) -> Any:
+        assert spec.semaphore is not None and spec.actor is not None
+        async with spec.semaphore:
+            return await spec.actor.process(job, ctx)
+
+    # -- stop and shutdown -------------------------------------------------------------
+    def stop(self, run: Any) -> None:
+        """``run.stop_state`` is set: cancel an async consumer that ignores it for ``stop_grace`` s."""
+        ex = run.handle
+        if ex is None or not ex.executing or not ex.is_async or ex.timer is not None:
+            return
+        ex.timer = asyncio.get_running_loop().call_later(self.stop_grace, self._cancel_task, run)
+
+    def _cancel_task(self, run: Any) -> None:
+        ex = run.handle
+        if ex is not None and ex.executing and ex.task is not None and not run.ended:
+            ex.task.cancel()
+
+    def cancel(self, run: Any) -> None:
+        """Shutdown: interrupt the run now (an async consumer is cancelled; a thread cannot be)."""
+        ex = run.handle
+        if ex is None or not ex.executing or ex.task is None:
+            return
+        if not ex.is_async:
+            self.log.warning("sync consumer still running at shutdown; its thread is left behind "
+                             "and its result will be ignored", job_id=run.job.id, topic=run.job.topic)
+        ex.task.cancel()
+
+    # -- outcomes ------------------------------------------------------------------------
+    @staticmethod
+    def _outcome(run: Any, value: Any, ctx: Any) -> Outcome:
+        if run.stop_state is not None:
+            return Outcome("STOPPED", stop_state=run.stop_state)
+        if run.abort:
+            return Outcome("ABORTED", "interrupted by node shutdown")
+        outcome = outcome_of(value)
+        if ctx is not None and ctx.output and outcome.kind == "OK" and outcome.output is None:
+            outcome = Outcome("OK", outcome.message, output=dict(ctx.output))  # ctx.output[...] = v
+        return outcome
+
+    @staticmethod
+    def _failed(run: Any, exc: BaseException) -> Outcome:
+        tb = "".join(traceback.format_exception(exc))
+        if run.stop_state is not None:
+            return Outcome("STOPPED", stop_state=run.stop_state, log=(tb,))
+        return Outcome("FAILED", f"{type(exc).__name__}: {exc}", log=(tb,))
+
+
+def _view(job: Job, progress: Any) -> Job:
+    """The consumer's copy of the job: its own object, the run's progress."""
+    view = Job.__new__(Job)
+    view.__dict__.update(job.__dict__)
+    view.progress = progress
+    return view
+
+
+def outcome_of(result: Any) -> Outcome:
+    """A consumer's return value as an outcome: None/True = OK, False = FAILED, JobResult as said."""
+    if result is None or result is True:
+        return _OK
+    if isinstance(result, JobResult):
+        if result.kind is ResultKind.OK:
+            if result.output:
+                return Outcome("OK", result.message, output=dict(result.output))
+            return _OK if result.message is None else Outcome("OK", result.message)
+        if result.kind is ResultKind.CANCEL:
+            return Outcome("CANCEL", result.message)
+        return Outcome("FAILED", result.message, result.retry_delay)
+    if result is False:
+        return Outcome("FAILED", "consumer returned False")
+    text = repr(result)
+    return Outcome("OK", text if len(text) <= 1000 else text[:997] + "...")
