@@ -1,16 +1,16 @@
 """The job manager (``node.jobs``): the API facade of DESIGN §5.3.
 
-It validates input, writes new jobs, hands them to their queue actors and answers
-queries from the store (overlaid with the live state of running jobs). As an actor
-it receives the engine's transitions (``started`` from the pool, ``transition``
-from the queues, always after the write committed) and turns them into
-statistics, ``wait`` results and notifications.
+It validates input and hands new jobs and requests (stop, remove, retry, suspend) to the
+engine (``engine.actor``), which writes every job row; it answers queries from the store,
+overlaid with the engine's snapshots of running jobs. As an actor it receives the
+engine's messages (``JobsStarted``, ``JobsTransitioned``, ``CopiesArrived``,
+``CopiesLeft``; always after the write committed) and turns them into statistics,
+``wait`` results and notifications.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 from . import clock as _clock
 from functools import lru_cache
@@ -20,9 +20,11 @@ from typing import Any, Callable
 from .actor import Actor
 from .config import NodeConfig
 from .consumers.context import failure_entries
-from .errors import Conflict, NotFound, ValidationError
+from .engine import events as ev
+from .engine import instructions as ins
+from .errors import ActorStopped, Conflict, NotFound, ValidationError
 from .events import JOB_ADDED, EventBus, Notification, notification_topic
-from .job import FINAL_STATES, Job, JobIdGenerator, JobState, Progress, iso
+from .job import FINAL_STATES, Job, JobIdGenerator, JobState, iso
 from .job_queries import JobQueries
 from .queues.core import QueueMatcher
 from .topics import TopicError, validate_topic
@@ -89,20 +91,21 @@ def _check_properties(props: Any) -> str:
 
 
 class JobManager(Actor):
-    """``node.jobs``. Public coroutine methods are the API; ``tell`` carries the engine's transitions."""
+    """``node.jobs``. Public coroutine methods are the API; its mailbox takes the engine's messages."""
 
-    def __init__(self, config: NodeConfig, store: Any, events: EventBus, clock: Callable[[], float] = _clock.wall) -> None:
+    REQUEST_TIMEOUT = 10.0  # s an engine request may take (it answers once its write is durable)
+
+    def __init__(self, config: NodeConfig, store: Any, events: EventBus, engine: Actor,
+                 clock: Callable[[], float] = _clock.wall, on_added: Callable[[], None] | None = None) -> None:
         super().__init__("job-manager")
         self.config = config
         self.node_name = config.name
         self.store = store
         self.events = events
+        self.engine = engine
         self.clock = clock
         self.matcher = QueueMatcher(config.all_queues())
         self.ids = JobIdGenerator(clock)
-        self._queue_actors: dict[str, Actor] = {}
-        self.pool: Any = None
-        self._live: dict[str, Job] = {}
         self._failures_logged: dict[str, int] = {}  # job id -> the last failed attempt logged
         self._ran_here: dict[str, str] = {}  # other nodes' jobs that ran here: id -> origin (bounded)
         self.queries = JobQueries(store.path) if hasattr(store, "path") else None
@@ -113,12 +116,8 @@ class JobManager(Actor):
         self._by_topic: dict[str, Stats] = {}
         self.accepting = True
         # called after new jobs were committed (the node kicks its offloader: no waiting for a tick)
-        self.added_hook: Callable[[], None] | None = None
+        self.on_added = on_added
         self.log = self.log.bind(node=self.node_name)
-
-    def bind(self, pool: Any, queues: dict[str, Actor]) -> None:
-        self.pool = pool
-        self._queue_actors = queues
 
     async def on_start(self) -> None:
         """Statistics gauges from the store (what is QUEUED/ACTIVE survives restarts); start clean-up."""
@@ -168,29 +167,30 @@ class JobManager(Actor):
                             queue=q.name, origin=node, created=now, max_retries=q.retries))
         if not jobs:
             return []
-        await self.store.insert(jobs, texts)
-        self._on_added(jobs)
-        return jobs
+        added = await self._request(ev.JobsAdded(jobs, texts))
+        self._on_added(added)
+        return added
+
+    async def _request(self, event: Any, timeout: float | None = None) -> Any:
+        """Hand a request to the engine; it answers (through ``event.reply``) once what it did is durable."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        event.reply = fut
+        try:
+            self.engine.tell(event)
+        except ActorStopped:
+            raise ActorStopped("the job store is closed (node stopped)") from None
+        return await asyncio.wait_for(fut, timeout)
 
     def _on_added(self, jobs: list[Job]) -> None:
-        by_queue: dict[str, list[Job]] = {}
         per_topic: dict[tuple[str, str], int] = {}
         for job in jobs:
-            lst = by_queue.get(job.queue)
-            if lst is None:
-                by_queue[job.queue] = lst = []
-            lst.append(job)
             key = (job.queue, job.topic)
             per_topic[key] = per_topic.get(key, 0) + 1
         for (queue, topic), n in per_topic.items():
             for st in self._scopes(queue, topic):
                 st.queued += n
-        for qname, lst in by_queue.items():
-            actor = self._queue_actors.get(qname)
-            if actor is not None:
-                actor.tell(("enqueue", lst))
-        if self.added_hook is not None:
-            self.added_hook()
+        if self.on_added is not None:
+            self.on_added()
         if self.events.wants(JOB_ADDED):
             now = self.clock()
             for job in jobs:
@@ -199,9 +199,9 @@ class JobManager(Actor):
     async def get(self, job_id: str) -> Job | None:
         if not isinstance(job_id, str):
             return None
-        live = self._live.get(job_id)
-        if live is not None and live.state is _ACTIVE:
-            return _snapshot(live)  # running: its progress lives in memory
+        live = self.engine.snapshot(job_id)  # type: ignore[attr-defined]
+        if live is not None:
+            return live  # running: its progress lives in memory
         return self.store.get(job_id)  # what is committed (a just-decided outcome may not be yet)
 
     async def _get_or_404(self, job_id: str) -> Job:
@@ -228,8 +228,12 @@ class JobManager(Actor):
             jobs = await self.queries.find(st, topic, queue, limit)
         else:
             jobs = await self.store.find_async(st, topic, queue, limit)
-        live = self._live
-        return [_snapshot(live[j.id]) if j.id in live and live[j.id].state.value == j.state.value else j for j in jobs]
+        snapshot = self.engine.snapshot  # type: ignore[attr-defined]
+        out = []
+        for j in jobs:
+            live = snapshot(j.id) if j.state is _ACTIVE else None
+            out.append(live if live is not None and live.state is j.state else j)
+        return out
 
     async def find_page(self, state: str | JobState | None = None, topic: str | None = None,
                         queue: str | None = None, limit: int = 100) -> tuple[list[Job], int]:
@@ -289,7 +293,7 @@ class JobManager(Actor):
         """Queued/active -> DROPPED (returned); a final job is deleted (None)."""
         job = await self._get_or_404(job_id)
         if job.state in FINAL_STATES:
-            await self.store.delete([job_id])
+            await self._request(ev.RemoveRequested(job_id), self.REQUEST_TIMEOUT)
             return None
         return await self._cancel(job_id, JobState.DROPPED)
 
@@ -297,36 +301,20 @@ class JobManager(Actor):
         job = await self._get_or_404(job_id)
         if job.state in FINAL_STATES:
             raise Conflict(f"job {job_id} is already {job.state.value}")
-        actor = self._queue_actors.get(job.queue)
-        if actor is None:
-            raise Conflict(f"job {job_id} belongs to queue {job.queue}, which is not configured here")
-        res = await actor.ask(("cancel", job_id, state))
+        res = await self._request(ev.StopRequested(job_id, state), self.REQUEST_TIMEOUT)
         if isinstance(res, Job):
-            return _snapshot(res)
-        if res == "buffered":  # it was about to start: the queue records it in a moment
-            return await self.wait(job_id, timeout=10.0)
-        return await self._get_or_404(job_id)
+            return res
+        return await self._get_or_404(job_id)  # it ended meanwhile: as recorded
 
     async def retry(self, job_id: str) -> Job:
         """A final job that did not succeed goes back to QUEUED with retry_count 0 (same id)."""
         job = await self._get_or_404(job_id)
         if job.state not in FINAL_STATES or job.state is JobState.SUCCEEDED:
             raise Conflict(f"job {job_id} is {job.state.value}; only failed, stopped or dropped jobs can be retried")
-        old = job.state
-        if job.queue not in self._queue_actors:
-            job.queue = self.matcher.match(job.topic).name
-        job.state = JobState.QUEUED
-        job.retry_count = 0
-        job.not_before = 0.0
-        job.finished = None
-        job.result_message = None
-        job.output = None
-        job.target = None  # it may have run at another node: back in this node's windows
-        job.progress = Progress()
-        await self.store.update(job)
-        self._transition(job, old, JobState.QUEUED, None, "RETRY")
-        self._queue_actors[job.queue].tell(("requeue", job))
-        return _snapshot(job)
+        res = await self._request(ev.RetryRequested(job_id), self.REQUEST_TIMEOUT)
+        if res is None:
+            raise Conflict(f"job {job_id} changed meanwhile; try again")
+        return res
 
     def processing_times(self) -> dict[str, float]:
         """Average processing time per topic, in seconds (the offloader's estimate of a job's
@@ -343,65 +331,47 @@ class JobManager(Actor):
 
     async def queues(self) -> list[dict[str, Any]]:
         """Every queue's configuration, suspension and statistics."""
-        out = []
-        for name, actor in self._queue_actors.items():
-            info = await actor.ask(("info",))
-            info["statistics"] = self._queue_stats(name).to_json()
-            out.append(info)
+        out = await self._request(ev.InfoRequested(), self.REQUEST_TIMEOUT)
+        for info in out:
+            info["statistics"] = self._queue_stats(info["name"]).to_json()
         return out
 
     async def suspend_queue(self, name: str) -> dict[str, Any]:
-        return await self._queue_cmd(name, "suspend")
+        return await self._suspend(name, True)
 
     async def resume_queue(self, name: str) -> dict[str, Any]:
-        return await self._queue_cmd(name, "resume")
+        return await self._suspend(name, False)
 
-    async def _queue_cmd(self, name: str, cmd: str) -> dict[str, Any]:
-        actor = self._queue_actors.get(name)
-        if actor is None:
-            raise NotFound(f"queue {name} not found")
-        info = await actor.ask((cmd,))
+    async def _suspend(self, name: str, suspended: bool) -> dict[str, Any]:
+        info = await self._request(ev.SuspendRequested(name, suspended), self.REQUEST_TIMEOUT)
         info["statistics"] = self._queue_stats(name).to_json()
         return info
 
     def running_jobs(self) -> list[Job]:
-        """Jobs ACTIVE in this node's consumer pool now (a copy of the list: any thread may call)."""
-        return [j for j in list(self._live.values()) if j.state is _ACTIVE]
+        """Jobs running in this node's slots now (any thread may call: a copy of the list)."""
+        return self.engine.running_jobs()  # type: ignore[attr-defined,no-any-return]
 
     def queued_count(self) -> int:
         return self.overall.queued
 
-    # -- transitions from the engine ---------------------------------------
-    def receive(self, msg: tuple[Any, ...]) -> None:
-        kind = msg[0]
-        if kind == "started":
-            self._started(msg[1])
-        elif kind == "transitions":
-            self._transitions(msg[1])
-        elif kind == "foreign_added":
-            self._foreign_added(msg[1])
-        elif kind == "foreign_done":
-            self._foreign_done(msg[1])
-        else:
-            raise ValueError(f"job manager: unknown message {kind!r}")
+    # -- messages from the engine (one handler per type) ---------------------
+    def receive(self, msg: Any) -> None:
+        handler = _HANDLERS.get(type(msg))
+        if handler is None:
+            raise TypeError(f"job manager: unknown message {type(msg).__name__}")
+        handler(self, msg)
 
-    def _foreign_added(self, jobs: list[Job]) -> None:
-        """Copies of other nodes' jobs, committed here by the transfer actor: they queue and
-        count like local jobs while here (no job/added: their origin announced them)."""
-        by_queue: dict[str, list[Job]] = {}
-        for job in jobs:
-            by_queue.setdefault(job.queue, []).append(job)
+    def _copies_arrived(self, msg: ins.CopiesArrived) -> None:
+        """Copies of other nodes' jobs, committed here: they queue and count like local jobs
+        while here (no job/added: their origin announced them)."""
+        for job in msg.jobs:
             for s in self._scopes(job.queue, job.topic):
                 s.queued += 1
-        for qname, lst in by_queue.items():
-            actor = self._queue_actors.get(qname)
-            if actor is not None:
-                actor.tell(("copies", lst))
 
-    def _foreign_done(self, done: list[tuple[Job, JobState]]) -> None:
-        """Copies that ended here (their outcome went to the transfer outbox; the origin records it)."""
+    def _copies_left(self, msg: ins.CopiesLeft) -> None:
+        """Copies that ended or went here (their outcome went to the outbox; the origin records it)."""
         ran = self._ran_here
-        for job, old in done:
+        for job, old in msg.items:
             ran[job.id] = job.origin
             if len(ran) > MAX_TOPIC_STATS:  # bounded: forget the oldest
                 ran.pop(next(iter(ran)))
@@ -410,16 +380,14 @@ class JobManager(Actor):
                     s.queued -= 1
                 elif old is JobState.ACTIVE:
                     s.active -= 1
-            self._live.pop(job.id, None)
 
-    def _started(self, started: list[tuple[Job, float]]) -> None:
+    def _started(self, msg: ins.JobsStarted) -> None:
         """Jobs whose ACTIVE row committed. Statistics are summed per (queue, topic) first:
         a batch usually holds many jobs of few topics."""
         now = self.clock()
-        live, wants = self._live, self.events.wants("job/started")
+        wants = self.events.wants("job/started")
         agg: dict[tuple[str, str], list[float]] = {}
-        for job, waiting_ms in started:
-            live[job.id] = job
+        for job, waiting_ms in msg.items:
             a = agg.get((job.queue, job.topic))
             if a is None:
                 agg[(job.queue, job.topic)] = [1, waiting_ms]
@@ -438,11 +406,11 @@ class JobManager(Actor):
                 st.waiting_total += waiting
                 st.waiting_n += n
 
-    def _transitions(self, transitions: list[tuple[Any, ...]]) -> None:
+    def _transitioned(self, msg: ins.JobsTransitioned) -> None:
         now = self.clock()
         agg: dict[tuple[str, str, JobState, JobState, bool], list[float]] = {}
-        live, waiters, events = self._live, self._waiters, self.events
-        for job, old, new, processing_ms, how in transitions:
+        waiters, events = self._waiters, self.events
+        for job, old, new, processing_ms, how in msg.items:
             if how == "FAILED" and old is _ACTIVE:
                 self._log_failure(job, new, now)
             key = (job.queue, job.topic, old, new, how == "ABORTED")
@@ -453,13 +421,10 @@ class JobManager(Actor):
             if processing_ms is not None:
                 a[1] += processing_ms
                 a[2] += 1
-            if new is not _ACTIVE:
-                live.pop(job.id, None)
             if new in FINAL_STATES and job.id in waiters:
-                snap = _snapshot(job)
                 for fut in waiters.pop(job.id):
                     if not fut.done():
-                        fut.set_result(snap)
+                        fut.set_result(job)  # a snapshot: the engine keeps its own record
             if events.active:
                 topic = notification_topic(old, new)
                 if topic is not None and events.wants(topic):
@@ -489,9 +454,8 @@ class JobManager(Actor):
 
     def _log_failure(self, job: Job, new: JobState, now: float) -> None:
         """A failed attempt is a WARNING with its attempt number, what happens next and its
-        traceback (unless it repeats the previous attempt's), as Celery and Dramatiq workers do.
-        Read from the job's log entries: by the time this transition arrives the engine may
-        already be running the next attempt of the same job object."""
+        traceback (unless it repeats the previous attempt's), as Celery and Dramatiq workers do,
+        read from the job's failure entries (the newest that this manager did not log yet)."""
         last = self._failures_logged.get(job.id, 0)
         entries = failure_entries(job, last)
         if new is not _QUEUED:
@@ -512,9 +476,6 @@ class JobManager(Actor):
             self.log.warning("job failed; retrying", **fields)
         elif new is JobState.GIVEN_UP and "exception" in fields:  # else the queue's "job given up" says it
             self.log.warning("job failed; no retries left", **fields)
-
-    def _transition(self, job: Job, old: JobState, new: JobState, processing_ms: float | None, how: str) -> None:
-        self._transitions([(job, old, new, processing_ms, how)])
 
     def _scopes(self, queue: str, topic: str) -> tuple[Stats, Stats, Stats]:
         return (self.overall, self._queue_stats(queue), self._topic_stats(topic))
@@ -545,11 +506,15 @@ class JobManager(Actor):
     async def purge_history(self, keep: list[str] | None = None, rounds: int = 20) -> int:
         if keep is None:
             keep = [q.name for q in self.config.all_queues() if q.keep_jobs]
+        from .engine.actor import PurgeRequested
+
         now = self.clock()
         total = 0
         for _ in range(rounds):
             try:
-                n = await self.store.purge(now - self.config.history_ttl, now - self.config.failed_history_ttl, keep)
+                task = await self.engine.ask(PurgeRequested(now - self.config.history_ttl,
+                                                            now - self.config.failed_history_ttl, keep))
+                n = await task
             except Exception as exc:
                 self.log.warning("history clean-up failed", error=repr(exc))
                 return total
@@ -577,12 +542,11 @@ def describe_state(job: Job) -> str:
     return ", ".join(parts)
 
 
-def _snapshot(job: Job) -> Job:
-    """A copy a caller may keep: the engine goes on mutating its own job objects."""
-    j = copy.copy(job)
-    p = job.progress
-    j.progress = Progress(p.steps, p.step, p.eta, list(p.log))
-    return j
-
+_HANDLERS: dict[type, Callable[[JobManager, Any], None]] = {
+    ins.JobsStarted: JobManager._started,
+    ins.JobsTransitioned: JobManager._transitioned,
+    ins.CopiesArrived: JobManager._copies_arrived,
+    ins.CopiesLeft: JobManager._copies_left,
+}
 
 __all__ = ["JobManager", "Stats"]

@@ -1,14 +1,15 @@
 """The offloader actor: runs the rebalancing policy and applies its moves (DESIGN §2 offloader).
 
 A thin loop around ``offloader.policy``: on a short tick, on topology events and
-when asked (``kick``: settings changed, jobs added), it reads the topology view
-(the local instance replaced by this node's fresh capacity), asks every queue actor
-for a summary of its movable jobs, lets ``plan_moves`` decide, takes the chosen jobs
-out of the queue windows (newest first) and gives them to the transfer actor. An
-idle node asks the busiest one for work (``plan_steal``); a steal request is
-answered with the thief's part of the same balance. Every move made or received is
-recorded (``MoveRecord``) for the policy's no-ping-pong rules and counted for the
-metrics.
+when asked (``kick``: settings changed, jobs added, room freed at a peer), it reads the
+topology view (the local instance replaced by this node's fresh capacity), asks the
+transfer actor for each peer's room and the engine for a summary of its movable jobs,
+lets ``plan_moves`` decide, and tells the transfer actor each move (``PlanMove``: it
+pledges the room, the engine takes the jobs out of their window, newest first, records
+the handoff, and the transfer offers them). An idle node asks the busiest one for work
+(``plan_steal``); a steal request is answered with the thief's part of the same balance.
+Every move made or received is recorded (``MoveRecord``) for the policy's no-ping-pong
+rules and counted for the metrics. Nothing here asks an actor that asks back.
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ import asyncio
 import dataclasses
 from .. import clock as _clock
 from collections import deque
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import structlog
 
 from ..actor import Actor
 from ..discovery.view import TopologyView
+from ..engine import events as ev
+from ..transfer.actor import PlanMove, RoomsRequested, SendSteal
 from ..transfer.protocol import StealRequest
 from .policy import MoveRecord, PolicyConfig, QueueSummary, plan_moves, plan_steal
 
@@ -30,12 +34,45 @@ log = structlog.get_logger("jobmesh.offloader")
 
 MAX_JOBS_PER_ROUND = 4096  # jobs handed off per decision at most (bounded latency per round)
 HISTORY = 1000
-KICK_MIN_INTERVAL = 0.02  # s between two rounds asked for by events (results back, jobs added)  # move records kept (the policy looks at the last seconds only)
+KICK_MIN_INTERVAL = 0.02  # s between two rounds asked for by events (results back, jobs added)
+SUMMARY_TIMEOUT = 5.0
+
+
+@dataclass(slots=True)
+class Plan:
+    """The ticker: decide now, unless a round ran less than half an interval ago."""
+
+
+@dataclass(slots=True)
+class Kick:
+    """Something changed (jobs added, settings, room freed): decide soon."""
+
+
+@dataclass(slots=True)
+class _Kicked:
+    pass
+
+
+@dataclass(slots=True)
+class Received:
+    """``peer`` pushed ``count`` jobs here."""
+
+    peer: str
+    count: int
+
+
+@dataclass(slots=True)
+class StealAsked:
+    """``peer`` has room for ``count`` jobs of ``topics`` and asks us for work."""
+
+    peer: str
+    count: int
+    topics: tuple[str, ...]
 
 
 class OffloaderActor(Actor):
-    """Messages: ``("plan",)``/``("kick",)`` (decide now), ``("received", peer, n)`` (jobs pushed
-    to us), ``("steal", peer, count, topics)`` (a peer asks us for work)."""
+    """Messages: ``Plan``, ``Kick``, ``Received``, ``StealAsked`` (``kick()``, ``received()`` and
+    ``steal()`` send them)."""
 
     def __init__(self, node: Any, config: PolicyConfig | None = None, interval: float | None = None) -> None:
         super().__init__("offloader")
@@ -61,8 +98,17 @@ class OffloaderActor(Actor):
             self._listening = True  # once: an actor restart after a crash keeps the listener
             d.add_listener(self._on_topology)
 
+    def kick(self) -> None:
+        self.tell(Kick())
+
+    def received(self, peer: str, count: int) -> None:
+        self.tell(Received(peer, count))
+
+    def steal(self, peer: str, count: int, topics: tuple[str, ...]) -> None:
+        self.tell(StealAsked(peer, count, tuple(topics)))
+
     def _on_topology(self, event: Any) -> None:
-        self.tell(("kick",))
+        self.tell(Kick())
 
     async def _ticker(self) -> None:
         """A round every ``interval`` while there is work to place; every heartbeat interval
@@ -72,38 +118,42 @@ class OffloaderActor(Actor):
         while True:
             await asyncio.sleep(idle_interval if self._idle() else self.interval)
             if self.mailbox_size < 2:  # never pile up rounds behind a slow one
-                self.tell(("plan",))
+                self.tell(Plan())
 
     def stats(self) -> dict[str, Any]:
         return {"moves_out": self.moves_out, "moves_in": self.moves_in, "decisions": self.decisions,
                 "steal_requests": self.steal_requests}
 
-    async def receive(self, msg: Any) -> Any:
-        kind = msg[0]
-        if kind in ("plan", "kick"):
-            since = _clock.monotonic() - self._last_plan
-            if kind == "plan" and since < self.interval / 2:
-                return None
-            if kind == "kick" and since < KICK_MIN_INTERVAL:
-                # room opened or work arrived just after a round: one more round soon, not one per kick
-                if not self._kick_pending:
-                    self._kick_pending = True
-                    self.tell_later(KICK_MIN_INTERVAL - since, ("kicked",))
-                return None
+    def receive(self, msg: Any) -> Any:
+        handler = _MAILBOX.get(type(msg))
+        if handler is None:
+            raise TypeError(f"offloader: unknown message {type(msg).__name__}")
+        return handler(self, msg)
+
+    async def _on_plan(self, msg: Plan) -> None:
+        if _clock.monotonic() - self._last_plan >= self.interval / 2:
             await self._plan()
-        elif kind == "kicked":
-            self._kick_pending = False
-            await self._plan()
-        elif kind == "received":
-            _, peer, n = msg
-            self.moves_in += n
-            self.history.append(MoveRecord(_clock.monotonic(), peer, self.node.name, n, "move"))
-        elif kind == "steal":
-            _, peer, count, topics = msg
-            await self._plan(only_target=peer, limit=count)
-        else:
-            raise ValueError(f"offloader: unknown message {kind!r}")
-        return None
+
+    async def _on_kick(self, msg: Kick) -> None:
+        since = _clock.monotonic() - self._last_plan
+        if since < KICK_MIN_INTERVAL:
+            # room opened or work arrived just after a round: one more round soon, not one per kick
+            if not self._kick_pending:
+                self._kick_pending = True
+                self.tell_later(KICK_MIN_INTERVAL - since, _Kicked())
+            return
+        await self._plan()
+
+    async def _on_kicked(self, msg: _Kicked) -> None:
+        self._kick_pending = False
+        await self._plan()
+
+    def _on_received(self, msg: Received) -> None:
+        self.moves_in += msg.count
+        self.history.append(MoveRecord(_clock.monotonic(), msg.peer, self.node.name, msg.count, "move"))
+
+    async def _on_steal(self, msg: StealAsked) -> None:
+        await self._plan(only_target=msg.peer, limit=msg.count)
 
     # -- one decision ------------------------------------------------------------------------
     def _view(self) -> TopologyView | None:
@@ -124,20 +174,15 @@ class OffloaderActor(Actor):
             local.append(inst)
         return dataclasses.replace(view, instances=tuple(local))
 
-    async def _summaries(self) -> list[tuple[Any, QueueSummary]]:
-        out = []
-        for qc in self.node.config.all_queues():
-            qa = self.node.queue_actor(qc.name)
-            if qa is None:
-                continue
-            try:
-                rows = await qa.ask(("offload_summary",), timeout=5.0)
-            except Exception as e:
-                self.log.warning("queue summary failed", queue=qc.name, error=repr(e))
-                continue
-            for topic, count, age, ordered in rows:
-                out.append((qa, QueueSummary(qc.name, topic, count, ordered, age, None)))
-        return out
+    async def _summaries(self) -> list[QueueSummary]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.node.engine.tell(ev.SummaryRequested(fut))
+        try:
+            rows = await asyncio.wait_for(fut, SUMMARY_TIMEOUT)
+        except Exception as e:
+            self.log.warning("queue summary failed", error=repr(e))
+            return []
+        return [QueueSummary(queue, topic, count, ordered, age, None) for queue, topic, count, age, ordered in rows]
 
     async def _durations(self) -> dict[str, float]:
         try:
@@ -174,17 +219,17 @@ class OffloaderActor(Actor):
         if only_target is None and local is not None and not local.capacity.get("movable"):
             self._maybe_steal(view, now)  # nothing of ours waits here: no window to scan
             return
-        room = sum(transfer.room(i.name) for i in view.instances if i.name != self.node.name)
+        rooms: dict[str, int] = await transfer.ask(RoomsRequested(), timeout=SUMMARY_TIMEOUT)
+        room = sum(rooms.get(i.name, 0) for i in view.instances if i.name != self.node.name)
         budget = min(MAX_JOBS_PER_ROUND, room, limit if limit is not None else MAX_JOBS_PER_ROUND)
         if budget <= 0:
             return
-        groups = await self._summaries()
-        if not groups:
+        summaries = await self._summaries()
+        if not summaries:
             if only_target is None:
                 self._maybe_steal(view, now)
             return
         durations = await self._durations()
-        summaries = [g for _, g in groups]
         plan = plan_moves(view, summaries, now, durations, list(self.history), self.cfg,
                           only_target=only_target, limit=budget, target_free=limit)
         if plan.unassignable and now - self._last_unassignable_log > 10.0:
@@ -193,27 +238,19 @@ class OffloaderActor(Actor):
                           groups=[(g.queue, g.topic, g.count) for g in plan.unassignable])
         if not plan.moves:
             return
-        actors = {g.queue: qa for qa, g in groups}
         moved = 0
         for m in plan.moves:
-            qa = actors.get(m.queue)
-            n = min(m.count, transfer.room(m.target), budget)
-            if qa is None or n <= 0:
+            n = min(m.count, rooms.get(m.target, 0), budget)
+            if n <= 0:
                 continue
-            try:
-                jobs = await qa.ask(("take", m.topic, n), timeout=5.0)
-            except Exception as e:
-                self.log.warning("could not take jobs to move", queue=m.queue, error=repr(e))
-                continue
-            if not jobs:
-                continue
-            transfer.offer(m.target, jobs)
+            rooms[m.target] -= n
+            transfer.tell(PlanMove(m.target, m.queue, m.topic, n))  # pledged, taken, recorded, offered
             kind = "stolen" if m.reason == "steal" else "move"
-            self.history.append(MoveRecord(now, self.node.name, m.target, len(jobs), kind))
-            self.moves_out += len(jobs)
-            budget -= len(jobs)
-            moved += len(jobs)
-            self.log.debug("jobs moved", target=m.target, topic=m.topic, jobs=len(jobs), reason=m.reason)
+            self.history.append(MoveRecord(now, self.node.name, m.target, n, kind))
+            self.moves_out += n
+            budget -= n
+            moved += n
+            self.log.debug("jobs moved", target=m.target, topic=m.topic, jobs=n, reason=m.reason)
         if moved:
             self.decisions += 1
 
@@ -222,9 +259,17 @@ class OffloaderActor(Actor):
         if ask is None:
             return
         transfer = self.node.transfer
-        transfer.tell(("send", ask.victim, StealRequest(ask.count, ask.topics)))
+        transfer.tell(SendSteal(ask.victim, StealRequest(ask.count, ask.topics)))
         self.history.append(MoveRecord(now, self.node.name, ask.victim, ask.count, "steal_request"))
         self.steal_requests += 1
 
 
-__all__ = ["OffloaderActor"]
+_MAILBOX: dict[type, Callable[[OffloaderActor, Any], Any]] = {
+    Plan: OffloaderActor._on_plan,
+    Kick: OffloaderActor._on_kick,
+    _Kicked: OffloaderActor._on_kicked,
+    Received: OffloaderActor._on_received,
+    StealAsked: OffloaderActor._on_steal,
+}
+
+__all__ = ["OffloaderActor", "Plan", "Kick", "Received", "StealAsked"]

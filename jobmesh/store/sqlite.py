@@ -30,7 +30,6 @@ import structlog
 from ..actor import Actor
 from ..errors import ActorStopped
 from ..job import Job, JobState, Progress
-from ..plants import PLANTS
 from .schema import migrate
 
 log = structlog.get_logger("jobmesh.store")
@@ -47,6 +46,7 @@ _UPDATE = (
 # The start of a run: only what changes (a narrower UPDATE binds and writes less).
 _START = "UPDATE jobs SET state='ACTIVE', started=?, finished=NULL, attempt=?, target=? WHERE seq=?"
 _DELETE = "DELETE FROM jobs WHERE id=?"
+_DELETE_SEQ = "DELETE FROM jobs WHERE seq=?"
 # Other nodes' copies restored after a restart wait for their origin's word (schema version 4);
 # the node's own jobs (origin = the bound name) never are held, so the sub-select is skipped.
 _NOT_HELD = "(origin=? OR id NOT IN (SELECT job_id FROM transfer_copies WHERE held=1))"
@@ -78,6 +78,17 @@ def row_to_job(row: tuple[Any, ...]) -> Job:
     )
 
 
+def insert_row(job: Job, props: str | None = None) -> tuple[Any, ...]:
+    """A new row, in ``JOB_COLUMNS`` order (``props``: the properties as JSON, if known)."""
+    return (
+        job.seq, job.id, job.topic, job.queue, job.state._value_,
+        props if props is not None else json.dumps(job.properties), job.origin,
+        job.target, job.created, job.started, job.finished, job.retry_count,
+        job.max_retries, job.attempt, job.not_before, progress_json(job.progress),
+        job.result_message, json.dumps(job.output) if job.output else None,
+    )
+
+
 def update_row(job: Job) -> tuple[Any, ...]:
     """A snapshot of a job's mutable columns, taken when the write is requested."""
     return (
@@ -93,6 +104,7 @@ class _Batch:
     updates: dict[int, tuple[Any, ...]]  # by seq: the last snapshot of a job wins
     starts: dict[int, tuple[Any, ...]]  # by seq: QUEUED -> ACTIVE, written before ``updates``
     deletes: list[str]
+    delete_seqs: list[int]
     calls: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]]
     futures: list[asyncio.Future[Any]]
 
@@ -136,7 +148,7 @@ class Store(Actor):
 
     @staticmethod
     def _new_batch() -> _Batch:
-        return _Batch([], {}, {}, [], [], [])
+        return _Batch([], {}, {}, [], [], [], [])
 
     # -- lifecycle -------------------------------------------------------
     async def on_start(self) -> None:
@@ -234,13 +246,7 @@ class Store(Actor):
         for i, job in enumerate(jobs):
             job.seq = seq
             seq += 1
-            props = properties_json[i] if properties_json is not None else json.dumps(job.properties)
-            rows.append((
-                job.seq, job.id, job.topic, job.queue, job.state.value, props, job.origin,
-                job.target, job.created, job.started, job.finished, job.retry_count,
-                job.max_retries, job.attempt, job.not_before, progress_json(job.progress),
-                job.result_message, json.dumps(job.output) if job.output else None,
-            ))
+            rows.append(insert_row(job, properties_json[i] if properties_json is not None else None))
         self._next_seq = seq
         return self._enqueue()
 
@@ -284,6 +290,26 @@ class Store(Actor):
             raise ActorStopped("the job store is closed (node stopped)")
         self._pending.deletes.extend(job_ids)
         return self._enqueue()
+
+    def delete_rows(self, seqs: Iterable[int]) -> asyncio.Future[Any]:
+        """Delete rows by their seq (a row of an id that a newer row may have replaced)."""
+        if not self._opened:
+            raise ActorStopped("the job store is closed (node stopped)")
+        pending = self._pending
+        for seq in seqs:
+            pending.delete_seqs.append(seq)
+            pending.updates.pop(seq, None)
+            pending.starts.pop(seq, None)
+        return self._enqueue()
+
+    def pending_future(self) -> asyncio.Future[Any]:
+        """The future of the transaction being gathered (the one the last write joined)."""
+        if not self._opened:
+            raise ActorStopped("the job store is closed (node stopped)")
+        futs = self._pending.futures
+        if not futs:
+            return self._enqueue()
+        return futs[0]
 
     def call(self, fn: Callable[[sqlite3.Connection], Any]) -> asyncio.Future[Any]:
         """Run ``fn(conn)`` on the writer connection inside the next transaction; its result resolves the future."""
@@ -377,6 +403,8 @@ class Store(Actor):
                 conn.executemany(_UPDATE, batch.updates.values())
             if batch.deletes:
                 conn.executemany(_DELETE, ((i,) for i in batch.deletes))
+            if batch.delete_seqs:
+                conn.executemany(_DELETE_SEQ, ((i,) for i in batch.delete_seqs))
             for fn, _ in batch.calls:
                 conn.execute("SAVEPOINT call")
                 try:
@@ -495,46 +523,26 @@ class Store(Actor):
         return self.reader.execute("SELECT count(*) FROM jobs").fetchone()[0]
 
     # -- maintenance (run inside a write transaction) ---------------------
-    async def recover(self, now: float) -> list[tuple[str, str]]:
-        """Jobs ACTIVE at a crash go back to QUEUED counted as a retry, or GIVEN_UP when out of retries.
+    def active_rows(self) -> list[Job]:
+        """Rows ACTIVE now: at start, the runs a crash interrupted (this node's own, and other
+        nodes' copies; with ``local_name`` set, not this node's jobs running at another node).
+        The engine decides what becomes of them (``engine.events.Recovered``)."""
+        if self.local_name is not None:
+            sql = (f"SELECT {JOB_COLUMNS} FROM jobs WHERE state='ACTIVE' AND (origin!=? OR target IS NULL "
+                   "OR target=?) ORDER BY seq")
+            rows = self.reader.execute(sql, (self.local_name, self.local_name)).fetchall()
+        else:
+            rows = self.reader.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE state='ACTIVE' ORDER BY seq").fetchall()
+        return [row_to_job(r) for r in rows]
 
-        Returns (job_id, new_state) for every recovered job.
-        """
-        def run(conn: sqlite3.Connection) -> list[tuple[str, str]]:
-            me = self.local_name
-            if me is not None:
-                # other nodes' copies run again here once their origin confirms them (held until
-                # then: it may have given them to another node meanwhile); jobs running at another
-                # node are the transfer actor's to settle
-                conn.execute("UPDATE jobs SET state='QUEUED' WHERE state='ACTIVE' AND origin!=?", (me,))
-                if not PLANTS.active("run-superseded-copy"):
-                    conn.execute("UPDATE transfer_copies SET held=1")
-                rows = conn.execute(
-                    "SELECT id, retry_count, max_retries FROM jobs WHERE state='ACTIVE' "
-                    "AND (target IS NULL OR target=?)", (me,)
-                ).fetchall()
-            else:
-                rows = conn.execute(
-                    "SELECT id, retry_count, max_retries FROM jobs WHERE state='ACTIVE'"
-                ).fetchall()
-            out = []
-            requeue, give_up = [], []
-            for job_id, rc, mr in rows:
-                if mr >= 0 and rc + 1 > mr:
-                    give_up.append((now, "interrupted by a node crash; no retries left", job_id))
-                    out.append((job_id, JobState.GIVEN_UP.value))
-                else:
-                    requeue.append((job_id,))
-                    out.append((job_id, JobState.QUEUED.value))
-            conn.executemany(
-                "UPDATE jobs SET state='QUEUED', retry_count=retry_count+1, not_before=0 WHERE id=?", requeue
-            )
-            conn.executemany(
-                "UPDATE jobs SET state='GIVEN_UP', finished=?, result_message=? WHERE id=?", give_up
-            )
-            return out
-
-        return await self.call(run)
+    def handed_off(self) -> list[Job]:
+        """This node's jobs handed to another node and not final (QUEUED or ACTIVE there)."""
+        if self.local_name is None:
+            return []
+        me = self.local_name
+        return [row_to_job(r) for r in self.reader.execute(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE origin=? AND target IS NOT NULL AND target!=? "
+            "AND state IN ('QUEUED','ACTIVE') ORDER BY seq", (me, me))]
 
     async def purge(self, succeeded_before: float, others_before: float, keep_queues: list[str], limit: int = 5000) -> int:
         """Delete finished jobs past their history TTL, at most ``limit`` per call (bounded work)."""
@@ -557,12 +565,11 @@ class Store(Actor):
 
         return await self.call(run)
 
-    async def rehome(self, moves: list[tuple[str, str, str]]) -> None:
-        """Move QUEUED jobs of (old queue, topic) to a new queue: the configuration changed."""
-        def run(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                "UPDATE jobs SET queue=? WHERE state='QUEUED' AND queue=? AND topic=?",
-                [(new, old, topic) for old, topic, new in moves],
-            )
-
-        await self.call(run)
+    @staticmethod
+    def rehome_rows(conn: sqlite3.Connection, moves: list[tuple[str, str, str]]) -> None:
+        """Move QUEUED rows of (old queue, topic) to a new queue (the configuration changed);
+        run inside a transaction (the engine's ``Commit.rehome``)."""
+        conn.executemany(
+            "UPDATE jobs SET queue=? WHERE state='QUEUED' AND queue=? AND topic=?",
+            [(new, old, topic) for old, topic, new in moves],
+        )
