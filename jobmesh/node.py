@@ -356,6 +356,11 @@ class Node:
                 out[kind] = out.get(kind, 0) + n
         return out
 
+    @property
+    def pool(self) -> EngineActor:
+        """The node's slots, for readers (``free_slots()``, ``load()``): the engine holds them."""
+        return self.engine
+
     # -- the host of the engine (EngineHost) ------------------------------------------
     def runnable(self, topic: str) -> bool:
         """A job of ``topic`` may start here: a consumer, and the topic enabled here."""

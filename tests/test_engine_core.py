@@ -356,7 +356,7 @@ def test_stop_of_a_job_at_another_node() -> None:
     core.handle(ev.HandoffCommitted("b", [j1, j2], 2))
     core.handle(ev.RemoteStarted("b", "j2", 1, 1000.0))
     out = core.handle(ev.StopRequested("j1", JobState.STOPPED, None))  # not started there: recorded now
-    assert out[0] == ins.StopRemote("j1") and j1.state is JobState.STOPPED
+    assert out[0] == ins.StopRemote("j1", withdraw=True) and j1.state is JobState.STOPPED
     out = core.handle(ev.StopRequested("j2", JobState.STOPPED, None))  # running there: its result records it
     assert out == [ins.StopRemote("j2")] and j2.state is A
     core.handle(ev.RemoteResults([ev.RemoteResult("b", "j2", 1, "CANCEL", "stopped")]))

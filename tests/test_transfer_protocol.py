@@ -1001,3 +1001,22 @@ def test_targets_crash_and_restart_every_job_once_and_no_superseded_copy_runs(se
     assert len(committed) == n_jobs, f"{n_jobs - len(committed)} jobs not committed"
     assert set(committed.values()) == {1}
     assert nodes["a"].origin.in_flight() == 0
+
+
+def test_a_stop_recorded_at_home_withdraws_the_attempt_so_a_retry_can_go_again(a: TransferProtocol,
+                                                                              b: TransferProtocol) -> None:
+    """Sim seed 1073: a job offered to an unreachable target was stopped at home (STOPPED) and
+    then retried; its old attempt stayed in flight, the new offer was refused with only a log,
+    and the record said "handed to b" while nobody held it — QUEUED for good."""
+    a.origin.offer("b", [spec(1)])
+    out = a.origin.withdraw("job-1")
+    assert [s.message for s in sends(out, Stop)] == [Stop("job-1", 1)]
+    assert a.origin.job_state("job-1") is None
+    out = a.origin.offer("b", [spec(1, attempt=2)])
+    assert [j.id for s in sends(out, Handoff) for j in s.message.items] == ["job-1"]
+
+
+def test_an_offer_refused_because_another_attempt_is_in_flight_comes_home(a: TransferProtocol) -> None:
+    a.origin.offer("b", [spec(1)])
+    out = a.origin.offer("c", [spec(1, attempt=2)])
+    assert of(RequeueLocal, out) == [RequeueLocal((JobRef("job-1", 2),), "another attempt is still in flight", "c")]

@@ -95,6 +95,7 @@ class EngineActor(Actor):
         self.window = window
         self.transfer_store = TransferStore(config.name)
         self.repairs = 0  # watchdog requeues (each a missed transition)
+        self.watchdog_period = WATCHDOG_PERIOD
         self.core = self._new_core()
         self.runner: Runner | None = None
         self._events: deque[Any] = deque()
@@ -129,6 +130,10 @@ class EngineActor(Actor):
 
     def load(self) -> dict[str, Any]:
         return self.core.load()
+
+    def free_slots(self) -> int:
+        """Slots neither reserved nor running (0 while draining)."""
+        return self.core.free_slots()
 
     def hurry(self) -> None:
         """Cut a drain's grace short (a second SIGINT/SIGTERM). Safe to call from a signal handler."""
@@ -170,7 +175,7 @@ class EngineActor(Actor):
             self._feed(ev.RunsFinished([(r, Outcome("ABORTED", "engine restarted")) for r in interrupted]))
         await store.flush()
         self._feed(ev.Restored(store.handed_off()))
-        self.tell_later(WATCHDOG_PERIOD, ev.WatchdogDue())
+        self.tell_later(self.watchdog_period, ev.WatchdogDue())
 
     async def on_stop(self) -> None:
         if self._timer is not None:
@@ -190,7 +195,7 @@ class EngineActor(Actor):
         self._feed(msg)
 
     def _watchdog_due(self, msg: ev.WatchdogDue) -> None:
-        self.tell_later(WATCHDOG_PERIOD, ev.WatchdogDue())
+        self.tell_later(self.watchdog_period, ev.WatchdogDue())
         self._feed(msg)
 
     # -- feeding the core --------------------------------------------------------------------

@@ -45,6 +45,7 @@ from . import instructions as ins
 WINDOW = 16384  # jobs held in memory per queue
 REFILL_CHUNK = 1024  # rows read from the store per refill
 WATCHDOG_SCAN = 256  # ready rows compared per round
+AWAY_CHECK_ROUNDS = 3  # watchdog rounds between two checks of the handed-off records (CheckAway)
 MAX_LOG_LINES = 1000
 
 _QUEUED, _ACTIVE, _SUCCEEDED = JobState.QUEUED, JobState.ACTIVE, JobState.SUCCEEDED
@@ -153,6 +154,7 @@ class EngineCore:
         self.finished_total = 0
         self._done: deque[list[float]] = deque()  # [second, count] of the last ~10 s
         self._timer_at: float | None = None
+        self._watchdog_rounds = 0
         self._now = 0.0
         self._out: list[Any] = []
         self._commit: ins.Commit | None = None
@@ -550,12 +552,13 @@ class EngineCore:
     def _stop_away(self, job: Job, state: JobState, reply: Any) -> None:
         """A job handed to another node: not started there, it is recorded stopped now; running
         there, the stop travels and its result records it."""
-        self._out.append(ins.StopRemote(job.id))
         if job.state is _QUEUED:
             del self.away[job.id]
+            self._out.append(ins.StopRemote(job.id, withdraw=True))  # final here: the attempt goes
             self._record_stop(job, state, reply)
         else:
             self.stop_wanted[job.id] = state
+            self._out.append(ins.StopRemote(job.id))
             self._reply(reply, job.snapshot())
 
     def _on_remove(self, e: ev.RemoveRequested) -> None:
@@ -646,6 +649,9 @@ class EngineCore:
         """Level-triggered repair: every QUEUED job of a queue that may run here belongs in the
         window or in a slot. The store is read only while slots are free (or for copies a
         reconcile round asked about), so an idle or a busy node does no O(all jobs) work."""
+        self._watchdog_rounds += 1
+        if self.away and self._watchdog_rounds % AWAY_CHECK_ROUNDS == 0:
+            self._out.append(ins.CheckAway(sorted((j.id, j.target or "", j.attempt) for j in self.away.values())))
         scan: list[str] = []
         free = self.free_slots()
         for q in self.queues.values():
@@ -918,10 +924,11 @@ class EngineCore:
     def _on_handoff_returned(self, e: ev.HandoffReturned) -> None:
         transitions: list[tuple[Job, JobState, JobState, float | None, str]] = []
         back: list[Job] = []
-        for job_id, _ in e.refs:
+        for job_id, attempt in e.refs:
             job = self.away.get(job_id)
-            if job is None or job.state not in (_QUEUED, _ACTIVE) or (e.peer is not None and job.target != e.peer):
-                continue
+            if (job is None or job.state not in (_QUEUED, _ACTIVE) or job.attempt != attempt
+                    or (e.peer is not None and job.target != e.peer)):
+                continue  # ended here, or handed off again since
             del self.away[job_id]
             self.stop_wanted.pop(job_id, None)
             job.target = None

@@ -188,9 +188,19 @@ class OfferJobs:
 
 @dataclass(slots=True)
 class StopRemote:
-    """Ask the target running (or holding) this handed-off job to stop it."""
+    """Ask the target running (or holding) this handed-off job to stop it; ``withdraw``: the stop is
+    recorded here already (it had not started there), so the attempt goes at once."""
 
     job_id: str
+    withdraw: bool = False
+
+
+@dataclass(slots=True)
+class CheckAway:
+    """(job id, target, attempt) of every job this engine holds as handed off: the transfer
+    compares them with what its protocol has in flight (``OriginProtocol.check_records``)."""
+
+    records: list[tuple[str, str, int]]
 
 
 @dataclass(slots=True)
@@ -252,5 +262,5 @@ class CopyResults:
 
 
 TO_MANAGER: tuple[type, ...] = (JobsStarted, JobsTransitioned, CopiesArrived, CopiesLeft)
-TO_TRANSFER: tuple[type, ...] = (OfferJobs, StopRemote, ResultsRecorded, ResultsNotRecorded, CopiesRecorded,
+TO_TRANSFER: tuple[type, ...] = (OfferJobs, StopRemote, CheckAway, ResultsRecorded, ResultsNotRecorded, CopiesRecorded,
                                  CopiesNotRecorded, CopyStarted, CopyProgress, CopyResults)

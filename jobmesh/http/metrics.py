@@ -105,6 +105,7 @@ REPAIR_KINDS: dict[str, str] = {
     "watchdog_requeue": "a QUEUED job no queue was dispatching, put back in its window",
     "handoff_lost": "a job a target did not hold although the origin believed so, queued at home again",
     "copy_unwanted": "a copy its origin no longer wanted, dropped at the target",
+    "handoff_orphaned": "a job recorded as handed off that no peer held in the protocol, queued at home again",
 }
 
 

@@ -14,8 +14,12 @@ Invariants (DESIGN §3), each a ``Violation`` with the seed, its name and the tr
   asked for (its add, plus each ``retry``); a stale result never changes a record.
 - ``all-final``: after healing, every job whose add was acknowledged is final at its origin
   within ``settle`` (SUCCEEDED unless the workload stopped it), every workflow COMPLETED.
+- ``stuck-queued``: after that, no runnable job QUEUED for ``queued_bound`` while a capable node
+  has free slots.
 - ``one-topology``: after healing, within ``topology_bound``, every node sees all nodes, the
   same leader, and a current view.
+- ``one-topology`` also holds for ``stable`` seconds after everything settled, with no member
+  change; ``no-late-repair``: no repair happens in that time.
 - ``topology-events``: Sling's guarantees per listener (INIT first, never two CHANGING in a
   row, CHANGED only after CHANGING, PROPERTIES_CHANGED only between changes).
 - ``leader-oldest``: a current view's leader is its member with the lowest rank.
@@ -78,6 +82,9 @@ class SimConfig:
     plant: str | None = None
     trace_tail: int = 80
     job_rate: float = 8.0  # workload operations per simulated second
+
+    stable: float = 20.0  # after everything settled: this long with nothing changing
+    queued_bound: float = 30.0  # after one topology: no runnable job QUEUED this long while slots are free
 
     @property
     def topology_bound(self) -> float:
@@ -208,6 +215,7 @@ class Simulation:
         self.trace: Trace = None  # type: ignore[assignment]
         self._restarts: dict[str, asyncio.TimerHandle] = {}
         self._disabled: set[tuple[str, str]] = set()
+        self._suspended: set[tuple[str, str]] = set()
         self.healed_at: float | None = None
         self.converged_s: float | None = None
         self.schedule_id: str | None = None
@@ -244,6 +252,10 @@ class Simulation:
             self.violation = Violation("all-final", "the run did not end")
         finally:
             simulated = loop.time()
+            if self.violation is not None:
+                # its traceback holds the frames of the nodes' code: drop it, or they outlive the
+                # teardown and their half-run coroutines are collected at some later moment
+                self.violation = Violation(self.violation.invariant, self.violation.detail)
             self._teardown(loop)
             warn.__exit__(None, None, None)
             asyncio.set_event_loop(old_loop)
@@ -307,6 +319,7 @@ class Simulation:
         self._heal()
         try:
             await self._converge()
+            await self._stay_stable()
             self._check_schedules()
         finally:
             checker.cancel()
@@ -500,7 +513,8 @@ class Simulation:
             if not live:
                 continue
             name = rng.choice(live)
-            op = rng.choices(["add", "stop", "retry", "flow", "toggle"], [70, 6, 6, 6, 4])[0]
+            op = rng.choices(["add", "stop", "retry", "flow", "toggle", "remove", "suspend"],
+                             [70, 6, 6, 6, 4, 3, 2])[0]
             if op == "add":
                 items = [(rng.choice(TOPICS), {"ms": rng.choice([1, 5, 20, 100, 400]),
                                                "fails": 1 if rng.random() < 0.1 else 0})
@@ -514,6 +528,12 @@ class Simulation:
                 self._spawn(self.accepted[job_id], self._retry(job_id))
             elif op == "flow" and "sim/a" in self.topics[name]:  # its last step runs at its origin
                 self._spawn(name, self._flow(name))
+            elif op == "remove" and self.accepted:
+                job_id = rng.choice(sorted(self.accepted))
+                self._spawn(self.accepted[job_id], self._remove(job_id))
+            elif op == "suspend":
+                queue = rng.choice(["main", "ordered"])
+                self._spawn(name, self._suspend(name, queue, rng.uniform(0.2, 3.0)))
             elif op == "toggle":
                 topic = rng.choice(self.topics[name])
                 key = (name, topic)
@@ -539,6 +559,42 @@ class Simulation:
             self.trace.add(node.name, "stop", job_id[-8:])
         except Exception as e:
             self.trace.add(node.name, "stop-refused", f"{job_id[-8:]} {type(e).__name__}")
+
+    async def _remove(self, job_id: str) -> None:
+        node = self.nodes.get(self.accepted[job_id])
+        if node is None:
+            return
+        self.stop_asked.add(job_id)  # DROPPED, or deleted if it was final already
+        try:
+            await node.jobs.remove(job_id)
+            self.trace.add(node.name, "remove", job_id[-8:])
+        except Exception as e:
+            self.trace.add(node.name, "remove-refused", f"{job_id[-8:]} {type(e).__name__}")
+
+    async def _suspend(self, name: str, queue: str, span: float) -> None:
+        """Suspend a queue (running jobs finish, nothing new starts), resume it a while later."""
+        node = self.nodes.get(name)
+        if node is None:
+            return
+        self._suspended.add((name, queue))
+        await node.jobs.suspend_queue(queue)
+        self.trace.add(name, "suspend", queue)
+        await asyncio.sleep(span)
+        node = self.nodes.get(name)
+        if node is not None and (name, queue) in self._suspended:
+            await node.jobs.resume_queue(queue)
+            self._suspended.discard((name, queue))
+            self.trace.add(name, "resume-queue", queue)
+
+    async def _resume_queues(self, name: str, queues: list[str]) -> None:
+        node = self.nodes.get(name)
+        while node is None:  # healing: the node may still be booting
+            await asyncio.sleep(0.1)
+            node = self.nodes.get(name)
+        for queue in queues:
+            await node.jobs.resume_queue(queue)
+            self._suspended.discard((name, queue))
+            self.trace.add(name, "resume-queue", queue)
 
     async def _retry(self, job_id: str) -> None:
         node = self.nodes.get(self.accepted[job_id])
@@ -664,6 +720,10 @@ class Simulation:
                 self._start(name)
         for name, topic in sorted(self._disabled):
             self._spawn(name, self._toggle(name, topic, "enabled", wait=True))
+        for name in self.names:  # suspension is not durable, but a queue suspended in a live node stays so
+            queues = sorted(q for n, q in self._suspended if n == name)
+            if queues:
+                self._spawn(name, self._resume_queues(name, queues))
         self.healed_at = self.loop.time()
         self.trace.add("sim", "healed", f"after {self.faults} faults")
 
@@ -805,6 +865,63 @@ class Simulation:
                     return
                 if now > deadline:
                     self._fail("all-final", f"{cfg.settle:g}s after healing: {problem}")
+                if now - self.healed_at - (self.converged_s or 0) > cfg.queued_bound:
+                    self._check_stuck_queued()
+
+    async def _stay_stable(self) -> None:
+        """Healed and settled, the mesh stays so: one topology for ``stable`` more seconds, no
+        member changes, no repair (a repair now would mean a belief still drifting)."""
+        assert self.loop is not None
+        # the views may still reorder for a moment (a rejoin moves a node back): let them settle
+        # for two heartbeat timeouts without a change, then nothing may change any more
+        quiet_since = self.loop.time()
+        limit = quiet_since + self.cfg.settle
+
+        def member_changes() -> dict[tuple[str, int], int]:  # properties (a schedule's last fire) may change
+            return {k: sum(1 for e in v if e.type is TE.TOPOLOGY_CHANGED) for k, v in self.events.items()}
+
+        changes = member_changes()
+        while self.loop.time() - quiet_since < 2 * self.cfg.timeout:
+            await asyncio.sleep(0.25)
+            now_changes = member_changes()
+            if now_changes != changes:
+                changes, quiet_since = now_changes, self.loop.time()
+            if self.loop.time() > limit:
+                self._fail("one-topology", "the views never stopped changing after healing")
+        repairs = self._repairs()
+        changes = {k: len(v) for k, v in self.events.items()}
+        end = self.loop.time() + self.cfg.stable
+        while self.loop.time() < end:
+            await asyncio.sleep(0.5)
+            problem = self._topology_problem()
+            if problem is not None:
+                self._fail("one-topology", f"after settling, the mesh split again: {problem}")
+        moved = [k for k, v in self.events.items() if k in changes and any(
+            e.type is TE.TOPOLOGY_CHANGING for e in v[changes[k]:])]
+        if moved:
+            self._fail("one-topology", f"membership changed after settling, seen by {sorted(moved)}")
+        after = self._repairs()
+        if any(after.get(k, 0) > repairs.get(k, 0) for k in after):
+            self._fail("no-late-repair", f"repairs after settling: {repairs} -> {after}")
+
+    def _check_stuck_queued(self) -> None:
+        """A job QUEUED (ready, not handed off) at its origin while a node that may run its topic
+        has free slots, long after the mesh became one topology: nobody is dispatching it."""
+        free: dict[str, bool] = {}
+        for name, node in self._live():
+            if node.pool.free_slots() > 0:
+                for t in self.topics[name]:
+                    if (name, t) not in self._disabled:
+                        free[t] = True
+        now = None
+        for origin, node in self._live():
+            now = node.clock()
+            for job_id, topic, not_before, target in node.store.reader.execute(
+                    "SELECT id, topic, not_before, target FROM jobs WHERE state='QUEUED' AND origin=? "
+                    "AND (target IS NULL OR target=?) LIMIT 50", (origin, origin)):
+                if job_id in self.accepted and not_before <= now and free.get(topic):
+                    self._fail("stuck-queued", f"job {job_id} ({topic}) is QUEUED at {origin} {self.cfg.queued_bound:g}s "
+                                               f"after the mesh healed, while a node that runs {topic} has free slots")
 
     def _topology_problem(self) -> str | None:
         views = {}
@@ -841,7 +958,11 @@ class Simulation:
             for job_id in ids:
                 row = rows.get(job_id)
                 if row is None:
-                    return f"job {job_id} is missing at its origin {origin}"
+                    if self.finals.get(job_id):
+                        # final, then purged with the history (a clock jumped past history_ttl)
+                        self._seen_final.add(job_id)
+                        continue
+                    return f"job {job_id} is missing at its origin {origin} (never final)"
                 state, target, message = row
                 if state not in FINAL_NAMES:
                     open_.append(f"{job_id} {state} at {origin} (target {target})")

@@ -102,20 +102,16 @@ class SimLoop(asyncio.SelectorEventLoop):
 
     # -- node runs ------------------------------------------------------------------------
     def call_soon(self, callback: Callable[..., Any], *args: Any, context: contextvars.Context | None = None) -> Any:
-        if context is None:
-            context = contextvars.copy_context()
-        run = context.get(CURRENT_RUN)
+        run = CURRENT_RUN.get() if context is None else context.get(CURRENT_RUN)
         if run is not None:
-            callback = functools.partial(_guarded, run, callback, context)
+            callback = functools.partial(_guarded, run, callback, context or contextvars.copy_context())
         return super().call_soon(callback, *args, context=context)
 
     def call_at(self, when: float, callback: Callable[..., Any], *args: Any,
                 context: contextvars.Context | None = None) -> Any:
-        if context is None:
-            context = contextvars.copy_context()
-        run = context.get(CURRENT_RUN)
+        run = CURRENT_RUN.get() if context is None else context.get(CURRENT_RUN)
         if run is not None:
-            callback = functools.partial(_guarded, run, callback, context)
+            callback = functools.partial(_guarded, run, callback, context or contextvars.copy_context())
         return super().call_at(when, callback, *args, context=context)
 
     def resume(self, run: NodeRun) -> None:

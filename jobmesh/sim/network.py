@@ -205,6 +205,9 @@ class SimNetwork:
             self._schedule(at, _UNCLOG, src, dst)
 
     def unclog_all(self) -> None:
+        """Release every clogged link now, and forget the clogs and unclogs scheduled for later
+        (a swizzle-clog still under way would clog links again after a heal)."""
+        self._controls = []
         for src, dst in list(self._clogged):
             self._release(src, dst, self.now)
 

@@ -360,7 +360,11 @@ class TransferActor(Actor):
         self._exec(self.protocol.origin.offer(msg.peer, [JobSpec.of(j) for j in msg.jobs], msg.pledged))
 
     def _stop_remote(self, msg: ei.StopRemote) -> None:
-        self._exec(self.protocol.origin.stop(msg.job_id))
+        origin = self.protocol.origin
+        self._exec(origin.withdraw(msg.job_id) if msg.withdraw else origin.stop(msg.job_id))
+
+    def _check_away(self, msg: ei.CheckAway) -> None:
+        self._exec(self.protocol.origin.check_records(msg.records))
 
     def _results_recorded(self, msg: ei.ResultsRecorded) -> None:
         self.stale_results += msg.stale
@@ -615,6 +619,7 @@ _MAILBOX: dict[type, Callable[[TransferActor, Any], Any]] = {
     SendSteal: TransferActor._send_steal,
     ei.OfferJobs: TransferActor._offer,
     ei.StopRemote: TransferActor._stop_remote,
+    ei.CheckAway: TransferActor._check_away,
     ei.ResultsRecorded: TransferActor._results_recorded,
     ei.ResultsNotRecorded: TransferActor._results_not_recorded,
     ei.CopiesRecorded: TransferActor._copies_recorded,

@@ -400,6 +400,7 @@ class OriginProtocol:
         self._reconcile_due: dict[str, float] = {}  # peer -> next periodic round (while jobs are there)
         self.rounds = 0  # reconcile rounds started (metrics)
         self._pledged: dict[str, int] = {}  # peer -> room set aside for jobs on their way to ``offer``
+        self._orphans: dict[str, int] = {}  # records not in flight here at the last check: id -> attempt
 
     # -- queries
     def in_flight(self, peer: str | None = None) -> int:
@@ -485,6 +486,7 @@ class OriginProtocol:
         sending: list[JobSpec] = []
         deferred: list[JobRef] = []
         stale: list[JobRef] = []
+        refused: list[JobRef] = []
         room = self.room(peer)
         for spec in jobs:
             existing = self._jobs.get(spec.id)
@@ -494,6 +496,7 @@ class OriginProtocol:
                 out.append(Log("warning", "offer_refused_in_flight",
                                {"job_id": spec.id, "attempt": spec.attempt, "peer": peer,
                                 "in_flight_at": existing.peer, "in_flight_attempt": existing.spec.attempt}))
+                refused.append(JobRef(spec.id, spec.attempt))  # its record must not say it went
                 continue
             last = self._retired.get(spec.id)
             if last is not None and spec.attempt <= last:
@@ -514,6 +517,8 @@ class OriginProtocol:
         if deferred:
             reason = "peer down" if peer in self._down else "backpressure"
             out.append(RequeueLocal(tuple(deferred), reason, peer))
+        if refused:
+            out.append(RequeueLocal(tuple(refused), "another attempt is still in flight", peer))
         if stale:
             out.append(RequeueLocal(tuple(stale), "attempt already used: offer with a higher attempt", peer))
             out.append(Log("error", "offer_with_used_attempt", {"peer": peer, "jobs": [r.id for r in stale]}))
@@ -536,6 +541,40 @@ class OriginProtocol:
             out.append(Send(job.peer, Stop(job.spec.id, job.spec.attempt)))
         self._timers.maybe(self.next_deadline(), out)
         return out
+
+    def check_records(self, records: Sequence[tuple[str, str, int]]) -> list[Any]:
+        """Level-triggered repair at the origin: ``records`` are (job id, peer, attempt) of every job
+        whose record says it is handed off. One that is not in flight at that peer under that
+        attempt on two checks in a row (a transition that left record and protocol apart) comes
+        home, logged and counted."""
+        found: dict[str, int] = {}
+        for job_id, peer, attempt in records:
+            job = self._jobs.get(job_id)
+            if job is None or job.peer != peer or job.spec.attempt != attempt:
+                found[job_id] = attempt
+        orphans = sorted((i, a) for i, a in found.items() if self._orphans.get(i) == a)
+        gone = {i for i, _ in orphans}
+        self._orphans = {i: a for i, a in found.items() if i not in gone}
+        if not orphans:
+            return []
+        return [RequeueLocal(tuple(JobRef(i, a) for i, a in orphans), "recorded as handed off, in flight nowhere"),
+                Repaired("handoff_orphaned", len(orphans)),
+                Log("warning", "repaired: jobs recorded as handed off that no peer has come home (a missed "
+                               "transition; please report it)", {"count": len(orphans),
+                                                                 "job_ids": [i for i, _ in orphans[:10]]})]
+
+    def withdraw(self, job_id: str) -> list[Any]:
+        """The origin ended the job before it started at the target (a stop or remove recorded at
+        home): let the attempt go now and ask the target to drop its copy. A copy it runs anyway
+        ends as a stale result, and the next reconcile round drops what is left; keeping the
+        attempt in flight instead would block the job's next attempt after a manual retry."""
+        job = self._jobs.get(job_id)
+        if job is None or job.state is OriginJobState.RESULT_RECEIVED:
+            return []
+        self._release(job)
+        if job.peer in self._down:
+            return []
+        return [Send(job.peer, Stop(job.spec.id, job.spec.attempt))]
 
     def submit(self, peer: str, request_id: str, topic: str, properties: dict[str, Any]) -> list[Any]:
         """Add a job on ``peer``; ``SubmitDone`` reports the outcome (or a timeout)."""
