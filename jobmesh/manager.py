@@ -152,7 +152,8 @@ class JobManager(Actor):
         now = self.clock()
         jobs: list[Job] = []
         texts: list[str] = []
-        nid, match, node, valid = self.ids.next, self.matcher.match, self.node_name, _valid_topic
+        ids = self.ids.next_many(len(items))
+        match, node, valid = self.matcher.match, self.node_name, _valid_topic
         for i, item in enumerate(items):
             try:
                 topic, props = item
@@ -163,7 +164,7 @@ class JobManager(Actor):
             valid(topic)
             texts.append("{}" if props is None or props == {} else _check_properties(props))
             q = match(topic)
-            jobs.append(Job(id=nid(), topic=topic, properties=props if props is not None else {},
+            jobs.append(Job(id=ids[i], topic=topic, properties=props if props is not None else {},
                             queue=q.name, origin=node, created=now, max_retries=q.retries))
         if not jobs:
             return []
@@ -411,8 +412,8 @@ class JobManager(Actor):
         agg: dict[tuple[str, str, JobState, JobState, bool], list[float]] = {}
         waiters, events = self._waiters, self.events
         for job, old, new, processing_ms, how in msg.items:
-            if how == "FAILED" and old is _ACTIVE:
-                self._log_failure(job, new, now)
+            if how == "FAILED" and old is _ACTIVE and job.job is not None:
+                self._log_failure(job.job, new, now)
             key = (job.queue, job.topic, old, new, how == "ABORTED")
             a = agg.get(key)
             if a is None:
@@ -422,9 +423,10 @@ class JobManager(Actor):
                 a[1] += processing_ms
                 a[2] += 1
             if new in FINAL_STATES and job.id in waiters:
+                final = self.store.get(job.id) or job.job  # committed: the job as it ended
                 for fut in waiters.pop(job.id):
-                    if not fut.done():
-                        fut.set_result(job)  # a snapshot: the engine keeps its own record
+                    if not fut.done() and final is not None:
+                        fut.set_result(final)
             if events.active:
                 topic = notification_topic(old, new)
                 if topic is not None and events.wants(topic):

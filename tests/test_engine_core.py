@@ -18,6 +18,7 @@ from jobmesh.transfer.protocol import JobSpec, ResultItem
 from jobmesh.job import ResultKind
 
 Q, A, S = JobState.QUEUED, JobState.ACTIVE, JobState.SUCCEEDED
+F = ins.JobFacts.of
 
 
 class Clock:
@@ -85,13 +86,13 @@ def test_a_job_from_add_to_succeeded_is_these_events_and_instructions() -> None:
     assert (j.state, j.attempt, j.target, j.started) == (A, 1, "n", 1000.0)
     clock.t = 1000.5
     assert core.handle(ev.StartsCommitted([run])) == [
-        ins.JobsStarted([(j.snapshot(), 1000.0)]),  # waiting: 1 s since it was created
+        ins.JobsStarted([(F(j), 1000.0)]),  # waiting: 1 s since it was created
         ins.Start([run]),
     ]
     clock.t = 1001.0
     out = core.handle(ev.RunsFinished([(run, Outcome("OK", "done"))]))
     assert j.state is S and j.finished == 1001.0 and j.result_message == "done"
-    assert out == [ins.Commit(updates=[j], then=[ins.JobsTransitioned([(j.snapshot(), A, S, 1000.0, "OK")])])]
+    assert out == [ins.Commit(updates=[j], then=[ins.JobsTransitioned([(F(j), A, S, 1000.0, "OK")])])]
     assert not core.running and core.finished_total == 1
 
 
@@ -104,7 +105,7 @@ def test_a_failure_retries_after_its_delay_then_gives_up() -> None:
     assert (j.state, j.retry_count, j.not_before) == (Q, 1, 1002.0)
     assert "attempt 1 failed" in j.progress.log[-1] and "retry 1/2" in j.progress.log[-1]
     assert out == [ins.SetTimer(1002.0),
-                   ins.Commit(updates=[j], then=[ins.JobsTransitioned([(j.snapshot(), A, Q, 0.0, "FAILED")])])]
+                   ins.Commit(updates=[j], then=[ins.JobsTransitioned([(F(j, True), A, Q, 0.0, "FAILED")])])]
     clock.t = 1002.0
     out = core.handle(ev.Tick())
     run2 = core.running["j1"]
@@ -197,7 +198,7 @@ def test_stop_a_queued_job_is_recorded_then_answered() -> None:
     out = core.handle(ev.StopRequested("j1", JobState.STOPPED, reply, stored=job(1)))
     assert j.state is JobState.STOPPED and j.finished == 1000.0
     snap = j.snapshot()
-    assert out == [ins.Commit(updates=[j], then=[ins.JobsTransitioned([(snap, Q, JobState.STOPPED, None, "STOPPED")]),
+    assert out == [ins.Commit(updates=[j], then=[ins.JobsTransitioned([(F(j), Q, JobState.STOPPED, None, "STOPPED")]),
                                                   ins.Reply(reply, snap)])]
 
 
@@ -211,7 +212,7 @@ def test_stop_a_running_job_asks_its_consumer_and_its_outcome_records_it() -> No
     assert run.stopped()
     out = core.handle(ev.RunsFinished([(run, Outcome("STOPPED", stop_state=JobState.DROPPED))]))
     assert j.state is JobState.DROPPED
-    assert commit(out).then == [ins.JobsTransitioned([(j.snapshot(), A, JobState.DROPPED, 0.0, "STOPPED")])]
+    assert commit(out).then == [ins.JobsTransitioned([(F(j), A, JobState.DROPPED, 0.0, "STOPPED")])]
 
 
 def test_stop_before_the_start_is_durable_means_the_consumer_never_starts() -> None:
@@ -230,7 +231,7 @@ def test_retry_puts_a_final_job_back_and_refuses_a_succeeded_one() -> None:
     out = core.handle(ev.RetryRequested("j1", reply, stored))
     assert (stored.state, stored.retry_count, stored.finished, stored.result_message) == (Q, 0, None, None)
     snap = stored.snapshot()
-    assert out == [ins.Commit(updates=[stored], then=[ins.JobsTransitioned([(snap, JobState.GIVEN_UP, Q, None, "RETRY")]),
+    assert out == [ins.Commit(updates=[stored], then=[ins.JobsTransitioned([(F(stored), JobState.GIVEN_UP, Q, None, "RETRY")]),
                                                        ins.Reply(reply, snap)])]
     done = job(2, state=S)
     [r] = core.handle(ev.RetryRequested("j2", reply, done))
@@ -310,17 +311,17 @@ def test_a_job_offloaded_from_take_to_succeeded() -> None:
     assert (j.attempt, j.target, j.state) == (1, "b", Q)
     assert out == [ins.Commit(updates=[j], done=[ev.HandoffCommitted("b", [j], 5)],
                               failed=[ev.HandoffNotCommitted("b", [j], 5, "")])]
-    assert core.handle(ev.HandoffCommitted("b", [j], 5)) == [ins.OfferJobs("b", [j.snapshot()], 5)]
+    assert core.handle(ev.HandoffCommitted("b", [j], 5)) == [ins.OfferJobs("b", [JobSpec.of(j)], 5)]
     clock.t = 1001.0
     out = core.handle(ev.RemoteStarted("b", "j1", 1, 1000.5))
     assert j.state is A and j.started == 1000.5
-    assert out == [ins.Commit(updates=[j], then=[ins.JobsStarted([(j.snapshot(), 1500.0)])])]
+    assert out == [ins.Commit(updates=[j], then=[ins.JobsStarted([(F(j), 1500.0)])])]
     assert core.load()["waiting_elsewhere"] == 0
     out = core.handle(ev.RemoteResults([ev.RemoteResult("b", "j1", 1, "OK", "fine", None, 1000.5, 1000.75, ("l",))]))
     assert (j.state, j.result_message, j.progress.log) == (S, "fine", ["l"])
-    assert out == [ins.Commit(updates=[j], then=[ins.JobsTransitioned([(j.snapshot(), A, S, 250.0, "OK")]),
+    assert out == [ins.Commit(updates=[j], then=[ins.JobsTransitioned([(F(j), A, S, 250.0, "OK")]),
                                                   ins.ResultsRecorded([("j1", 1)], 0)],
-                              failed=[ev.ResultsNotCommitted([j.snapshot()], [("j1", 1)], "")])]
+                              failed=[ev.ResultsNotCommitted([F(j)], [("j1", 1)], "")])]
     assert not core.away
 
 
@@ -377,18 +378,18 @@ def test_a_copy_from_accepted_to_its_result_in_the_outbox() -> None:
     assert (copy.origin, copy.attempt, copy.seq, copy.state) == ("o", 1, 50, Q)
     assert out == [ins.Commit(copies=[("o", copy)], done=[ev.CopiesCommitted("o", [copy])],
                               failed=[ev.CopiesNotCommitted("o", [copy], "")])]
-    queued = copy.snapshot()
+    queued = F(copy)
     out = core.handle(ev.CopiesCommitted("o", [copy]))
     run = core.running["c1"]
     assert out[:2] == [ins.CopiesArrived([queued]), ins.CopiesRecorded("o", [("c1", 1)])]
     assert commit(out).starts == [copy] and copy.attempt == 1  # a copy keeps its origin's attempt
     out = core.handle(ev.StartsCommitted([run]))
-    assert out == [ins.JobsStarted([(copy.snapshot(), 100000.0)]), ins.CopyStarted("c1", 1, 1000.0), ins.Start([run])]
+    assert out == [ins.JobsStarted([(F(copy), 100000.0)]), ins.CopyStarted("c1", 1, 1000.0), ins.Start([run])]
     clock.t = 1002.0
     out = core.handle(ev.RunsFinished([(run, Outcome("OK", "made"))]))
     item = ResultItem("c1", 1, ResultKind.OK, "made", None, 1000.0, 1002.0, ())
     assert out == [ins.Commit(outbox=[(copy, item)], then=[ins.CopyResults([item], []),
-                                                           ins.CopiesLeft([(copy.snapshot(), A)])])]
+                                                           ins.CopiesLeft([(F(copy), A)])])]
     assert not core.copies
 
 

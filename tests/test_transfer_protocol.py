@@ -1020,3 +1020,15 @@ def test_an_offer_refused_because_another_attempt_is_in_flight_comes_home(a: Tra
     a.origin.offer("b", [spec(1)])
     out = a.origin.offer("c", [spec(1, attempt=2)])
     assert of(RequeueLocal, out) == [RequeueLocal((JobRef("job-1", 2),), "another attempt is still in flight", "c")]
+
+
+def test_result_items_read_fast_or_checked_alike() -> None:
+    from jobmesh.transfer.messages import ResultItem as RI
+
+    body = {"id": "j", "attempt": 2, "kind": "FAILED", "message": "m", "retry_delay": 1, "started": 1.0,
+            "finished": 2, "log": []}
+    assert RI.from_wire(body) == RI._from_wire_checked(body)
+    for bad in ({**body, "attempt": True}, {**body, "kind": "MAYBE"}, {**body, "retry_delay": -1},
+                {**body, "id": ""}, {**body, "log": "x"}, {**body, "started": "1"}):
+        with pytest.raises(ProtocolError):
+            RI.from_wire(bad)

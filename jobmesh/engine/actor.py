@@ -282,10 +282,10 @@ class EngineActor(Actor):
             calls: list[asyncio.Future[Any]] = []
             if c.inserts:
                 store.insert(c.inserts, c.texts)
-            for job in c.starts:
-                store.update_started(job)
-            for job in c.updates:
-                store.update(job)
+            if c.starts:
+                store.start_many(c.starts)
+            if c.updates:
+                store.update_many(c.updates)
             if c.deletes:
                 store.delete_rows([j.seq for j in c.deletes])
             if c.copies or c.outbox or c.forget or c.rehome:

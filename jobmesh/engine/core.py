@@ -38,7 +38,7 @@ from ..consumers.context import append_log
 from ..job import FINAL_STATES, Job, JobState, Progress, Story
 from ..job import ResultKind
 from ..queues.core import Outcome, QueueMatcher, Window, decide, make_window
-from ..transfer.protocol import ResultItem
+from ..transfer.protocol import JobSpec, ResultItem
 from . import events as ev
 from . import instructions as ins
 
@@ -359,7 +359,7 @@ class EngineCore:
 
     # ------------------------------------------------------------------ runs
     def _on_starts_committed(self, e: ev.StartsCommitted) -> None:
-        started: list[tuple[Job, float]] = []
+        started: list[tuple[ins.JobFacts, float]] = []
         copies: list[ins.CopyStarted] = []
         runs: list[Run] = []
         me = self.node
@@ -373,7 +373,7 @@ class EngineCore:
                 continue
             run.started = True
             job = run.job
-            started.append((job.snapshot(), run.waiting_ms))
+            started.append((ins.JobFacts.of(job), run.waiting_ms))
             if job.origin != me:
                 copies.append(ins.CopyStarted(job.id, job.attempt, job.started or self._now))
             runs.append(run)
@@ -391,10 +391,10 @@ class EngineCore:
         self._finish(e.items)
 
     def _finish(self, items: list[tuple[Run, Outcome]]) -> None:
-        transitions: list[tuple[Job, JobState, JobState, float | None, str]] = []
+        transitions: list[tuple[ins.JobFacts, JobState, JobState, float | None, str]] = []
         results: list[Any] = []
         final_progress: list[ins.CopyProgress] = []
-        left: list[tuple[Job, JobState]] = []
+        left: list[tuple[ins.JobFacts, JobState]] = []
         me, now = self.node, self._now
         c: ins.Commit | None = None
         for run, outcome in items:
@@ -408,7 +408,7 @@ class EngineCore:
             if run.superseded:
                 self._log("info", "run of a superseded copy ended; not reported", job_id=job.id)
                 c.deletes.append(job)  # its row, unless a newer copy's replaced it already
-                left.append((job.snapshot(), _ACTIVE))
+                left.append((ins.JobFacts.of(job), _ACTIVE))
                 continue
             job.progress = run.progress
             if job.origin != me and outcome.kind != "ABORTED":
@@ -423,7 +423,7 @@ class EngineCore:
                 self._log_outcome(job, new, outcome)
             processing = (now - job.started) * 1000.0 if job.started else None
             c.updates.append(job)
-            transitions.append((job.snapshot(), old, new, processing, outcome.kind))
+            transitions.append((ins.JobFacts.of(job, outcome.kind == "FAILED"), old, new, processing, outcome.kind))
             if new is _QUEUED:
                 self._enter_window(job)
         if c is None:
@@ -458,7 +458,7 @@ class EngineCore:
             self._log("info", "job ended", job_id=job.id, topic=job.topic, state=new.value)
 
     def _copy_result(self, run: Run, outcome: Outcome, c: ins.Commit, results: list[Any],
-                     final_progress: list[ins.CopyProgress], left: list[tuple[Job, JobState]]) -> None:
+                     final_progress: list[ins.CopyProgress], left: list[tuple[ins.JobFacts, JobState]]) -> None:
         """A copy ended here: its result goes to the durable outbox (its row goes), then to its origin."""
         job = run.job
         self.copies.pop(job.id, None)
@@ -475,7 +475,7 @@ class EngineCore:
         p = job.progress
         if p.steps is not None or p.step or p.eta is not None:
             final_progress.append(ins.CopyProgress(job.id, job.attempt, p.steps, p.step, p.eta, ()))
-        left.append((job.snapshot(), _ACTIVE))
+        left.append((ins.JobFacts.of(job), _ACTIVE))
 
     def _on_progress(self, e: ev.ProgressReported) -> None:
         run = e.run
@@ -532,10 +532,10 @@ class EngineCore:
         c = self._c()
         results: list[Any] = []
         progress: list[ins.CopyProgress] = []
-        left: list[tuple[Job, JobState]] = []
+        left: list[tuple[ins.JobFacts, JobState]] = []
         run.job.progress = run.progress
         self._copy_result(run, outcome, c, results, progress, left)
-        left[:] = [(j, _QUEUED) for j, _ in left]
+        left[:] = [(facts, _QUEUED) for facts, _ in left]
         c.then.append(ins.CopyResults(results, progress))
         c.then.append(ins.CopiesLeft(left))
 
@@ -545,7 +545,7 @@ class EngineCore:
         c = self._c()
         c.updates.append(job)
         snap = job.snapshot()
-        c.then.append(ins.JobsTransitioned([(snap, old, state, None, how)]))
+        c.then.append(ins.JobsTransitioned([(ins.JobFacts.of(job), old, state, None, how)]))
         if reply is not None:
             c.then.append(ins.Reply(reply, snap))
 
@@ -595,7 +595,7 @@ class EngineCore:
         c = self._c()
         c.updates.append(job)
         snap = job.snapshot()
-        c.then.append(ins.JobsTransitioned([(snap, old, _QUEUED, None, "RETRY")]))
+        c.then.append(ins.JobsTransitioned([(ins.JobFacts.of(job), old, _QUEUED, None, "RETRY")]))
         if e.reply is not None:
             c.then.append(ins.Reply(e.reply, snap))
         self._enter_window(job)
@@ -661,7 +661,8 @@ class EngineCore:
             q.window.unpark(self.runnable)  # a missed ConsumersChanged costs a round, not forever
             if free > 0 and q.active < q.parallelism:
                 scan.append(q.name)
-        verify = sorted(self.verify)
+        # only the copies a round asked about that this core does not hold are looked up
+        verify = sorted(i for i in self.verify if i not in self.copies and i not in self.running)
         self.verify.clear()
         if scan or verify:
             self._out.append(ins.ScanReady(scan, WATCHDOG_SCAN, verify))
@@ -763,7 +764,7 @@ class EngineCore:
         out: list[tuple[str, str, int, float, bool]] = []
         for q in self.queues.values():
             counts: dict[str, list[float]] = {}
-            for job in q.window.jobs():
+            for job in q.window.view():
                 if not self._movable(job, now):
                     continue
                 c = counts.get(job.topic)
@@ -804,7 +805,7 @@ class EngineCore:
         c.failed.append(ev.HandoffNotCommitted(e.peer, taken, e.count, ""))
 
     def _on_handoff_committed(self, e: ev.HandoffCommitted) -> None:
-        jobs = [j.snapshot() for j in e.jobs if self.away.get(j.id) is j and j.state is _QUEUED
+        jobs = [JobSpec.of(j) for j in e.jobs if self.away.get(j.id) is j and j.state is _QUEUED
                 and j.target == e.peer]
         self._out.append(ins.OfferJobs(e.peer, jobs, e.pledged))
 
@@ -817,14 +818,14 @@ class EngineCore:
                 self._enter_window(job)
         self._out.append(ins.OfferJobs(e.peer, [], e.pledged))
 
-    def _start_away(self, job: Job, peer: str, at: float, started: list[tuple[Job, float]]) -> None:
+    def _start_away(self, job: Job, peer: str, at: float, started: list[tuple[ins.JobFacts, float]]) -> None:
         """The job runs at ``peer`` (a start message, progress or its result said so)."""
         now = self._now
         self.story.transition(job, _ACTIVE, f"started at {peer}", now)
         job.started = at if 0 < at <= now + 60 else now
         job.finished = None
         self._away_active += 1
-        started.append((job.snapshot(), waiting_ms(job, job.started)))
+        started.append((ins.JobFacts.of(job), waiting_ms(job, job.started)))
 
     def _away_match(self, peer: str, job_id: str, attempt: int) -> Job | None:
         job = self.away.get(job_id)
@@ -836,7 +837,7 @@ class EngineCore:
         job = self._away_match(e.peer, e.job_id, e.attempt)
         if job is None or job.state is not _QUEUED:
             return
-        started: list[tuple[Job, float]] = []
+        started: list[tuple[ins.JobFacts, float]] = []
         self._start_away(job, e.peer, e.at, started)
         c = self._c()
         c.updates.append(job)
@@ -848,7 +849,7 @@ class EngineCore:
             return
         c = self._c()
         if job.state is _QUEUED:  # progress before the (delayed or lost) start message proves the start
-            started: list[tuple[Job, float]] = []
+            started: list[tuple[ins.JobFacts, float]] = []
             self._start_away(job, e.peer, self._now, started)
             c.then.append(ins.JobsStarted(started))
         p = job.progress
@@ -866,8 +867,8 @@ class EngineCore:
         """Results go through the same retry decision as local outcomes; acknowledged after the commit."""
         now = self._now
         refs: list[tuple[str, int]] = []
-        started: list[tuple[Job, float]] = []
-        transitions: list[tuple[Job, JobState, JobState, float | None, str]] = []
+        started: list[tuple[ins.JobFacts, float]] = []
+        transitions: list[tuple[ins.JobFacts, JobState, JobState, float | None, str]] = []
         stale = 0
         c = self._c()
         for r in e.results:
@@ -903,7 +904,7 @@ class EngineCore:
             else:
                 proc = max(0.0, (now - begun) * 1000.0) if begun is not None else None
             c.updates.append(job)
-            transitions.append((job.snapshot(), old, d.state, proc, outcome.kind))
+            transitions.append((ins.JobFacts.of(job, outcome.kind == "FAILED"), old, d.state, proc, outcome.kind))
         if started:
             c.then.append(ins.JobsStarted(started))
         if transitions:
@@ -922,7 +923,7 @@ class EngineCore:
         self._out.append(ins.LoadJobs([j.id for j in e.jobs], "away"))
 
     def _on_handoff_returned(self, e: ev.HandoffReturned) -> None:
-        transitions: list[tuple[Job, JobState, JobState, float | None, str]] = []
+        transitions: list[tuple[ins.JobFacts, JobState, JobState, float | None, str]] = []
         back: list[Job] = []
         for job_id, attempt in e.refs:
             job = self.away.get(job_id)
@@ -936,7 +937,7 @@ class EngineCore:
                 self._away_active -= 1
                 self.story.transition(job, _QUEUED, f"back home: {e.reason}", self._now)
                 job.started = None
-                transitions.append((job.snapshot(), _ACTIVE, _QUEUED, None, "ABORTED"))
+                transitions.append((ins.JobFacts.of(job), _ACTIVE, _QUEUED, None, "ABORTED"))
             else:
                 self.story.note(job_id, _QUEUED, f"back home: {e.reason}", self._now)
             back.append(job)
@@ -953,13 +954,13 @@ class EngineCore:
     def _on_copies_accepted(self, e: ev.CopiesAccepted) -> None:
         now, origin = self._now, e.origin
         jobs: list[Job] = []
-        left: list[tuple[Job, JobState]] = []
+        left: list[tuple[ins.JobFacts, JobState]] = []
         for i, s in enumerate(e.specs):
             old = self.copies.get(s.id)
             if old is not None:  # a newer attempt supersedes the copy we hold
                 state = self._forget_copy(old, "superseded by a newer attempt")
                 if state is not None:
-                    left.append((old.snapshot(), state))
+                    left.append((ins.JobFacts.of(old), state))
             q = self.queues[self.matcher.match(s.topic).name]
             job = Job(id=s.id, topic=s.topic, properties=dict(s.properties), queue=q.name, origin=origin,
                       created=s.created or now, retry_count=s.retry_count, max_retries=s.max_retries,
@@ -976,12 +977,12 @@ class EngineCore:
         c.failed.append(ev.CopiesNotCommitted(origin, jobs, ""))
 
     def _on_copies_committed(self, e: ev.CopiesCommitted) -> None:
-        arrived: list[Job] = []
+        arrived: list[ins.JobFacts] = []
         for job in e.jobs:
             if self.copies.get(job.id) is not job:
                 continue  # forgotten or superseded meanwhile
             self.committing.discard(job.id)
-            arrived.append(job.snapshot())
+            arrived.append(ins.JobFacts.of(job))
             run = self.running.get(job.id)
             if run is not None:  # its superseded copy still runs: one run per job id at a time
                 self.after_run[job.id] = job
@@ -1040,16 +1041,15 @@ class EngineCore:
         self._stop(e.job_id, _STOPPED, None, None)
 
     def _on_copies_forgotten(self, e: ev.CopiesForgotten) -> None:
-        left: list[tuple[Job, JobState]] = []
+        left: list[tuple[ins.JobFacts, JobState]] = []
         for job_id, attempt in e.refs:
             job = self.copies.get(job_id)
             if job is not None and job.attempt == attempt:
                 state = self._forget_copy(job, e.reason)
                 if state is not None:
-                    left.append((job.snapshot(), state))
+                    left.append((ins.JobFacts.of(job), state))
         for job_id, topic in e.held:
-            left.append((Job(id=job_id, topic=topic, properties={}, queue=self.matcher.match(topic).name,
-                             origin="?"), _QUEUED))
+            left.append((ins.JobFacts(job_id, topic, self.matcher.match(topic).name, "?", 0, None), _QUEUED))
         c = self._c()
         c.forget.extend(e.refs)
         if left:

@@ -12,16 +12,35 @@ The engine actor (``engine.actor``) carries each out through one table,
   ``ResultsNotRecorded``, ``CopiesRecorded``, ``CopiesNotRecorded``, ``CopyStarted``,
   ``CopyProgress``, ``CopyResults``.
 
-Jobs in messages to other actors are snapshots (``Job.snapshot``): the receiver may keep
-them; the engine's own records are never shared.
+Jobs in messages to other actors are snapshots (``Job.snapshot``) or their facts
+(``JobFacts``): the receiver may keep them; the engine's own records are never shared.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..job import Job, JobState
+
+
+class JobFacts(NamedTuple):
+    """What the job manager needs of a job for its statistics and notifications, taken when the
+    message was made (cheaper than a snapshot, and as immutable). ``job`` is a snapshot where
+    more is needed (a failed run: its log has the failure entry to report)."""
+
+    id: str
+    topic: str
+    queue: str
+    origin: str
+    retry_count: int
+    result_message: str | None
+    job: Job | None = None
+
+    @classmethod
+    def of(cls, job: Job, full: bool = False) -> "JobFacts":
+        return cls(job.id, job.topic, job.queue, job.origin, job.retry_count, job.result_message,
+                   job.snapshot() if full else None)
 
 # --------------------------------------------------------------------------- for the shell
 
@@ -147,7 +166,7 @@ class Repaired:
 class JobsStarted:
     """Runs started (here or at a peer): (job, waiting time in ms)."""
 
-    items: list[tuple[Job, float]]
+    items: list[tuple[JobFacts, float]]
 
 
 @dataclass(slots=True)
@@ -156,21 +175,21 @@ class JobsTransitioned:
     how is the outcome kind ("OK", "FAILED", "CANCEL", "STOPPED", "ABORTED", "INTERRUPTED",
     "RETRY")."""
 
-    items: list[tuple[Job, JobState, JobState, float | None, str]]
+    items: list[tuple[JobFacts, JobState, JobState, float | None, str]]
 
 
 @dataclass(slots=True)
 class CopiesArrived:
     """Other nodes' jobs committed here: they queue and count like local jobs while here."""
 
-    jobs: list[Job]
+    jobs: list[JobFacts]
 
 
 @dataclass(slots=True)
 class CopiesLeft:
     """Copies that ended or went here: (job, the state it left from)."""
 
-    items: list[tuple[Job, JobState]]
+    items: list[tuple[JobFacts, JobState]]
 
 
 # --------------------------------------------------------------------------- for the transfer actor
@@ -178,11 +197,12 @@ class CopiesLeft:
 
 @dataclass(slots=True)
 class OfferJobs:
-    """Hand these jobs (their handoff is durable: attempt and target recorded) to ``peer``;
-    ``pledged`` is the room the transfer set aside for them (``TakeForOffload.count``)."""
+    """Hand these jobs (``transfer.messages.JobSpec``: their handoff is durable, attempt and
+    target recorded) to ``peer``; ``pledged`` is the room the transfer set aside for them
+    (``TakeForOffload.count``)."""
 
     peer: str
-    jobs: list[Job]
+    jobs: list[Any]
     pledged: int
 
 

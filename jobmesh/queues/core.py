@@ -128,7 +128,12 @@ class Window:
         return job_id in self._ids
 
     def jobs(self) -> Iterator[Job]:
+        """The jobs in the window (a copy of the list: the caller may take some out meanwhile)."""
         return iter(list(self._ids.values()))
+
+    def view(self) -> Iterator[Job]:
+        """The jobs in the window, without a copy: the window must not change while it is read."""
+        return iter(self._ids.values())
 
     def add(self, job: Job, now: float) -> None:
         raise NotImplementedError

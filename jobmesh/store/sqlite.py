@@ -275,6 +275,19 @@ class Store(Actor):
             pending.starts[job.seq] = (job.started, job.attempt, job.target, job.seq)
         return self._enqueue()
 
+    def start_many(self, jobs: Iterable[Job]) -> asyncio.Future[Any]:
+        """``update_started`` for each of ``jobs`` (the engine's starts of one transaction)."""
+        if not self._opened:
+            raise ActorStopped("the job store is closed (node stopped)")
+        pending = self._pending
+        updates, starts = pending.updates, pending.starts
+        for job in jobs:
+            if job.seq in updates:  # an older full snapshot waits: keep the order by writing a full one
+                updates[job.seq] = update_row(job)
+            else:
+                starts[job.seq] = (job.started, job.attempt, job.target, job.seq)
+        return self._enqueue()
+
     def update_many(self, jobs: Iterable[Job]) -> asyncio.Future[Any]:
         if not self._opened:
             raise ActorStopped("the job store is closed (node stopped)")

@@ -357,7 +357,7 @@ class TransferActor(Actor):
 
     # -- from the engine --------------------------------------------------------------------------------
     def _offer(self, msg: ei.OfferJobs) -> None:
-        self._exec(self.protocol.origin.offer(msg.peer, [JobSpec.of(j) for j in msg.jobs], msg.pledged))
+        self._exec(self.protocol.origin.offer(msg.peer, msg.jobs, msg.pledged))
 
     def _stop_remote(self, msg: ei.StopRemote) -> None:
         origin = self.protocol.origin

@@ -165,6 +165,9 @@ class AckItem:
         )
 
 
+_KINDS = {k.value: k for k in ResultKind}
+
+
 @dataclass(frozen=True)
 class ResultItem:
     """A job's final outcome at the target: kind, message, retry delay, timings, log lines."""
@@ -196,6 +199,20 @@ class ResultItem:
 
     @classmethod
     def from_wire(cls, body: dict[str, Any]) -> "ResultItem":
+        # Results come in batches of hundreds: a well-formed body (the usual case: no log, no
+        # output, a known kind) is checked in one pass; anything else takes the checked path.
+        if type(body) is dict and not body.get("log") and body.get("output") is None:
+            i, a, k = body.get("id"), body.get("attempt"), _KINDS.get(body.get("kind"))  # type: ignore[arg-type]
+            m, d, st, fi = body.get("message"), body.get("retry_delay"), body.get("started"), body.get("finished")
+            if (type(i) is str and i and type(a) is int and a >= 0 and k is not None
+                    and (m is None or type(m) is str) and (d is None or (type(d) in (int, float) and d >= 0))
+                    and (st is None or type(st) in (int, float)) and (fi is None or type(fi) in (int, float))):
+                return cls(i, a, k, m, None if d is None else float(d), None if st is None else float(st),
+                           None if fi is None else float(fi))
+        return cls._from_wire_checked(body)
+
+    @classmethod
+    def _from_wire_checked(cls, body: dict[str, Any]) -> "ResultItem":
         what = "result item"
         kind_text = _req(body, "kind", str, what)
         try:
