@@ -11,6 +11,7 @@ transition raises ``InvalidTransition`` with that story.
 from __future__ import annotations
 
 import enum
+import json
 import threading
 import time
 from . import clock as _clock
@@ -253,6 +254,26 @@ def parse_iso(text: str) -> float:
 
 
 _new = object.__new__
+
+MAX_PROPERTIES_BYTES = 1_000_000
+
+
+def properties_json(props: Any, what: str = "properties") -> str:
+    """``props`` as JSON text when it is a JSON-compatible dict of bounded size (what a job's
+    properties, a workflow's input and a step's output must be); ``ValidationError`` otherwise."""
+    from .errors import ValidationError
+
+    if props is None:
+        return "{}"
+    if not isinstance(props, dict):
+        raise ValidationError(f"{what} must be a JSON object (a dict)")
+    try:
+        text = json.dumps(props, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValidationError(f"{what} are not JSON-compatible: {e}") from None
+    if len(text) > MAX_PROPERTIES_BYTES:
+        raise ValidationError(f"{what} are larger than {MAX_PROPERTIES_BYTES} bytes")
+    return text
 
 
 class JobIdGenerator:

@@ -11,7 +11,6 @@ engine's messages (``JobsStarted``, ``JobsTransitioned``, ``CopiesArrived``,
 from __future__ import annotations
 
 import asyncio
-import json
 from . import clock as _clock
 from functools import lru_cache
 from typing import Any, Callable
@@ -24,12 +23,11 @@ from .engine import events as ev
 from .engine import instructions as ins
 from .errors import ActorStopped, Conflict, NotFound, ValidationError
 from .events import JOB_ADDED, EventBus, Notification, notification_topic
-from .job import FINAL_STATES, Job, JobIdGenerator, JobState, iso
+from .job import FINAL_STATES, Job, JobIdGenerator, JobState, iso, properties_json
 from .job_queries import JobQueries
 from .queues.core import QueueMatcher
 from .topics import TopicError, validate_topic
 
-MAX_PROPERTIES_BYTES = 1_000_000
 MAX_BATCH = 10_000
 MAX_TOPIC_STATS = 10_000  # per-topic statistics kept for at most this many distinct topics
 _STATE_NAMES = {s.value: s for s in JobState}
@@ -75,19 +73,7 @@ def _valid_topic(topic: str) -> None:
         raise ValidationError(str(e)) from None
 
 
-def _check_properties(props: Any) -> str:
-    """JSON text of ``props``; ValidationError when it is not a JSON-compatible dict."""
-    if props is None:
-        return "{}"
-    if not isinstance(props, dict):
-        raise ValidationError("properties must be a JSON object (a dict)")
-    try:
-        text = json.dumps(props, allow_nan=False)
-    except (TypeError, ValueError) as e:
-        raise ValidationError(f"properties are not JSON-compatible: {e}") from None
-    if len(text) > MAX_PROPERTIES_BYTES:
-        raise ValidationError(f"properties are larger than {MAX_PROPERTIES_BYTES} bytes")
-    return text
+_check_properties = properties_json
 
 
 class JobManager(Actor):

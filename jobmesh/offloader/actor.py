@@ -26,7 +26,7 @@ import structlog
 from ..actor import Actor
 from ..discovery.view import TopologyView
 from ..engine import events as ev
-from ..transfer.actor import PlanMove, RoomsRequested, SendSteal
+from ..transfer.requests import PlanMove, RoomsRequested, SendSteal
 from ..transfer.protocol import StealRequest
 from .policy import MoveRecord, PolicyConfig, QueueSummary, plan_moves, plan_steal
 

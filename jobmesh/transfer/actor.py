@@ -34,6 +34,8 @@ from ..engine import instructions as ei
 from ..errors import Conflict, JobmeshError, NotFound, ValidationError
 from ..store.transfer import TransferStore
 from .links import PeerLinks
+from .requests import (AbsentCheck, PlanMove, RoomsRequested, SendSteal, SubmitAdded, SubmitRequested,
+                       TimerDue, TopologyChanged, WireArrived)
 from .protocol import (
     MESSAGE_TYPES,
     CommitAccepted,
@@ -88,69 +90,6 @@ class TransferHost(Protocol):
     def admits(self, topic: str) -> str | None: ...  # why a copy of a job of ``topic`` is refused here
 
     async def set_offloading(self, node_name: str, topic: str, mode: str) -> dict[str, Any]: ...
-
-
-# --------------------------------------------------------------------------- the actor's messages
-
-
-@dataclass(slots=True)
-class RoomsRequested:
-    """(ask) Room per live peer: jobs each may still be handed, less what is pledged."""
-
-
-@dataclass(slots=True)
-class PlanMove:
-    """The offloader decided to move ``count`` jobs of ``topic`` (queue ``queue``) to ``peer``: the
-    room is pledged, the engine takes and records them, then they are offered."""
-
-    peer: str
-    queue: str
-    topic: str
-    count: int
-
-
-@dataclass(slots=True)
-class SendSteal:
-    """A message decided elsewhere (the offloader's steal request) for ``peer``."""
-
-    peer: str
-    message: Message
-
-
-@dataclass(slots=True)
-class _WireArrived:
-    pass
-
-
-@dataclass(slots=True)
-class _TimerDue:
-    pass
-
-
-@dataclass(slots=True)
-class _TopologyChanged:
-    view: Any
-
-
-@dataclass(slots=True)
-class _AbsentCheck:
-    pass
-
-
-@dataclass(slots=True)
-class _SubmitRequested:
-    peer: str
-    request_id: str
-    topic: str
-    properties: dict[str, Any]
-
-
-@dataclass(slots=True)
-class _SubmitAdded:
-    peer: str
-    request_id: str
-    job_id: str | None
-    error: str | None
 
 
 @dataclass
@@ -268,7 +207,7 @@ class TransferActor(Actor):
             d.add_listener(self._on_topology)
             # peers we had jobs with before a restart and that never show up: failed
             wait = 2 * float(self.host.config.discovery.heartbeat_timeout) + 1.0
-            self.tell_later(wait, _AbsentCheck())
+            self.tell_later(wait, AbsentCheck())
 
     async def on_stop(self) -> None:
         self.stopping = True
@@ -303,9 +242,9 @@ class TransferActor(Actor):
         self._inbox_scheduled = False
         if self._inbox and not self._inbox_signaled and not self.stopping:
             self._inbox_signaled = True  # the handler takes all that arrived until it runs
-            self.tell(_WireArrived())
+            self.tell(WireArrived())
 
-    def _wire_arrived(self, msg: _WireArrived) -> None:
+    def _wire_arrived(self, msg: WireArrived) -> None:
         self._inbox_signaled = False
         batch, self._inbox = self._inbox, []
         out: list[Any] = []
@@ -314,16 +253,16 @@ class TransferActor(Actor):
             out += receive(msg_type, body)
         self._exec(out)
 
-    def _timer_due(self, msg: _TimerDue) -> None:
+    def _timer_due(self, msg: TimerDue) -> None:
         self._timer = None
         self._timer_at = None
         self._exec(self.protocol.on_timer())
 
     def _on_topology(self, event: Any) -> None:
         if not self.stopping:
-            self.tell(_TopologyChanged(event.new_view))
+            self.tell(TopologyChanged(event.new_view))
 
-    def _topology_changed(self, msg: _TopologyChanged) -> None:
+    def _topology_changed(self, msg: TopologyChanged) -> None:
         if msg.view is None:
             return
         down, up = self.links.update(msg.view)
@@ -334,7 +273,7 @@ class TransferActor(Actor):
             out += self.protocol.peer_up(name, inc)
         self._exec(out)
 
-    def _absent_check(self, msg: _AbsentCheck) -> None:
+    def _absent_check(self, msg: AbsentCheck) -> None:
         out: list[Any] = []
         for peer in sorted(p for p in self._restored_peers if p not in self.links.members):
             self.log.warning("peer from before the restart is not in the topology", peer=peer)
@@ -423,7 +362,7 @@ class TransferActor(Actor):
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = ins.at
-        self._timer = self.tell_later(max(0.0, ins.at - _clock.monotonic()) + 0.001, _TimerDue())
+        self._timer = self.tell_later(max(0.0, ins.at - _clock.monotonic()) + 0.001, TimerDue())
 
     def _log(self, ins: Log, batch: _Batch) -> None:
         getattr(self.log, ins.level if ins.level in ("debug", "info", "warning", "error") else "info")(
@@ -475,11 +414,11 @@ class TransferActor(Actor):
         try:
             job = await self.host.jobs.add(ins.topic, ins.properties)
         except JobmeshError as e:
-            self.tell(_SubmitAdded(ins.peer, ins.request_id, None, str(e)))
+            self.tell(SubmitAdded(ins.peer, ins.request_id, None, str(e)))
             return
-        self.tell(_SubmitAdded(ins.peer, ins.request_id, job.id, None))
+        self.tell(SubmitAdded(ins.peer, ins.request_id, job.id, None))
 
-    def _submit_added(self, msg: _SubmitAdded) -> None:
+    def _submit_added(self, msg: SubmitAdded) -> None:
         target = self.protocol.target
         if msg.job_id is not None:
             self._exec(target.submit_committed(msg.peer, msg.request_id, msg.job_id))
@@ -529,7 +468,7 @@ class TransferActor(Actor):
         rid = _rng.token_hex(16)
         fut = asyncio.get_running_loop().create_future()
         self._submits[rid] = fut
-        self.tell(_SubmitRequested(peer, rid, topic, properties or {}))
+        self.tell(SubmitRequested(peer, rid, topic, properties or {}))
         try:
             job_id, error = await asyncio.wait_for(fut, timeout)
         finally:
@@ -538,7 +477,7 @@ class TransferActor(Actor):
             raise Conflict(error)
         return job_id
 
-    def _submit_requested(self, msg: _SubmitRequested) -> None:
+    def _submit_requested(self, msg: SubmitRequested) -> None:
         self._exec(self.protocol.origin.submit(msg.peer, msg.request_id, msg.topic, msg.properties))
 
     # -- remote settings ---------------------------------------------------------------------------------
@@ -608,12 +547,12 @@ class TransferActor(Actor):
 
 
 _MAILBOX: dict[type, Callable[[TransferActor, Any], Any]] = {
-    _WireArrived: TransferActor._wire_arrived,
-    _TimerDue: TransferActor._timer_due,
-    _TopologyChanged: TransferActor._topology_changed,
-    _AbsentCheck: TransferActor._absent_check,
-    _SubmitRequested: TransferActor._submit_requested,
-    _SubmitAdded: TransferActor._submit_added,
+    WireArrived: TransferActor._wire_arrived,
+    TimerDue: TransferActor._timer_due,
+    TopologyChanged: TransferActor._topology_changed,
+    AbsentCheck: TransferActor._absent_check,
+    SubmitRequested: TransferActor._submit_requested,
+    SubmitAdded: TransferActor._submit_added,
     RoomsRequested: TransferActor._rooms,
     PlanMove: TransferActor._plan_move,
     SendSteal: TransferActor._send_steal,
