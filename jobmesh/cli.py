@@ -234,8 +234,16 @@ def render_job(job: dict[str, Any]) -> str:
     ]
     if prog.get("steps"):
         lines.append(f"progress:    {prog.get('step', 0)}/{prog['steps']}" + (f" eta {prog['eta']}" if prog.get("eta") else ""))
+    for label, field in (("not before", "not_before"), ("key", "key"), ("timeout", "timeout")):
+        if job.get(field) is not None:
+            value = f"{job[field]:g} s" if field == "timeout" else job[field]
+            lines.append(f"{label + ':':<13}{value}")
+    if job.get("priority"):
+        lines.append(f"priority:    {job['priority']}")
     if job.get("result_message"):
-        lines.append(f"result:      {job['result_message']}")
+        lines.append(f"message:     {job['result_message']}")
+    if job.get("result") is not None:
+        lines.append(f"result:      {json.dumps(job['result'], sort_keys=True)}")
     log_lines = prog.get("log") or []
     if log_lines:
         lines.append("log:")
@@ -392,14 +400,15 @@ def emit_created(args: argparse.Namespace, c: ApiClient, item: dict[str, Any], f
                  status: Callable[[dict[str, Any]], str] | None = None) -> int:
     """Show what ``submit``/``workflow start`` made; with ``--wait`` first poll ``path(id)`` (backing
     off to 0.5 s) until its state is in ``final``: exit 0 if that is ``success``, else 1. After
-    ``args.timeout`` s the item is shown and a CliError raised. With ``status``, the id is said at
+    ``args.wait_timeout`` (else ``args.timeout``) s the item is shown and a CliError raised. With ``status``, the id is said at
     once and every change of ``status(item)`` while waiting, on stderr (stdout keeps the result)."""
     if args.wait:
-        deadline = time.monotonic() + args.timeout
+        limit = getattr(args, "wait_timeout", None) or args.timeout
+        deadline = time.monotonic() + limit
         delay = 0.05
         said = None
         if status is not None:
-            print(f"{what} {item['id']} added; waiting up to {duration(args.timeout)} for it to finish "
+            print(f"{what} {item['id']} added; waiting up to {duration(limit)} for it to finish "
                   f"(Ctrl-C stops waiting, not the {what})", file=sys.stderr, flush=True)
         try:
             while item["state"] not in final:
@@ -410,7 +419,7 @@ def emit_created(args: argparse.Namespace, c: ApiClient, item: dict[str, Any], f
                         said = now
                 if time.monotonic() >= deadline:
                     emit(args, item, render)
-                    raise CliError(f"{what} {item['id']} not finished after {args.timeout:g} s (state {item['state']})")
+                    raise CliError(f"{what} {item['id']} not finished after {limit:g} s (state {item['state']})")
                 time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
                 delay = min(delay * 1.5, 0.5)
                 item = c.get(path(item["id"]))
@@ -468,12 +477,93 @@ def add_id_commands(sub: Any, commands: Sequence[tuple[str, Callable[[argparse.N
         p.set_defaults(func=func)
 
 
+SUBMIT_BATCH = 1000  # lines of ``submit --file`` sent in one POST (one transaction at the node)
+
+
+def _job_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``--delay/--at/--key/--timeout/--priority`` as body fields (only the ones given)."""
+    opts = {"delay": args.delay, "at": args.at, "key": args.key, "timeout": args.timeout, "priority": args.priority}
+    return {k: v for k, v in opts.items() if v is not None}
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
+    if args.file is not None:
+        return _submit_file(args)
+    if not args.topic:
+        raise CliError("submit needs a TOPIC (or --file FILE with one JSON job a line)", code=2)
     c = client(args)
     props = dict(args.property or [])
-    job = c.post("/api/v1/jobs", {"topic": args.topic, "properties": props})
+    job = c.post("/api/v1/jobs", {"topic": args.topic, "properties": props, **_job_options(args)})
     warn_if_no_consumer(c, args.topic)
     return emit_created(args, c, job, FINAL_STATES, "SUCCEEDED", _job_path, "job", render_job_line, job_status)
+
+
+def read_job_lines(path: str) -> list[dict[str, Any]]:
+    """``submit --file``: one JSON job body a line (``-`` is stdin); blank lines and ``#`` comments are
+    skipped. Every line is read before anything is sent: a mistake sends nothing (exit 2)."""
+    name = "stdin" if path == "-" else path
+    try:
+        text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()
+    except OSError as e:
+        raise CliError(f"cannot read {name}: {e.strerror or e}", code=2) from None
+    except UnicodeDecodeError:
+        raise CliError(f"{name} is not UTF-8 text", code=2) from None
+    bodies = []
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            body = json.loads(line)
+        except ValueError as e:
+            raise CliError(f"{name} line {n}: invalid JSON ({e})", code=2) from None
+        if not isinstance(body, dict) or not isinstance(body.get("topic"), str):
+            raise CliError(f"{name} line {n}: expected a JSON object with a topic, like "
+                           '{"topic": "mail/send", "properties": {"to": "a@b.c"}}', code=2)
+        bodies.append(body)
+    return bodies
+
+
+def _submit_file(args: argparse.Namespace) -> int:
+    if args.topic or args.property or args.key:
+        raise CliError("with --file each line is a job (its topic, properties and key): drop TOPIC, -p and --key",
+                       code=2)
+    bodies = read_job_lines(args.file)
+    shared = _job_options(args)
+    if shared:
+        has_when = ("delay", "at")
+        for b in bodies:
+            for k, v in shared.items():
+                if k in b or (k in has_when and any(w in b for w in has_when)):
+                    continue
+                b[k] = v
+    c = client(args, timeout=60.0)
+    jobs: list[dict[str, Any]] = []
+    for i in range(0, len(bodies), SUBMIT_BATCH):
+        try:
+            jobs.extend(c.post("/api/v1/jobs", bodies[i:i + SUBMIT_BATCH]))
+        except CliError as e:
+            if jobs:
+                raise CliError(f"{e}; the first {len(jobs)} jobs (lines before that batch) were added") from None
+            raise
+    if args.wait:
+        deadline = time.monotonic() + args.wait_timeout
+        for k, job in enumerate(jobs):
+            while job["state"] not in FINAL_STATES and time.monotonic() < deadline:
+                job = c.get(_job_path(job["id"]), wait=round(min(20.0, max(0.0, deadline - time.monotonic())), 3))
+            jobs[k] = job
+    if args.json:
+        print(json.dumps(jobs, indent=2))
+    else:
+        for job in jobs:
+            print(render_job_line(job))
+    print(f"jobmesh: {len(jobs)} jobs from {'stdin' if args.file == '-' else args.file}", file=sys.stderr)
+    if args.wait:
+        open_jobs = sum(1 for j in jobs if j["state"] not in FINAL_STATES)
+        if open_jobs:
+            raise CliError(f"{open_jobs} of {len(jobs)} jobs not finished after {args.wait_timeout:g} s")
+        return 0 if all(j["state"] == "SUCCEEDED" for j in jobs) else 1
+    return 0
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
@@ -687,7 +777,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="jobmesh",
         description="jobmesh: a distributed job runtime for asyncio. Run a node, or talk to one over HTTP.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.add_argument("--version", action="version", version=f"jobmesh {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("node", help="run a node in the foreground until SIGINT/SIGTERM")
     p.add_argument("--config", help="TOML configuration file")
@@ -711,11 +802,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("demo", help="run a small local mesh with sample consumers and a workload", add_help=False)
 
-    p = sub.add_parser("submit", help="add a job")
-    p.add_argument("topic")
+    p = sub.add_parser("submit", help="add a job (or, with --file, one a line)")
+    p.add_argument("topic", nargs="?")
     add_property_option(p)
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--delay", type=_seconds, metavar="S", help="start no earlier than S seconds from now")
+    when.add_argument("--at", metavar="ISO", help="start no earlier than this time (ISO 8601, e.g. 2031-12-01T09:00:00Z)")
+    p.add_argument("--key", help="a unique key: while a job with it is open on the node, that job is returned")
+    p.add_argument("--timeout", type=_seconds, metavar="S", help="the job's time limit in seconds")
+    p.add_argument("--priority", type=int, metavar="N", help="higher starts first within its queue (default 0)")
+    p.add_argument("--file", metavar="FILE", help="one JSON job body a line ('-': stdin), sent in batches of "
+                                                  f"{SUBMIT_BATCH}; --delay/--at/--timeout/--priority fill in "
+                                                  "what a line does not set")
     p.add_argument("--wait", action="store_true", help="wait until the job is final; exit 1 unless it SUCCEEDED")
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait with --wait (default 300)")
+    p.add_argument("--wait-timeout", type=float, default=300.0, metavar="S",
+                   help="seconds to wait with --wait (default 300)")
     add_client_options(p)
     p.set_defaults(func=cmd_submit)
 
@@ -779,6 +880,22 @@ def _add_optional_commands(sub: Any, module_name: str) -> None:
         print(f"jobmesh: warning: {module_name} unavailable: {e!r}", file=sys.stderr)
 
 
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -798,6 +915,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(args_list)
     except SystemExit as e:  # argparse: --help (0) or a usage error (2)
         return int(e.code or 0) if isinstance(e.code, int) else 2
+    if args.command is None:  # `jobmesh` alone: what it can do
+        parser.print_help()
+        return 0
     try:
         return int(args.func(args) or 0)
     except CliError as e:

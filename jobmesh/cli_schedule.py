@@ -62,6 +62,8 @@ def build_body(args: argparse.Namespace) -> dict[str, Any]:
         body["yearly"] = {"month": _int(month, "--yearly MONTH"), "day": _int(day, "--yearly DAY"), **_hhmm(hhmm)}
     else:  # pragma: no cover - argparse requires one of the group
         raise CliError("give one of --at, --every, --cron, --hourly, --daily, --weekly", code=2)
+    if getattr(args, "tz", None):
+        body["tz"] = args.tz
     return body
 
 
@@ -73,20 +75,21 @@ def when_text(s: dict[str, Any]) -> str:
         return f"at {w}"
     if kind == "every":
         return f"every {w} s"
+    zone = s.get("tz") or "UTC"
     if kind == "cron":
-        return f"cron {w}"
+        return f"cron {w}" + (f" ({zone})" if s.get("tz") else "")
     if isinstance(w, dict):
         hm = f"{w.get('hour', 0):02d}:{w.get('minute', 0):02d}" if "hour" in w else f"xx:{w.get('minute', 0):02d}"
         if kind == "hourly":
-            return f"hourly at :{w.get('minute', 0):02d}"
+            return f"hourly at :{w.get('minute', 0):02d}" + (f" ({zone})" if s.get("tz") else "")
         if kind == "daily":
-            return f"daily {hm} UTC"
+            return f"daily {hm} {zone}"
         if kind == "weekly":
-            return f"weekly {w.get('weekday')} {hm} UTC"
+            return f"weekly {w.get('weekday')} {hm} {zone}"
         if kind == "monthly":
-            return f"monthly day {w.get('day')} {hm} UTC"
+            return f"monthly day {w.get('day')} {hm} {zone}"
         if kind == "yearly":
-            return f"yearly {w.get('month'):02d}-{w.get('day'):02d} {hm} UTC"
+            return f"yearly {w.get('month'):02d}-{w.get('day'):02d} {hm} {zone}"
     return str(kind)
 
 
@@ -147,13 +150,15 @@ def add_parser(subparsers: Any) -> None:
     when.add_argument("--at", metavar="ISO", help="once, at this time (ISO 8601; no zone means UTC)")
     when.add_argument("--every", type=float, metavar="SECONDS",
                       help="every N seconds, on a grid aligned to the epoch (60 = each minute)")
-    when.add_argument("--cron", metavar="EXPR", help="a cron expression, in UTC (quote it)")
+    when.add_argument("--cron", metavar="EXPR", help="a cron expression, in UTC or --tz (quote it)")
     when.add_argument("--hourly", metavar="MINUTE", help="every hour at this minute")
-    when.add_argument("--daily", metavar="HH:MM", help="every day at this time (UTC)")
+    when.add_argument("--daily", metavar="HH:MM", help="every day at this time (UTC or --tz)")
     when.add_argument("--weekly", nargs=2, metavar=("DAY", "HH:MM"),
                       help="every week: DAY is mon..sun or 0-7 (0 and 7 = Sunday)")
     when.add_argument("--monthly", nargs=2, metavar=("DAY", "HH:MM"), help="every month on day DAY (1-31)")
     when.add_argument("--yearly", nargs=2, metavar=("MM-DD", "HH:MM"), help="every year on this date")
+    p.add_argument("--tz", metavar="ZONE", help="the time zone of --cron and the calendar forms, an IANA name "
+                                                "such as Europe/Amsterdam (default UTC); DST slots fire once")
     add_client_options(p)
     p.set_defaults(func=cmd_add)
 

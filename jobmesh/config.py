@@ -39,6 +39,9 @@ class QueueConfig:
     max_retry_delay: float = 3600.0  # cap on the backed-off delay
     priority: int = 0  # higher-priority queues get free consumer slots first
     keep_jobs: bool = False
+    timeout: float | None = None  # time limit of a run in seconds (a consumer's or job's own beats it); None: none
+    # spread retries: each backed-off delay is drawn from [delay/2, delay] (None: on when retry_backoff > 1)
+    retry_jitter: bool | None = None
 
     def parallelism(self, cores: int | None = None) -> int:
         """``max_parallel`` resolved to a number of concurrent jobs (ordered: always 1)."""
@@ -72,6 +75,11 @@ class QueueConfig:
             )
         if not (self.max_parallel == -1 or self.max_parallel > 0):
             raise ConfigError(f"queue {self.name}: max_parallel must be -1, a fraction in (0,1) or >= 1")
+        if self.timeout is not None and (isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float))
+                                         or not self.timeout > 0):
+            raise ConfigError(f"queue {self.name}: timeout must be a number of seconds above 0")
+        if self.retry_jitter is not None and not isinstance(self.retry_jitter, bool):
+            raise ConfigError(f"queue {self.name}: retry_jitter must be true or false")
         return self
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class JobmeshError(Exception):
     """Base of every error that is an expected answer (bad input, unknown id, ...)."""
@@ -57,3 +59,35 @@ class NameInUse(JobmeshError):
     """This node's name belongs to another live member of the topology (``jobmesh node`` exits 2)."""
 
     http_status = 409
+
+
+class JobFailed(JobmeshError):
+    """``await handle.result()`` of a job that ended without success (GIVEN_UP, ERROR, STOPPED,
+    DROPPED). ``.job`` is the final job: its state, ``result_message`` and log."""
+
+    http_status = 409
+
+    def __init__(self, job: Any) -> None:
+        self.job = job
+        state = getattr(getattr(job, "state", None), "value", getattr(job, "state", "?"))
+        text = f"job {job.id} ({job.topic}) ended {state}"
+        if job.result_message:
+            text += f": {job.result_message}"
+        tail = [line for line in (job.progress.log or [])][-1:]
+        if tail:
+            last = tail[0].strip().splitlines()
+            if last and last[-1] not in text:
+                text += f" (log: {last[-1][:300]})"
+        super().__init__(text)
+
+
+class TimeLimitExceeded(BaseException):
+    """Raised in a sync consumer's thread when its run is over its time limit (as Dramatiq does).
+    A ``BaseException``, like ``KeyboardInterrupt``: ``except Exception`` in the consumer does not
+    swallow it. An async consumer is cancelled instead. The run counts FAILED."""
+
+
+class NodeUnreachable(JobmeshError):
+    """A client could not reach the node's HTTP API (refused, timed out, broke off)."""
+
+    http_status = 503

@@ -193,10 +193,25 @@ class Job:
     max_retries: int = 10
     progress: Progress = field(default_factory=Progress)
     result_message: str | None = None
-    output: dict[str, Any] | None = None  # what the consumer output on success (persisted with the result)
+    # The consumer's return value on success (JSON-compatible, any type; None = nothing). A
+    # workflow step's output is this same value when it is an object (``output`` below): one
+    # field, stored, carried back from a target and shown in the job JSON as ``result``.
+    result: Any = None
     attempt: int = 0
-    not_before: float = 0.0
+    not_before: float = 0.0  # epoch seconds: not started before (a delay, an ``at``, a retry delay)
     seq: int = 0  # store sequence number: the order of arrival, for ordered queues
+    key: str | None = None  # a producer's unique key: one open job per key and origin
+    timeout: float | None = None  # the job's own time limit in seconds (beats the consumer's and queue's)
+    priority: int = 0  # within a queue, higher starts first (ordered queues keep arrival order)
+
+    @property
+    def output(self) -> dict[str, Any] | None:
+        """The result as a workflow step's output properties: the result when it is an object."""
+        return self.result if isinstance(self.result, dict) else None
+
+    @output.setter
+    def output(self, value: dict[str, Any] | None) -> None:
+        self.result = value
 
     def snapshot(self) -> "Job":
         """A copy a reader may keep: the engine goes on changing its own record (its
@@ -228,21 +243,52 @@ class Job:
             "max_retries": self.max_retries,
             "progress": self.progress.to_json(),
             "result_message": self.result_message,
+            "result": self.result,
+            "not_before": iso(self.not_before) if self.not_before else None,
+            "key": self.key,
+            "timeout": self.timeout,
+            "priority": self.priority,
         }
-        if self.output is not None:  # only jobs that produced output carry it (DESIGN's fields stay as they are)
-            data["output"] = self.output
         return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Job":
+        """A job from its JSON (what ``to_json`` and the HTTP API give): the client's ``Job``."""
+        p = data.get("progress") or {}
+        eta = p.get("eta")
+        return cls(
+            id=data["id"], topic=data["topic"], properties=data.get("properties") or {},
+            state=JobState(data["state"]), queue=data.get("queue") or "main", origin=data.get("origin") or "",
+            target=data.get("target"), created=_ts(data.get("created")) or 0.0, started=_ts(data.get("started")),
+            finished=_ts(data.get("finished")), retry_count=int(data.get("retry_count") or 0),
+            max_retries=int(data.get("max_retries", 10)),
+            progress=Progress(p.get("steps"), int(p.get("step") or 0), _ts(eta) if isinstance(eta, str) else eta,
+                              list(p.get("log") or [])),
+            result_message=data.get("result_message"), result=data.get("result"),
+            not_before=_ts(data.get("not_before")) or 0.0, key=data.get("key"), timeout=data.get("timeout"),
+            priority=int(data.get("priority") or 0),
+        )
+
+
+def _ts(text: str | None) -> float | None:
+    return parse_iso(text) if text else None
+
+
+_last_iso: tuple[float, str] = (-1.0, "")
 
 
 def iso(ts: float | None) -> str | None:
-    """Epoch seconds as ISO 8601 UTC with milliseconds, or None."""
+    """Epoch seconds as ISO 8601 UTC with milliseconds, or None. The last one is remembered:
+    the jobs of one add share their ``created`` time, so a batch's JSON formats it once."""
+    global _last_iso
     if ts is None:
         return None
-    return (
-        datetime.fromtimestamp(ts, tz=timezone.utc)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
+    last = _last_iso
+    if last[0] == ts:
+        return last[1]
+    text = datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    _last_iso = (ts, text)
+    return text
 
 
 def parse_iso(text: str) -> float:

@@ -24,6 +24,7 @@ from .engine import instructions as ins
 from .errors import ActorStopped, Conflict, NotFound, ValidationError
 from .events import JOB_ADDED, EventBus, Notification, notification_topic
 from .job import FINAL_STATES, Job, JobIdGenerator, JobState, iso, properties_json
+from .job_options import JobRequest, check_request, not_before, request_from
 from .job_queries import JobQueries
 from .queues.core import QueueMatcher
 from .topics import TopicError, validate_topic
@@ -82,13 +83,15 @@ class JobManager(Actor):
     REQUEST_TIMEOUT = 10.0  # s an engine request may take (it answers once its write is durable)
 
     def __init__(self, config: NodeConfig, store: Any, events: EventBus, engine: Actor,
-                 clock: Callable[[], float] = _clock.wall, on_added: Callable[[], None] | None = None) -> None:
+                 clock: Callable[[], float] = _clock.wall, on_added: Callable[[], None] | None = None,
+                 consumers: Any = None) -> None:
         super().__init__("job-manager")
         self.config = config
         self.node_name = config.name
         self.store = store
         self.events = events
         self.engine = engine
+        self.consumers = consumers  # the node's ConsumerIndex: a task's own options (queue, retries, priority)
         self.clock = clock
         self.matcher = QueueMatcher(config.all_queues())
         self.ids = JobIdGenerator(clock)
@@ -96,6 +99,8 @@ class JobManager(Actor):
         self._ran_here: dict[str, str] = {}  # other nodes' jobs that ran here: id -> origin (bounded)
         self.queries = JobQueries(store.path) if hasattr(store, "path") else None
         self._waiters: dict[str, list[asyncio.Future[Job]]] = {}
+        self._adding_keys: dict[str, Job] = {}  # keyed jobs being committed: a second add finds them
+        self._warned_queues: set[str] = set()
         self._started_at = clock()
         self.overall = Stats(self._started_at)
         self._by_queue: dict[str, Stats] = {}
@@ -124,22 +129,47 @@ class JobManager(Actor):
             self.queries.close()
 
     # -- the API (DESIGN §5.3) ---------------------------------------------
-    async def add(self, topic: str, properties: dict[str, Any] | None = None) -> Job:
-        return (await self.add_many([(topic, properties)]))[0]
+    async def add(self, topic: str, properties: dict[str, Any] | None = None, *, delay: float | None = None,
+                  at: Any = None, key: str | None = None, timeout: float | None = None,
+                  priority: int | None = None) -> Job:
+        """Add one job, committed on return. ``delay`` (s) or ``at`` (ISO/datetime): QUEUED until then;
+        ``key``: while a job of this node with that key is open, that job is returned instead;
+        ``timeout``: its time limit (s); ``priority``: higher starts first within its queue."""
+        if delay is None and at is None and key is None and timeout is None and priority is None:
+            return (await self._add_plain([(topic, properties)]))[0]
+        return (await self.submit([JobRequest(topic, properties, delay, at, key, timeout, priority)]))[0][0]
 
-    async def add_many(self, items: list[tuple[str, dict[str, Any] | None]]) -> list[Job]:
-        """Validate all, write all in one transaction, return after commit (in order)."""
-        if not self.accepting:
-            raise Conflict(f"node {self.node_name} is shutting down")
+    async def add_many(self, items: list[Any], *, delay: float | None = None, at: Any = None,
+                       timeout: float | None = None, priority: int | None = None) -> list[Job]:
+        """Validate all, write all in one transaction, return after commit (in order). An item is
+        ``(topic, properties)``, a ``JobRequest`` or a dict like the HTTP body (with its own options);
+        the keyword options apply to every item that does not set them."""
         if not isinstance(items, (list, tuple)):
             raise ValidationError("add_many takes a list of (topic, properties) pairs")
-        if len(items) > MAX_BATCH * 10:
-            raise ValidationError(f"at most {MAX_BATCH * 10} jobs per call")
+        shared = delay is not None or at is not None or timeout is not None or priority is not None
+        if not shared and all(type(i) is tuple and len(i) == 2 for i in items):
+            return await self._add_plain(items)
+        reqs = []
+        for i, item in enumerate(items):
+            r = request_from(item, f"item {i}: ")
+            if shared:
+                r = r._replace(delay=r.delay if r.delay is not None or r.at is not None else delay,
+                               at=r.at if r.at is not None or r.delay is not None else at,
+                               timeout=r.timeout if r.timeout is not None else timeout,
+                               priority=r.priority if r.priority is not None else priority)
+            reqs.append(r)
+        return [job for job, _ in await self.submit(reqs)]
+
+    async def _add_plain(self, items: Any) -> list[Job]:
+        """(topic, properties) pairs, no options: the hot path."""
+        self._check_accepting(items)
         now = self.clock()
         jobs: list[Job] = []
         texts: list[str] = []
         ids = self.ids.next_many(len(items))
         match, node, valid = self.matcher.match, self.node_name, _valid_topic
+        tasky = self._task_options
+        seen: dict[str, Any] = {}  # topic -> its task options (few topics per call, many jobs)
         for i, item in enumerate(items):
             try:
                 topic, props = item
@@ -149,9 +179,17 @@ class JobManager(Actor):
                 raise ValidationError(f"item {i}: topic must be a string")
             valid(topic)
             texts.append("{}" if props is None or props == {} else _check_properties(props))
-            q = match(topic)
-            jobs.append(Job(id=ids[i], topic=topic, properties=props if props is not None else {},
-                            queue=q.name, origin=node, created=now, max_retries=q.retries))
+            opts = seen.get(topic, seen)
+            if opts is seen:
+                opts = seen[topic] = tasky(topic)
+            if opts is None:
+                q = match(topic)
+                jobs.append(Job(id=ids[i], topic=topic, properties=props if props is not None else {},
+                                queue=q.name, origin=node, created=now, max_retries=q.retries))
+            else:
+                qname, retries, prio = opts
+                jobs.append(Job(id=ids[i], topic=topic, properties=props if props is not None else {},
+                                queue=qname, origin=node, created=now, max_retries=retries, priority=prio))
         if not jobs:
             return []
         added = await self._request(ev.JobsAdded(jobs, texts))
@@ -167,6 +205,105 @@ class JobManager(Actor):
         except ActorStopped:
             raise ActorStopped("the job store is closed (node stopped)") from None
         return await asyncio.wait_for(fut, timeout)
+
+    def _check_accepting(self, items: Any) -> None:
+        if not self.accepting:
+            raise Conflict(f"node {self.node_name} is shutting down")
+        if len(items) > MAX_BATCH * 10:
+            raise ValidationError(f"at most {MAX_BATCH * 10} jobs per call")
+
+    async def submit(self, requests: list[JobRequest]) -> list[tuple[Job, bool]]:
+        """Add jobs with options: ``[(job, created)]`` in order. ``created`` is False when the
+        request's ``key`` belongs to a job of this node that is not final (that job is returned; the
+        HTTP API answers 200 instead of 201), or to an earlier request of the same call."""
+        self._check_accepting(requests)
+        now = self.clock()
+        checked = []
+        for i, r in enumerate(requests):
+            where = f"item {i}: " if len(requests) > 1 else ""
+            if not isinstance(r.topic, str):
+                raise ValidationError(f"{where}topic must be a string")
+            _valid_topic(r.topic)
+            checked.append(r if r.plain else check_request(r, where))
+        keys = {r.key for r in checked if r.key is not None}
+        existing: dict[str, Job] = {}
+        if keys:
+            existing = {k: j for k, j in self._adding_keys.items() if k in keys}
+            missing = [k for k in keys if k not in existing]
+            if missing:
+                existing.update(self.store.open_with_keys(missing, self.node_name))
+        out: list[tuple[Job, bool]] = []
+        jobs: list[Job] = []
+        texts: list[str] = []
+        task_opts: dict[str, Any] = {}  # topic -> its task options, once per call
+        for r in checked:
+            if r.key is not None and r.key in existing:
+                job = existing[r.key]
+                live = self.engine.snapshot(job.id)  # type: ignore[attr-defined]
+                out.append((live if live is not None else job.snapshot(), False))
+                continue
+            props = r.properties
+            texts.append("{}" if props is None or props == {} else _check_properties(props))
+            opts = task_opts.get(r.topic, task_opts)
+            if opts is task_opts:
+                opts = task_opts[r.topic] = self._task_options(r.topic)
+            if opts is None:
+                q = self.matcher.match(r.topic)
+                qname, retries, prio = q.name, q.retries, 0
+            else:
+                qname, retries, prio = opts
+            if r.plain:
+                job = Job(id=self.ids.next(), topic=r.topic, properties=props if props is not None else {},
+                          queue=qname, origin=self.node_name, created=now, max_retries=retries, priority=prio)
+            else:
+                job = Job(id=self.ids.next(), topic=r.topic, properties=props if props is not None else {},
+                          queue=qname, origin=self.node_name, created=now, max_retries=retries,
+                          not_before=not_before(r, now), key=r.key, timeout=r.timeout,
+                          priority=r.priority if r.priority is not None else prio)
+            jobs.append(job)
+            out.append((job, True))
+            if r.key is not None:
+                existing[r.key] = job
+        if not jobs:
+            return out
+        for job in jobs:
+            if job.key is not None:
+                self._adding_keys[job.key] = job
+        try:
+            added = await self._request(ev.JobsAdded(jobs, texts))
+        finally:
+            for job in jobs:
+                if job.key is not None and self._adding_keys.get(job.key) is job:
+                    del self._adding_keys[job.key]
+        self._on_added(added)
+        committed = {j.id: j for j in added}  # the engine's snapshots of what it committed
+        return [(committed.get(j.id, j), created) if created else (j, created) for j, created in out]
+
+    def _task_options(self, topic: str) -> tuple[str, int, int] | None:
+        """(queue, retries, priority) for a topic whose consumer here is a task with options, else None
+        (the queue that matches the topic decides). Read where the job is recorded: its origin."""
+        index = self.consumers
+        if index is None:
+            return None
+        spec = index.find(topic)
+        if spec is None or (spec.retries is None and spec.queue is None and not spec.priority):
+            return None
+        q = self.matcher.match(topic)
+        if spec.queue is not None and spec.queue != q.name:
+            configured = self._queue_config(spec.queue)
+            if configured is not None:
+                q = configured
+            elif spec.queue not in self._warned_queues:
+                self._warned_queues.add(spec.queue)
+                self.log.warning("a task names a queue this node does not configure; its jobs go to the "
+                                 "queue that matches their topic", task=spec.name, queue=spec.queue, used=q.name)
+        return q.name, spec.retries if spec.retries is not None else q.retries, spec.priority or 0
+
+    def _queue_config(self, name: str) -> Any:
+        for q in self.matcher.queues:
+            if q.name == name:
+                return q
+        return None
 
     def _on_added(self, jobs: list[Job]) -> None:
         per_topic: dict[tuple[str, str], int] = {}
@@ -271,6 +408,26 @@ class JobManager(Actor):
                 lst.remove(fut)
                 if not lst:
                     del self._waiters[job_id]
+
+    async def join(self, timeout: float | None = None, poll: float = 0.01) -> None:
+        """Return once nothing is QUEUED or ACTIVE on this node (delayed jobs count: they are
+        QUEUED); asyncio.TimeoutError saying what is left after ``timeout`` seconds. What a test
+        awaits after sending jobs (Dramatiq's ``broker.join``)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            if self.overall.queued <= 0 and self.overall.active <= 0 and not self._adding_keys:
+                counts = self.store.open_counts()  # the statistics said idle: the store agrees?
+                if not counts:
+                    return
+            if deadline is not None and loop.time() >= deadline:
+                left: dict[str, int] = {}
+                for _, _, state, n in self.store.open_counts():
+                    left[state] = left.get(state, 0) + n
+                raise asyncio.TimeoutError(
+                    f"node {self.node_name} is not idle after {timeout:g} s: {left.get('QUEUED', 0)} jobs queued, "
+                    f"{left.get('ACTIVE', 0)} active")
+            await asyncio.sleep(poll)
 
     async def stop(self, job_id: str) -> Job:
         """QUEUED -> STOPPED now; ACTIVE: the consumer is asked to stop (returns the job as it is)."""

@@ -18,7 +18,7 @@ import inspect
 import os
 from . import clock as _clock
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import structlog
 
@@ -27,11 +27,11 @@ from .config import NodeConfig, QueueConfig
 from .consumers.registry import ConsumerIndex, ConsumerSpec, check_new_consumer, consumers_in_module, spec_of
 from .datadir import DataDirLock
 from .discovery.view import InstanceView, TopologyEvent, TopologyEventType, TopologyView
-from .engine import events as engine_events
-from .engine.actor import EngineActor
 from .events import EventBus
-from .manager import JobManager
 from .store import Store
+
+if TYPE_CHECKING:
+    from .engine.actor import EngineActor
 
 log = structlog.get_logger("jobmesh.node")
 
@@ -91,8 +91,13 @@ class Node:
         self.consumers = ConsumerIndex()
         if cfg.bind:
             self.store.local_name = cfg.name
+        # the engine and the manager are imported here: ``import jobmesh`` (a CLI, a client) stays light
+        from .engine.actor import EngineActor
+        from .manager import JobManager
+
         self.engine = EngineActor(self, cfg, self.store, self.consumers, clock=clock, offloading=bool(cfg.bind))
-        self.jobs = JobManager(cfg, self.store, self.events, self.engine, clock=clock, on_added=self._jobs_added)
+        self.jobs = JobManager(cfg, self.store, self.events, self.engine, clock=clock, on_added=self._jobs_added,
+                               consumers=self.consumers)
         for actor in (self.store, self.jobs, self.engine):
             actor.log = actor.log.bind(node=cfg.name)  # every engine log line names its node
         self.transfer: Any = None
@@ -135,6 +140,8 @@ class Node:
             self._data_lock.release()
             raise
         self._running = True
+        from .tasks import node_started
+        node_started(self)  # the default producer of task.send() in this process
         self._start_watchdog()
         self._publish_offloading()  # in the properties before discovery reads them
         await self._start_optional_guarded()
@@ -220,6 +227,8 @@ class Node:
         if not self._running:
             return
         self._stopping = True
+        from .tasks import node_stopped
+        node_stopped(self)
         grace = self.config.shutdown_grace if grace is None else grace
         self.jobs.accepting = False
         try:
@@ -299,7 +308,7 @@ class Node:
 
     def _register(self, spec: ConsumerSpec) -> None:
         self.engine.add_spec(spec)
-        self.engine.tell(engine_events.ConsumersChanged())
+        self.engine.tell(_engine_events().ConsumersChanged())
 
     def consumer_topics(self) -> list[str]:
         pats = self.consumers.patterns()
@@ -355,6 +364,10 @@ class Node:
             for kind, n in self.transfer.repairs.items():
                 out[kind] = out.get(kind, 0) + n
         return out
+
+    def queue_actor(self, name: str) -> Any:
+        """A queue's view (``engine.actor.QueueView``): its window, window size and watchdog period."""
+        return self.engine.queue_view(name)
 
     @property
     def pool(self) -> EngineActor:
@@ -420,7 +433,7 @@ class Node:
         except OSError as exc:
             self.log.error("offloading settings not saved", error=str(exc))
         self._publish_offloading()
-        self.engine.tell(engine_events.ConsumersChanged())  # parked jobs of a topic enabled now may start
+        self.engine.tell(_engine_events().ConsumersChanged())  # parked jobs of a topic enabled now may start
         if self.offloader is not None:
             self.offloader.kick()
         self.log.info("offloading changed", topic=topic, mode=mode)
@@ -471,3 +484,9 @@ def _has_loop() -> bool:
         return True
     except RuntimeError:
         return False
+
+
+def _engine_events() -> Any:
+    from .engine import events
+
+    return events

@@ -111,8 +111,38 @@ def test_submit_wait_exits_1_unless_succeeded(node_url: str) -> None:
     assert json.loads(r.stdout)["state"] in ("GIVEN_UP", "ERROR")
 
 
+def test_submit_options_and_a_file_of_jobs(node_url: str, tmp_path: Path) -> None:
+    job = jm_json("submit", "cli/ok", "-p", "n=1", "--delay", "30", "--key", "cli-k", "--timeout", "9",
+                  "--priority", "3", url=node_url)
+    assert (job["state"], job["key"], job["timeout"], job["priority"]) == ("QUEUED", "cli-k", 9.0, 3)
+    assert job["not_before"] is not None
+    again = jm_json("submit", "cli/ok", "--key", "cli-k", url=node_url)
+    assert again["id"] == job["id"]  # the key's job is open: that job
+    at = jm_json("submit", "cli/ok", "--at", "2031-12-01T09:00:00Z", url=node_url)
+    assert at["not_before"] == "2031-12-01T09:00:00.000Z"
+    lines = [json.dumps({"topic": "cli/ok", "properties": {"i": i}}) for i in range(1205)]
+    lines.insert(3, json.dumps({"topic": "cli/ok", "properties": {"late": True}, "delay": 60}))
+    (tmp_path / "jobs.jsonl").write_text("\n".join(lines) + "\n")
+    r = jm("submit", "--file", str(tmp_path / "jobs.jsonl"), "--priority", "1", "--json", url=node_url)
+    assert r.returncode == 0, r.stderr
+    added = json.loads(r.stdout)
+    assert len(added) == 1206 and "1206 jobs from" in r.stderr
+    assert [j["properties"].get("i") for j in added[:3]] == [0, 1, 2] and added[3]["not_before"] is not None
+    assert {j["priority"] for j in added} == {1}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"topic": "cli/ok"}\nnot json\n')
+    r = jm("submit", "--file", str(bad), url=node_url)
+    assert r.returncode == 2 and "bad.jsonl line 2: invalid JSON" in r.stderr
+    r = jm("submit", "--file", str(bad), "cli/ok", url=node_url)
+    assert r.returncode == 2 and "drop TOPIC" in r.stderr
+    small = tmp_path / "two.jsonl"
+    small.write_text('{"topic": "cli/ok"}\n{"topic": "cli/ok", "properties": {"n": 2}}\n')
+    r = jm("submit", "--file", str(small), "--wait", url=node_url)
+    assert r.returncode == 0 and r.stdout.count("SUCCEEDED") == 2, r.stdout + r.stderr
+
+
 def test_stop_retry_remove_and_wait_timeout(node_url: str) -> None:
-    r = jm("submit", "cli/block", "--wait", "--timeout", "0.5", url=node_url)
+    r = jm("submit", "cli/block", "--wait", "--wait-timeout", "0.5", url=node_url)
     assert r.returncode == 1 and "not finished after 0.5 s" in r.stderr
     job_id = r.stdout.split()[0]
     stopped = jm("stop", job_id, url=node_url)
@@ -186,6 +216,10 @@ def test_unreachable_and_usage_errors() -> None:
     assert jm("nosuchcommand").returncode == 2
     r = jm("--help")
     assert r.returncode == 0 and "submit" in r.stdout
+    r = jm()
+    assert r.returncode == 0 and r.stdout.startswith("usage: jobmesh") and "submit" in r.stdout
+    r = jm("--version")
+    assert r.returncode == 0 and r.stdout.startswith("jobmesh 0.")
 
 
 def test_node_with_config_token_and_graceful_sigterm(tmp_path: Path) -> None:

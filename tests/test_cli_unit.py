@@ -7,6 +7,7 @@ import socket
 
 import pytest
 
+import jobmesh
 from jobmesh import cli
 
 
@@ -42,13 +43,43 @@ def test_render_job_shows_progress_log_and_result() -> None:
     text = cli.render_job(job)
     assert "state:       SUCCEEDED" in text
     assert "progress:    2/3" in text
-    assert "result:      fine" in text
+    assert "message:     fine" in text
     assert "  step one" in text
     assert cli.render_job_line({"id": "j1", "deleted": True}) == "j1  deleted"
 
 
+def test_bare_jobmesh_prints_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: jobmesh") and "submit" in out and "node" in out
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"jobmesh {jobmesh.__version__}"
+
+
+def test_render_job_shows_the_new_fields() -> None:
+    job = {"id": "j1", "topic": "a/b", "state": "SUCCEEDED", "progress": {}, "result": {"n": 1}, "key": "k",
+           "timeout": 30.0, "priority": 2, "not_before": "2031-12-01T09:00:00.000Z"}
+    text = cli.render_job(job)
+    for line in ('result:      {"n": 1}', "key:         k", "timeout:     30 s", "priority:    2",
+                 "not before:  2031-12-01T09:00:00.000Z"):
+        assert line in text
+
+
+def test_job_lines_of_a_file(tmp_path) -> None:
+    f = tmp_path / "jobs.jsonl"
+    f.write_text('{"topic": "a/b"}\n\n# a comment\n{"topic": "a/c", "properties": {"x": 1}, "delay": 5}\n')
+    assert cli.read_job_lines(str(f)) == [{"topic": "a/b"}, {"topic": "a/c", "properties": {"x": 1}, "delay": 5}]
+    f.write_text('{"topic": "a/b"}\n{"topic": \n')
+    with pytest.raises(cli.CliError, match="jobs.jsonl line 2: invalid JSON"):
+        cli.read_job_lines(str(f))
+    f.write_text('["a/b"]\n')
+    with pytest.raises(cli.CliError, match="line 1: expected a JSON object with a topic"):
+        cli.read_job_lines(str(f))
+
+
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main([]) == 2
+    assert cli.main(["submit", "a/b", "--delay", "1", "--at", "2031-01-01T00:00:00Z"]) == 2  # one or the other
+    assert cli.main(["submit", "a/b", "--timeout", "soon"]) == 2
     assert cli.main(["submit"]) == 2  # missing topic
     assert cli.main(["submit", "a/b", "-p", "novalue"]) == 2
     assert cli.main(["jobs", "--limit", "0"]) == 2

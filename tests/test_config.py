@@ -101,3 +101,19 @@ def test_next_port() -> None:
 def test_discovery_protocol_defaults_to_heartbeat_and_accepts_swim() -> None:
     assert NodeConfig.from_dict({}).discovery.protocol == "heartbeat"
     assert NodeConfig.from_dict({"discovery": {"protocol": "swim"}}).discovery.protocol == "swim"
+
+
+def test_queue_timeout_is_a_positive_number_of_seconds() -> None:
+    cfg = NodeConfig.from_dict({"queue": [{"name": "main", "timeout": 30}]})
+    assert cfg.main_queue().timeout == 30 and QueueConfig().timeout is None
+    with pytest.raises(ConfigError, match="timeout must be a number of seconds above 0"):
+        NodeConfig.from_dict({"queue": [{"name": "main", "timeout": 0}]}).validate()
+    with pytest.raises(ConfigError, match="timeout must be a number of seconds above 0"):
+        NodeConfig.from_dict({"queue": [{"name": "main", "timeout": "30"}]}).validate()
+
+
+def test_retry_jitter_is_a_boolean_or_unset() -> None:
+    assert QueueConfig().retry_jitter is None
+    assert NodeConfig.from_dict({"queue": [{"name": "main", "retry_jitter": False}]}).main_queue().retry_jitter is False
+    with pytest.raises(ConfigError, match="retry_jitter: expected true or false|retry_jitter must be true or false"):
+        NodeConfig.from_dict({"queue": [{"name": "main", "retry_jitter": "yes"}]}).validate()

@@ -69,7 +69,14 @@ def test_outcome_of_return_values():
     assert _outcome_of(False).kind == "FAILED"
     assert _outcome_of(JobResult.CANCEL).kind == "CANCEL"
     o = _outcome_of({"rows": 3})
-    assert o.kind == "OK" and o.message == "{'rows': 3}"
+    assert o.kind == "OK" and o.result == {"rows": 3} and o.message is None  # the value, not its repr
+    assert _outcome_of((1, "a")).result == [1, "a"] and _outcome_of(0).result == 0
+    assert _outcome_of(JobResult.OK.__class__(JobResult.OK.kind, "m", output={"k": 1})).result == {"k": 1}
+    bad = _outcome_of({"s": {1, 2}})
+    assert bad.kind == "FAILED" and "not JSON-compatible" in bad.message and "set" in bad.message
+    assert _outcome_of(float("nan")).kind == "FAILED"
+    big = _outcome_of("x" * 1_000_001)
+    assert big.kind == "FAILED" and "more than 1000000" in big.message
 
 
 def test_spec_of_refuses_non_consumers():

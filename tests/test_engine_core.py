@@ -3,6 +3,7 @@ lists (as dask's test_worker_state_machine does). No store, no loop, no sleeps."
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from jobmesh.config import QueueConfig
 from jobmesh.engine import events as ev
 from jobmesh.engine import instructions as ins
-from jobmesh.engine.core import EngineCore, Run
+from jobmesh.engine.core import DEFER_AFTER, EngineCore, Run
 from jobmesh.errors import Conflict
 from jobmesh.job import InvalidTransition, Job, JobState
 from jobmesh.queues.core import Outcome
@@ -45,6 +46,11 @@ def job(i: int, topic: str = "t/a", queue: str = "main", origin: str = "n", **kw
     return j
 
 
+def horizon(q: QueueConfig, clock: Clock) -> float:
+    """What a refill reads up to: jobs due later wait on disk (an ordered queue defers nothing)."""
+    return math.inf if q.type == "ordered" else clock.t + DEFER_AFTER
+
+
 def engine(capacity: int = 4, queues: list[QueueConfig] | None = None, runnable: Any = None,
            clock: Clock | None = None, open_: bool = True) -> tuple[EngineCore, Clock]:
     clock = clock or Clock()
@@ -52,7 +58,7 @@ def engine(capacity: int = 4, queues: list[QueueConfig] | None = None, runnable:
     core = EngineCore("n", qs, capacity, runnable or (lambda topic: True), clock, cores=2)
     if open_:
         order = sorted(qs, key=lambda q: -q.priority)  # reads in the order slots are given
-        assert core.handle(ev.Restored([])) == [ins.ReadReady(q.name, 0, 1024) for q in order]
+        assert core.handle(ev.Restored([])) == [ins.ReadReady(q.name, 0, 1024, horizon(q, clock)) for q in order]
         for q in qs:
             assert core.handle(ev.ReadyRead(q.name, 0, 1024, [])) == []
     return core, clock
@@ -175,8 +181,8 @@ def test_an_unrunnable_topic_is_parked_until_consumers_change() -> None:
 
 
 def test_a_window_refills_from_the_store_in_order() -> None:
-    core, _ = engine(capacity=1, open_=False)
-    assert core.handle(ev.Restored([])) == [ins.ReadReady("main", 0, 1024)]
+    core, clock = engine(capacity=1, open_=False)
+    assert core.handle(ev.Restored([])) == [ins.ReadReady("main", 0, 1024, clock.t + DEFER_AFTER)]
     rows = [job(1), job(2)]
     out = core.handle(ev.ReadyRead("main", 0, 1024, rows))
     assert commit(out).starts == [rows[0]]
@@ -283,11 +289,11 @@ def test_shutdown_starts_nothing_and_interrupts_what_runs() -> None:
 
 
 def test_a_queued_job_missing_from_the_window_on_two_rounds_is_repaired() -> None:
-    core, _ = engine(capacity=2)
-    assert core.handle(ev.WatchdogDue()) == [ins.ScanReady(["main"], 256, [])]
-    assert core.handle(ev.ReadyScanned({"main": [(7, "lost")]}, {})) == []  # a suspect
+    core, clock = engine(capacity=2)
+    assert core.handle(ev.WatchdogDue()) == [ins.ScanReady(["main"], 256, [], clock.t)]
+    assert core.handle(ev.ReadyScanned({"main": [(7, "lost", 0.0)]}, {})) == []  # a suspect
     core.handle(ev.WatchdogDue())
-    assert core.handle(ev.ReadyScanned({"main": [(7, "lost")]}, {})) == [ins.LoadJobs(["lost"], "repair")]
+    assert core.handle(ev.ReadyScanned({"main": [(7, "lost", 0.0)]}, {})) == [ins.LoadJobs(["lost"], "repair")]
     lost = Job(id="lost", topic="t/a", properties={}, origin="n", seq=7)
     out = core.handle(ev.JobsLoaded("repair", [lost]))
     assert out[:2] == [ins.Repaired("watchdog_requeue", 1), ins.Log(
@@ -422,3 +428,60 @@ def test_a_forgotten_queued_copy_goes_and_a_stopped_one_reports_cancel() -> None
     out = core.handle(ev.CopyStopRequested("c2", 1, "stopped by origin"))
     [(job_, item)] = commit(out).outbox
     assert job_ is c2 and item.kind is ResultKind.CANCEL and item.message == "stopped"
+
+
+# --------------------------------------------------------------------------- issue 12 on the engine
+
+
+def test_a_job_due_after_the_horizon_waits_on_disk_read_back_in_due_order_and_the_watchdog_leaves_it() -> None:
+    core, clock = engine(capacity=2)
+    far = [job(1, not_before=1100.0), job(2, not_before=1100.0), job(3, not_before=1100.0)]
+    core.handle(ev.JobsAdded(far, ["{}"] * 3))
+    assert core.handle(ev.InsertsCommitted(far)) == []  # due after now + 60 s: not in the window
+    assert len(core.queues["main"].window) == 0 and core.queues["main"].last_seq == 3
+    # the watchdog: rows due now only, and nothing past the due cursor is a suspect
+    assert core.handle(ev.WatchdogDue()) == [ins.ScanReady(["main"], 256, [], 1000.0)]
+    clock.t = 1045.0  # the horizon moved DUE_SCAN past the cursor: the next round reads what comes due
+    out = core.handle(ev.WatchdogDue())
+    assert out == [ins.ReadDue("main", (1060.0, 0), 1105.0, 1024), ins.ScanReady(["main"], 256, [], 1045.0)]
+    out = core.handle(ev.DueRead("main", (1060.0, 0), 1105.0, 2, far[:2]))  # a small window: two at a time
+    assert out == [ins.ReadDue("main", (1100.0, 2), 1105.0, 1024), ins.SetTimer(1100.0)]  # reads on
+    assert core.queues["main"].due_cursor == (1100.0, 2)
+    # due now, not read yet (same due time, a higher seq): waiting by design, never repaired
+    clock.t = 1101.0
+    for _ in range(3):
+        core.handle(ev.WatchdogDue())
+        assert core.handle(ev.ReadyScanned({"main": [(3, "j3", 1100.0)]}, {})) == []
+    out = core.handle(ev.DueRead("main", (1100.0, 2), 1105.0, 1024, far[2:]))
+    assert core.queues["main"].due_cursor == (1105.0, 0) and "j3" in core.queues["main"].window
+
+
+def test_an_ordered_queue_defers_nothing() -> None:
+    core, clock = engine(queues=[QueueConfig(name="main", type="ordered")])
+    j = job(1, not_before=5000.0)
+    core.handle(ev.JobsAdded([j], ["{}"]))
+    assert core.handle(ev.InsertsCommitted([j])) == [ins.SetTimer(5000.0)]  # its delayed head holds the line
+    assert "j1" in core.queues["main"].window
+
+
+def test_a_run_carries_its_time_limits_and_a_copy_its_options() -> None:
+    core, clock = engine(queues=[QueueConfig(name="main", max_parallel=4, timeout=9.0)])
+    [run] = add_and_reserve(core, job(1, timeout=2.5))
+    assert (run.time_limit, run.queue_timeout) == (2.5, 9.0)  # the runner adds the consumer's between them
+    core.handle(ev.CopiesAccepted("o", [JobSpec("c1", 1, "t/a", {}, origin="o", timeout=4.0, priority=3)], first_seq=9))
+    assert (core.copies["c1"].timeout, core.copies["c1"].priority) == (4.0, 3)
+
+
+def test_a_result_is_recorded_locally_and_travels_back_from_a_copy() -> None:
+    core, clock = engine()
+    [run] = add_and_reserve(core, job(1))
+    core.handle(ev.StartsCommitted([run]))
+    core.handle(ev.RunsFinished([(run, Outcome("OK", result=[1, "two"]))]))
+    assert run.job.result == [1, "two"]
+    core.handle(ev.CopiesAccepted("o", [spec(5)], first_seq=50))
+    out = core.handle(ev.CopiesCommitted("o", [core.copies["c5"]]))
+    copy_run = core.running["c5"]
+    core.handle(ev.StartsCommitted([copy_run]))
+    out = core.handle(ev.RunsFinished([(copy_run, Outcome("OK", result={"n": 1}))]))
+    [(_, item)] = commit(out).outbox
+    assert item.result == {"n": 1}

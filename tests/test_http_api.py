@@ -146,7 +146,8 @@ async def test_add_list_in_order_and_find_filters(http: aiohttp.ClientSession) -
         (b'{"topic": "a//b"}', 400, "empty segment"),
         (b'{"topic": "a/**"}', 400, "wildcard"),
         (b'{"topic": "a", "properties": [1]}', 400, "properties must be a JSON object"),
-        (b'{"topic": "a", "priority": 3}', 400, "unknown field"),
+        (b'{"topic": "a", "prio": 3}', 400, "unknown field"),
+        (b'{"topic": "a", "priority": "high"}', 400, "priority must be a whole number"),
     ],
 )
 async def test_bad_job_bodies_are_4xx_json(http: aiohttp.ClientSession, data: bytes, status: int, fragment: str) -> None:

@@ -13,10 +13,12 @@ from jobmesh.http.validation import (
     parse_find_query,
     parse_float,
     parse_job_body,
+    parse_wait,
     parse_offload_topic,
     parse_offloading_body,
 )
 from jobmesh.job import JobState
+from jobmesh.job_options import JobRequest
 
 
 def test_decode_json_accepts_valid_and_explains_invalid() -> None:
@@ -31,14 +33,53 @@ def test_decode_json_accepts_valid_and_explains_invalid() -> None:
 
 def test_single_job_body() -> None:
     specs, is_list = parse_job_body({"topic": "a/b", "properties": {"x": 1}})
-    assert specs == [("a/b", {"x": 1})] and is_list is False
-    assert parse_job_body({"topic": "a"}) == ([("a", None)], False)
-    assert parse_job_body({"topic": "a", "properties": None}) == ([("a", None)], False)
+    assert specs == [JobRequest("a/b", {"x": 1})] and is_list is False
+    assert parse_job_body({"topic": "a"}) == ([JobRequest("a", None)], False)
+    assert parse_job_body({"topic": "a", "properties": None}) == ([JobRequest("a", None)], False)
+
+
+def test_job_body_options_are_checked_and_normalized() -> None:
+    (r,), _ = parse_job_body({"topic": "a", "delay": 5, "key": "k", "timeout": 30, "priority": -2})
+    assert (r.delay, r.at, r.key, r.timeout, r.priority) == (5.0, None, "k", 30.0, -2)
+    (r,), _ = parse_job_body({"topic": "a", "at": "2031-12-01T09:00:00Z"})
+    assert r.at == 1953882000.0
+    (r,), _ = parse_job_body({"topic": "a", "at": "2031-12-01T10:00:00+01:00"})
+    assert r.at == 1953882000.0
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"topic": "a", "delay": -1}, "delay must be between 0"),
+        ({"topic": "a", "delay": "5"}, "delay must be a number"),
+        ({"topic": "a", "delay": True}, "delay must be a number"),
+        ({"topic": "a", "delay": 1, "at": "2031-12-01T09:00:00Z"}, "give delay or at, not both"),
+        ({"topic": "a", "at": "tomorrow"}, "at must be an ISO 8601 time"),
+        ({"topic": "a", "at": 1953968400}, "at must be an ISO 8601 time"),
+        ({"topic": "a", "key": ""}, "key must be a non-empty string"),
+        ({"topic": "a", "key": 5}, "key must be a non-empty string"),
+        ({"topic": "a", "key": "k" * 201}, "key is longer than 200"),
+        ({"topic": "a", "timeout": 0}, "timeout must be more than 0"),
+        ({"topic": "a", "priority": 1.5}, "priority must be a whole number"),
+        ({"topic": "a", "priority": 10**7}, "priority must be between"),
+    ],
+)
+def test_bad_job_options(body: object, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        parse_job_body(body)
+    with pytest.raises(ValidationError, match=r"jobs\[0\]: " + message):
+        parse_job_body([body])
+
+
+def test_wait_query() -> None:
+    assert parse_wait({}) is None and parse_wait({"wait": "2.5"}) == 2.5
+    with pytest.raises(ValidationError, match="wait must be between 0.0 and 25.0"):
+        parse_wait({"wait": "60"})
 
 
 def test_list_job_body_keeps_order_and_names_the_bad_item() -> None:
     specs, is_list = parse_job_body([{"topic": "a"}, {"topic": "b", "properties": {}}])
-    assert is_list and specs == [("a", None), ("b", {})]
+    assert is_list and specs == [JobRequest("a", None), JobRequest("b", {})]
     assert parse_job_body([]) == ([], True)
     with pytest.raises(ValidationError, match=r"jobs\[1\]: missing field 'topic'"):
         parse_job_body([{"topic": "a"}, {"properties": {}}])

@@ -52,11 +52,28 @@ def test_job_json_has_the_contract_fields() -> None:
     assert set(data) == {
         "id", "topic", "properties", "state", "queue", "origin", "target", "created",
         "started", "finished", "retry_count", "max_retries", "progress", "result_message",
+        # issue 12 (DESIGN §5.2 "Added"); payload and output_payload are issue 14's
+        "result", "not_before", "key", "timeout", "priority",
     }
+    assert (data["result"], data["not_before"], data["key"], data["timeout"], data["priority"]) == (
+        None, None, None, None, 0)
     assert data["created"] == "1970-01-01T00:00:00.000Z"
     assert data["started"] is None
     assert set(data["progress"]) == {"steps", "step", "eta", "log"}
     assert data["state"] == "QUEUED"
+
+
+def test_job_json_round_trip_and_result_as_output() -> None:
+    job = Job(id="j1", topic="a/b", properties={"x": 1}, origin="n1", created=10.5, not_before=20.25,
+              key="k", timeout=3.0, priority=7, result=[1, "two"], retry_count=2)
+    job.progress.log.append("line")
+    back = Job.from_json(job.to_json())
+    assert back.to_json() == job.to_json()
+    assert back.output is None  # a list is a result, not a workflow step's output object
+    back.result = {"a": 1}
+    assert back.output == {"a": 1}  # an object result is the step's output: one value, not two
+    back.output = {"b": 2}
+    assert back.result == {"b": 2}
 
 
 def test_iso_round_trip() -> None:

@@ -137,7 +137,8 @@ async def test_backoff_grows(node_factory):
         if len(starts) < 4:
             raise ValueError("x")
 
-    node = await node_factory([fail3], queues=[QueueConfig(name="main", retry_delay=0.02, retry_backoff=3)])
+    node = await node_factory([fail3], queues=[QueueConfig(name="main", retry_delay=0.02, retry_backoff=3,
+                                                       retry_jitter=False)])  # exact delays here
     await node.jobs.wait((await node.jobs.add("t/backoff")).id, timeout=5)
     gaps = [b - a for a, b in zip(starts, starts[1:])]
     assert gaps[0] >= 0.02 and gaps[1] >= 0.06 and gaps[2] >= 0.18 and gaps[2] > gaps[0]

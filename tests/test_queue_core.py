@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from jobmesh.config import QueueConfig
 from jobmesh.job import Job, JobState
 from jobmesh.queues.core import (
@@ -63,8 +65,29 @@ def test_retries_forever():
 
 
 def test_backoff_and_cap():
-    q = QueueConfig(retry_delay=2.0, retry_backoff=3.0, max_retry_delay=50.0)
+    q = QueueConfig(retry_delay=2.0, retry_backoff=3.0, max_retry_delay=50.0, retry_jitter=False)
     assert [retry_delay_for(job(1, retry_count=n), q, None) for n in range(5)] == [2.0, 6.0, 18.0, 50.0, 50.0]
+
+
+def test_retry_jitter_spreads_backed_off_delays_and_is_on_by_default_with_backoff():
+    q = QueueConfig(retry_delay=2.0, retry_backoff=3.0, max_retry_delay=50.0)
+    assert retry_delay_for(job(1, retry_count=2), q, None, rand=lambda: 0.0) == 9.0  # half of 18
+    assert retry_delay_for(job(1, retry_count=2), q, None, rand=lambda: 0.999) == pytest.approx(17.99, abs=0.01)
+    assert retry_delay_for(job(1, retry_count=9), q, None, rand=lambda: 0.0) == 25.0  # half of the cap
+    import random
+
+    from jobmesh import rng
+    token = rng.use(random.Random(7))  # the default source is jobmesh.rng's (the simulator seeds it)
+    try:
+        delays = [retry_delay_for(job(i, retry_count=3), q, None) for i in range(200)]
+    finally:
+        rng._current.reset(token)
+    assert all(25.0 <= d <= 50.0 for d in delays) and len(set(delays)) > 150  # spread, within [d/2, d]
+    flat = QueueConfig(retry_delay=2.0)  # backoff 1: no jitter unless asked
+    assert retry_delay_for(job(1, retry_count=3), flat, None) == 2.0
+    assert retry_delay_for(job(1), QueueConfig(retry_delay=2.0, retry_jitter=True), None, rand=lambda: 0.5) == 1.5
+    explicit = job(1, properties={"retry_delay": 4}, retry_count=3)
+    assert retry_delay_for(explicit, q, None) == 4.0 and retry_delay_for(job(1), q, 1.5) == 1.5  # as meant
 
 
 def test_retry_delay_precedence_consumer_then_property_then_queue():
@@ -130,3 +153,38 @@ def test_round_robin_alternates_topics():
     while (j := w.take(0.0, always)) is not None:
         order.append(j.topic)
     assert order == ["a", "b", "c", "a", "b", "a"]
+
+
+def test_unordered_higher_priority_first_fifo_within_a_priority():
+    w = UnorderedWindow()
+    for s, p in ((1, 0), (2, -1), (3, 5), (4, 0), (5, 5), (6, 2), (7, -1)):
+        w.add(job(s, priority=p), 0.0)
+    late = job(8, priority=9)
+    late.not_before = 10.0  # a delayed high-priority job goes first once it is due
+    w.add(late, 0.0)
+    assert [w.take(0.0, always).seq for _ in range(3)] == [3, 5, 6]
+    assert w.take(10.0, always).seq == 8
+    assert [w.take(10.0, always).seq for _ in range(4)] == [1, 4, 2, 7]
+    assert w.take(10.0, always) is None
+    # parked jobs keep their priority when a consumer appears; removed ones are skipped
+    w.add(job(9, topic="x", priority=1), 0.0)
+    w.add(job(10, priority=0), 0.0)
+    w.add(job(11, priority=3), 0.0)
+    w.remove("j11")
+    assert w.take(0.0, lambda t: t != "x").seq == 10
+    w.unpark(always)
+    assert w.take(0.0, always).seq == 9 and w.take(0.0, always) is None
+
+
+def test_round_robin_priority_within_a_topic_and_ordered_ignores_it():
+    w = RoundRobinWindow()
+    for s, t, p in ((1, "a", 0), (2, "a", 0), (3, "a", 4), (4, "b", 0), (5, "a", 4)):
+        w.add(job(s, topic=t, priority=p), 0.0)
+    order = []
+    while (j := w.take(0.0, always)) is not None:
+        order.append(j.seq)
+    assert order == [3, 4, 5, 1, 2]
+    o = OrderedWindow()
+    for s, p in ((1, 0), (2, 9)):
+        o.add(job(s, priority=p), 0.0)
+    assert [o.take(0.0, always).seq, o.take(0.0, always).seq] == [1, 2]  # an ordered queue keeps its order

@@ -67,7 +67,14 @@ SCHEDULES = lambda b: b.lang == "python" and b.first.startswith("await node.sche
 WORKFLOW = lambda b: b.lang == "python" and "from jobmesh.workflow import" in b.text  # noqa: E731
 CONFIG = lambda b: b.lang == "toml" and b.first == "[node]"  # noqa: E731
 SCRIPTS = lambda b: b.lang == "bash" and b.first.startswith("./scripts/demo")  # noqa: E731
-RUNNERS = [CONSUMERS, RUN_NODE, EMBED, SCHEDULES, WORKFLOW, CONFIG, SCRIPTS]
+TASKS = lambda b: b.lang == "python" and b.first == "# tasks.py"  # noqa: E731
+TASK_RUN = lambda b: b.lang == "bash" and b.first.startswith("# terminal 1: a node that runs the tasks")  # noqa: E731
+SEND = lambda b: b.lang == "python" and b.first == "# send.py"  # noqa: E731
+WEB = lambda b: b.lang == "python" and b.first.startswith("# web.py")  # noqa: E731
+VIEWS = lambda b: b.lang == "python" and b.first.startswith("# views.py")  # noqa: E731
+TASK_TESTS = lambda b: b.lang == "python" and b.first.startswith("# test_tasks.py")  # noqa: E731
+RUNNERS = [CONSUMERS, RUN_NODE, EMBED, SCHEDULES, WORKFLOW, CONFIG, SCRIPTS, TASKS, TASK_RUN, SEND, WEB, VIEWS,
+           TASK_TESTS]
 
 
 def test_every_readme_snippet_has_a_runner() -> None:
@@ -131,7 +138,7 @@ async def test_scheduled_jobs(tmp_path: Path) -> None:
     async with jobmesh.Node(name="s", data_dir=tmp_path / "s") as node:
         await scope["snippet"](node)
         topics = sorted(s["topic"] for s in await node.schedules.list())
-    assert topics == ["cache/warm", "cleanup/tmp", "mail/reminder", "reports/daily"]
+    assert topics == ["cache/warm", "cleanup/tmp", "mail/digest", "mail/reminder", "reports/daily"]
 
 
 async def test_workflows(tmp_path: Path) -> None:
@@ -167,3 +174,102 @@ def test_the_two_commands_exist() -> None:
     for line in find(SCRIPTS).text.splitlines():
         script = REPO / line.split()[0]
         assert script.is_file() and os.access(script, os.X_OK), script
+
+
+# -- the first task, its web app and its tests (issue 12) --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def task_node(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The README's ``jobmesh node ... --consumers tasks`` (free ports), from a folder with tasks.py."""
+    tmp = tmp_path_factory.mktemp("first-task")
+    (tmp / "tasks.py").write_text(find(TASKS).text)
+    node_line = next(line for line in find(TASK_RUN).text.splitlines() if line.startswith("jobmesh node "))
+    http = free_port()
+    argv = shlex.split(node_line)[1:] + ["--bind", f"tcp://127.0.0.1:{free_port_pair()}", "--http", str(http)]
+    env = env_for(tmp)
+    log = open(tmp / "node.log", "wb")
+    node = subprocess.Popen([sys.executable, "-m", "jobmesh", *argv], cwd=tmp, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: _up(http) or node.poll() is not None, timeout=30, what="the README's task node")
+        assert node.poll() is None, (tmp / "node.log").read_text()
+        yield tmp, f"http://127.0.0.1:{http}"
+    finally:
+        node.terminate()
+        node.wait(30)
+        log.close()
+
+
+def test_the_first_task_is_sent_and_its_result_read(task_node: Any) -> None:
+    tmp, url = task_node
+    send = find(SEND).text
+    (tmp / "send.py").write_text(send)
+    command = next(line for line in find(TASK_RUN).text.splitlines() if "python send.py" in line)
+    assert command.startswith("JOBMESH_URL=http://127.0.0.1:8471 ")
+    r = subprocess.run([sys.executable, "send.py"], cwd=tmp, env=env_for(tmp, JOBMESH_URL=url), capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    promised = re.search(r"print\(await handle\.result\(timeout=30\)\)\s+# (.*)$", send, re.M).group(1)
+    assert r.stdout == promised + "\n"  # what the comment says
+
+
+WEB_STUBS = {
+    # the smallest FastAPI and Django the snippets need: decorators that keep the handlers
+    "fastapi/__init__.py": "class FastAPI:\n    def __init__(self, lifespan=None):\n        self.lifespan = lifespan\n"
+                           "        self.routes = {}\n    def post(self, path):\n"
+                           "        def keep(fn):\n            self.routes[path] = fn\n            return fn\n"
+                           "        return keep\n",
+    "django/__init__.py": "",
+    "django/http.py": "def JsonResponse(data):\n    return data\n",
+}
+
+WEB_DRIVER = """
+import asyncio, json
+import web, views
+
+class Request:
+    POST = {"email": "grace@example.org"}
+
+async def main():
+    async with web.app.lifespan(web.app):
+        first = await web.app.routes["/signup"](email="ada@example.org")
+        job = await web.client.get(first["job"])
+        result = await web.client.handle(first["job"]).result(timeout=30)
+    assert web.client._session is None  # the lifespan closed it
+    blocking = await asyncio.to_thread(views.signup, Request())
+    later = views.jobs.get(blocking["job"])
+    views.jobs.stop(later.id)
+    print(json.dumps({"key": job.key, "result": result,
+                      "later": later.state.value, "not_before": later.not_before > job.created}))
+"""
+
+
+def test_the_web_app_snippets(task_node: Any) -> None:
+    tmp, url = task_node
+    (tmp / "web.py").write_text(find(WEB).text)
+    (tmp / "views.py").write_text(find(VIEWS).text)
+    for name, text in WEB_STUBS.items():
+        (tmp / name).parent.mkdir(exist_ok=True)
+        (tmp / name).write_text(text)
+    (tmp / "drive.py").write_text(WEB_DRIVER + "\nasyncio.run(main())\n")
+    r = subprocess.run([sys.executable, "drive.py"], cwd=tmp, env=env_for(tmp, JOBMESH_URL=url), capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    import json
+
+    out = json.loads(r.stdout)
+    assert out == {"key": "welcome:ada@example.org",
+                   "result": {"message_id": "<welcome@example.org>"}, "later": "QUEUED", "not_before": True}
+
+
+def test_the_testing_snippet_passes(tmp_path: Path) -> None:
+    (tmp_path / "tasks.py").write_text(find(TASKS).text)
+    text = find(TASK_TESTS).text
+    plugin = re.search(r"conftest\.py says: (pytest_plugins = \[.*\])", text).group(1)
+    (tmp_path / "conftest.py").write_text(plugin + "\n")
+    (tmp_path / "pytest.ini").write_text("[pytest]\nasyncio_mode = auto\n")
+    (tmp_path / "test_tasks.py").write_text(text)
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_tasks.py"],
+                       cwd=tmp_path, env=env_for(tmp_path), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "3 passed" in r.stdout, r.stdout + r.stderr

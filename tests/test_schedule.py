@@ -377,3 +377,83 @@ def test_merge_fired_keeps_the_max_and_ignores_junk():
     assert merge_fired(mine, {"a": 15.0, "b": 5.0, "c": 1.0}) == {"a": 15.0, "c": 1.0}
     assert merge_fired(mine, {"a": "x", 3: 4.0, "d": True, "e": float("inf")}) == {}
     assert merge_fired(mine, ["not", "a", "dict"]) == {}
+
+
+# -- time zones (issue 12) ------------------------------------------------------------
+
+AMS = "Europe/Amsterdam"  # CET/CEST: 2026-03-29 02:00 -> 03:00, 2026-10-25 03:00 -> 02:00
+
+
+def fires(body: dict, start: str, n: int) -> list[str]:
+    spec = parse_schedule(body)
+    out, t = [], T(start)
+    for _ in range(n):
+        t = spec.next_fire(t)
+        out.append(iso(t))
+    return out
+
+
+def test_cron_in_a_zone_follows_its_wall_clock() -> None:
+    d = {"topic": "a", "cron": "0 6 * * *", "tz": AMS}
+    assert fires(d, "2026-01-10T00:00:00Z", 1) == ["2026-01-10T05:00:00.000Z"]  # 06:00 CET
+    assert fires(d, "2026-07-10T00:00:00Z", 1) == ["2026-07-10T04:00:00.000Z"]  # 06:00 CEST
+    daily = {"topic": "a", "daily": "06:00", "tz": AMS}  # the calendar forms too
+    assert fires(daily, "2026-07-10T00:00:00Z", 1) == ["2026-07-10T04:00:00.000Z"]
+    assert parse_schedule(daily).to_json()["tz"] == AMS
+    ny = {"topic": "a", "cron": "0 9 * * mon-fri", "tz": "America/New_York"}
+    assert fires(ny, "2026-11-27T00:00:00Z", 2) == ["2026-11-27T14:00:00.000Z", "2026-11-30T14:00:00.000Z"]
+
+
+def test_a_slot_in_the_spring_gap_fires_once_an_hour_on() -> None:
+    # 02:30 does not exist on 2026-03-29 in Amsterdam: it fires at 03:30 CEST (01:30 UTC), once
+    assert fires({"topic": "a", "cron": "30 2 * * *", "tz": AMS}, "2026-03-28T12:00:00Z", 3) == [
+        "2026-03-29T01:30:00.000Z", "2026-03-30T00:30:00.000Z", "2026-03-31T00:30:00.000Z"]
+    # every half hour across the gap: every instant once, none twice, none skipped
+    assert fires({"topic": "a", "cron": "*/30 * * * *", "tz": AMS}, "2026-03-28T23:50:00Z", 6) == [
+        "2026-03-29T00:00:00.000Z", "2026-03-29T00:30:00.000Z", "2026-03-29T01:00:00.000Z",
+        "2026-03-29T01:30:00.000Z", "2026-03-29T02:00:00.000Z", "2026-03-29T02:30:00.000Z"]
+
+
+def test_a_slot_in_the_autumn_overlap_fires_once_at_its_first_occurrence() -> None:
+    # 02:30 happens twice on 2026-10-25 (CEST, then CET): it fires at the first, 00:30 UTC
+    assert fires({"topic": "a", "cron": "30 2 * * *", "tz": AMS}, "2026-10-24T12:00:00Z", 2) == [
+        "2026-10-25T00:30:00.000Z", "2026-10-26T01:30:00.000Z"]
+    assert fires({"topic": "a", "cron": "*/30 * * * *", "tz": AMS}, "2026-10-24T23:50:00Z", 4) == [
+        "2026-10-25T00:00:00.000Z", "2026-10-25T00:30:00.000Z",  # 02:00, 02:30 CEST
+        "2026-10-25T02:00:00.000Z", "2026-10-25T02:30:00.000Z"]  # 03:00, 03:30 CET: the second 02:xx skipped
+
+
+def test_due_in_a_zone_fires_each_dst_slot_once() -> None:
+    for start, end, cron in (("2026-03-28T20:00:00Z", "2026-03-29T06:00:00Z", "*/15 * * * *"),
+                             ("2026-10-24T20:00:00Z", "2026-10-25T06:00:00Z", "*/15 * * * *"),
+                             ("2026-03-28T20:00:00Z", "2026-03-29T06:00:00Z", "30 2 * * *"),
+                             ("2026-10-24T20:00:00Z", "2026-10-25T06:00:00Z", "30 2 * * *")):
+        s = S({"topic": "a", "cron": cron, "tz": AMS}, created=start)
+        fired: dict[str, float] = {}
+        slots = []
+        t = T(start)
+        while t < T(end):  # a leader ticking every 20 s
+            for f in due([s], fired, t):
+                fired[f.schedule_id] = f.slot
+                slots.append(f.slot)
+            t += 20
+        assert len(slots) == len(set(slots)) and slots == sorted(slots)
+        local = [iso(x) for x in slots]
+        if cron == "30 2 * * *":
+            assert len(slots) == 1, local
+        elif start.startswith("2026-03"):  # 39 UTC quarters after creation; the gap's slots land on them
+            assert len(slots) == 39, local
+        else:  # the repeated wall-clock hour's four quarters fire once, not twice
+            assert len(slots) == 35, local
+
+
+def test_tz_validation_and_id() -> None:
+    base = {"topic": "a", "cron": "0 6 * * *"}
+    assert parse_schedule({**base, "tz": AMS}).id != parse_schedule(base).id
+    assert parse_schedule({**base, "tz": "UTC"}).id == parse_schedule(base).id  # UTC is the default
+    with pytest.raises(ValidationError, match="unknown time zone 'Mars/Olympus'"):
+        parse_schedule({**base, "tz": "Mars/Olympus"})
+    with pytest.raises(ValidationError, match="'tz' applies to cron and the calendar forms, not to 'every'"):
+        parse_schedule({"topic": "a", "every": 60, "tz": AMS})
+    rec = ScheduleRecord(parse_schedule({**base, "tz": AMS}), 0.0, version=(1.0, "n"))
+    assert ScheduleRecord.from_wire(rec.to_wire()).spec.tz == AMS  # replicates with its zone

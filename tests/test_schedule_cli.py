@@ -32,6 +32,13 @@ def test_each_form_builds_a_body_the_node_accepts():
         parse_schedule(body)  # the node would accept it
 
 
+def test_tz_goes_into_the_body() -> None:
+    body = body_of("t/a", "--cron", "0 6 * * *", "--tz", "Europe/Amsterdam")
+    assert body["tz"] == "Europe/Amsterdam" and parse_schedule(body).tz == "Europe/Amsterdam"
+    assert when_text({"kind": "daily", "daily": {"hour": 6, "minute": 0}, "tz": "Europe/Amsterdam"}) == \
+        "daily 06:00 Europe/Amsterdam"
+
+
 def test_properties_are_json_when_they_parse():
     body = body_of("t/a", "-p", "n=3", "-p", "name=x", "-p", "flags=[1,2]", "--every", "60")
     assert body["properties"] == {"n": 3, "name": "x", "flags": [1, 2]}

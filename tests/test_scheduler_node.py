@@ -242,3 +242,18 @@ async def test_cli_against_a_real_node(http_node):
     assert rc == 1 and "HTTP 404" in err and err.count("\n") == 1
     rc, _, err = await cli("add", "sched/cli", "--cron", "61 * * * *")
     assert rc == 1 and "HTTP 400" in err
+    rc, out, err = await cli("add", "sched/cli", "--daily", "06:00", "--tz", "Europe/Amsterdam")
+    assert rc == 0 and "daily 06:00 Europe/Amsterdam" in out, err
+    rc, _, err = await cli("add", "sched/cli", "--daily", "06:00", "--tz", "Europe/Amsterdm")
+    assert rc == 1 and "unknown time zone" in err
+
+
+async def test_a_schedule_in_a_zone_over_http_and_python(http_node):
+    node, http = http_node
+    s = await node.schedules.add("sched/tz", cron="0 6 * * *", tz="Europe/Amsterdam")
+    assert s["tz"] == "Europe/Amsterdam" and s["next_fire"].endswith(("04:00:00.000Z", "05:00:00.000Z"))
+    async with http.post("/api/v1/schedules", json={"topic": "sched/tz", "cron": "0 6 * * *",
+                                                    "tz": "Europe/Amsterdam"}) as r:
+        assert r.status == 200 and (await r.json())["id"] == s["id"]  # identical: the same schedule
+    async with http.post("/api/v1/schedules", json={"topic": "sched/tz", "cron": "0 6 * * *", "tz": "Nowhere"}) as r:
+        assert r.status == 400 and "unknown time zone" in (await r.json())["error"]

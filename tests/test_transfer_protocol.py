@@ -1032,3 +1032,26 @@ def test_result_items_read_fast_or_checked_alike() -> None:
                 {**body, "id": ""}, {**body, "log": "x"}, {**body, "started": "1"}):
         with pytest.raises(ProtocolError):
             RI.from_wire(bad)
+
+
+def test_result_item_carries_any_json_result_and_reads_an_older_output() -> None:
+    from jobmesh.transfer.protocol import ResultItem
+
+    for value in ({"a": 1}, [1, 2], "text", 0, False):
+        item = ResultItem("j", 1, ResultKind.OK, result=value)
+        assert ResultItem.from_wire(item.to_wire()).result == value
+    assert "result" not in ResultItem("j", 1, ResultKind.OK).to_wire()
+    old = {"id": "j", "attempt": 1, "kind": "OK", "log": [], "output": {"step": "out"}}  # a peer before issue 12
+    assert ResultItem.from_wire(old).result == {"step": "out"}
+
+
+def test_job_spec_carries_the_time_limit_and_priority() -> None:
+    from jobmesh.transfer.protocol import JobSpec, ProtocolError
+
+    spec = JobSpec("j", 1, "a/b", {}, timeout=2.5, priority=-3)
+    assert JobSpec.from_wire(spec.to_wire()) == spec
+    plain = JobSpec("j", 1, "a/b", {})
+    assert "timeout" not in plain.to_wire() and "priority" not in plain.to_wire()
+    assert JobSpec.from_wire(plain.to_wire()) == plain
+    with pytest.raises(ProtocolError, match="timeout must be > 0"):
+        JobSpec.from_wire({**spec.to_wire(), "timeout": -1})

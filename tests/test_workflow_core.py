@@ -272,7 +272,8 @@ def test_a_step_output_travels_with_an_offloaded_result():
     from jobmesh.job import ResultKind
     from jobmesh.transfer.protocol import ResultItem
 
-    item = ResultItem("j1", 2, ResultKind.OK, "ok", output={"width": 10, "tags": ["a"]})
-    assert ResultItem.from_wire(json.loads(json.dumps(item.to_wire()))).output == {"width": 10, "tags": ["a"]}
+    # the output is the job's result (issue 12: one value), carried as "result"
+    item = ResultItem("j1", 2, ResultKind.OK, "ok", result={"width": 10, "tags": ["a"]})
+    assert ResultItem.from_wire(json.loads(json.dumps(item.to_wire()))).result == {"width": 10, "tags": ["a"]}
     bare = ResultItem("j1", 2, ResultKind.FAILED, "no")
-    assert "output" not in bare.to_wire() and ResultItem.from_wire(bare.to_wire()).output is None
+    assert "result" not in bare.to_wire() and ResultItem.from_wire(bare.to_wire()).result is None

@@ -78,7 +78,7 @@ async def test_start_get_list_over_http(http):
     assert [h["state"] for h in done["history"]] == ["SUCCEEDED", "SUCCEEDED"]
     async with http.get(f"/api/v1/jobs/{done['history'][1]['job_id']}") as r:
         job = await r.json()
-    assert job["properties"]["jobmesh:local"] is True and job["output"] == {"upper": "HI"}
+    assert job["properties"]["jobmesh:local"] is True and job["result"] == {"upper": "HI"}  # the step output is the result
     async with http.get("/api/v1/workflows", params={"state": "COMPLETED"}) as r:
         assert [w["id"] for w in (await r.json())["workflows"]] == [started["id"]]
     async with http.get("/api/v1/workflows", params={"workflow": "doomed"}) as r:

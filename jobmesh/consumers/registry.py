@@ -35,6 +35,13 @@ class ConsumerSpec:
     actor: "ConsumerActor | None" = None
     semaphore: asyncio.Semaphore | None = None  # a ConsumerActor's concurrency bound
     origin: Any = None  # what was declared (the function, class or instance): the same one twice is one consumer
+    # Options of a task (``@jobmesh.task``) or a consumer declared with them; None = the queue decides.
+    timeout: float | None = None  # time limit of a run in seconds (a job's own timeout beats it)
+    throws: tuple[type[BaseException], ...] = ()  # exceptions that end the job ERROR, with no retry
+    retries: int | None = None  # the job's max_retries (read where the job is added)
+    retry_delay: float | None = None  # seconds before a failed run is retried
+    priority: int = 0  # default priority of its jobs within their queue
+    queue: str | None = None  # the queue its jobs go to (must be configured where they are added)
 
 
 def _patterns(pattern: str | list[str] | tuple[str, ...], more: tuple[str, ...]) -> tuple[str, ...]:
@@ -76,9 +83,39 @@ def _takes_context(fn: Callable[..., Any], what: str | None = None, skip_self: b
     return takes_context
 
 
-def consumer(pattern: str | list[str], *more: str, name: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Mark ``fn(job)`` or ``fn(job, ctx)`` (async, or sync: run in a thread pool) as a consumer."""
+def check_options(timeout: float | None = None, throws: Any = (), retries: int | None = None,
+                  retry_delay: float | None = None, priority: int = 0, queue: str | None = None,
+                  what: str = "consumer") -> tuple[float | None, tuple[type[BaseException], ...]]:
+    """The options of ``@consumer``/``@task`` checked at declaration; (timeout, throws) normalized."""
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValidationError(f"{what}: timeout must be a number of seconds above 0, got {timeout!r}")
+        timeout = float(timeout)
+    if isinstance(throws, type):
+        throws = (throws,)
+    throws = tuple(throws or ())
+    for t in throws:
+        if not (isinstance(t, type) and issubclass(t, BaseException)):
+            raise ValidationError(f"{what}: throws takes exception classes, got {t!r}")
+    if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int) or retries < -1):
+        raise ValidationError(f"{what}: retries must be -1 (forever) or a whole number >= 0, got {retries!r}")
+    if retry_delay is not None and (isinstance(retry_delay, bool) or not isinstance(retry_delay, (int, float))
+                                    or retry_delay < 0):
+        raise ValidationError(f"{what}: retry_delay must be a number of seconds >= 0, got {retry_delay!r}")
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise ValidationError(f"{what}: priority must be a whole number, got {priority!r}")
+    if queue is not None and (not isinstance(queue, str) or not queue):
+        raise ValidationError(f"{what}: queue must be a queue's name, got {queue!r}")
+    return timeout, throws
+
+
+def consumer(pattern: str | list[str], *more: str, name: str | None = None, timeout: float | None = None,
+             throws: Any = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Mark ``fn(job)`` or ``fn(job, ctx)`` (async, or sync: run in a thread pool) as a consumer.
+    ``timeout``: the time limit of a run in seconds; ``throws``: exception types that end the job
+    ``ERROR`` instead of a retry."""
     patterns = _patterns(pattern, more)
+    timeout, throws = check_options(timeout, throws)
 
     def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
         if not callable(fn):
@@ -90,6 +127,8 @@ def consumer(pattern: str | list[str], *more: str, name: str | None = None) -> C
             takes_context=_takes_context(fn),
             is_async=inspect.iscoroutinefunction(fn),
             origin=fn,
+            timeout=timeout,
+            throws=throws,
         ))
         return fn
 

@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import ctypes
+import json
+import threading
 import traceback
 from collections import deque
 from typing import Any, Callable
 
+from ..errors import TimeLimitExceeded
 from ..job import Job, JobResult, ResultKind
 from ..queues.core import Outcome
 from .context import ExecutionContext
@@ -34,9 +38,11 @@ Report = Callable[[Any, Outcome], None]
 
 class _Exec:
     """The runner's side of a run: the worker task running it, a sync call's future, the
-    stop grace timer."""
+    stop grace timer, its time limit (s; job > consumer > queue), the limit's timer and
+    whether it passed, and a sync consumer's thread while it runs the job."""
 
-    __slots__ = ("task", "future", "is_async", "timer", "executing")
+    __slots__ = ("task", "future", "is_async", "timer", "executing", "limit", "limit_timer", "timed_out",
+                 "thread_id")
 
     def __init__(self, task: asyncio.Task[Any] | None) -> None:
         self.task = task
@@ -44,6 +50,10 @@ class _Exec:
         self.is_async = True
         self.timer: asyncio.TimerHandle | None = None
         self.executing = False
+        self.limit: float | None = None
+        self.limit_timer: asyncio.TimerHandle | None = None
+        self.timed_out = False  # the limit passed: whatever the consumer does, the run FAILED
+        self.thread_id: int | None = None
 
 
 class Runner:
@@ -71,6 +81,7 @@ class Runner:
         self._ready: deque[Any] = deque()
         self._idle: list[asyncio.Future[None]] = []
         self._stopping = False
+        self._thread_lock = threading.Lock()  # a sync run's thread id against a time limit's interrupt
         self._workers = [spawn(self._worker(), name=f"slot-{i}") for i in range(max(1, slots))]
 
     def shutdown(self) -> None:
@@ -110,6 +121,9 @@ class Runner:
             if ex.timer is not None:
                 ex.timer.cancel()
                 ex.timer = None
+            if ex.limit_timer is not None:
+                ex.limit_timer.cancel()
+                ex.limit_timer = None
             self.report(run, outcome)
 
     async def _execute(self, run: Any, ex: _Exec, me: Any) -> Outcome:
@@ -123,6 +137,10 @@ class Runner:
             on_progress = (lambda _job, _run=run: self.progress(_run)) if job.origin != self.node else None
             ctx = ExecutionContext(view, run.stopped, self.clock, on_progress)
         ex.is_async = spec.is_async or spec.actor is not None
+        limit = run.time_limit or spec.timeout or run.queue_timeout
+        if limit:
+            ex.limit = limit
+            ex.limit_timer = asyncio.get_running_loop().call_later(limit, self._time_up, run)
         ex.executing = True
         try:
             if spec.actor is not None:
@@ -144,19 +162,29 @@ class Runner:
                 fn = spec.fn
                 assert fn is not None
                 call = (lambda: fn(view, ctx)) if ctx is not None else (lambda: fn(view))
+                if limit:
+                    call = self._interruptible(ex, call)
                 fut = ex.future = self.threads.run(call)
                 result = await fut
         except asyncio.CancelledError:
-            if self._stopping or not run.stopped() or me is None:
+            if self._stopping or not (run.stopped() or ex.timed_out) or me is None:
                 raise  # the engine itself is stopping: not an outcome
             me.uncancel()
             if run.abort:
                 return Outcome("ABORTED", "interrupted by node shutdown")
+            if run.stop_state is None:  # timed out
+                return _over_limit(ex)
             return Outcome("STOPPED", "cancelled after the stop grace period", stop_state=run.stop_state)
+        except TimeLimitExceeded as exc:  # raised in a sync consumer's thread by _time_up
+            if run.stop_state is not None:
+                return Outcome("STOPPED", stop_state=run.stop_state)
+            return _over_limit(ex, "".join(traceback.format_exception(exc)))
         except Exception as exc:  # noqa: BLE001 - the consumer's exception is its outcome
-            return self._failed(run, exc)
+            return self._failed(run, exc, spec)
         finally:
             ex.executing = False
+        if ex.timed_out and run.stop_state is None and not run.abort:
+            return _over_limit(ex)  # it caught the interruption and returned: over its limit all the same
         return self._outcome(run, result, ctx)
 
     @staticmethod
@@ -164,6 +192,44 @@ class Runner:
         assert spec.semaphore is not None and spec.actor is not None
         async with spec.semaphore:
             return await spec.actor.process(job, ctx)
+
+    # -- time limits ---------------------------------------------------------------------
+    def _time_up(self, run: Any) -> None:
+        """A run reached its time limit: an async consumer is cancelled; a sync one gets
+        ``TimeLimitExceeded`` raised in its thread (as Dramatiq does), and is given up
+        ``stop_grace`` seconds later if it still runs (blocked in C code, or it swallowed it)."""
+        ex = run.handle
+        if ex is None or not ex.executing or ex.task is None or run.ended:
+            return
+        ex.timed_out = True
+        if ex.is_async:
+            ex.task.cancel()
+            return
+        with self._thread_lock:
+            tid = ex.thread_id
+            if tid is not None:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), ctypes.py_object(TimeLimitExceeded))
+        ex.limit_timer = asyncio.get_running_loop().call_later(self.stop_grace, self._abandon_thread, run)
+
+    def _abandon_thread(self, run: Any) -> None:
+        ex = run.handle
+        if ex is not None and ex.executing and ex.task is not None and not run.ended:
+            self.log.warning("sync consumer still running past its time limit; its thread is left behind and "
+                             "its result will be ignored", job_id=run.job.id, topic=run.job.topic, limit=ex.limit)
+            ex.task.cancel()
+
+    def _interruptible(self, ex: _Exec, call: Callable[[], Any]) -> Callable[[], Any]:
+        """``call`` for a sync consumer's thread that says which thread runs it while it does."""
+        lock = self._thread_lock
+
+        def in_thread() -> Any:
+            ex.thread_id = threading.get_ident()
+            try:
+                return call()
+            finally:
+                with lock:  # from here on no interrupt is sent; one sent before is raised right here
+                    ex.thread_id = None
+        return in_thread
 
     # -- stop and shutdown -------------------------------------------------------------
     def stop(self, run: Any) -> None:
@@ -196,16 +262,22 @@ class Runner:
         if run.abort:
             return Outcome("ABORTED", "interrupted by node shutdown")
         outcome = outcome_of(value)
-        if ctx is not None and ctx.output and outcome.kind == "OK" and outcome.output is None:
-            outcome = Outcome("OK", outcome.message, output=dict(ctx.output))  # ctx.output[...] = v
+        if ctx is not None and ctx.output and outcome.kind == "OK" and outcome.result is None:
+            outcome = Outcome("OK", outcome.message, result=dict(ctx.output))  # ctx.output[...] = v
         return outcome
 
     @staticmethod
-    def _failed(run: Any, exc: BaseException) -> Outcome:
+    def _failed(run: Any, exc: BaseException, spec: ConsumerSpec) -> Outcome:
         tb = "".join(traceback.format_exception(exc))
         if run.stop_state is not None:
             return Outcome("STOPPED", stop_state=run.stop_state, log=(tb,))
-        return Outcome("FAILED", f"{type(exc).__name__}: {exc}", log=(tb,))
+        if spec.throws and isinstance(exc, spec.throws):  # declared: ends the job ERROR, no retry
+            return Outcome("CANCEL", f"{type(exc).__name__}: {exc} (listed in throws: not retried)", log=(tb,))
+        return Outcome("FAILED", f"{type(exc).__name__}: {exc}", spec.retry_delay, log=(tb,))
+
+
+def _over_limit(ex: _Exec, tb: str | None = None) -> Outcome:
+    return Outcome("FAILED", f"time limit {ex.limit:g} s exceeded", log=(tb,) if tb else ())
 
 
 def _view(job: Job, progress: Any) -> Job:
@@ -216,19 +288,31 @@ def _view(job: Job, progress: Any) -> Job:
     return view
 
 
+MAX_RESULT_BYTES = 1_000_000  # a result is stored with its job and travels back in one message
+
+
 def outcome_of(result: Any) -> Outcome:
-    """A consumer's return value as an outcome: None/True = OK, False = FAILED, JobResult as said."""
+    """A consumer's return value as an outcome: None/True = OK, False = FAILED, JobResult as said;
+    any other value is the job's result (a task's return value), which must be JSON-compatible:
+    one that is not fails the run, saying so (it could be neither stored nor sent to the origin)."""
     if result is None or result is True:
         return _OK
     if isinstance(result, JobResult):
         if result.kind is ResultKind.OK:
             if result.output:
-                return Outcome("OK", result.message, output=dict(result.output))
+                return Outcome("OK", result.message, result=dict(result.output))
             return _OK if result.message is None else Outcome("OK", result.message)
         if result.kind is ResultKind.CANCEL:
             return Outcome("CANCEL", result.message)
         return Outcome("FAILED", result.message, result.retry_delay)
     if result is False:
         return Outcome("FAILED", "consumer returned False")
-    text = repr(result)
-    return Outcome("OK", text if len(text) <= 1000 else text[:997] + "...")
+    try:
+        text = json.dumps(result, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        return Outcome("FAILED", f"the consumer's return value is not JSON-compatible ({e}); return str, int, "
+                                 f"float, bool, None, or lists and dicts of them")
+    if len(text) > MAX_RESULT_BYTES:
+        return Outcome("FAILED", f"the consumer's return value is {len(text)} bytes as JSON, more than "
+                                 f"{MAX_RESULT_BYTES}; store large results elsewhere and return a reference")
+    return Outcome("OK", result=result if type(result) is not tuple else list(result))

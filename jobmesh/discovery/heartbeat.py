@@ -300,7 +300,7 @@ class HeartbeatReceiver:
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._sock: Any = None  # on the loop (simulation): drained by take()
         self._name = f"jobmesh-heartbeat-rx-{node}"
 
     @property
@@ -310,12 +310,13 @@ class HeartbeatReceiver:
     def is_alive(self) -> bool:
         if self._thread is not None:
             return self._thread.is_alive()
-        return self._task is not None and not self._task.done()
+        return self._sock is not None
 
     def start_and_wait(self, timeout: float = 5.0) -> None:
         if not self.threaded:
-            sock = self.transport.sub()
-            self._task = asyncio.get_running_loop().create_task(self._arun(sock), name=self._name)
+            # on the loop (the simulation) there is nothing to do off it: the socket is drained
+            # when the actor takes what arrived, once per tick, as the thread would have
+            self._sock = self.transport.sub()
             return
         self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
         self._thread.start()
@@ -335,6 +336,11 @@ class HeartbeatReceiver:
     def take(self) -> tuple[list[tuple[float, dict[str, Any]]], list[str], int]:
         """(heartbeats by arrival time, rejection reasons, rejections since last call)."""
         st = self._state
+        if self._sock is not None and not self._stop_requested:
+            try:
+                self._step(self._sock)
+            except TransportClosed:
+                self._sock = None
         with st.lock:
             latest, st.latest = st.latest, {}
             reasons, st.reasons = st.reasons, []
@@ -346,8 +352,9 @@ class HeartbeatReceiver:
         self._wake.set()
         if self._thread is not None and self._thread.is_alive():
             self._thread.join(timeout)
-        if self._task is not None:
-            self._task.cancel()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
     def _step(self, sock: Any) -> None:
         """Apply connects/disconnects, then drain what is there (bounded)."""
@@ -386,12 +393,3 @@ class HeartbeatReceiver:
             except Exception:  # pragma: no cover
                 pass
 
-    async def _arun(self, sock: Any) -> None:
-        try:
-            while not self._stop_requested:
-                await asyncio.sleep(self.period)
-                self._step(sock)
-        except TransportClosed:
-            pass
-        finally:
-            sock.close()

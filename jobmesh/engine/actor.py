@@ -80,6 +80,55 @@ EXTERNAL = (ev.JobsAdded, ev.StopRequested, ev.RetryRequested, ev.RemoveRequeste
             ev.CopyStopRequested, ev.CopiesForgotten, ev.VerifyCopies)
 
 
+class QueueView:
+    """One queue of the engine as tests and tools look at it (what ``node.queue_actor(name)``
+    was before the engine): its window, the window's size and refill mark, the watchdog's
+    period (the engine's, for every queue). Reads the engine's current core each time."""
+
+    def __init__(self, engine: "EngineActor", name: str) -> None:
+        self._engine = engine
+        self.name = name
+
+    def _q(self) -> Any:
+        return self._engine.core.queues[self.name]
+
+    @property
+    def config(self) -> Any:
+        return self._q().config
+
+    @property
+    def window(self) -> Any:
+        return self._q().window
+
+    @property
+    def window_size(self) -> int:
+        return int(self._q().window_size)
+
+    @window_size.setter
+    def window_size(self, value: int) -> None:
+        self._q().window_size = value
+
+    @property
+    def refill_below(self) -> int:
+        return int(self._q().refill_below)
+
+    @refill_below.setter
+    def refill_below(self, value: int) -> None:
+        self._q().refill_below = value
+
+    @property
+    def watchdog_period(self) -> float:
+        return self._engine.watchdog_period
+
+    @watchdog_period.setter
+    def watchdog_period(self, value: float) -> None:
+        self._engine.watchdog_period = value
+
+    @property
+    def suspended(self) -> bool:
+        return bool(self._q().suspended)
+
+
 class EngineActor(Actor):
     """Messages: the ``EXTERNAL`` events, ``DrainRequested``, ``PurgeRequested``."""
 
@@ -122,6 +171,14 @@ class EngineActor(Actor):
         self.consumers.add(spec)
 
     # -- reads for other parts (no state change) ----------------------------------------
+    @property
+    def index(self) -> ConsumerIndex:
+        """The consumers registered here (what ``pool.index`` was)."""
+        return self.consumers
+
+    def queue_view(self, name: str) -> QueueView | None:
+        return QueueView(self, name) if name in self.core.queues else None
+
     def snapshot(self, job_id: str) -> Any:
         return self.core.snapshot(job_id)
 
@@ -363,11 +420,16 @@ class EngineActor(Actor):
             fut.set_result(i.value)
 
     def _do_read_ready(self, i: ins.ReadReady) -> None:
-        self._feed_first(ev.ReadyRead(i.queue, i.after_seq, i.limit, self.store.ready(i.queue, i.after_seq, i.limit)))
+        self._feed_first(ev.ReadyRead(i.queue, i.after_seq, i.limit,
+                                      self.store.ready(i.queue, i.after_seq, i.limit, i.due_by)))
+
+    def _do_read_due(self, i: ins.ReadDue) -> None:
+        self._feed_first(ev.DueRead(i.queue, i.after, i.until, i.limit,
+                                    self.store.due(i.queue, i.after, i.until, i.limit)))
 
     def _do_scan_ready(self, i: ins.ScanReady) -> None:
         store = self.store
-        rows = {q: store.ready_ids(q, i.limit) for q in i.queues}
+        rows = {q: store.ready_refs(q, i.limit, i.due_by) for q in i.queues}
         self._feed_first(ev.ReadyScanned(rows, {job_id: store.get(job_id) for job_id in i.verify}))
 
     def _do_load_jobs(self, i: ins.LoadJobs) -> None:
@@ -450,6 +512,7 @@ DISPATCH: dict[type, Callable[[EngineActor, Any], None]] = {
     ins.CancelRun: EngineActor._do_cancel_run,
     ins.Reply: EngineActor._do_reply,
     ins.ReadReady: EngineActor._do_read_ready,
+    ins.ReadDue: EngineActor._do_read_due,
     ins.ScanReady: EngineActor._do_scan_ready,
     ins.LoadJobs: EngineActor._do_load_jobs,
     ins.SetTimer: EngineActor._do_set_timer,

@@ -30,6 +30,7 @@ then=[JobsTransitioned])`` (and the next ``Commit(starts)`` in the same transact
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import Any, Callable
 
@@ -38,7 +39,7 @@ from ..consumers.context import append_log
 from ..job import FINAL_STATES, Job, JobState, Progress, Story
 from ..job import ResultKind
 from ..queues.core import Outcome, QueueMatcher, Window, decide, make_window
-from ..transfer.protocol import JobSpec, ResultItem
+from ..transfer.messages import JobSpec, ResultItem
 from . import events as ev
 from . import instructions as ins
 
@@ -47,6 +48,12 @@ REFILL_CHUNK = 1024  # rows read from the store per refill
 WATCHDOG_SCAN = 256  # ready rows compared per round
 AWAY_CHECK_ROUNDS = 3  # watchdog rounds between two checks of the handed-off records (CheckAway)
 MAX_LOG_LINES = 1000
+# A job due later than this (a delay, an ``at``) stays on disk, out of the window, until it is
+# nearly due: a million jobs delayed until tomorrow must not fill the window and hold back the
+# ones ready now. Read back in due order (``ReadDue``) every DUE_SCAN s, from the watchdog round.
+# An ordered queue defers nothing: its head holds the line, delayed or not.
+DEFER_AFTER = 60.0
+DUE_SCAN = DEFER_AFTER / 2
 
 _QUEUED, _ACTIVE, _SUCCEEDED = JobState.QUEUED, JobState.ACTIVE, JobState.SUCCEEDED
 _STOPPED, _DROPPED = JobState.STOPPED, JobState.DROPPED
@@ -60,11 +67,13 @@ class Run:
     (its outcome is recorded: anything reported later is dropped) and ``superseded`` (a
     copy its origin no longer wants: the outcome is dropped). ``progress`` belongs to the
     consumer's context while it runs (one writer) and becomes the job's at the end.
-    ``handle`` is the runner's (the shell's) own; ``time_limit`` is left for per-job limits.
+    ``handle`` is the runner's (the shell's) own. ``time_limit`` is the job's own limit and
+    ``queue_timeout`` its queue's; the runner applies job > consumer > queue (the consumer's
+    limit is in the consumer index, which only the shell holds).
     """
 
     __slots__ = ("job", "queue", "stop_state", "abort", "ended", "started", "superseded", "waiting_ms",
-                 "progress", "lines_sent", "handle", "time_limit")
+                 "progress", "lines_sent", "handle", "time_limit", "queue_timeout")
 
     def __init__(self, job: Job, queue: str, waiting_ms: float) -> None:
         self.job = job
@@ -80,7 +89,8 @@ class Run:
         self.progress = Progress(p.steps, p.step, p.eta, list(p.log)) if busy else Progress()
         self.lines_sent = len(self.progress.log)
         self.handle: Any = None
-        self.time_limit: float | None = None
+        self.time_limit: float | None = job.timeout
+        self.queue_timeout: float | None = None
 
     def stopped(self) -> bool:
         """What ``ctx.is_stopped()`` says (any thread may ask)."""
@@ -94,9 +104,10 @@ class _Queue:
     """One queue's part of the core: its window, its slots in use, what the store still has."""
 
     __slots__ = ("config", "name", "window", "parallelism", "priority", "ordered", "active", "suspended",
-                 "last_seq", "store_has_more", "reading", "window_size", "refill_below", "suspects")
+                 "last_seq", "store_has_more", "reading", "window_size", "refill_below", "suspects",
+                 "due_cursor", "reading_due")
 
-    def __init__(self, config: QueueConfig, cores: int | None, window: int) -> None:
+    def __init__(self, config: QueueConfig, cores: int | None, window: int, now: float = 0.0) -> None:
         self.config = config
         self.name = config.name
         self.window: Window = make_window(config.type)
@@ -111,6 +122,11 @@ class _Queue:
         self.window_size = window
         self.refill_below = max(1, window // 4)
         self.suspects: dict[str, int] = {}  # watchdog: job id -> seq missing at the last round
+        # Delayed jobs due up to here were read into the window (refills read what is due by then;
+        # ``ReadDue`` moves it on): the (not_before, seq) cursor of the due-order reads. A QUEUED
+        # row past it waits on disk by design: the watchdog never takes it for lost.
+        self.due_cursor: tuple[float, int] = (math.inf if self.ordered else now + DEFER_AFTER, 0)
+        self.reading_due = False  # a ReadDue is out
 
     def info(self) -> dict[str, Any]:
         c = self.config
@@ -137,7 +153,8 @@ class EngineCore:
         self.runnable = runnable
         self.clock = clock
         self.matcher = matcher or QueueMatcher(queues)
-        self.queues: dict[str, _Queue] = {q.name: _Queue(q, cores, window) for q in queues}
+        now = clock()
+        self.queues: dict[str, _Queue] = {q.name: _Queue(q, cores, window, now) for q in queues}
         # slots go to higher-priority queues first; equal ones in configuration order
         self._by_priority = sorted(self.queues.values(), key=lambda q: -q.priority)
         self.running: dict[str, Run] = {}  # reserved or running, by job id
@@ -281,13 +298,14 @@ class EngineCore:
         want = min(q.window_size - len(q.window), REFILL_CHUNK)
         if want > 0:
             q.reading = True
-            self._out.append(ins.ReadReady(q.name, q.last_seq, want))
+            self._out.append(ins.ReadReady(q.name, q.last_seq, want, q.due_cursor[0]))
 
     def _reserve(self, job: Job, q: _Queue) -> Run:
         """QUEUED -> ACTIVE: the start is written; the consumer starts once it is durable."""
         now = self._now
         self.story.transition(job, _ACTIVE, "reserved a slot", now)
         run = Run(job, q.name, waiting_ms(job, now))
+        run.queue_timeout = q.config.timeout
         self.running[job.id] = run
         q.active += 1
         if job.origin == self.node:
@@ -332,6 +350,9 @@ class EngineCore:
             q = self.queues.get(job.queue)
             if q is None or q.store_has_more or job.seq <= q.last_seq:
                 continue  # read in order by the next refill
+            if job.not_before > q.due_cursor[0]:  # due after the horizon: ``ReadDue`` reads it in time
+                q.last_seq = job.seq
+                continue
             if len(q.window) >= q.window_size:
                 q.store_has_more = True
                 continue
@@ -443,7 +464,7 @@ class EngineCore:
         if d.message is not None or d.state is _SUCCEEDED:
             job.result_message = d.message
         if d.state is _SUCCEEDED:
-            job.output = outcome.output
+            job.result = outcome.result
         for line in outcome.log:
             append_log(job, line)
 
@@ -468,7 +489,7 @@ class EngineCore:
         log = tuple([*job.progress.log, *outcome.log][-MAX_LOG_LINES:])
         item = ResultItem(job.id, job.attempt, ResultKind(_RESULT_KINDS.get(outcome.kind, "FAILED")), message,
                           outcome.retry_delay, job.started, self._now, log,
-                          output=outcome.output if outcome.kind == "OK" else None)
+                          result=outcome.result if outcome.kind == "OK" else None)
         self.story.note(job.id, job.state, f"copy ended: {outcome.kind}; result to {job.origin}", self._now)
         c.outbox.append((job, item))
         results.append(item)
@@ -589,7 +610,7 @@ class EngineCore:
         job.not_before = 0.0
         job.finished = None
         job.result_message = None
-        job.output = None
+        job.result = None
         job.target = None  # it may have run at another node: back in this node's windows
         job.progress = Progress()
         c = self._c()
@@ -654,6 +675,9 @@ class EngineCore:
             self._out.append(ins.CheckAway(sorted((j.id, j.target or "", j.attempt) for j in self.away.values())))
         scan: list[str] = []
         free = self.free_slots()
+        if not self.draining and self.open:
+            for q in self.queues.values():
+                self._read_due(q)
         for q in self.queues.values():
             if q.suspended or self.draining:
                 q.suspects.clear()
@@ -665,10 +689,48 @@ class EngineCore:
         verify = sorted(i for i in self.verify if i not in self.copies and i not in self.running)
         self.verify.clear()
         if scan or verify:
-            self._out.append(ins.ScanReady(scan, WATCHDOG_SCAN, verify))
+            self._out.append(ins.ScanReady(scan, WATCHDOG_SCAN, verify, self._now))
         else:
             for q in self.queues.values():
                 q.suspects.clear()
+
+    def _read_due(self, q: _Queue, until: float | None = None) -> None:
+        """Delayed jobs left on disk that come due within ``DEFER_AFTER`` s are read into the
+        window (its delay heap starts them on time), in due order from the cursor; a round starts
+        once the horizon moved ``DUE_SCAN`` past the cursor and reads on (``until``: the round's
+        horizon) while the window has room."""
+        if until is None:
+            until = self._now + DEFER_AFTER
+            if until - q.due_cursor[0] < DUE_SCAN:
+                return
+        if q.ordered or q.reading_due:
+            return
+        limit = min(REFILL_CHUNK, q.window_size - len(q.window))
+        if limit <= 0:
+            return
+        q.reading_due = True
+        self._out.append(ins.ReadDue(q.name, q.due_cursor, until, limit))
+
+    def _on_due_read(self, e: ev.DueRead) -> None:
+        q = self.queues.get(e.queue)
+        if q is None:
+            return
+        q.reading_due = False
+        if e.after != q.due_cursor:
+            return  # stale (the cursor moved meanwhile)
+        now, window, running = self._now, q.window, self.running
+        for job in e.jobs:
+            if job.id in window or job.id in running or job.id in self.after_run or job.id in self.away:
+                continue
+            if job.origin != self.node:
+                self.copies.setdefault(job.id, job)
+            window.add(job, now)
+        if len(e.jobs) < e.limit:
+            q.due_cursor = (e.until, 0)
+            return
+        last = e.jobs[-1]
+        q.due_cursor = (last.not_before, last.seq)
+        self._read_due(q, e.until)  # more are due by then: read on while the window has room
 
     def _held_here(self, job_id: str, q: _Queue) -> bool:
         return (job_id in q.window or job_id in self.running or job_id in self.after_run
@@ -681,7 +743,10 @@ class EngineCore:
             if q is None:
                 continue
             f = found[name]
-            for seq, job_id in rows:
+            now, cursor = self._now, q.due_cursor
+            for seq, job_id, not_before in rows:
+                if not_before > now or (not_before, seq) > cursor:
+                    continue  # waiting by design: delayed, or deferred on disk until nearly due
                 if not self._held_here(job_id, q) and not (q.store_has_more and seq > q.last_seq):
                     f[job_id] = seq
         for job_id in sorted(e.verified):
@@ -887,7 +952,7 @@ class EngineCore:
             if stop_state is not None and r.kind != "OK":
                 outcome = Outcome("STOPPED", r.message, stop_state=stop_state)
             else:
-                outcome = Outcome(r.kind, r.message, r.retry_delay, output=r.output)
+                outcome = Outcome(r.kind, r.message, r.retry_delay, result=r.result)
             d = decide(job, outcome, self._queue_of(job).config, now)
             begun = job.started
             old = self.story.transition(job, d.state, f"result from {r.peer}: {r.kind}", now)
@@ -964,7 +1029,7 @@ class EngineCore:
             q = self.queues[self.matcher.match(s.topic).name]
             job = Job(id=s.id, topic=s.topic, properties=dict(s.properties), queue=q.name, origin=origin,
                       created=s.created or now, retry_count=s.retry_count, max_retries=s.max_retries,
-                      attempt=s.attempt, seq=e.first_seq + i)
+                      attempt=s.attempt, seq=e.first_seq + i, timeout=s.timeout, priority=s.priority)
             self.story.note(s.id, _QUEUED, f"copy of {origin}'s job accepted (attempt {s.attempt})", now)
             self.copies[s.id] = job
             self.committing.add(s.id)
@@ -1063,6 +1128,7 @@ _HANDLERS: dict[type, Callable[[EngineCore, Any], None]] = {
     ev.JobsAdded: EngineCore._on_jobs_added,
     ev.InsertsCommitted: EngineCore._on_inserts_committed,
     ev.ReadyRead: EngineCore._on_ready_read,
+    ev.DueRead: EngineCore._on_due_read,
     ev.StartsCommitted: EngineCore._on_starts_committed,
     ev.StartsFailed: EngineCore._on_starts_failed,
     ev.RunsFinished: EngineCore._on_runs_finished,

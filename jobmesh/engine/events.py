@@ -150,7 +150,7 @@ class RemoteResult:
     started: float | None = None
     finished: float | None = None
     log: tuple[str, ...] = ()
-    output: dict[str, Any] | None = None
+    result: Any = None  # OK only: the consumer's return value
 
 
 @dataclass(slots=True)
@@ -298,6 +298,18 @@ class ReadyRead:
 
 
 @dataclass(slots=True)
+class DueRead:
+    """Rows a ``ReadDue`` asked for: QUEUED jobs of ``queue`` due after the cursor ``after`` and
+    by ``until``, in due order (at most ``limit``)."""
+
+    queue: str
+    after: tuple[float, int]
+    until: float
+    limit: int
+    jobs: list[Job]
+
+
+@dataclass(slots=True)
 class Tick:
     """The timer of the last ``SetTimer`` is due (retry delays over)."""
 
@@ -309,10 +321,10 @@ class WatchdogDue:
 
 @dataclass(slots=True)
 class ReadyScanned:
-    """For ``ScanReady``: (seq, id) of the first runnable QUEUED rows per queue, and the rows
-    of the ids a reconcile round asked about (None: not in the store)."""
+    """For ``ScanReady``: (seq, id, not_before) of the first runnable QUEUED rows per queue that
+    are due, and the rows of the ids a reconcile round asked about (None: not in the store)."""
 
-    rows: dict[str, list[tuple[int, str]]]
+    rows: dict[str, list[tuple[int, str, float]]]
     verified: dict[str, Job | None]
 
 

@@ -18,6 +18,7 @@ Jobs in messages to other actors are snapshots (``Job.snapshot``) or their facts
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -117,16 +118,30 @@ class ReadReady:
     queue: str
     after_seq: int
     limit: int
+    due_by: float = math.inf  # rows due later wait on disk (``ReadDue`` reads them in time)
+
+
+@dataclass(slots=True)
+class ReadDue:
+    """Read the QUEUED rows of ``queue`` due after the (not_before, seq) cursor ``after`` and by
+    ``until``, in due order (at most ``limit``); feed them back as ``DueRead``."""
+
+    queue: str
+    after: tuple[float, int]
+    until: float
+    limit: int
 
 
 @dataclass(slots=True)
 class ScanReady:
-    """The watchdog: read (seq, id) of the first ``limit`` runnable QUEUED rows of each queue
-    in ``queues`` and the rows of ``verify``; feed them back as ``ReadyScanned``."""
+    """The watchdog: read (seq, id, not_before) of the first ``limit`` runnable QUEUED rows of
+    each queue in ``queues`` that are due by ``due_by``, and the rows of ``verify``; feed them
+    back as ``ReadyScanned``."""
 
     queues: list[str]
     limit: int
     verify: list[str]
+    due_by: float = math.inf
 
 
 @dataclass(slots=True)

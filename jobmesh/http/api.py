@@ -8,6 +8,7 @@ middleware in ``app``.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import JobmeshError, NotFound, ValidationError
+from ..job import FINAL_STATES
 from .keys import NODE
 from .validation import (
     decode_json,
@@ -22,6 +24,7 @@ from .validation import (
     parse_job_body,
     parse_offload_topic,
     parse_offloading_body,
+    parse_wait,
 )
 
 
@@ -79,14 +82,27 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def add_jobs(request: web.Request) -> web.Response:
+    """201 with the job (a list: the jobs, in order). A body whose ``key`` belongs to a job of this
+    node that is not final answers 200 with that job instead (in a list: that job in its place)."""
     node = request.app[NODE]
     specs, is_list = parse_job_body(await read_json(request))
+    submit = getattr(node.jobs, "submit", None)
     if is_list:
-        jobs = await node.jobs.add_many(specs) if specs else []
+        if not specs:
+            return json_response([], status=201)
+        if submit is not None:
+            jobs = [j for j, _ in await submit(specs)]
+        else:
+            jobs = await node.jobs.add_many([(r.topic, r.properties) for r in specs])
         return json_response([j.to_json() for j in jobs], status=201)
-    topic, props = specs[0]
-    job = await node.jobs.add(topic, props)
-    return json_response(job.to_json(), status=201, headers={"Location": f"/api/v1/jobs/{job.id}"})
+    req = specs[0]
+    created = True
+    if submit is not None and not req.plain:
+        job, created = (await submit(specs))[0]
+    else:
+        job = await node.jobs.add(req.topic, req.properties)
+    return json_response(job.to_json(), status=201 if created else 200,
+                         headers={"Location": f"/api/v1/jobs/{job.id}"})
 
 
 async def find_jobs(request: web.Request) -> web.Response:
@@ -133,12 +149,22 @@ def _http_url_of(node: Any, name: str) -> str | None:
 
 
 async def get_job(request: web.Request) -> web.Response:
+    """The job; with ``?wait=S`` (added, a long poll) once it is final or S seconds passed."""
     node = request.app[NODE]
+    wait = parse_wait(request.query)
     job_id = await _resolved_job_id(request)
     job = await node.jobs.get(job_id)
     if job is None:
         raise NotFound(f"job {job_id} not found")
+    if wait and job.state.value not in _FINAL:
+        try:
+            job = await node.jobs.wait(job_id, timeout=wait)
+        except asyncio.TimeoutError:
+            job = await node.jobs.get(job_id) or job
     return json_response(job.to_json())
+
+
+_FINAL = frozenset(s.value for s in FINAL_STATES)
 
 
 async def stop_job(request: web.Request) -> web.Response:

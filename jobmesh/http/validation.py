@@ -10,11 +10,18 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
+from functools import lru_cache
+
 from ..errors import ValidationError
+from ..job_options import OPTION_FIELDS, JobRequest, check_request
+from ..job_options import kind_of as _kind
 from ..job import JobState
 from ..topics import TopicError, validate_pattern, validate_topic
 
-JOB_FIELDS = frozenset({"topic", "properties"})
+JOB_FIELD_ORDER = ("topic", "properties", *OPTION_FIELDS)
+JOB_FIELDS = frozenset(JOB_FIELD_ORDER)
+_PLAIN_FIELDS = frozenset({"topic", "properties"})
+MAX_WAIT = 25.0  # seconds a GET /jobs/{id}?wait= may hold the request (requests time out at 30 s)
 MAX_BATCH = 10_000  # jobs in one POST; the body size limit usually bites first
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 10_000
@@ -33,37 +40,70 @@ def decode_json(raw: bytes) -> Any:
         raise ValidationError(f"invalid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
 
 
-def parse_job_spec(item: Any, where: str = "body") -> tuple[str, dict[str, Any] | None]:
-    """One ``{"topic": T, "properties": {...}}`` object -> ``(topic, properties)``."""
+def parse_job_spec(item: Any, where: str = "body") -> JobRequest:
+    """One ``{"topic": T, "properties": {...}, "delay"|"at", "key", "timeout", "priority"}`` object."""
+    if type(item) is dict and item.keys() <= _PLAIN_FIELDS:  # the usual body: checked in a few steps
+        topic = item.get("topic")
+        props = item.get("properties")
+        if type(topic) is str and (props is None or type(props) is dict) and _valid_topic_cached(topic) is None:
+            return JobRequest(topic, props)
     if not isinstance(item, dict):
         raise ValidationError(f"{where}: expected a JSON object with a topic, got {_kind(item)}")
     unknown = set(item) - JOB_FIELDS
     if unknown:
         raise ValidationError(
-            f"{where}: unknown field(s) {', '.join(sorted(map(repr, unknown)))}; allowed: topic, properties"
+            f"{where}: unknown field(s) {', '.join(sorted(map(repr, unknown)))}; allowed: "
+            f"{', '.join(f for f in JOB_FIELD_ORDER)}"
         )
     if "topic" not in item:
         raise ValidationError(f"{where}: missing field 'topic'")
     topic = item["topic"]
     if not isinstance(topic, str):
         raise ValidationError(f"{where}: topic must be a string, got {_kind(topic)}")
-    try:
-        validate_topic(topic)
-    except TopicError as e:
-        raise ValidationError(f"{where}: {e}") from None
+    _valid_topic(topic, where)
     props = item.get("properties")
     if props is not None and not isinstance(props, dict):
         raise ValidationError(f"{where}: properties must be a JSON object, got {_kind(props)}")
-    return topic, props
+    if len(item) == 1 or (len(item) == 2 and "properties" in item):
+        return JobRequest(topic, props)
+    at = item.get("at")
+    if at is not None and not isinstance(at, str):
+        raise ValidationError(f"{where}: at must be an ISO 8601 time such as 2031-12-01T09:00:00Z, got {_kind(at)}")
+    req = JobRequest(topic, props, item.get("delay"), at, item.get("key"), item.get("timeout"), item.get("priority"))
+    return check_request(req, f"{where}: ")
 
 
-def parse_job_body(body: Any) -> tuple[list[tuple[str, dict[str, Any] | None]], bool]:
-    """A POST /jobs body -> (job specs, whether the body was a list)."""
+@lru_cache(maxsize=16384)
+def _valid_topic_cached(topic: str) -> str | None:
+    try:
+        validate_topic(topic)
+    except TopicError as e:
+        return str(e)
+    return None
+
+
+def _valid_topic(topic: str, where: str) -> None:
+    err = _valid_topic_cached(topic)
+    if err is not None:
+        raise ValidationError(f"{where}: {err}")
+
+
+def parse_job_body(body: Any) -> tuple[list[JobRequest], bool]:
+    """A POST /jobs body -> (job requests, whether the body was a list)."""
     if isinstance(body, list):
         if len(body) > MAX_BATCH:
             raise ValidationError(f"too many jobs in one request ({len(body)}); at most {MAX_BATCH}")
         return [parse_job_spec(item, f"jobs[{i}]") for i, item in enumerate(body)], True
     return [parse_job_spec(body)], False
+
+
+def parse_wait(query: Mapping[str, str]) -> float | None:
+    """``?wait=S`` of ``GET /api/v1/jobs/{id}`` (a long poll: answer once the job is final or after
+    S seconds, at most ``MAX_WAIT``), or None."""
+    text = query.get("wait")
+    if text in (None, ""):
+        return None
+    return parse_float(text, "wait", 0.0, MAX_WAIT)
 
 
 def parse_find_query(query: Mapping[str, str]) -> dict[str, Any]:
@@ -143,19 +183,3 @@ def parse_event_topics(text: str | None) -> list[str] | None:
         return None
     topics = [t.strip() for t in text.split(",") if t.strip()]
     return topics or None
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__

@@ -14,6 +14,7 @@ from functools import lru_cache
 from typing import Any, Callable, Iterator, NamedTuple
 
 from ..config import MAIN_QUEUE, QueueConfig
+from .. import rng as _rng
 from ..job import Job, JobState
 from ..topics import matches, specificity
 
@@ -56,22 +57,29 @@ class Outcome:
     retry_delay: float | None = None  # the consumer's failed(retry_delay)
     stop_state: JobState = JobState.STOPPED  # STOPPED for stop, DROPPED for remove
     log: tuple[str, ...] = ()  # lines to append to the progress log (e.g. a traceback)
-    output: dict[str, Any] | None = None  # OK only: the consumer's output properties
+    result: Any = None  # OK only: the consumer's return value (JSON-compatible; an object is a step's output)
 
 
-def retry_delay_for(job: Job, queue: QueueConfig, consumer_delay: float | None) -> float:
+def retry_delay_for(job: Job, queue: QueueConfig, consumer_delay: float | None,
+                    rand: Callable[[], float] | None = None) -> float:
     """Sling's precedence: the consumer's delay > the job's ``retry_delay`` property > the queue's.
 
     Only the queue's delay is backed off (``retry_backoff`` per retry already made,
-    capped at ``max_retry_delay``): an explicit delay is taken as meant.
+    capped at ``max_retry_delay``) and jittered: an explicit delay is taken as meant.
+    With ``retry_jitter`` (default: on when ``retry_backoff`` > 1) the delay is drawn from
+    [delay/2, delay], so jobs that failed together (an outage) do not all come back at once.
+    ``rand`` is the uniform [0, 1) source: jobmesh.rng's (seeded in the simulator) by default.
     """
     if consumer_delay is not None and consumer_delay >= 0:
         return float(consumer_delay)
     prop = job.properties.get("retry_delay") if isinstance(job.properties, dict) else None
     if isinstance(prop, (int, float)) and not isinstance(prop, bool) and prop >= 0:
         return float(prop)
-    delay = queue.retry_delay * (queue.retry_backoff ** job.retry_count)
-    return min(delay, queue.max_retry_delay)
+    delay = min(queue.retry_delay * (queue.retry_backoff ** job.retry_count), queue.max_retry_delay)
+    jitter = queue.retry_jitter if queue.retry_jitter is not None else queue.retry_backoff > 1
+    if jitter and delay > 0:
+        delay *= 0.5 + 0.5 * (rand or _rng.current().random)()
+    return delay
 
 
 class Decision(NamedTuple):
@@ -174,26 +182,61 @@ class _DelayedMixin:
 
 
 class UnorderedWindow(_DelayedMixin, Window):
-    """First come, first served; retried jobs re-enter at the back once their delay passed."""
+    """First come, first served within a priority; a higher ``job.priority`` goes first. Retried
+    jobs re-enter at the back of their priority once their delay passed. Priority 0 (nearly every
+    job) lives in ``_ready``; other priorities get a lane each, made on demand."""
 
     def __init__(self) -> None:
         super().__init__()
         self._ready: deque[Job] = deque()
         self._delayed = []
         self._parked: dict[str, deque[Job]] = {}
+        self._lanes: dict[int, deque[Job]] = {}  # priority (not 0) -> its jobs in arrival order
+        self._order: list[int] = []  # the lanes' priorities, highest first
 
     def add(self, job: Job, now: float) -> None:
         self._ids[job.id] = job
         if job.not_before > now:
             self._push_delayed(job)
         else:
+            self._push_ready(job)
+
+    def _push_ready(self, job: Job) -> None:
+        p = job.priority
+        if not p:
             self._ready.append(job)
+            return
+        lane = self._lanes.get(p)
+        if lane is None:
+            lane = self._lanes[p] = deque()
+            self._order = sorted(self._lanes, reverse=True)
+        lane.append(job)
 
     def take(self, now: float, runnable: Runnable) -> Job | None:
         if self._delayed and self._delayed[0][0] <= now:
             for job in self._due(now):
-                self._ready.append(job)
-        ready, ids = self._ready, self._ids
+                self._push_ready(job)
+        if not self._lanes:
+            return self._pop(self._ready, runnable)
+        for p in self._order:
+            if p < 0:  # below the default: only once priority 0 has nothing to start
+                job = self._pop(self._ready, runnable)
+                if job is not None:
+                    return job
+            job = self._pop(self._lanes[p], runnable)
+            if job is not None:
+                return job
+        if self._order[-1] > 0:
+            job = self._pop(self._ready, runnable)
+            if job is not None:
+                return job
+        for p in [p for p, lane in self._lanes.items() if not lane]:  # drop empty lanes
+            del self._lanes[p]
+        self._order = sorted(self._lanes, reverse=True)
+        return None
+
+    def _pop(self, ready: deque[Job], runnable: Runnable) -> Job | None:
+        ids = self._ids
         while ready:
             job = ready.popleft()
             if job.id not in ids or ids[job.id] is not job:
@@ -213,7 +256,8 @@ class UnorderedWindow(_DelayedMixin, Window):
 
     def unpark(self, runnable: Runnable) -> None:
         for topic in [t for t in self._parked if runnable(t)]:
-            self._ready.extend(self._parked.pop(topic))
+            for job in self._parked.pop(topic):
+                self._push_ready(job)
 
     @property
     def parked(self) -> int:
@@ -222,7 +266,8 @@ class UnorderedWindow(_DelayedMixin, Window):
 
 class OrderedWindow(Window):
     """Strict arrival order, head of line: nothing overtakes the head, not even while it
-    waits out a retry delay or has no consumer."""
+    waits out a retry delay or a delay of its own, or has no consumer. Priorities are ignored:
+    an ordered queue keeps its order."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -258,7 +303,8 @@ class OrderedWindow(Window):
 
 
 class RoundRobinWindow(_DelayedMixin, Window):
-    """One job per topic in turn (Sling's topic round robin), FIFO within a topic."""
+    """One job per topic in turn (Sling's topic round robin), FIFO within a topic and priority
+    (a higher ``job.priority`` goes ahead of its topic's lower ones)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -270,12 +316,24 @@ class RoundRobinWindow(_DelayedMixin, Window):
         if job.not_before > now:
             self._push_delayed(job)
         else:
-            self._topics.setdefault(job.topic, deque()).append(job)
+            self._push_ready(job)
+
+    def _push_ready(self, job: Job) -> None:
+        q = self._topics.get(job.topic)
+        if q is None:
+            q = self._topics[job.topic] = deque()
+        if not q or q[-1].priority >= job.priority:
+            q.append(job)  # the usual case: no priorities, or not above the last one
+            return
+        i = len(q)
+        while i > 0 and q[i - 1].priority < job.priority:
+            i -= 1
+        q.insert(i, job)
 
     def take(self, now: float, runnable: Runnable) -> Job | None:
         if self._delayed and self._delayed[0][0] <= now:
             for job in self._due(now):
-                self._topics.setdefault(job.topic, deque()).append(job)
+                self._push_ready(job)
         ids = self._ids
         for topic in list(self._topics):
             q = self._topics[topic]

@@ -124,9 +124,13 @@ class SchedulerActor(Actor):
         weekly: Any = None,
         monthly: Any = None,
         yearly: Any = None,
+        tz: str | None = None,
     ) -> dict[str, Any]:
-        """Add a schedule (exactly one form); an identical one returns the existing schedule."""
+        """Add a schedule (exactly one form); an identical one returns the existing schedule.
+        ``tz`` (an IANA zone) reads cron and the calendar forms in that zone's wall-clock time."""
         body: dict[str, Any] = {"topic": topic, "properties": properties or {}}
+        if tz is not None:
+            body["tz"] = tz
         forms = {"at": at, "every": every, "cron": cron, "hourly": hourly, "daily": daily,
                  "weekly": weekly, "monthly": monthly, "yearly": yearly}
         for k, v in forms.items():

@@ -12,6 +12,11 @@ Forms (Sling's ``ScheduleBuilder`` plus plain cron and intervals), all in UTC:
 - ``cron``: a croniter expression (5 fields, or 6 with seconds last), evaluated in UTC.
 - ``hourly`` {minute}, ``daily`` {hour, minute}, ``weekly`` {weekday, hour, minute},
   ``monthly`` {day, hour, minute}, ``yearly`` {month, day, hour, minute}: cron in disguise.
+- ``tz`` (cron and the calendar forms): an IANA time zone (``Europe/Amsterdam``); the
+  expression is then read in that zone's wall-clock time. Across DST every wall-clock slot
+  fires once: a slot in a spring-forward gap (02:30 on the night 02:00 jumps to 03:00) fires
+  at the instant the clock would have shown it, one hour on (03:30 summer time); a slot in a
+  fall-back overlap (02:30 happens twice) fires at its first occurrence only.
 
 Identity: a schedule's id is a hash of its normalised content (topic, properties,
 form), so an identical request finds the existing schedule (Sling names schedules
@@ -30,8 +35,10 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 
@@ -66,6 +73,7 @@ class ScheduleSpec:
     properties: dict[str, Any]
     kind: str
     when: Any  # at: epoch float; every: float seconds; cron: str; builders: dict
+    tz: str | None = None  # cron and builders: the IANA zone their wall-clock times are in (None: UTC)
 
     @property
     def id(self) -> str:
@@ -99,7 +107,10 @@ class ScheduleSpec:
 
     def to_json(self) -> dict[str, Any]:
         """The definition as a POST body: posting it again finds the same schedule."""
-        return {"topic": self.topic, "properties": self.properties, self.kind: self.when_json()}
+        d = {"topic": self.topic, "properties": self.properties, self.kind: self.when_json()}
+        if self.tz is not None:
+            d["tz"] = self.tz
+        return d
 
     def next_fire(self, after: float) -> float | None:
         """The first slot strictly after ``after`` (epoch seconds), or None if none is left."""
@@ -111,6 +122,8 @@ class ScheduleSpec:
         expr = self.cron_expression()
         assert expr is not None
         try:
+            if self.tz is not None:
+                return cron_next_in_zone(expr, zone(self.tz), after)
             # cron slots are whole seconds, so "after floor(after)" is "after after"
             return float(croniter(expr, float(math.floor(after))).get_next(float))
         except CroniterBadDateError:
@@ -126,9 +139,81 @@ class ScheduleSpec:
         expr = self.cron_expression()
         assert expr is not None
         try:
+            if self.tz is not None:
+                return cron_prev_in_zone(expr, zone(self.tz), now)
             return float(croniter(expr, float(math.floor(now) + 1)).get_prev(float))
         except CroniterBadDateError:
             return None
+
+
+# -- cron in a time zone ------------------------------------------------------------
+
+_SLACK = timedelta(hours=3)  # more than any DST shift: how far a transition's effect reaches
+
+
+@lru_cache(maxsize=256)
+def zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+def _naive(ts: float, z: ZoneInfo) -> datetime:
+    return datetime.fromtimestamp(ts, z).replace(tzinfo=None)
+
+
+def _instant(local: datetime, z: ZoneInfo) -> tuple[float, bool]:
+    """A wall-clock time of zone ``z`` as epoch seconds (the first occurrence when it happens twice;
+    a time in a gap counts with the offset before the gap, so it lands where the clock would have
+    shown it), and whether it exists on that zone's clock."""
+    ts = local.replace(tzinfo=z, fold=0).timestamp()
+    return ts, _naive(ts, z) == local
+
+
+def _shift_near(ts: float, z: ZoneInfo, sign: int) -> bool:
+    """Did the zone's offset change within ``_SLACK`` before (sign -1) or after (+1) ``ts``?"""
+    return datetime.fromtimestamp(ts + sign * _SLACK.total_seconds(), z).utcoffset() != \
+        datetime.fromtimestamp(ts, z).utcoffset()
+
+
+def cron_next_in_zone(expr: str, z: ZoneInfo, after: float) -> float | None:
+    """The first slot of ``expr`` read in zone ``z`` strictly after ``after`` (epoch seconds).
+
+    Candidates are wall-clock times in order; their instants increase except across a gap,
+    where gap times land an hour on (after the gap's first real times). So: the first existing
+    candidate past ``after`` is the answer, unless gap candidates before it land earlier.
+    Near a transition the walk starts ``_SLACK`` earlier, to see gap times that land past ``after``.
+    """
+    a = float(math.floor(after))
+    start = _naive(a, z) - (_SLACK if _shift_near(a, z, -1) else timedelta(0))
+    it = croniter(expr, start)
+    best: float | None = None
+    for _ in range(100_000):
+        c = it.get_next(datetime)
+        ts, exists = _instant(c, z)
+        if ts <= after:
+            continue
+        best = ts if best is None else min(best, ts)
+        if exists:
+            return best
+    return best
+
+
+def cron_prev_in_zone(expr: str, z: ZoneInfo, now: float) -> float | None:
+    """The latest slot of ``expr`` read in zone ``z`` at or before ``now`` (mirror of ``cron_next_in_zone``:
+    walking back, overlap times of the second hour map to the first, so near a transition the walk
+    starts ``_SLACK`` later)."""
+    n = float(math.floor(now) + 1)
+    start = _naive(n, z) + (_SLACK if _shift_near(n, z, -1) else timedelta(0))
+    it = croniter(expr, start)
+    best: float | None = None
+    for _ in range(100_000):
+        c = it.get_prev(datetime)
+        ts, exists = _instant(c, z)
+        if ts > now:
+            continue
+        best = ts if best is None else max(best, ts)
+        if exists:
+            return best
+    return best
 
 
 @dataclass(frozen=True)
@@ -177,7 +262,7 @@ def parse_schedule(body: Any, now: float | None = None) -> ScheduleSpec:
     """
     if not isinstance(body, dict):
         raise ValidationError("schedule must be a JSON object")
-    allowed = {"topic", "properties", *KINDS}
+    allowed = {"topic", "properties", "tz", *KINDS}
     # output fields of a listed schedule are tolerated so a GET result can be re-posted
     ignored = {"id", "kind", "suspended", "created", "last_fired", "next_fire"}
     unknown = set(body) - allowed - ignored
@@ -210,7 +295,8 @@ def parse_schedule(body: Any, now: float | None = None) -> ScheduleSpec:
         )
     kind = given[0]
     when = _parse_when(kind, body[kind])
-    spec = ScheduleSpec(topic=topic, properties=props, kind=kind, when=when)
+    tz = _parse_tz(body.get("tz"), kind)
+    spec = ScheduleSpec(topic=topic, properties=props, kind=kind, when=when, tz=tz)
     if kind != "every":
         ref = now if now is not None else 0.0
         if kind == "at":
@@ -219,6 +305,25 @@ def parse_schedule(body: Any, now: float | None = None) -> ScheduleSpec:
         elif spec.next_fire(ref) is None:
             raise ValidationError(f"{kind} {spec.when_json()!r} never fires")
     return spec
+
+
+def _parse_tz(raw: Any, kind: str) -> str | None:
+    """``tz``: an IANA zone name for cron and the calendar forms; None (or "UTC") is UTC."""
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not raw.strip():
+        raise ValidationError("'tz' must be a time zone name such as 'Europe/Amsterdam'")
+    if kind in ("at", "every"):
+        raise ValidationError(f"'tz' applies to cron and the calendar forms, not to '{kind}' "
+                              "('at' takes an offset in its ISO time; 'every' counts seconds)")
+    name = raw.strip()
+    if name in ("UTC", "Etc/UTC", "Z"):
+        return None
+    try:
+        zone(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ValidationError(f"unknown time zone {raw!r}: use an IANA name such as 'Europe/Amsterdam'") from None
+    return name
 
 
 def _parse_when(kind: str, raw: Any) -> Any:
@@ -343,8 +448,11 @@ def _num(x: float) -> int | float:
 
 def schedule_id(spec: ScheduleSpec) -> str:
     """A stable id from the normalised content: same request, same id, on every node."""
+    content = {"topic": spec.topic, "properties": spec.properties, spec.kind: spec.when_json()}
+    if spec.tz is not None:  # only then: ids of UTC schedules stay what they were
+        content["tz"] = spec.tz
     canonical = json.dumps(
-        {"topic": spec.topic, "properties": spec.properties, spec.kind: spec.when_json()},
+        content,
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,

@@ -81,7 +81,7 @@ class SimConfig:
     faults: bool = True
     plant: str | None = None
     trace_tail: int = 80
-    job_rate: float = 8.0  # workload operations per simulated second
+    job_rate: float = 2.0  # workload operations per simulated second (the CLI's --rate)
 
     stable: float = 20.0  # after everything settled: this long with nothing changing
     queued_bound: float = 30.0  # after one topology: no runnable job QUEUED this long while slots are free

@@ -66,6 +66,22 @@ MIGRATIONS: list[list[str]] = [
         # so a copy the origin superseded while this node was down never runs (DESIGN §3).
         "ALTER TABLE transfer_copies ADD COLUMN held INTEGER NOT NULL DEFAULT 0",
     ],
+    [
+        # Per-job options of a producer (issue 12). ``key``: one open job per key and origin (a
+        # second add with the key returns the open job); ``timeout``: the job's time limit in
+        # seconds; ``priority``: within a queue, higher starts first. A delay or ``at`` is the
+        # existing ``not_before``; the consumer's return value (``result``, any JSON) is kept in
+        # the ``output`` column, which held a workflow step's output object before: the same value.
+        "ALTER TABLE jobs ADD COLUMN key TEXT",
+        "ALTER TABLE jobs ADD COLUMN timeout REAL",
+        "ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX jobs_key ON jobs(key) WHERE key IS NOT NULL",
+    ],
+    [
+        # Jobs delayed beyond the queues' horizon stay on disk until they are nearly due: the
+        # queue actor reads them back by due time (Store.due), not with its arrival-order refill.
+        "CREATE INDEX jobs_due ON jobs(queue, not_before, seq) WHERE state = 'QUEUED' AND not_before > 0",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

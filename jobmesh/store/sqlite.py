@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import sqlite3
 import threading
@@ -36,9 +37,14 @@ log = structlog.get_logger("jobmesh.store")
 
 JOB_COLUMNS = (
     "seq, id, topic, queue, state, properties, origin, target, created, started, finished, "
-    "retry_count, max_retries, attempt, not_before, progress, result_message, output"
+    "retry_count, max_retries, attempt, not_before, progress, result_message, output, key, timeout, priority"
 )
-_INSERT = f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({', '.join('?' * 18)})"
+_INSERT = f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({', '.join('?' * 21)})"
+# What a target writes for a copy of another node's job (the transfer actor's rows, in this order).
+COPY_COLUMNS = (
+    "seq, id, topic, queue, state, properties, origin, target, created, started, finished, "
+    "retry_count, max_retries, attempt, not_before, progress, result_message, timeout, priority"
+)
 _UPDATE = (
     "UPDATE jobs SET state=?, started=?, finished=?, retry_count=?, attempt=?, not_before=?, "
     "progress=?, result_message=?, target=?, queue=?, output=? WHERE seq=?"
@@ -61,9 +67,15 @@ def progress_json(p: Progress) -> str | None:
     return json.dumps({"steps": p.steps, "step": p.step, "eta": p.eta, "log": p.log})
 
 
+def result_json(result: Any) -> str | None:
+    """The result column: JSON of the consumer's return value, NULL for none."""
+    return None if result is None else json.dumps(result)
+
+
 def row_to_job(row: tuple[Any, ...]) -> Job:
     (seq, id_, topic, queue, state, props, origin, target, created, started, finished,
-     retry_count, max_retries, attempt, not_before, progress, result_message, output) = row
+     retry_count, max_retries, attempt, not_before, progress, result_message, output, key, timeout,
+     priority) = row
     if progress:
         p = json.loads(progress)
         prog = Progress(steps=p.get("steps"), step=p.get("step", 0), eta=p.get("eta"), log=p.get("log", []))
@@ -74,7 +86,8 @@ def row_to_job(row: tuple[Any, ...]) -> Job:
         origin=origin, target=target, created=created, started=started, finished=finished,
         retry_count=retry_count, max_retries=max_retries, progress=prog,
         result_message=result_message, attempt=attempt, not_before=not_before, seq=seq,
-        output=json.loads(output) if output else None,
+        result=json.loads(output) if output is not None else None, key=key, timeout=timeout,
+        priority=priority or 0,
     )
 
 
@@ -85,7 +98,8 @@ def insert_row(job: Job, props: str | None = None) -> tuple[Any, ...]:
         props if props is not None else json.dumps(job.properties), job.origin,
         job.target, job.created, job.started, job.finished, job.retry_count,
         job.max_retries, job.attempt, job.not_before, progress_json(job.progress),
-        job.result_message, json.dumps(job.output) if job.output else None,
+        job.result_message, None if job.result is None else json.dumps(job.result), job.key,
+        job.timeout, job.priority,
     )
 
 
@@ -94,7 +108,7 @@ def update_row(job: Job) -> tuple[Any, ...]:
     return (
         job.state._value_, job.started, job.finished, job.retry_count, job.attempt, job.not_before,
         progress_json(job.progress), job.result_message, job.target, job.queue,
-        json.dumps(job.output) if job.output else None, job.seq,
+        None if job.result is None else json.dumps(job.result), job.seq,
     )
 
 
@@ -486,32 +500,78 @@ class Store(Actor):
         args.append(int(limit))
         return sql, args
 
-    def ready(self, queue: str, after_seq: int, limit: int) -> list[Job]:
-        """The next QUEUED jobs of ``queue`` in arrival order (the window refill; uses jobs_ready)."""
+    def ready(self, queue: str, after_seq: int, limit: int, due_by: float = math.inf) -> list[Job]:
+        """The next QUEUED jobs of ``queue`` in arrival order (the window refill; uses jobs_ready),
+        leaving out those not due by ``due_by`` (delayed further: ``due`` reads them later)."""
         if self.local_name is not None:
             rows = self.reader.execute(
-                f"SELECT {JOB_COLUMNS} FROM jobs WHERE queue=? AND state='QUEUED' AND seq>? "
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE queue=? AND state='QUEUED' AND seq>? AND not_before<=? "
                 f"AND (target IS NULL OR target=?) AND {_NOT_HELD} ORDER BY seq LIMIT ?",
-                (queue, after_seq, self.local_name, self.local_name, limit),
+                (queue, after_seq, due_by, self.local_name, self.local_name, limit),
             ).fetchall()
         else:
             rows = self.reader.execute(
-                f"SELECT {JOB_COLUMNS} FROM jobs WHERE queue=? AND state='QUEUED' AND seq>? ORDER BY seq LIMIT ?",
-                (queue, after_seq, limit),
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE queue=? AND state='QUEUED' AND seq>? AND not_before<=? "
+                "ORDER BY seq LIMIT ?",
+                (queue, after_seq, due_by, limit),
             ).fetchall()
         return [row_to_job(r) for r in rows]
 
-    def ready_ids(self, queue: str, limit: int) -> list[tuple[int, str]]:
-        """(seq, id) of the first QUEUED jobs of ``queue`` that may run here: the queue's watchdog
-        compares them with its window (two columns of an index scan, no rows parsed)."""
+    def due(self, queue: str, after: tuple[float, int], until: float, limit: int) -> list[Job]:
+        """QUEUED jobs of ``queue`` that come due after ``after`` (a (not_before, seq) cursor) and by
+        ``until``, in due order (jobs_due): the delayed jobs the refill left on disk."""
+        nb, seq = after
+        held = f"AND (target IS NULL OR target=?) AND {_NOT_HELD} " if self.local_name is not None else ""
+        args: tuple[Any, ...] = (queue, nb, nb, seq, until)
+        if self.local_name is not None:
+            args += (self.local_name, self.local_name)
+        rows = self.reader.execute(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE queue=? AND state='QUEUED' AND not_before>0 "
+            f"AND (not_before>? OR (not_before=? AND seq>?)) AND not_before<=? {held}"
+            "ORDER BY not_before, seq LIMIT ?", (*args, limit)).fetchall()
+        return [row_to_job(r) for r in rows]
+
+    def ready_ids(self, queue: str, limit: int, due_by: float = math.inf) -> list[tuple[int, str]]:
+        """(seq, id) of the first QUEUED jobs of ``queue`` that may run here and are due by ``due_by``:
+        the queue's watchdog compares them with its window (an index scan, no rows parsed)."""
         if self.local_name is not None:
             return self.reader.execute(
-                f"SELECT seq, id FROM jobs WHERE queue=? AND state='QUEUED' AND (target IS NULL OR target=?) "
-                f"AND {_NOT_HELD} ORDER BY seq LIMIT ?", (queue, self.local_name, self.local_name, limit),
+                f"SELECT seq, id FROM jobs WHERE queue=? AND state='QUEUED' AND not_before<=? "
+                f"AND (target IS NULL OR target=?) AND {_NOT_HELD} ORDER BY seq LIMIT ?",
+                (queue, due_by, self.local_name, self.local_name, limit),
             ).fetchall()
         return self.reader.execute(
-            "SELECT seq, id FROM jobs WHERE queue=? AND state='QUEUED' ORDER BY seq LIMIT ?", (queue, limit),
+            "SELECT seq, id FROM jobs WHERE queue=? AND state='QUEUED' AND not_before<=? ORDER BY seq LIMIT ?",
+            (queue, due_by, limit),
         ).fetchall()
+
+    def ready_refs(self, queue: str, limit: int, due_by: float) -> list[tuple[int, str, float]]:
+        """(seq, id, not_before) of the first QUEUED jobs of ``queue`` that may run here and are due
+        by ``due_by``: the engine's watchdog compares them with its windows and due cursors."""
+        if self.local_name is not None:
+            return self.reader.execute(
+                f"SELECT seq, id, not_before FROM jobs WHERE queue=? AND state='QUEUED' AND not_before<=? "
+                f"AND (target IS NULL OR target=?) AND {_NOT_HELD} ORDER BY seq LIMIT ?",
+                (queue, due_by, self.local_name, self.local_name, limit),
+            ).fetchall()
+        return self.reader.execute(
+            "SELECT seq, id, not_before FROM jobs WHERE queue=? AND state='QUEUED' AND not_before<=? "
+            "ORDER BY seq LIMIT ?", (queue, due_by, limit),
+        ).fetchall()
+
+    def open_with_keys(self, keys: Iterable[str], origin: str) -> dict[str, Job]:
+        """The open (QUEUED or ACTIVE) jobs of ``origin`` that carry one of ``keys``, by key (jobs_key)."""
+        out: dict[str, Job] = {}
+        keys = list(keys)
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            rows = self.reader.execute(
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE key IN ({','.join('?' * len(chunk))}) AND origin=? "
+                f"AND state IN ('QUEUED','ACTIVE') ORDER BY seq", (*chunk, origin)).fetchall()
+            for r in rows:
+                job = row_to_job(r)
+                out.setdefault(job.key, job)  # type: ignore[arg-type]
+        return out
 
     def reserve_seqs(self, n: int) -> int:
         """The first of ``n`` fresh sequence numbers, for rows written through ``call``."""

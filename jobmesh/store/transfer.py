@@ -21,9 +21,7 @@ from typing import Any, Iterable
 
 from ..job import Job
 from ..plants import PLANTS
-from .sqlite import JOB_COLUMNS, insert_row
-
-_INSERT_JOB = f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({', '.join('?' * 18)})"
+from .sqlite import _INSERT as _INSERT_JOB, insert_row
 
 
 class TransferStore:

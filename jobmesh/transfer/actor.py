@@ -389,7 +389,7 @@ class TransferActor(Actor):
             batch.results = ev.RemoteResults([])
             batch.out.append(batch.results)
         batch.results.results.append(ev.RemoteResult(ins.peer, r.id, r.attempt, r.kind.value, r.message,
-                                                     r.retry_delay, r.started, r.finished, r.log, r.output))
+                                                     r.retry_delay, r.started, r.finished, r.log, r.result))
 
     def _requeue(self, ins: RequeueLocal, batch: _Batch) -> None:
         self.requeued += len(ins.jobs)

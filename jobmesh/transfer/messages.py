@@ -57,6 +57,14 @@ def _attempt(body: dict[str, Any], what: str) -> int:
     return value
 
 
+def _positive(value: Any, key: str, what: str) -> float | None:
+    if value is None:
+        return None
+    if not value > 0:
+        raise ProtocolError(f"{what}: {key} must be > 0")
+    return float(value)
+
+
 def _items(body: dict[str, Any], what: str, limit: int = 100_000) -> list[Any]:
     items = _req(body, "items", list, what)
     if len(items) > limit:
@@ -87,9 +95,11 @@ class JobSpec:
     max_retries: int = 10
     origin: str = ""
     created: float = 0.0
+    timeout: float | None = None  # the job's own time limit (s): the target enforces it
+    priority: int = 0  # the job's priority within its queue at the target
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        body = {
             "id": self.id,
             "attempt": self.attempt,
             "topic": self.topic,
@@ -100,12 +110,17 @@ class JobSpec:
             "origin": self.origin,
             "created": self.created,
         }
+        if self.timeout is not None:  # absent unless set: handoffs without options stay as they were
+            body["timeout"] = self.timeout
+        if self.priority:
+            body["priority"] = self.priority
+        return body
 
     @classmethod
     def of(cls, job: Any) -> "JobSpec":
         """What a target needs of ``job`` (a ``jobmesh.Job``), for the attempt it has now."""
         return cls(job.id, job.attempt, job.topic, job.properties, job.queue, job.retry_count, job.max_retries,
-                   job.origin, job.created)
+                   job.origin, job.created, job.timeout, job.priority)
 
     @classmethod
     def from_wire(cls, body: dict[str, Any]) -> "JobSpec":
@@ -120,10 +135,13 @@ class JobSpec:
                 pass
             else:
                 c = body.get("created")
+                to, pr = body.get("timeout"), body.get("priority", 0)
                 if (type(i) is str and i and type(a) is int and a >= 0 and type(t) is str and t
                         and type(p) is dict and type(q) is str and type(rc) is int and type(mr) is int
-                        and type(o) is str and (c is None or type(c) is float or type(c) is int)):
-                    return cls(i, a, t, p, q, rc, mr, o, float(c or 0.0))
+                        and type(o) is str and (c is None or type(c) is float or type(c) is int)
+                        and (to is None or ((type(to) is float or type(to) is int) and to > 0))
+                        and type(pr) is int):
+                    return cls(i, a, t, p, q, rc, mr, o, float(c or 0.0), None if to is None else float(to), pr)
         return cls._from_wire_checked(body)
 
     @classmethod
@@ -139,6 +157,8 @@ class JobSpec:
             max_retries=_req(body, "max_retries", int, what),
             origin=_req(body, "origin", str, what),
             created=float(_opt(body, "created", (int, float), what) or 0.0),
+            timeout=_positive(_opt(body, "timeout", (int, float), what), "timeout", what),
+            priority=_opt(body, "priority", int, what) or 0,
         )
 
 
@@ -180,7 +200,7 @@ class ResultItem:
     started: float | None = None
     finished: float | None = None
     log: tuple[str, ...] = ()
-    output: dict[str, Any] | None = None  # OK only: the consumer's output properties (workflow steps)
+    result: Any = None  # OK only: the consumer's return value (any JSON; an object is a workflow step's output)
 
     def to_wire(self) -> dict[str, Any]:
         body = {
@@ -193,15 +213,16 @@ class ResultItem:
             "finished": self.finished,
             "log": list(self.log),
         }
-        if self.output is not None:  # absent when there is none: older peers' bodies stay the same
-            body["output"] = self.output
+        if self.result is not None:  # absent when there is none: bodies without one stay as they were
+            body["result"] = self.result
         return body
 
     @classmethod
     def from_wire(cls, body: dict[str, Any]) -> "ResultItem":
         # Results come in batches of hundreds: a well-formed body (the usual case: no log, no
-        # output, a known kind) is checked in one pass; anything else takes the checked path.
-        if type(body) is dict and not body.get("log") and body.get("output") is None:
+        # result, a known kind) is checked in one pass; anything else takes the checked path.
+        if (type(body) is dict and not body.get("log") and body.get("result") is None
+                and body.get("output") is None):
             i, a, k = body.get("id"), body.get("attempt"), _KINDS.get(body.get("kind"))  # type: ignore[arg-type]
             m, d, st, fi = body.get("message"), body.get("retry_delay"), body.get("started"), body.get("finished")
             if (type(i) is str and i and type(a) is int and a >= 0 and k is not None
@@ -233,7 +254,8 @@ class ResultItem:
             started=None if started is None else float(started),
             finished=None if finished is None else float(finished),
             log=tuple(_str_list(body, "log", what)),
-            output=_opt(body, "output", dict, what),
+            # "output" (an object) is how peers and outbox rows before issue 12 carried a step's output
+            result=body["result"] if body.get("result") is not None else _opt(body, "output", dict, what),
         )
 
 
