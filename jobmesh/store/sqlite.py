@@ -268,7 +268,7 @@ class Store(Actor):
         """Persist the job's current state, progress and counters (a snapshot taken now).
 
         The returned future is shared by every write of the same transaction: callers
-        may await it, or add one done-callback per transaction (see ``QueueActor``).
+        may await it, or add one done-callback per transaction (see ``EngineActor._do_commit``).
         """
         if not self._opened:
             raise ActorStopped("the job store is closed (node stopped)")
