@@ -16,6 +16,7 @@ import threading
 import time
 from . import clock as _clock
 from . import rng as _rng
+from .errors import ValidationError
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -307,8 +308,6 @@ MAX_PROPERTIES_BYTES = 1_000_000
 def properties_json(props: Any, what: str = "properties") -> str:
     """``props`` as JSON text when it is a JSON-compatible dict of bounded size (what a job's
     properties, a workflow's input and a step's output must be); ``ValidationError`` otherwise."""
-    from .errors import ValidationError
-
     if props is None:
         return "{}"
     if not isinstance(props, dict):
