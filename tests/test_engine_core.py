@@ -102,6 +102,18 @@ def test_a_job_from_add_to_succeeded_is_these_events_and_instructions() -> None:
     assert not core.running and core.finished_total == 1
 
 
+def test_load_counts_a_slot_active_once_its_start_is_durable() -> None:
+    """A reserved slot whose start is being written is still QUEUED in the job manager's count;
+    load() must not count it as active too (the offloader saw 91 of 90 jobs and moved one too many)."""
+    core, clock = engine()
+    [run] = add_and_reserve(core, job(1))
+    assert core.load()["active"] == 0 and core.free_slots() == 3  # reserved: the slot is taken, not active
+    core.handle(ev.StartsCommitted([run]))
+    assert core.load()["active"] == 1
+    core.handle(ev.RunsFinished([(run, Outcome("OK"))]))
+    assert core.load()["active"] == 0 and core.free_slots() == 4
+
+
 def test_a_failure_retries_after_its_delay_then_gives_up() -> None:
     core, clock = engine()
     j = job(1, max_retries=2)  # the queue's retries, set on the job when it was added

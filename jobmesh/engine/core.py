@@ -216,9 +216,14 @@ class EngineCore:
         return [r.job for r in list(self.running.values()) if r.started and not r.ended]
 
     def load(self) -> dict[str, Any]:
+        """The node's figures for its heartbeat and the offloader. ``active`` counts runs whose
+        consumer started: a slot reserved while its start is being written is still QUEUED in the
+        job manager's count (``JobsStarted`` moves it), and counting it in both would show the
+        offloader one job more than there is (90 jobs read as 91: one job too many moved away)."""
         now = self.clock()
         recent = sum(c for s, c in self._done if s >= now - 10)
-        return {"slots": self.capacity, "active": len(self.running), "throughput": round(recent / 10.0, 2),
+        active = sum(1 for r in list(self.running.values()) if r.started)
+        return {"slots": self.capacity, "active": active, "throughput": round(recent / 10.0, 2),
                 "waiting_elsewhere": len(self.away) - self._away_active, "copies": len(self.copies)}
 
     def free_slots(self) -> int:
