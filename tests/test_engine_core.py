@@ -84,11 +84,15 @@ def test_a_job_from_add_to_succeeded_is_these_events_and_instructions() -> None:
     j = job(1)
     reply = Reply()
     assert core.handle(ev.JobsAdded([j], ["{}"], reply)) == [
-        ins.Commit(inserts=[j], texts=["{}"], then=[ins.Reply(reply, [j.snapshot()])], done=[ev.InsertsCommitted([j])]),
+        ins.Commit(inserts=[j], texts=["{}"], done=[ev.InsertsCommitted([j], reply)],
+                   failed=[ev.InsertsNotCommitted(reply, "")]),
     ]
-    out = core.handle(ev.InsertsCommitted([j]))
+    as_added = j.snapshot()
+    out = core.handle(ev.InsertsCommitted([j], reply))
     run = core.running["j1"]
-    assert out == [ins.Commit(starts=[j], done=[ev.StartsCommitted([run])], failed=[ev.StartsFailed([run], "")])]
+    assert out == [ins.Reply(reply, [as_added]),  # the job as added (a copy: the core keeps j)
+                   ins.Commit(starts=[j], done=[ev.StartsCommitted([run])], failed=[ev.StartsFailed([run], "")])]
+    assert out[0].value[0] is not j and out[0].value[0].state is Q
     assert (j.state, j.attempt, j.target, j.started) == (A, 1, "n", 1000.0)
     clock.t = 1000.5
     assert core.handle(ev.StartsCommitted([run])) == [
@@ -100,6 +104,22 @@ def test_a_job_from_add_to_succeeded_is_these_events_and_instructions() -> None:
     assert j.state is S and j.finished == 1001.0 and j.result_message == "done"
     assert out == [ins.Commit(updates=[j], then=[ins.JobsTransitioned([(F(j), A, S, 1000.0, "OK")])])]
     assert not core.running and core.finished_total == 1
+
+
+def test_an_add_answers_copies_of_the_jobs_kept_and_the_jobs_let_go_as_they_are() -> None:
+    """Only a window's worth is copied: jobs that wait on disk (the window is full, or older
+    jobs wait in the store) are handed to the adder as they are; a failed commit fails the add."""
+    core, clock = engine(capacity=0)
+    core.queues["main"].window_size = 2
+    jobs = [job(i) for i in (1, 2, 3)]
+    reply = Reply()
+    core.handle(ev.JobsAdded(jobs, ["{}"] * 3, reply))
+    [answer] = [i for i in core.handle(ev.InsertsCommitted(jobs, reply)) if isinstance(i, ins.Reply)]
+    assert answer.value == jobs
+    assert [a is j for a, j in zip(answer.value, jobs)] == [False, False, True]  # j3 waits on disk
+    assert [j.id for j in core.queues["main"].window.view()] == ["j1", "j2"]
+    [failed] = core.handle(ev.InsertsNotCommitted(reply, "disk full"))
+    assert failed.reply is reply and failed.value is None and "disk full" in str(failed.error)
 
 
 def test_load_counts_a_slot_active_once_its_start_is_durable() -> None:

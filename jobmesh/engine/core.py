@@ -344,25 +344,38 @@ class EngineCore:
         c = self._c()
         c.inserts.extend(e.jobs)
         c.texts = e.texts
-        c.done.append(ev.InsertsCommitted(e.jobs))
-        if e.reply is not None:  # the jobs as added, whatever happens to them once committed
-            c.then.append(ins.Reply(e.reply, [j.snapshot() for j in e.jobs]))
+        c.done.append(ev.InsertsCommitted(e.jobs, e.reply))  # answered there, with the jobs as added
+        if e.reply is not None:
+            c.failed.append(ev.InsertsNotCommitted(e.reply, ""))
 
     def _on_inserts_committed(self, e: ev.InsertsCommitted) -> None:
-        """Jobs just committed go straight into their windows while nothing older waits in the store."""
+        """Jobs just committed go straight into their windows while nothing older waits in the store.
+        The adder gets a copy of each job kept here and the job itself of each one let go."""
         now = self._now
+        answer: list[Job] | None = [] if e.reply is not None else None
         for job in e.jobs:
             q = self.queues.get(job.queue)
             if q is None or q.store_has_more or job.seq <= q.last_seq:
-                continue  # read in order by the next refill
-            if job.not_before > q.due_cursor[0]:  # due after the horizon: ``ReadDue`` reads it in time
+                pass  # read in order by the next refill
+            elif job.not_before > q.due_cursor[0]:  # due after the horizon: ``ReadDue`` reads it in time
+                q.last_seq = job.seq
+            elif len(q.window) >= q.window_size:
+                q.store_has_more = True
+            else:
+                if answer is not None:
+                    answer.append(job.snapshot())
+                q.window.add(job, now)
                 q.last_seq = job.seq
                 continue
-            if len(q.window) >= q.window_size:
-                q.store_has_more = True
-                continue
-            q.window.add(job, now)
-            q.last_seq = job.seq
+            if answer is not None:
+                answer.append(job)  # not held here: nobody else changes it
+        if answer is not None:
+            self._out.append(ins.Reply(e.reply, answer))
+
+    def _on_inserts_not_committed(self, e: ev.InsertsNotCommitted) -> None:
+        from ..errors import ActorStopped
+
+        self._out.append(ins.Reply(e.reply, error=ActorStopped(f"not recorded: {e.error}")))
 
     def _on_ready_read(self, e: ev.ReadyRead) -> None:
         q = self.queues.get(e.queue)
@@ -1132,6 +1145,7 @@ class EngineCore:
 _HANDLERS: dict[type, Callable[[EngineCore, Any], None]] = {
     ev.JobsAdded: EngineCore._on_jobs_added,
     ev.InsertsCommitted: EngineCore._on_inserts_committed,
+    ev.InsertsNotCommitted: EngineCore._on_inserts_not_committed,
     ev.ReadyRead: EngineCore._on_ready_read,
     ev.DueRead: EngineCore._on_due_read,
     ev.StartsCommitted: EngineCore._on_starts_committed,

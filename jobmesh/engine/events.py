@@ -222,7 +222,21 @@ class VerifyCopies:
 
 @dataclass(slots=True)
 class InsertsCommitted:
+    """The add is durable. ``reply`` (the adder's) is answered with the jobs as added: the
+    core's own records of those it keeps in a window are copied (it goes on changing them),
+    the others it lets go, so they are handed over as they are (no copy for a job that waits
+    on disk: a million-job add copies only a window's worth)."""
+
     jobs: list[Job]
+    reply: Any = None
+
+
+@dataclass(slots=True)
+class InsertsNotCommitted:
+    """The add's commit failed: ``reply`` learns it."""
+
+    reply: Any
+    error: str
 
 
 @dataclass(slots=True)
@@ -358,7 +372,7 @@ EVENT_TYPES: tuple[type, ...] = (
     JobsAdded, StopRequested, RetryRequested, RemoveRequested, SuspendRequested, InfoRequested,
     ConsumersChanged, DrainStarted, AbortRuns, SummaryRequested, TakeForOffload, RemoteStarted,
     RemoteProgress, RemoteResults, HandoffReturned, CopiesAccepted, CopiesReleased, CopyStopRequested,
-    CopiesForgotten, VerifyCopies, InsertsCommitted, StartsCommitted, StartsFailed, CopiesCommitted,
+    CopiesForgotten, VerifyCopies, InsertsCommitted, InsertsNotCommitted, StartsCommitted, StartsFailed, CopiesCommitted,
     CopiesNotCommitted, HandoffCommitted, HandoffNotCommitted, ResultsNotCommitted, RunsFinished, ProgressReported, ReadyRead,
     Tick, WatchdogDue, ReadyScanned, JobsLoaded, Recovered, Restored,
 )
