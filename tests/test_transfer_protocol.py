@@ -1034,6 +1034,21 @@ def test_result_items_read_fast_or_checked_alike() -> None:
             RI.from_wire(bad)
 
 
+def test_ack_items_read_fast_or_checked_alike() -> None:
+    from jobmesh.transfer.messages import AckItem
+
+    for body in ({"id": "j", "attempt": 2, "accepted": True, "reason": None},
+                 {"id": "j", "attempt": 0, "accepted": False, "reason": "no consumer"}, {"id": "j", "attempt": 1, "accepted": True}):
+        fast = AckItem.from_wire(body)
+        assert fast == AckItem._from_wire_checked(body) and hash(fast) == hash(AckItem._from_wire_checked(body))
+        assert AckItem.from_wire(fast.to_wire()) == fast
+    body = {"id": "j", "attempt": 2, "accepted": True, "reason": None}
+    for bad in ({**body, "attempt": True}, {**body, "attempt": -1}, {**body, "id": ""}, {**body, "accepted": 1},
+                {**body, "reason": 3}, {"attempt": 1, "accepted": True}, ["j", 1, True]):
+        with pytest.raises(ProtocolError):
+            AckItem.from_wire(bad)  # type: ignore[arg-type]
+
+
 def test_result_item_carries_any_json_result_and_reads_an_older_output() -> None:
     from jobmesh.transfer.protocol import ResultItem
 

@@ -843,14 +843,19 @@ class EngineCore:
         return not (isinstance(props, dict) and props.get("jobmesh:local") is True)
 
     def _on_summary(self, e: ev.SummaryRequested) -> None:
-        now = self._now
+        # ``_movable`` written out: this reads the whole window every offloader round (16k jobs)
+        now, me = self._now, self.node
         out: list[tuple[str, str, int, float, bool]] = []
         for q in self.queues.values():
             counts: dict[str, list[float]] = {}
+            get = counts.get
             for job in q.window.view():
-                if not self._movable(job, now):
+                if job.origin != me or job.not_before > now:
                     continue
-                c = counts.get(job.topic)
+                props = job.properties
+                if props and isinstance(props, dict) and props.get("jobmesh:local") is True:
+                    continue
+                c = get(job.topic)
                 if c is None:
                     counts[job.topic] = [1, job.created]
                 else:
