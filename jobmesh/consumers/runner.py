@@ -69,9 +69,11 @@ class Runner:
 
     def __init__(self, index: ConsumerIndex, report: Report, progress: Callable[[Any], None],
                  spawn: Callable[..., asyncio.Task[Any]], node: str, stop_grace: float,
-                 clock: Callable[[], float], log: Any, slots: int) -> None:
+                 clock: Callable[[], float], log: Any, slots: int,
+                 idle: Callable[[], None] | None = None) -> None:
         self.index = index
         self.report = report
+        self.idle = idle  # called when a worker found nothing more to run (its outcomes may go now)
         self.progress = progress
         self.node = node
         self.stop_grace = stop_grace
@@ -104,6 +106,8 @@ class Runner:
         ready, loop = self._ready, asyncio.get_running_loop()
         while True:
             if not ready:
+                if self.idle is not None:
+                    self.idle()  # the batch this worker ran is reported: no loop turn lost waiting
                 waiter = loop.create_future()
                 self._idle.append(waiter)
                 await waiter
