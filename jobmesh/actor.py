@@ -176,6 +176,9 @@ class Actor:
                 self._fail_pending(ActorStopped(f"actor {self.name} is stopped"))
                 self._running = False
                 raise
+            except GeneratorExit:  # the coroutine is closed (its loop is gone): nothing may await now
+                self._running = False
+                raise
             except BaseException as exc:  # a crash: log, restart with backoff or escalate
                 self._running = False
                 self.log.error("actor crashed", error=repr(exc), exc_info=exc)

@@ -244,6 +244,10 @@ def render_job(job: dict[str, Any]) -> str:
         lines.append(f"message:     {job['result_message']}")
     if job.get("result") is not None:
         lines.append(f"result:      {json.dumps(job['result'], sort_keys=True)}")
+    for label, key in (("payload:    ", "payload"), ("output:     ", "output_payload")):
+        items = job.get(key) or {}
+        if items:
+            lines.append(f"{label} " + ", ".join(f"{n} ({items[n].get('size')} bytes)" for n in sorted(items)))
     log_lines = prog.get("log") or []
     if log_lines:
         lines.append("log:")
@@ -493,7 +497,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raise CliError("submit needs a TOPIC (or --file FILE with one JSON job a line)", code=2)
     c = client(args)
     props = dict(args.property or [])
-    job = c.post("/api/v1/jobs", {"topic": args.topic, "properties": props, **_job_options(args)})
+    body: dict[str, Any] = {"topic": args.topic, "properties": props, **_job_options(args)}
+    if getattr(args, "payload", None):
+        from .cli_payload import upload_all
+        body["payload"] = upload_all(c, args.payload)
+    job = c.post("/api/v1/jobs", body)
     warn_if_no_consumer(c, args.topic)
     return emit_created(args, c, job, FINAL_STATES, "SUCCEEDED", _job_path, "job", render_job_line, job_status)
 
@@ -573,7 +581,14 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_job(args: argparse.Namespace) -> int:
-    emit(args, client(args).get(_job_path(args.id)), render_job)
+    c = client(args)
+    job = c.get(_job_path(args.id))
+    emit(args, job, render_job)
+    if getattr(args, "save_payload", None):
+        from .cli_payload import save_payload
+        for path in save_payload(c, job, args.save_payload):
+            if not getattr(args, "json", False):
+                print(f"saved {path}")
     return 0
 
 
@@ -817,6 +832,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="wait until the job is final; exit 1 unless it SUCCEEDED")
     p.add_argument("--wait-timeout", type=float, default=300.0, metavar="S",
                    help="seconds to wait with --wait (default 300)")
+    from .cli_payload import parse_payload_option
+    p.add_argument("--payload", action="append", type=parse_payload_option, metavar="NAME=FILE",
+                   help="a file that goes with the job as its payload NAME (uploaded first; repeatable)")
     add_client_options(p)
     p.set_defaults(func=cmd_submit)
 
@@ -834,6 +852,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("retry", cmd_retry, "retry a job that ended without success"),
         ("remove", cmd_remove, "remove a job (a queued or active one is dropped and kept; a final one deleted)"),
     ))
+    sub.choices["job"].add_argument("--save-payload", metavar="DIR",
+                                    help="also download the job's payload and output payload into DIR")
     stop = sub.choices["stop"]
     stop.add_argument("--wait", action="store_true", help="wait until the job is STOPPED (or otherwise final)")
     stop.add_argument("--timeout", type=float, default=30.0, help="seconds to wait with --wait (default 30)")
@@ -886,24 +906,25 @@ def _version() -> str:
     return __version__
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
+def number_arg(cast: Callable[[str], Any], ok: Callable[[Any], bool], must: str) -> Callable[[str], Any]:
+    """An argparse ``type=`` for a number: ``cast`` (float: seconds, int: a whole number) that must
+    satisfy ``ok``; bad input is a one-line usage error ("must be {must}, got ...")."""
+    expected = "a number of seconds" if cast is float else "a whole number"
+
+    def parse(text: str) -> Any:
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {must}, got {text if cast is float else value}")
+        return value
+
+    return parse
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+_seconds = number_arg(float, lambda v: v >= 0, "0 or more")
+_positive_int = number_arg(int, lambda v: v >= 1, "at least 1")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

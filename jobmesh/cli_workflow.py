@@ -12,7 +12,7 @@ import argparse
 import json
 from typing import Any
 
-from .cli import _short_time, add_client_options, add_property_option, api_path, client, emit, emit_created, table
+from .cli import _short_time, add_client_options, number_arg, add_property_option, api_path, client, emit, emit_created, table
 
 FINAL = ("COMPLETED", "FAILED", "ABORTED")
 
@@ -110,24 +110,8 @@ def cmd_definitions(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
-    return value
-
-
-def _limit(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not 1 <= value <= 10_000:
-        raise argparse.ArgumentTypeError(f"must be between 1 and 10000, got {value}")
-    return value
+_positive_float = number_arg(float, lambda v: not v <= 0, "more than 0")  # as before: NaN passes
+_limit = number_arg(int, lambda v: 1 <= v <= 10_000, "between 1 and 10000")
 
 
 def add_parser(subparsers: Any) -> None:

@@ -13,7 +13,12 @@ they return.
         print(h.result(timeout=60))
 
 The same methods on both: ``add``, ``add_many``, ``enqueue``, ``get``, ``find``, ``wait``,
-``stop``, ``retry``, ``remove``, ``close``. Errors are the library's own: ``ValidationError``
+``stop``, ``retry``, ``remove``, ``close``, and for job payload (issue 14) ``upload`` and
+``payload``. ``add(..., payload={"image": Path("cat.png") | bytes | "sha256:..."})`` (and
+``_payload=`` of ``enqueue``, ``payload`` of an ``add_many`` item) uploads each file or bytes
+first (``POST /api/v1/blobs``, a file streamed from disk; a payload object shared by several
+items is uploaded once) and names the blobs in the job; a blob id is passed as it is.
+``payload(job_id, name, path=None)`` downloads a job's input or output (bytes, or into ``path``). Errors are the library's own: ``ValidationError``
 (400), ``NotFound`` (404), ``Conflict`` (409), ``NodeUnreachable`` (connection refused, timed
 out), ``JobmeshError`` otherwise; ``handle.result()`` raises ``JobFailed`` for a job that ended
 without success and ``TimeoutError`` when it is not final in time.
@@ -26,10 +31,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import threading
 import time
 import urllib.parse
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Iterable, TypeVar
 
 from .errors import Conflict, JobFailed, JobmeshError, NodeUnreachable, NotFound, Unauthorized, ValidationError
@@ -60,8 +67,10 @@ def normalize_url(url: str | None) -> str:
 
 
 def job_body(topic: str, properties: dict[str, Any] | None = None, delay: float | None = None, at: Any = None,
-             key: str | None = None, timeout: float | None = None, priority: int | None = None) -> dict[str, Any]:
-    """The ``POST /api/v1/jobs`` body of one job (options only when given)."""
+             key: str | None = None, timeout: float | None = None, priority: int | None = None,
+             payload: Any = None) -> dict[str, Any]:
+    """The ``POST /api/v1/jobs`` body of one job (options only when given). ``payload`` is kept as
+    given (files and bytes are uploaded and replaced by blob ids before the body is sent)."""
     body: dict[str, Any] = {"topic": topic}
     if properties is not None:
         body["properties"] = properties
@@ -75,7 +84,58 @@ def job_body(topic: str, properties: dict[str, Any] | None = None, delay: float 
         body["timeout"] = timeout
     if priority is not None:
         body["priority"] = priority
+    if payload is not None:
+        body["payload"] = payload
     return body
+
+
+PAYLOAD_PATH = "/api/v1/blobs"
+BLOB_TIMEOUT = 600.0  # seconds an upload or download may go without a byte moving
+
+
+def payload_values(bodies: list[dict[str, Any]]) -> list[Any]:
+    """The values of the bodies' payloads that need an upload (files and bytes), each once."""
+    seen: dict[int, Any] = {}
+    for body in bodies:
+        payload = body.get("payload")
+        if payload is None:
+            continue
+        if not isinstance(payload, dict):
+            raise ValidationError(f"payload must be a map of names to files, bytes or blob ids, got "
+                                  f"{type(payload).__name__}")
+        for name, value in payload.items():
+            if not isinstance(name, str):
+                raise ValidationError(f"payload names must be strings, got {type(name).__name__}")
+            if isinstance(value, str):
+                continue  # a blob id: the node checks it
+            if not isinstance(value, (bytes, bytearray, memoryview, os.PathLike)):
+                raise ValidationError(f"payload {name!r}: a file (pathlib.Path), bytes or a blob id, "
+                                      f"not {type(value).__name__}")
+            seen.setdefault(id(value), value)
+    return list(seen.values())
+
+
+def with_blob_ids(bodies: list[dict[str, Any]], ids: dict[int, str]) -> list[dict[str, Any]]:
+    """The bodies with every uploaded payload value replaced by its blob id."""
+    out = []
+    for body in bodies:
+        payload = body.get("payload")
+        if payload:
+            body = {**body, "payload": {n: v if isinstance(v, str) else ids[id(v)] for n, v in payload.items()}}
+        out.append(body)
+    return out
+
+
+def _blob_source(value: Any) -> tuple[Any, int]:
+    """An upload's body: (an open file or the bytes, its size)."""
+    if isinstance(value, os.PathLike):
+        try:
+            f = open(value, "rb")
+            return f, os.fstat(f.fileno()).st_size
+        except OSError as e:
+            raise ValidationError(f"cannot read payload file {os.fspath(value)}: {e.strerror}") from None
+    data = bytes(value)
+    return data, len(data)
 
 
 def _iso(at: Any) -> Any:
@@ -97,7 +157,7 @@ def item_body(item: Any) -> dict[str, Any]:
 def enqueue_body(task: "Task[Any, Any]", args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
     """``enqueue(task, *args, _delay=..., **kwargs)``: the options (leading underscore) taken out,
     the rest bound to the task's signature (TypeError here, in the producer, when it does not fit)."""
-    opts = {name: kwargs.pop("_" + name, None) for name in ("delay", "at", "key", "timeout", "priority")}
+    opts = {name: kwargs.pop("_" + name, None) for name in ("delay", "at", "key", "timeout", "priority", "payload")}
     if opts["priority"] is None and task.priority:
         opts["priority"] = task.priority
     return job_body(task.topic, task.properties(*args, **kwargs), **opts)
@@ -295,22 +355,81 @@ class Client(_Api):
     # -- the producer API ---------------------------------------------------------------------
     async def add(self, topic: str, properties: dict[str, Any] | None = None, *, delay: float | None = None,
                   at: Any = None, key: str | None = None, timeout: float | None = None,
-                  priority: int | None = None) -> JobHandle[Any]:
-        data = await self.request("POST", "/api/v1/jobs", job_body(topic, properties, delay, at, key, timeout, priority))
+                  priority: int | None = None, payload: dict[str, Any] | None = None) -> JobHandle[Any]:
+        """One job; ``payload``: ``{name: Path | bytes | blob id}`` (files and bytes uploaded first)."""
+        body = job_body(topic, properties, delay, at, key, timeout, priority, payload)
+        if payload is not None:
+            body = (await self._with_payload([body]))[0]
+        data = await self.request("POST", "/api/v1/jobs", body)
         return JobHandle(data["id"], self, data)
 
     async def add_many(self, items: Iterable[Any]) -> list[JobHandle[Any]]:
         """Many jobs in one request (one transaction at the node): ``(topic, properties)`` pairs or
-        dicts like the HTTP body (``{"topic", "properties", "delay", "key", ...}``)."""
-        data = await self.request("POST", "/api/v1/jobs", [item_body(i) for i in items])
+        dicts like the HTTP body (``{"topic", "properties", "delay", "key", "payload", ...}``)."""
+        bodies = await self._with_payload([item_body(i) for i in items])
+        data = await self.request("POST", "/api/v1/jobs", bodies)
         return [JobHandle(j["id"], self, j) for j in data]
 
     async def enqueue(self, task: "Task[Any, R]", *args: Any, **kwargs: Any) -> JobHandle[R]:
         """A job for ``task``: arguments bound to its signature (TypeError here when they do not
         fit); options with a leading underscore: ``_delay``, ``_at``, ``_key``, ``_timeout``,
-        ``_priority``."""
-        data = await self.request("POST", "/api/v1/jobs", enqueue_body(task, args, kwargs))
+        ``_priority``, ``_payload``."""
+        body = (await self._with_payload([enqueue_body(task, args, kwargs)]))[0]
+        data = await self.request("POST", "/api/v1/jobs", body)
         return JobHandle(data["id"], self, data)
+
+    # -- job payload ----------------------------------------------------------------------------
+    async def upload(self, data: "os.PathLike[str] | bytes") -> dict[str, Any]:
+        """Store a file (streamed from disk) or bytes in the node's blob store: ``{"id", "size"}``."""
+        import aiohttp
+
+        body, size = await asyncio.to_thread(_blob_source, data)
+        headers = {**self.headers, "Content-Type": "application/octet-stream", "Content-Length": str(size)}
+        url = self.url + PAYLOAD_PATH
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=BLOB_TIMEOUT)
+        try:
+            async with aiohttp.ClientSession(timeout=timeout) as session:
+                async with session.post(url, data=body, headers=headers) as resp:
+                    raw = await resp.read()
+                    status = resp.status
+        except asyncio.TimeoutError:
+            raise NodeUnreachable(f"node at {self.url} did not take the upload within {BLOB_TIMEOUT:g} s") from None
+        except aiohttp.ClientError as e:
+            raise NodeUnreachable(f"cannot reach node at {self.url} ({e})") from None
+        finally:
+            if not isinstance(body, bytes):
+                body.close()
+        answer = json.loads(raw) if raw else None
+        if status >= 400:
+            raise_for(status, answer, url)
+        return answer  # type: ignore[no-any-return]
+
+    async def payload(self, job_id: str, name: str, path: "os.PathLike[str] | str | None" = None) -> Any:
+        """A job's input or output payload ``name``: its bytes, or written to ``path`` (returned as a Path)."""
+        import aiohttp
+
+        url = self.url + _job_path(job_id, "payload/" + urllib.parse.quote(name, safe=""))
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=BLOB_TIMEOUT)
+        try:
+            async with aiohttp.ClientSession(headers=self.headers, timeout=timeout) as session:
+                async with session.get(url) as resp:
+                    if resp.status >= 400:
+                        raw = await resp.read()
+                        raise_for(resp.status, _json_or_none(raw), url)
+                    if path is None:
+                        return await resp.read()
+                    return await _save_stream(resp.content, Path(path))
+        except asyncio.TimeoutError:
+            raise NodeUnreachable(f"node at {self.url} sent nothing for {BLOB_TIMEOUT:g} s") from None
+        except aiohttp.ClientError as e:
+            raise NodeUnreachable(f"cannot reach node at {self.url} ({e})") from None
+
+    async def _with_payload(self, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        values = payload_values(bodies)
+        if not values:
+            return bodies
+        ids = {id(v): (await self.upload(v))["id"] for v in values}
+        return with_blob_ids(bodies, ids)
 
     async def get(self, job_id: str) -> Job:
         return Job.from_json(await self.request("GET", _job_path(job_id)))
@@ -426,17 +545,77 @@ class SyncClient(_Api):
 
     def add(self, topic: str, properties: dict[str, Any] | None = None, *, delay: float | None = None,
             at: Any = None, key: str | None = None, timeout: float | None = None,
-            priority: int | None = None) -> SyncJobHandle[Any]:
-        data = self.request("POST", "/api/v1/jobs", job_body(topic, properties, delay, at, key, timeout, priority))
+            priority: int | None = None, payload: dict[str, Any] | None = None) -> SyncJobHandle[Any]:
+        body = self._with_payload([job_body(topic, properties, delay, at, key, timeout, priority, payload)])[0]
+        data = self.request("POST", "/api/v1/jobs", body)
         return SyncJobHandle(data["id"], self, data)
 
     def add_many(self, items: Iterable[Any]) -> list[SyncJobHandle[Any]]:
-        data = self.request("POST", "/api/v1/jobs", [item_body(i) for i in items])
+        data = self.request("POST", "/api/v1/jobs", self._with_payload([item_body(i) for i in items]))
         return [SyncJobHandle(j["id"], self, j) for j in data]
 
     def enqueue(self, task: "Task[Any, R]", *args: Any, **kwargs: Any) -> SyncJobHandle[R]:
-        data = self.request("POST", "/api/v1/jobs", enqueue_body(task, args, kwargs))
+        data = self.request("POST", "/api/v1/jobs", self._with_payload([enqueue_body(task, args, kwargs)])[0])
         return SyncJobHandle(data["id"], self, data)
+
+    # -- job payload ----------------------------------------------------------------------------
+    def _blob_conn(self) -> "http.client.HTTPConnection":
+        import http.client
+
+        cls = http.client.HTTPSConnection if self._parts.scheme == "https" else http.client.HTTPConnection
+        return cls(self._parts.hostname or "127.0.0.1", self._parts.port, timeout=BLOB_TIMEOUT)
+
+    def upload(self, data: "os.PathLike[str] | bytes") -> dict[str, Any]:
+        """Store a file (streamed from disk) or bytes in the node's blob store: ``{"id", "size"}``."""
+        body, size = _blob_source(data)
+        headers = {**self.headers, "Content-Type": "application/octet-stream", "Content-Length": str(size)}
+        conn = self._blob_conn()
+        try:
+            conn.request("POST", self._base_path + PAYLOAD_PATH, body=body, headers=headers)
+            resp = conn.getresponse()
+            raw, status = resp.read(), resp.status
+        except TimeoutError:
+            raise NodeUnreachable(f"node at {self.url} did not take the upload within {BLOB_TIMEOUT:g} s") from None
+        except OSError as e:
+            raise NodeUnreachable(f"cannot reach node at {self.url} ({e})") from None
+        finally:
+            conn.close()
+            if not isinstance(body, bytes):
+                body.close()
+        answer = _json_or_none(raw)
+        if status >= 400:
+            raise_for(status, answer, self.url + PAYLOAD_PATH)
+        return answer  # type: ignore[no-any-return]
+
+    def payload(self, job_id: str, name: str, path: "os.PathLike[str] | str | None" = None) -> Any:
+        """A job's input or output payload ``name``: its bytes, or written to ``path`` (returned as a Path)."""
+        target = self._base_path + _job_path(job_id, "payload/" + urllib.parse.quote(name, safe=""))
+        conn = self._blob_conn()
+        try:
+            conn.request("GET", target, headers=self.headers)
+            resp = conn.getresponse()
+            if resp.status >= 400:
+                raise_for(resp.status, _json_or_none(resp.read()), self.url + target)
+            if path is None:
+                return resp.read()
+            dest = Path(path)
+            tmp = dest.with_name(dest.name + ".part")
+            with open(tmp, "wb") as out:
+                shutil.copyfileobj(resp, out, 1 << 20)
+            os.replace(tmp, dest)
+            return dest
+        except TimeoutError:
+            raise NodeUnreachable(f"node at {self.url} sent nothing for {BLOB_TIMEOUT:g} s") from None
+        except OSError as e:
+            raise NodeUnreachable(f"cannot reach node at {self.url} ({e})") from None
+        finally:
+            conn.close()
+
+    def _with_payload(self, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        values = payload_values(bodies)
+        if not values:
+            return bodies
+        return with_blob_ids(bodies, {id(v): self.upload(v)["id"] for v in values})
 
     def get(self, job_id: str) -> Job:
         return Job.from_json(self.request("GET", _job_path(job_id)))
@@ -495,6 +674,26 @@ class NodeProducer:
 
     async def stop(self, job_id: str) -> Job:
         return await self.node.jobs.stop(job_id)  # type: ignore[no-any-return]
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
+
+
+async def _save_stream(content: Any, dest: Path) -> Path:
+    """An aiohttp body into ``dest`` (a ``.part`` file renamed once complete; writes off the loop)."""
+    tmp = dest.with_name(dest.name + ".part")
+    f = await asyncio.to_thread(open, tmp, "wb")
+    try:
+        async for chunk in content.iter_chunked(1 << 20):
+            await asyncio.to_thread(f.write, chunk)
+    finally:
+        await asyncio.to_thread(f.close)
+    await asyncio.to_thread(os.replace, tmp, dest)
+    return dest
 
 
 def as_producer(p: Any) -> Any:

@@ -131,6 +131,11 @@ class NodeConfig:
     history_ttl: float = 3600.0  # SUCCEEDED jobs kept this long
     failed_history_ttl: float = 48 * 3600.0  # other final states kept this long
     log_format: str = "console"
+    # job payload (blobs): the largest upload, the store's quota (0: the disk), how long an
+    # unreferenced blob is kept (s)
+    max_blob_size: int = 1 << 30
+    blob_quota: int = 0
+    blob_gc_grace: float = 600.0
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     queues: list[QueueConfig] = field(default_factory=list)
     offloading: OffloadingConfig = field(default_factory=OffloadingConfig)
@@ -202,6 +207,8 @@ class NodeConfig:
             raise ConfigError("node: capacity must be >= 1")
         if self.durability not in ("normal", "full"):
             raise ConfigError("node: durability must be 'normal' or 'full'")
+        if self.max_blob_size < 0 or self.blob_quota < 0 or self.blob_gc_grace < 0:
+            raise ConfigError("node: max_blob_size, blob_quota and blob_gc_grace must be >= 0")
         if self.log_format not in ("console", "json"):
             raise ConfigError("node: log_format must be 'console' or 'json'")
         if self.discovery.heartbeat_interval <= 0 or (

@@ -204,6 +204,10 @@ class Job:
     key: str | None = None  # a producer's unique key: one open job per key and origin
     timeout: float | None = None  # the job's own time limit in seconds (beats the consumer's and queue's)
     priority: int = 0  # within a queue, higher starts first (ordered queues keep arrival order)
+    # job payload (blobs): name -> BlobRef (``id``, ``size``). Kept by the node's blob store (its
+    # references), filled in where a job is read for a user or a consumer; see jobmesh.blobs
+    payload: dict[str, Any] = field(default_factory=dict)
+    output_payload: dict[str, Any] = field(default_factory=dict)
 
     @property
     def output(self) -> dict[str, Any] | None:
@@ -250,6 +254,8 @@ class Job:
             "timeout": self.timeout,
             "priority": self.priority,
         }
+        data["payload"] = {n: r.to_json() for n, r in sorted(self.payload.items())}
+        data["output_payload"] = {n: r.to_json() for n, r in sorted(self.output_payload.items())}
         return data
 
     @classmethod
@@ -268,7 +274,17 @@ class Job:
             result_message=data.get("result_message"), result=data.get("result"),
             not_before=_ts(data.get("not_before")) or 0.0, key=data.get("key"), timeout=data.get("timeout"),
             priority=int(data.get("priority") or 0),
+            payload=_refs(data.get("payload")), output_payload=_refs(data.get("output_payload")),
         )
+
+
+def _refs(data: Any) -> dict[str, Any]:
+    """``{name: {"id", "size"}}`` of a job JSON as ``{name: BlobRef}`` (the client's job)."""
+    if not data:
+        return {}
+    from .blobs.store import BlobRef
+
+    return {n: BlobRef.from_json(r, f"payload {n!r}") for n, r in data.items()}
 
 
 def _ts(text: str | None) -> float | None:

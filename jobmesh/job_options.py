@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 from .errors import ValidationError
 from .job import parse_iso
 
-OPTION_FIELDS = ("delay", "at", "key", "timeout", "priority")
+OPTION_FIELDS = ("delay", "at", "key", "timeout", "priority", "payload")
 MAX_KEY = 200  # characters
 MAX_DELAY = 10 * 365 * 86400.0  # ten years: further is a mistake (milliseconds taken for seconds)
 PRIORITY_RANGE = (-1_000_000, 1_000_000)
@@ -32,12 +32,14 @@ class JobRequest(NamedTuple):
     key: str | None = None
     timeout: float | None = None
     priority: int | None = None
+    # job payload (issue 14): {name: Path | bytes | blob id}; the manager stores and checks it
+    payload: Any = None
 
     @property
     def plain(self) -> bool:
         """No option given: the add's fast path."""
         return (self.delay is None and self.at is None and self.key is None and self.timeout is None
-                and self.priority is None)
+                and self.priority is None and self.payload is None)
 
 
 def _number(value: Any, name: str, where: str) -> float:
@@ -91,7 +93,11 @@ def check_request(req: JobRequest, where: str = "") -> JobRequest:
         lo, hi = PRIORITY_RANGE
         if not lo <= priority <= hi:
             raise ValidationError(f"{where}priority must be between {lo} and {hi}, got {priority}")
-    return JobRequest(req.topic, req.properties, delay, at, key, timeout, priority)
+    payload = req.payload
+    if payload is not None and not isinstance(payload, dict):
+        raise ValidationError(f"{where}payload must be a map of names to files, bytes or blob ids, "
+                              f"got {kind_of(payload)}")
+    return JobRequest(req.topic, req.properties, delay, at, key, timeout, priority, payload or None)
 
 
 def not_before(req: JobRequest, now: float) -> float:
@@ -116,7 +122,9 @@ def request_from(item: Any, where: str = "") -> JobRequest:
         if "topic" not in item:
             raise ValidationError(f"{where}missing field 'topic'")
         return JobRequest(item["topic"], item.get("properties"), item.get("delay"), item.get("at"),
-                          item.get("key"), item.get("timeout"), item.get("priority"))
+                          item.get("key"), item.get("timeout"), item.get("priority"), item.get("payload"))
+    if type(item) is tuple and len(item) == 3:  # (topic, properties, payload)
+        return JobRequest(item[0], item[1], payload=item[2])
     try:
         topic, props = item
     except (TypeError, ValueError):

@@ -11,6 +11,7 @@ engine's messages (``JobsStarted``, ``JobsTransitioned``, ``CopiesArrived``,
 from __future__ import annotations
 
 import asyncio
+import os
 from . import clock as _clock
 from functools import lru_cache
 from typing import Any, Callable
@@ -25,6 +26,7 @@ from .errors import ActorStopped, Conflict, NotFound, ValidationError
 from .events import JOB_ADDED, EventBus, Notification, notification_topic
 from .job import FINAL_STATES, Job, JobIdGenerator, JobState, iso, properties_json
 from .job_options import JobRequest, check_request, not_before, request_from
+from .blobs.payload import payload_file, resolve_requests, with_payload
 from .job_queries import JobQueries
 from .queues.core import QueueMatcher
 from .topics import TopicError, validate_topic
@@ -84,7 +86,7 @@ class JobManager(Actor):
 
     def __init__(self, config: NodeConfig, store: Any, events: EventBus, engine: Actor,
                  clock: Callable[[], float] = _clock.wall, on_added: Callable[[], None] | None = None,
-                 consumers: Any = None) -> None:
+                 consumers: Any = None, blobs: Any = None) -> None:
         super().__init__("job-manager")
         self.config = config
         self.node_name = config.name
@@ -99,6 +101,7 @@ class JobManager(Actor):
         self._ran_here: dict[str, str] = {}  # other nodes' jobs that ran here: id -> origin (bounded)
         self.queries = JobQueries(store.path) if hasattr(store, "path") else None
         self._waiters: dict[str, list[asyncio.Future[Job]]] = {}
+        self.blobs = blobs  # the node's BlobStore (job payload: adds store it, reads show it)
         self._adding_keys: dict[str, Job] = {}  # keyed jobs being committed: a second add finds them
         self._warned_queues: set[str] = set()
         self._started_at = clock()
@@ -131,22 +134,27 @@ class JobManager(Actor):
     # -- the API (DESIGN §5.3) ---------------------------------------------
     async def add(self, topic: str, properties: dict[str, Any] | None = None, *, delay: float | None = None,
                   at: Any = None, key: str | None = None, timeout: float | None = None,
-                  priority: int | None = None) -> Job:
+                  priority: int | None = None, payload: dict[str, Any] | None = None) -> Job:
         """Add one job, committed on return. ``delay`` (s) or ``at`` (ISO/datetime): QUEUED until then;
         ``key``: while a job of this node with that key is open, that job is returned instead;
-        ``timeout``: its time limit (s); ``priority``: higher starts first within its queue."""
-        if delay is None and at is None and key is None and timeout is None and priority is None:
+        ``timeout``: its time limit (s); ``priority``: higher starts first within its queue;
+        ``payload``: ``{name: Path | bytes | blob id}``, stored before the job (issue 14)."""
+        if (delay is None and at is None and key is None and timeout is None and priority is None
+                and payload is None):
             return (await self._add_plain([(topic, properties)]))[0]
-        return (await self.submit([JobRequest(topic, properties, delay, at, key, timeout, priority)]))[0][0]
+        return (await self.submit([JobRequest(topic, properties, delay, at, key, timeout, priority, payload)]))[0][0]
 
     async def add_many(self, items: list[Any], *, delay: float | None = None, at: Any = None,
-                       timeout: float | None = None, priority: int | None = None) -> list[Job]:
+                       timeout: float | None = None, priority: int | None = None,
+                       payload: dict[str, Any] | None = None) -> list[Job]:
         """Validate all, write all in one transaction, return after commit (in order). An item is
-        ``(topic, properties)``, a ``JobRequest`` or a dict like the HTTP body (with its own options);
-        the keyword options apply to every item that does not set them."""
+        ``(topic, properties)``, ``(topic, properties, payload)``, a ``JobRequest`` or a dict like the
+        HTTP body (with its own options); the keyword options apply to every item that does not set
+        them (``payload`` is stored once and shared by those jobs)."""
         if not isinstance(items, (list, tuple)):
             raise ValidationError("add_many takes a list of (topic, properties) pairs")
-        shared = delay is not None or at is not None or timeout is not None or priority is not None
+        shared = (delay is not None or at is not None or timeout is not None or priority is not None
+                  or payload is not None)
         if not shared and all(type(i) is tuple and len(i) == 2 for i in items):
             return await self._add_plain(items)
         reqs = []
@@ -156,7 +164,8 @@ class JobManager(Actor):
                 r = r._replace(delay=r.delay if r.delay is not None or r.at is not None else delay,
                                at=r.at if r.at is not None or r.delay is not None else at,
                                timeout=r.timeout if r.timeout is not None else timeout,
-                               priority=r.priority if r.priority is not None else priority)
+                               priority=r.priority if r.priority is not None else priority,
+                               payload=r.payload if r.payload is not None else payload)
             reqs.append(r)
         return [job for job, _ in await self.submit(reqs)]
 
@@ -225,6 +234,7 @@ class JobManager(Actor):
                 raise ValidationError(f"{where}topic must be a string")
             _valid_topic(r.topic)
             checked.append(r if r.plain else check_request(r, where))
+        refs = await resolve_requests(self.blobs, checked) if any(r.payload is not None for r in checked) else None
         keys = {r.key for r in checked if r.key is not None}
         existing: dict[str, Job] = {}
         if keys:
@@ -236,7 +246,7 @@ class JobManager(Actor):
         jobs: list[Job] = []
         texts: list[str] = []
         task_opts: dict[str, Any] = {}  # topic -> its task options, once per call
-        for r in checked:
+        for i, r in enumerate(checked):
             if r.key is not None and r.key in existing:
                 job = existing[r.key]
                 live = self.engine.snapshot(job.id)  # type: ignore[attr-defined]
@@ -260,12 +270,16 @@ class JobManager(Actor):
                           queue=qname, origin=self.node_name, created=now, max_retries=retries,
                           not_before=not_before(r, now), key=r.key, timeout=r.timeout,
                           priority=r.priority if r.priority is not None else prio)
+                if refs is not None and refs[i]:
+                    job.payload = dict(refs[i])
             jobs.append(job)
             out.append((job, True))
             if r.key is not None:
                 existing[r.key] = job
         if not jobs:
             return out
+        if refs is not None:  # the jobs' references before the jobs (a crash in between: GC drops them)
+            self.blobs.set_inputs({j.id: j.payload for j in jobs if j.payload})
         for job in jobs:
             if job.key is not None:
                 self._adding_keys[job.key] = job
@@ -324,9 +338,15 @@ class JobManager(Actor):
         if not isinstance(job_id, str):
             return None
         live = self.engine.snapshot(job_id)  # type: ignore[attr-defined]
-        if live is not None:
-            return live  # running: its progress lives in memory
-        return self.store.get(job_id)  # what is committed (a just-decided outcome may not be yet)
+        if live is not None:  # running: its progress lives in memory
+            return with_payload(self.blobs, [live])[0]
+        job = self.store.get(job_id)  # what is committed (a just-decided outcome may not be yet)
+        return None if job is None else with_payload(self.blobs, [job])[0]
+
+    async def payload(self, job_id: str, name: str) -> "os.PathLike[str]":
+        """The local file of a job's output (``name``) or, failing that, its input; ``NotFound``."""
+        job = await self._get_or_404(await self.resolve_id(job_id) if isinstance(job_id, str) else job_id)
+        return payload_file(self.blobs, job, name)
 
     async def _get_or_404(self, job_id: str) -> Job:
         job = await self.get(job_id)
@@ -357,7 +377,7 @@ class JobManager(Actor):
         for j in jobs:
             live = snapshot(j.id) if j.state is _ACTIVE else None
             out.append(live if live is not None and live.state is j.state else j)
-        return out
+        return with_payload(self.blobs, out)
 
     async def find_page(self, state: str | JobState | None = None, topic: str | None = None,
                         queue: str | None = None, limit: int = 100) -> tuple[list[Job], int]:
@@ -398,7 +418,7 @@ class JobManager(Actor):
         fut: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(job_id, []).append(fut)
         try:
-            return await asyncio.wait_for(fut, timeout)
+            return with_payload(self.blobs, [await asyncio.wait_for(fut, timeout)])[0]
         except asyncio.TimeoutError:  # say where the job is: a bare TimeoutError explains nothing
             now_job = await self.get(job_id) or job
             raise asyncio.TimeoutError(f"job {job_id} is not final after {timeout:g} s: {describe_state(now_job)}") from None

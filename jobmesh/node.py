@@ -83,6 +83,10 @@ class Node:
         self._system = ActorSystem(on_escalate=self._on_escalate)
         self._data_lock = DataDirLock(cfg.data, cfg.name)
         self.store = Store(Path(cfg.data) / "jobs.db", durability=cfg.durability, clock=clock)
+        # job payload: the blob store and its transfers (jobmesh.blobs), started after the job store;
+        # the engine (consumers' payload), the manager (adds, reads) and the transfer read its store
+        from .blobs.actor import BlobActor
+        self.blobs = BlobActor(self)
         # Offloading (DESIGN §2 transfer/offloader): per-node settings decide what runs here, even
         # this node's own jobs; with a transfer endpoint, jobs move between nodes.
         from .offloading import OffloadSettings
@@ -95,9 +99,10 @@ class Node:
         from .engine.actor import EngineActor
         from .manager import JobManager
 
-        self.engine = EngineActor(self, cfg, self.store, self.consumers, clock=clock, offloading=bool(cfg.bind))
+        self.engine = EngineActor(self, cfg, self.store, self.consumers, clock=clock, offloading=bool(cfg.bind),
+                                  blobs=self.blobs.store)
         self.jobs = JobManager(cfg, self.store, self.events, self.engine, clock=clock, on_added=self._jobs_added,
-                               consumers=self.consumers)
+                               consumers=self.consumers, blobs=self.blobs.store)
         for actor in (self.store, self.jobs, self.engine):
             actor.log = actor.log.bind(node=cfg.name)  # every engine log line names its node
         self.transfer: Any = None
@@ -179,6 +184,7 @@ class Node:
     async def _start_actors(self) -> None:
         system = self._system
         await system.start(self.store)
+        await system.start(self.blobs)
         for spec in self._pending_consumers:
             if spec.actor is not None:
                 await system.start(spec.actor)
@@ -196,6 +202,7 @@ class Node:
             else:
                 self.discovery = mod.DiscoveryActor(self)
                 await self._system.start(self.discovery)
+                self.blobs.attach_network()
                 if self.transfer is not None:
                     from .offloader.actor import OffloaderActor
                     await self._system.start(self.transfer)

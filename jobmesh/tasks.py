@@ -140,14 +140,18 @@ class Task(Generic[P, R]):
     async def send_with_options(self, *, args: tuple[Any, ...] | list[Any] = (), kwargs: dict[str, Any] | None = None,
                                 delay: float | None = None, at: Any = None, key: str | None = None,
                                 timeout: float | None = None, priority: int | None = None,
-                                producer: Any = None) -> "JobHandle[R]":
-        """``send`` with the job's options (``delay``/``at``, ``key``, ``timeout``, ``priority``);
-        ``producer`` (a Node, Client or SyncClient's async twin) instead of the default one."""
+                                payload: dict[str, Any] | None = None, producer: Any = None) -> "JobHandle[R]":
+        """``send`` with the job's options (``delay``/``at``, ``key``, ``timeout``, ``priority``,
+        ``payload``: ``{name: Path | bytes | blob id}``, read in the task with
+        ``current_context().payload(name)``); ``producer`` (a Node, Client or SyncClient's async
+        twin) instead of the default one."""
         props = self.properties(*args, **(kwargs or {}))
         p = producer if producer is not None else default_producer()
         from .client import as_producer
+        opts: dict[str, Any] = {} if payload is None else {"payload": payload}
         return await as_producer(p).add(self.topic, props, delay=delay, at=at, key=key, timeout=timeout,
-                                        priority=priority if priority is not None else (self.priority or None))
+                                        priority=priority if priority is not None else (self.priority or None),
+                                        **opts)
 
     # -- consuming -------------------------------------------------------------
     def call_args(self, properties: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:

@@ -517,3 +517,50 @@ def test_a_result_is_recorded_locally_and_travels_back_from_a_copy() -> None:
     out = core.handle(ev.RunsFinished([(copy_run, Outcome("OK", result={"n": 1}))]))
     [(_, item)] = commit(out).outbox
     assert item.result == {"n": 1}
+
+
+# --------------------------------------------------------------------------- job payload (issue 14)
+
+P_IN = {"in": {"id": "sha256:" + "a" * 64, "size": 5}}
+P_OUT = {"out": {"id": "sha256:" + "b" * 64, "size": 7}}
+
+
+def test_the_offloader_places_named_jobs_and_jobs_kept_home_are_not_taken() -> None:
+    core, _ = engine(runnable=lambda t: False)
+    js = [job(i) for i in range(1, 5)]
+    core.handle(ev.JobsAdded(js, ["{}"] * 4))
+    core.handle(ev.InsertsCommitted(js))
+    reply = Reply()
+    assert core.handle(ev.CandidatesRequested("main", "t/a", 3, frozenset({"j4"}), reply)) == [
+        ins.Reply(reply, ["j3", "j2", "j1"])]  # newest first, none kept home
+    assert core.handle(ev.CandidatesRequested("main", "t/b", 3, frozenset(), reply)) == [ins.Reply(reply, [])]
+    out = core.handle(ev.TakeForOffload("main", "t/a", 2, "b", ("j1", "j3", "j9")))  # j9: gone meanwhile
+    j1, j2, j3, j4 = js
+    assert commit(out).updates == [j1, j3] and (j1.target, j3.target, j2.target) == ("b", "b", None)
+    out = core.handle(ev.TakeForOffload("main", "t/a", 5, "c", keep=frozenset({"j4"})))
+    assert commit(out).updates == [j2] and j4.target is None and "j4" in core.queues["main"].window
+
+
+def test_a_copys_input_references_and_a_results_outputs_are_written_with_their_rows() -> None:
+    core, clock = engine()
+    s = JobSpec("c1", 1, "t/a", {}, origin="o", payload=P_IN)
+    out = core.handle(ev.CopiesAccepted("o", [s, spec(2)], first_seq=50))
+    assert commit(out).inputs == [("c1", P_IN)]  # only the copy that has payload
+    copy = core.copies["c1"]
+    core.handle(ev.CopiesCommitted("o", [copy, core.copies["c2"]]))
+    run = core.running["c1"]
+    core.handle(ev.StartsCommitted([run]))
+    out = core.handle(ev.RunsFinished([(run, Outcome("OK", output_payload=P_OUT))]))
+    [(_, item)] = commit(out).outbox
+    assert item.output_payload == P_OUT  # the result names the copy's outputs (they go first)
+    # origin side: an OK result's outputs become the job's, in the result's commit
+    core, _ = engine(runnable=lambda t: False)
+    j = job(1)
+    core.handle(ev.JobsAdded([j], ["{}"]))
+    core.handle(ev.InsertsCommitted([j]))
+    core.handle(ev.TakeForOffload("main", "t/a", 1, "b"))
+    core.handle(ev.HandoffCommitted("b", [j], 1))
+    out = core.handle(ev.RemoteResults([ev.RemoteResult("b", "j1", 1, "OK", output_payload=P_OUT)]))
+    assert commit(out).outputs == [("j1", 1, P_OUT)] and j.state is S
+    out = core.handle(ev.RemoteResults([ev.RemoteResult("b", "j1", 1, "OK", output_payload=P_OUT)]))
+    assert commit(out).outputs == []  # a stale result changes nothing, its outputs neither

@@ -52,11 +52,12 @@ def test_job_json_has_the_contract_fields() -> None:
     assert set(data) == {
         "id", "topic", "properties", "state", "queue", "origin", "target", "created",
         "started", "finished", "retry_count", "max_retries", "progress", "result_message",
-        # issue 12 (DESIGN §5.2 "Added"); payload and output_payload are issue 14's
-        "result", "not_before", "key", "timeout", "priority",
+        # issue 12 (DESIGN §5.2 "Added"), issue 14
+        "result", "not_before", "key", "timeout", "priority", "payload", "output_payload",
     }
     assert (data["result"], data["not_before"], data["key"], data["timeout"], data["priority"]) == (
         None, None, None, None, 0)
+    assert data["payload"] == {} and data["output_payload"] == {}
     assert data["created"] == "1970-01-01T00:00:00.000Z"
     assert data["started"] is None
     assert set(data["progress"]) == {"steps", "step", "eta", "log"}

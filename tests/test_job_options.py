@@ -183,6 +183,26 @@ async def test_jobs_delayed_beyond_the_horizon_stay_on_disk_and_do_not_hold_back
     assert node.repairs()["watchdog_requeue"] == 0  # the watchdog does not take them for lost
 
 
+async def test_delayed_jobs_behind_a_full_window_are_not_taken_for_lost(node_factory, monkeypatch) -> None:
+    """Twenty jobs due at the same instant, a window of eight held full (no consumer here runs
+    their topic): the due scan stops mid-tie and the other twelve wait on disk by design. The
+    watchdog must not count them as lost (CI found it: ``watchdog_requeue == 4``)."""
+    from jobmesh.engine import core as queue_actor
+
+    monkeypatch.setattr(queue_actor, "DEFER_AFTER", 1.0)
+    monkeypatch.setattr(queue_actor, "DUE_SCAN", 0.5)
+    node = await node_factory([mark], name="tie")
+    qa = node.queue_actor("main")
+    qa.watchdog_period = 0.05
+    qa.window_size, qa.refill_below = 8, 2
+    jobs = await node.jobs.add_many([("nobody/x", {"n": i}) for i in range(20)], delay=1.2)
+    due = jobs[0].not_before
+    await asyncio.sleep(max(0.0, due - time.time()) + 0.6)  # a dozen watchdog rounds past due
+    assert len(qa.window) == 8  # the scan read as many as fit
+    assert node.repairs()["watchdog_requeue"] == 0
+    assert all(j.state is jobmesh.JobState.QUEUED for j in [await node.jobs.get(x.id) for x in jobs])
+
+
 async def test_a_node_restarted_reads_its_far_delayed_jobs_back_in_time(node_factory, tmp_path, monkeypatch) -> None:
     from jobmesh.engine import core as queue_actor
 

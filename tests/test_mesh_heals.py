@@ -8,6 +8,7 @@ mesh's to heal).
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import textwrap
@@ -203,11 +204,15 @@ def test_a_second_node_with_a_taken_name_exits_with_one_line(mesh: Any) -> None:
     assert one_topology([a, b]) and view(b)[1] == "a"  # the first a leads on, alone under its name
 
 
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.skipif(os.environ.get("JOBMESH_NEMESIS") != "1",
+                    reason="real-process nemesis: JOBMESH_NEMESIS=1 ./scripts/test -k nemesis, or tests/nemesis.py")
+@pytest.mark.parametrize("seed", [1])
 def test_nemesis_kill_stop_term_then_heal(tmp_path: Path, seed: int) -> None:
     """4 nodes, jobs added continuously at random live nodes, random kill -9 / SIGSTOP / SIGTERM
     and restarts for 20 s, then everything healed: one topology and one leader, and every
-    accepted job SUCCEEDED at its origin. More seeds: ``python tests/nemesis.py --seeds 1-20``."""
+    accepted job SUCCEEDED at its origin. Opt-in (``JOBMESH_NEMESIS=1``): ~30 s of real processes,
+    while the simulator covers such schedules by the hundred in the suite and the scenarios above
+    run every time; more seeds: ``python tests/nemesis.py --seeds 1-20``."""
     out = nemesis.run(seed, tmp_path, duration=20.0)
     assert out.accepted > 100
     assert out.converged_s is not None, out.to_json()

@@ -16,6 +16,7 @@ from jobmesh.offloader.policy import (
     PolicyConfig,
     QueueSummary,
     StealAsk,
+    assign_payload,
     can_run,
     plan_moves,
     plan_steal,
@@ -515,3 +516,46 @@ def test_balanced_random_views_make_no_moves() -> None:
         v = view("n0", *instances)
         summary = [q(instances[0].capacity["queued"])] if instances[0].capacity["queued"] else []
         assert plan_moves(v, summary, now=0.0, durations={"demo/sleep": rng.choice([0.01, 0.1, 1.0])}).moves == []
+
+
+# ---------------------------------------------------------------- payload (issue 14)
+
+
+def test_a_balance_move_says_how_much_waiting_it_saves() -> None:
+    v = view("a", inst("a", slots=1, active=1), inst("b", slots=4))
+    plan = plan_moves(v, [q(9)], now=0.0, durations={"demo/sleep": 1.0})
+    assert plan.moves and all(m.reason == "balance" for m in plan.moves)
+    m = plan.moves[0]
+    # the newest job here waits about 10 s (10 jobs on one slot); at b it starts at once
+    assert 8.0 < m.saves <= 10.0
+    cap = plan_moves(view("a", inst("a", topics=("x/*",)), inst("b")), [q(2)], now=0.0)
+    assert cap.moves[0].reason == "capability" and cap.moves[0].saves == float("inf")
+
+
+def test_assign_payload_keeps_home_what_costs_more_than_it_saves() -> None:
+    cfg = PolicyConfig(transfer_rate=1e6, transfer_cost=0.0)  # 1 MB/s
+    moves = [Move("main", "t", 3, "b", "balance", saves=2.0)]
+    needs = [{"*": 5_000_000}, {"*": 1_000_000}, {}, {"*": 0}]  # 5 s, 1 s, none, none
+    assert assign_payload(needs, moves, cfg) == [None, "b", "b", "b"]
+    # a job that cannot run here goes whatever its payload costs
+    assert assign_payload([{"*": 10**12}], [Move("main", "t", 1, "b", "capability")], cfg) == ["b"]
+
+
+def test_assign_payload_prefers_the_target_that_holds_the_blobs() -> None:
+    cfg = PolicyConfig(transfer_rate=1e6, transfer_cost=0.0)
+    moves = [Move("main", "t", 1, "b", "balance", saves=9.0), Move("main", "t", 1, "c", "balance", saves=3.0)]
+    # job 0: c holds its 4 MB (b would need 4 s of its 9 s); job 1: no payload
+    needs = [{"*": 4_000_000, "b": 4_000_000, "c": 0}, {}]
+    assert assign_payload(needs, moves, cfg) == ["c", "b"]
+    # held where the move would not pay otherwise: it goes there
+    needs = [{"*": 50_000_000, "b": 50_000_000, "c": 1_000_000}]
+    assert assign_payload(needs, moves, cfg) == ["c"]
+    # each target takes at most its planned count; the largest payload is placed first
+    moves = [Move("main", "t", 1, "b", "balance", saves=100.0), Move("main", "t", 1, "c", "balance", saves=100.0)]
+    needs = [{"*": 1_000, "c": 0}, {"*": 9_000_000, "c": 0}]
+    assert assign_payload(needs, moves, cfg) == ["b", "c"]
+
+
+def test_transfer_rate_must_be_positive() -> None:
+    with pytest.raises(ValidationError):
+        PolicyConfig(transfer_rate=0)

@@ -73,8 +73,9 @@ SEND = lambda b: b.lang == "python" and b.first == "# send.py"  # noqa: E731
 WEB = lambda b: b.lang == "python" and b.first.startswith("# web.py")  # noqa: E731
 VIEWS = lambda b: b.lang == "python" and b.first.startswith("# views.py")  # noqa: E731
 TASK_TESTS = lambda b: b.lang == "python" and b.first.startswith("# test_tasks.py")  # noqa: E731
+PAYLOAD = lambda b: b.lang == "python" and b.first == "# payload.py"  # noqa: E731
 RUNNERS = [CONSUMERS, RUN_NODE, EMBED, SCHEDULES, WORKFLOW, CONFIG, SCRIPTS, TASKS, TASK_RUN, SEND, WEB, VIEWS,
-           TASK_TESTS]
+           TASK_TESTS, PAYLOAD]
 
 
 def test_every_readme_snippet_has_a_runner() -> None:
@@ -129,6 +130,16 @@ def test_embedding_a_node(tmp_path: Path) -> None:
                        text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout == "SUCCEEDED\n"  # what the comment says; and nothing else on stdout
+
+
+def test_job_payload(tmp_path: Path) -> None:
+    text = find(PAYLOAD).text.replace("5711", str(free_port_pair())).replace("8472", str(free_port()))
+    (tmp_path / "payload.py").write_text(text)
+    (tmp_path / "cat.png").write_bytes(b"\x89PNG fake")
+    r = subprocess.run([sys.executable, "payload.py"], cwd=tmp_path, env=env_for(tmp_path), capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "b'\\x89PNG '\nb'bytes'\n"
 
 
 async def test_scheduled_jobs(tmp_path: Path) -> None:

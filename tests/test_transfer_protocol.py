@@ -829,6 +829,26 @@ def test_copies_committed_during_a_round_are_not_dropped_and_drops_wait_for_the_
     assert of(VerifyQueued, out)  # the confirmed copies are checked against their queue
 
 
+def test_a_round_delivered_again_after_a_new_handoff_drops_nothing(clock: FakeClock) -> None:
+    """Sim seed 100 (--delays 0.3): a round listing the jobs out at b, a handoff right behind it,
+    then the round again (a duplicated message). Taken as a new round it dropped the new copy
+    while its origin believed it accepted; answered rounds are stale from then on."""
+    a, b = TransferProtocol("a", clock), TransferProtocol("b", clock)
+    accepted_at(a, b, [spec(1)])
+    rnd = sends(a.origin.reconcile("b"), Reconcile)[0].message
+    assert not of(ForgetJob, b.receive("a", rnd))
+    accepted_at(a, b, [spec(2)])  # offered after the round was listed: not in it
+    again = b.receive("a", rnd)
+    assert not of(ForgetJob, again) and not of(StopLocal, again) and b.target.copies() == 2
+    assert not sends(again, ReconcileReply)  # answered once already
+    nxt = sends(a.origin.reconcile("b"), Reconcile)[0].message  # the next round lists both
+    assert not of(ForgetJob, b.receive("a", nxt)) and b.target.copies() == 2
+    b.target.peer_down("a")  # a new incarnation of a counts its rounds from 1 again
+    b.target.peer_up("a")
+    fresh = b.receive("a", Reconcile(1, (JobRef("job-1", 1),)))
+    assert sends(fresh, ReconcileReply) and of(ForgetJob, fresh)  # job-2 is not wanted by this a
+
+
 def test_rounds_are_periodic_while_jobs_are_out_and_none_when_idle(clock: FakeClock) -> None:
     a, b = TransferProtocol("a", clock), TransferProtocol("b", clock)
     assert sends(a.on_timer(), Reconcile) == []
@@ -1070,3 +1090,15 @@ def test_job_spec_carries_the_time_limit_and_priority() -> None:
     assert JobSpec.from_wire(plain.to_wire()) == plain
     with pytest.raises(ProtocolError, match="timeout must be > 0"):
         JobSpec.from_wire({**spec.to_wire(), "timeout": -1})
+
+
+def test_payload_survives_the_fast_reads_of_specs_and_results() -> None:
+    from jobmesh.transfer.protocol import JobSpec, ProtocolError, ResultItem
+
+    ref = {"x": {"id": "sha256:" + "c" * 64, "size": 3}}
+    spec = JobSpec("j", 1, "a/b", {}, payload=ref)
+    assert JobSpec.from_wire(spec.to_wire()) == spec == JobSpec._from_wire_checked(spec.to_wire())
+    item = ResultItem("j", 1, ResultKind.OK, output_payload=ref)
+    assert ResultItem.from_wire(item.to_wire()) == item == ResultItem._from_wire_checked(item.to_wire())
+    with pytest.raises(ProtocolError):
+        ResultItem.from_wire({**item.to_wire(), "output_payload": {"x": {"id": "nope", "size": 3}}})

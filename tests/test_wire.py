@@ -91,3 +91,22 @@ def test_split_batches_bounds_count_and_size() -> None:
     assert [len(b) for b in split_batches(big, max_bytes=100)] == [1, 1]
     with pytest.raises(ValueError):
         list(split_batches(items, max_items=0))
+
+
+def test_a_raw_type_carries_a_fourth_frame_and_other_types_refuse_one() -> None:
+    wire.register_type("test_raw", raw=True)
+    data = bytes(range(256)) * 4
+    frames = encode("test_raw", {"n": 1}, raw=data)
+    assert len(frames) == 4 and frames[3] is data
+    msg = decode(frames)
+    assert msg.body == {"n": 1} and msg.raw == data
+    assert decode([*frames[:3], memoryview(data)]).raw == data  # a view of the transport's buffer
+    assert decode(frames[:3]).raw is None  # optional
+    with pytest.raises(WireError, match="takes no raw frame"):
+        encode("heartbeat", {}, raw=b"x")
+    with pytest.raises(WireError, match="expected 3 frames, got 4"):
+        decode([*encode("heartbeat", {}), b"x"])
+    with pytest.raises(WireError, match="expected 3 frames, got 5"):
+        decode([*frames, b"x"])
+    with pytest.raises(WireError, match="exceeds the maximum"):
+        decode(frames, max_size=len(data))  # the raw frame counts against the maximum size

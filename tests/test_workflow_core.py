@@ -277,3 +277,39 @@ def test_a_step_output_travels_with_an_offloaded_result():
     assert ResultItem.from_wire(json.loads(json.dumps(item.to_wire()))).result == {"width": 10, "tags": ["a"]}
     bare = ResultItem("j1", 2, ResultKind.FAILED, "no")
     assert "result" not in bare.to_wire() and ResultItem.from_wire(bare.to_wire()).result is None
+
+
+# -- payload --------------------------------------------------------------------
+
+A = {"id": "sha256:" + "a" * 64, "size": 3}
+B = {"id": "sha256:" + "b" * 64, "size": 5}
+C = {"id": "sha256:" + "c" * 64, "size": 7}
+
+
+def test_payload_travels_from_step_to_step_and_outputs_replace_by_name():
+    inst, ins = core.new_instance("w1", WF, "n1", {"path": "a.png"}, 1.0, payload={"image": A})
+    assert ins[0].payload == {"image": A}
+    commit(inst, 0, "j0")
+    out = core.apply(inst, StepFinal("j0", "SUCCEEDED", None, {"m": 1}, {"meta": B}), 3.0)
+    assert out[0].payload == {"image": A, "meta": B}
+    commit(inst, 1, "j1")
+    out = core.apply(inst, StepFinal("j1", "SUCCEEDED", None, None, {"meta": C}), 4.0)
+    assert out[0].payload == {"image": A, "meta": C}  # a later output replaces an earlier one
+    assert inst.history[0].output_payload == {"meta": B}
+    back = WorkflowInstance.from_store(json.loads(json.dumps(inst.to_store())))
+    assert back.payload == inst.payload and back.history[1].output_payload == {"meta": C}
+    assert core.pending_add(back).payload == {"image": A, "meta": C}  # after a restart: the same input
+    assert inst.to_json()["history"][0]["output_payload"] == {"meta": B}
+
+
+def test_a_failed_step_output_payload_is_not_merged():
+    inst, _ = core.new_instance("w1", WF, "n1", {}, 1.0)
+    commit(inst, 0, "j0")
+    core.apply(inst, StepFinal("j0", "GIVEN_UP", "boom", None, {"meta": B}), 3.0)
+    assert inst.payload == {} and inst.history[0].output_payload is None
+
+
+def test_bad_workflow_payload_is_refused():
+    for bad in ("x", {"image": "sha256:zz"}, {"../x": A}, {"image": {"id": "sha256:../..", "size": 1}}):
+        with pytest.raises(ValidationError):
+            core.new_instance("w1", WF, "n1", {}, 1.0, payload=bad)

@@ -4,12 +4,17 @@
 
 It draws a folder of images with Pillow (PNGs, and JPEGs with EXIF) in a temp dir,
 starts three nodes that load ``examples.asset_processing.consumers`` and find each
-other through the first one, starts one ``dam-update-asset`` workflow per image on
-the first node (the origin), waits for all of them, and checks every manifest:
-metadata matching the image drawn, every thumbnail present and no larger than its
-size. It prints a JSON summary with which node ran which step; exit 0 when every
-check passed. With offloading active the offloadable steps may run on any node; the
-example does not assume they did.
+other through the first one, uploads each image to the first node (the origin, ``POST
+/api/v1/blobs``) and starts one ``dam-update-asset`` workflow per image there with the
+image as its payload, waits for all of them, downloads each workflow's manifest and
+renditions (its output payload) into ``out/<image>/`` and checks them: metadata matching
+the image drawn, every thumbnail present and no larger than its size. It prints a JSON
+summary with which node ran which step; exit 0 when every check passed. With offloading
+active the offloadable steps may run on any node; the example does not assume they did.
+
+No shared folder: each node runs in a directory of its own (``<workdir>/<name>/``, data in
+``data/``) and the consumers record every file they open (``JOBMESH_EXAMPLE_OPENS``); a
+file opened outside the node's own data directory is a problem in the summary.
 """
 
 from __future__ import annotations
@@ -73,8 +78,14 @@ class MeshNode:
     """One ``jobmesh node`` process; ``start`` (again, after a kill: same name, data and ports), ``kill``, ``stop``."""
 
     def __init__(self, workdir: Path, name: str, seeds: list[str], consumers: list[str],
-                 extra_pythonpath: list[str] | None = None, extra_args: list[str] | None = None) -> None:
+                 extra_pythonpath: list[str] | None = None, extra_args: list[str] | None = None,
+                 home: Path | None = None, env: dict[str, str] | None = None) -> None:
+        """``home``: the node's own working directory (its data in ``home/data``); without it the node
+        runs in the repository with its data in ``workdir/name``."""
         self.workdir, self.name, self.seeds, self.consumers = workdir, name, seeds, consumers
+        self.home = home
+        self.data_dir = home / "data" if home is not None else workdir / name
+        self.extra_env = dict(env or {})
         self.http_port = free_port()
         self.bind_port = free_port_pair()
         self.url = f"http://127.0.0.1:{self.http_port}"
@@ -85,17 +96,19 @@ class MeshNode:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> "MeshNode":
-        args = [sys.executable, "-m", "jobmesh", "node", "--name", self.name, "--data", str(self.workdir / self.name),
+        args = [sys.executable, "-m", "jobmesh", "node", "--name", self.name, "--data", str(self.data_dir),
                 "--bind", self.endpoint, "--http", f"127.0.0.1:{self.http_port}", "--log-format", "json"]
         for s in self.seeds:
             args += ["--seed", s]
         if self.consumers:
             args += ["--consumers", *self.consumers]
         args += self.extra_args
-        env = {**os.environ, "PYTHONUNBUFFERED": "1",
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.extra_env,
                "PYTHONPATH": os.pathsep.join([*self.pythonpath, os.environ.get("PYTHONPATH", "")])}
+        cwd = self.home if self.home is not None else REPO
+        cwd.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(args, cwd=str(REPO), stdout=log, stderr=subprocess.STDOUT, env=env)
+            self.proc = subprocess.Popen(args, cwd=str(cwd), stdout=log, stderr=subprocess.STDOUT, env=env)
         return self
 
     def kill(self) -> None:
@@ -157,21 +170,64 @@ async def wait_topology(http: aiohttp.ClientSession, node: MeshNode, names: list
 
 
 def start_mesh(workdir: Path, names: list[str], consumers: list[str],
-               extra_pythonpath: list[str] | None = None) -> list[MeshNode]:
-    """The first node is the seed of the others."""
+               extra_pythonpath: list[str] | None = None, own_homes: bool = False) -> list[MeshNode]:
+    """The first node is the seed of the others. ``own_homes``: each node runs in ``workdir/name``
+    (data in ``workdir/name/data``) and records its consumers' opens in ``workdir/name/opens.jsonl``."""
     nodes: list[MeshNode] = []
     for i, name in enumerate(names):
         seeds = [nodes[0].endpoint] if i else []
-        nodes.append(MeshNode(workdir, name, seeds, consumers, extra_pythonpath).start())
+        home = workdir / name if own_homes else None
+        env = {"JOBMESH_EXAMPLE_OPENS": str(workdir / name / "opens.jsonl")} if own_homes else None
+        nodes.append(MeshNode(workdir, name, seeds, consumers, extra_pythonpath, home=home, env=env).start())
     return nodes
+
+
+def foreign_opens(node: MeshNode) -> tuple[int, list[str]]:
+    """(files its consumers opened, those outside its own data directory) from the node's opens log."""
+    log = node.workdir / node.name / "opens.jsonl"
+    if not log.is_file():
+        return 0, []
+    own = node.data_dir.resolve()
+    seen, outside = 0, []
+    for line in log.read_text().splitlines():
+        for p in json.loads(line)["paths"]:
+            seen += 1
+            rp = Path(p).resolve()
+            if rp != own and own not in rp.parents:
+                outside.append(f"{node.name}: {p}")
+    return seen, outside
+
+
+async def upload(http: aiohttp.ClientSession, node: MeshNode, path: Path) -> str:
+    """The file into the node's blob store; its blob id."""
+    with open(path, "rb") as f:
+        async with http.post(node.url + "/api/v1/blobs", data=f,
+                             headers={"Content-Type": "application/octet-stream"}) as r:
+            body = await r.json()
+            if r.status != 201:
+                raise RuntimeError(f"uploading {path.name} failed: HTTP {r.status} {body}")
+            return str(body["id"])
+
+
+async def download(http: aiohttp.ClientSession, node: MeshNode, blob_id: str, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    async with http.get(f"{node.url}/api/v1/blobs/{blob_id}") as r:
+        if r.status != 200:
+            raise RuntimeError(f"downloading {blob_id} failed: HTTP {r.status}")
+        target.write_bytes(await r.read())
+
+
+def out_dir(workdir: Path, image: dict[str, Any]) -> Path:
+    """Where a workflow's output payload (manifest and renditions) is downloaded to."""
+    return workdir / "out" / Path(image["path"]).name
 
 
 # -- the check ------------------------------------------------------------------------
 
-def check_manifest(image: dict[str, Any], sizes: list[int]) -> list[str]:
-    """What is wrong with the manifest of ``image`` (empty: nothing)."""
+def check_manifest(image: dict[str, Any], sizes: list[int], folder: Path) -> list[str]:
+    """What is wrong with the manifest of ``image`` downloaded into ``folder`` (empty: nothing)."""
     path = Path(image["path"])
-    mpath = path.parent / f"{path.name}.manifest.json"
+    mpath = folder / "manifest.json"
     if not mpath.is_file():
         return [f"{path.name}: no manifest"]
     m = json.loads(mpath.read_text())
@@ -185,7 +241,7 @@ def check_manifest(image: dict[str, Any], sizes: list[int]) -> list[str]:
     if sorted(rends) != sorted(sizes):
         problems.append(f"{path.name}: renditions {sorted(rends)} instead of {sorted(sizes)}")
     for size, r in rends.items():
-        rp = Path(r["path"])
+        rp = folder / r["payload"]
         if not rp.is_file():
             problems.append(f"{path.name}: rendition {size} missing")
             continue
@@ -202,19 +258,20 @@ async def run(images: int = 12, workdir: Path | None = None, timeout: float = 12
     workdir = Path(workdir or tempfile.mkdtemp(prefix="jobmesh-assets-"))
     drawn = draw_images(workdir / "assets", images)
     started = time.monotonic()
-    nodes = start_mesh(workdir, list(names), [CONSUMERS])
+    nodes = start_mesh(workdir, list(names), [CONSUMERS], own_homes=True)
     origin = nodes[0]
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
             for n in nodes:
                 await wait_healthy(http, n)
             await wait_topology(http, origin, list(names))
             mesh_up = time.monotonic()
             ids = []
             for img in drawn:
+                blob = await upload(http, origin, Path(img["path"]))
                 status, inst = await api(http, "POST", origin.url + "/api/v1/workflows",
-                                         {"workflow": WORKFLOW, "properties": {
-                                             "path": img["path"], "render_delay": render_delay}})
+                                         {"workflow": WORKFLOW, "payload": {"image": blob}, "properties": {
+                                             "name": Path(img["path"]).name, "render_delay": render_delay}})
                 if status != 201:
                     raise RuntimeError(f"starting a workflow failed: HTTP {status} {inst}")
                 ids.append(inst["id"])
@@ -229,14 +286,22 @@ async def run(images: int = 12, workdir: Path | None = None, timeout: float = 12
                 return out
 
             finals = await wait_for(all_final, timeout, "all workflows final", interval=0.2)
-        problems = [p for img in drawn for p in check_manifest(img, SIZES)]
+            for img, inst in zip(drawn, finals):  # the output payload, from the origin
+                for name, ref in (inst.get("payload") or {}).items():
+                    if name != "image":
+                        await download(http, origin, ref["id"], out_dir(workdir, img) / name)
+        problems = [p for img in drawn for p in check_manifest(img, SIZES, out_dir(workdir, img))]
+        opened = 0
+        for n in nodes:
+            seen, outside = foreign_opens(n)
+            opened += seen
+            problems += [f"opened outside its node's data directory: {p}" for p in outside]
         states: dict[str, int] = {}
         ran_on: dict[str, dict[str, int]] = {}
         for inst in finals:
             states[inst["state"]] = states.get(inst["state"], 0) + 1
         for img in drawn:
-            p = Path(img["path"])
-            mpath = p.parent / f"{p.name}.manifest.json"
+            mpath = out_dir(workdir, img) / "manifest.json"
             if mpath.is_file():
                 for step, node_name in json.loads(mpath.read_text()).get("steps", {}).items():
                     ran_on.setdefault(step, {})
@@ -249,6 +314,7 @@ async def run(images: int = 12, workdir: Path | None = None, timeout: float = 12
             "steps_ran_on": ran_on,
             "manifest_problems": problems[:20],
             "failed": failed[:10],
+            "files_opened_by_consumers": opened,
             "seconds_mesh_up": round(mesh_up - started, 2),
             "seconds_workflows": round(time.monotonic() - mesh_up, 2),
             "workdir": str(workdir),

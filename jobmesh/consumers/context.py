@@ -147,11 +147,12 @@ class ResultBuilder:
 class ExecutionContext:
     """Handed to consumers that take a second parameter (and to ``ConsumerActor.process``)."""
 
-    __slots__ = ("job", "_stopped", "_clock", "_on_progress", "output")
+    __slots__ = ("job", "_stopped", "_clock", "_on_progress", "output", "_blobs")
 
     def __init__(self, job: Job, stopped: Callable[[], bool], clock: Callable[[], float] = _clock.wall,
-                 on_progress: Callable[[Job], Any] | None = None) -> None:
+                 on_progress: Callable[[Job], Any] | None = None, blobs: Any = None) -> None:
         self.job = job
+        self._blobs = blobs  # the node's BlobStore (job payload)
         self._stopped = stopped
         self._clock = clock
         self._on_progress = on_progress
@@ -197,3 +198,32 @@ class ExecutionContext:
 
     def result(self) -> ResultBuilder:
         return ResultBuilder(dict(self.output) if self.output else None)
+
+    # -- job payload (jobmesh.blobs) --------------------------------------------------------
+    def payload(self, name: str) -> "Path":
+        """The local, read-only file of the job's payload ``name`` (present before the run started)."""
+        from pathlib import Path
+
+        from ..errors import NotFound
+
+        ref = self.job.payload.get(name)
+        if ref is None or self._blobs is None:
+            names = ", ".join(sorted(self.job.payload)) or "none"
+            raise NotFound(f"job {self.job.id} has no payload named {name!r} (it has: {names})")
+        path: Path = self._blobs.path(ref.id)
+        return path
+
+    def output_payload(self, name: str, value: Any) -> Any:
+        """Attach output (``pathlib.Path`` or ``bytes``) that reaches the job's origin with its result.
+        Returns the ``BlobRef``. The file or bytes are hashed and stored at once (a blocking copy:
+        in an async consumer, large files cost loop time; a plain ``def`` consumer runs in a thread)."""
+        from ..blobs.store import check_name
+        from ..errors import ValidationError
+
+        if self._blobs is None:
+            raise ValidationError("this node has no blob store")
+        check_name(name, "output payload name")
+        ref = self._blobs.put(value)
+        self._blobs.add_output(self.job.id, self.job.attempt, name, ref)
+        self.job.output_payload = {**self.job.output_payload, name: ref}
+        return ref

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import ctypes
 import json
 import threading
@@ -70,8 +71,9 @@ class Runner:
     def __init__(self, index: ConsumerIndex, report: Report, progress: Callable[[Any], None],
                  spawn: Callable[..., asyncio.Task[Any]], node: str, stop_grace: float,
                  clock: Callable[[], float], log: Any, slots: int,
-                 idle: Callable[[], None] | None = None) -> None:
+                 idle: Callable[[], None] | None = None, blobs: Any = None) -> None:
         self.index = index
+        self.blobs = blobs  # the node's BlobStore: a job's payload (ctx.payload, ctx.output_payload)
         self.report = report
         self.idle = idle  # called when a worker found nothing more to run (its outcomes may go now)
         self.progress = progress
@@ -136,10 +138,13 @@ class Runner:
         if spec is None:
             return Outcome("FAILED", f"no consumer for topic {job.topic}")
         view = _view(job, run.progress)
+        blobs = self.blobs
+        if blobs is not None and blobs.has_refs:  # job payload: the consumer sees its names (and files)
+            view.payload, view.output_payload = blobs.payloads([job.id]).get(job.id, ({}, {}))
         ctx = None
         if spec.takes_context:
             on_progress = (lambda _job, _run=run: self.progress(_run)) if job.origin != self.node else None
-            ctx = ExecutionContext(view, run.stopped, self.clock, on_progress)
+            ctx = ExecutionContext(view, run.stopped, self.clock, on_progress, blobs)
         ex.is_async = spec.is_async or spec.actor is not None
         limit = run.time_limit or spec.timeout or run.queue_timeout
         if limit:
@@ -189,7 +194,12 @@ class Runner:
             ex.executing = False
         if ex.timed_out and run.stop_state is None and not run.abort:
             return _over_limit(ex)  # it caught the interruption and returned: over its limit all the same
-        return self._outcome(run, result, ctx)
+        outcome = self._outcome(run, result, ctx)
+        if outcome.kind == "OK" and job.origin != self.node and blobs is not None and blobs.has_refs:
+            outs = blobs.payloads([job.id]).get(job.id, ({}, {}))[1]  # a copy's outputs go back with its result
+            if outs:
+                outcome = dataclasses.replace(outcome, output_payload={n: r.to_json() for n, r in outs.items()})
+        return outcome
 
     @staticmethod
     async def _actor_call(spec: ConsumerSpec, job: Job, ctx: Any) -> Any:

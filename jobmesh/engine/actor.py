@@ -75,7 +75,8 @@ class PurgeRequested:
 
 
 EXTERNAL = (ev.JobsAdded, ev.StopRequested, ev.RetryRequested, ev.RemoveRequested, ev.SuspendRequested,
-            ev.InfoRequested, ev.ConsumersChanged, ev.SummaryRequested, ev.TakeForOffload, ev.RemoteStarted,
+            ev.InfoRequested, ev.ConsumersChanged, ev.SummaryRequested, ev.TakeForOffload, ev.CandidatesRequested,
+            ev.RemoteStarted,
             ev.RemoteProgress, ev.RemoteResults, ev.HandoffReturned, ev.CopiesAccepted, ev.CopiesReleased,
             ev.CopyStopRequested, ev.CopiesForgotten, ev.VerifyCopies)
 
@@ -133,7 +134,8 @@ class EngineActor(Actor):
     """Messages: the ``EXTERNAL`` events, ``DrainRequested``, ``PurgeRequested``."""
 
     def __init__(self, host: EngineHost, config: NodeConfig, store: Store, consumers: ConsumerIndex,
-                 clock: Callable[[], float] = _clock.wall, offloading: bool = False, window: int = WINDOW) -> None:
+                 clock: Callable[[], float] = _clock.wall, offloading: bool = False, window: int = WINDOW,
+                 blobs: Any = None) -> None:
         super().__init__("engine")
         self.host = host
         self.config = config
@@ -142,6 +144,7 @@ class EngineActor(Actor):
         self.clock = clock
         self.offloading = offloading
         self.window = window
+        self.blobs = blobs  # the node's BlobStore (job payload): consumers' files, a commit's references
         self.transfer_store = TransferStore(config.name)
         self.repairs = 0  # watchdog requeues (each a missed transition)
         self.watchdog_period = WATCHDOG_PERIOD
@@ -212,7 +215,8 @@ class EngineActor(Actor):
         self._hurry = False
         log = self.log
         self.runner = Runner(self.consumers, self._report, self._progress, self.spawn, self.config.name,
-                             self.config.stop_grace, self.clock, log, self.config.capacity, self._runner_idle)
+                             self.config.stop_grace, self.clock, log, self.config.capacity, self._runner_idle,
+                             self.blobs)
         self._evloop = asyncio.get_running_loop()
         store = self.store
         if not self._started_once:
@@ -337,6 +341,12 @@ class EngineActor(Actor):
 
     # -- instructions ------------------------------------------------------------------------
     def _do_commit(self, c: ins.Commit) -> None:
+        if c.inputs or c.outputs:
+            try:
+                self._payload_refs(c)
+            except Exception as e:  # the rows are not written without their references
+                self._after(c, repr(e))
+                return
         if c.empty():
             self._after(c, None)
             return
@@ -362,6 +372,18 @@ class EngineActor(Actor):
             entries = self._commits[fut] = []
             fut.add_done_callback(self._committed)
         entries.append((c, calls))
+
+    def _payload_refs(self, c: ins.Commit) -> None:
+        """A commit's blob references (``jobmesh.blobs``), written before its rows."""
+        from ..blobs.transfer import record_copy_payload, record_outputs
+
+        blobs = self.blobs
+        if blobs is None:
+            raise RuntimeError("job payload on a node without a blob store")
+        if c.inputs:
+            record_copy_payload(blobs, c.inputs)
+        for job_id, attempt, payload in c.outputs:
+            record_outputs(blobs, job_id, attempt, payload)
 
     def _transfer_rows(self, copies: Any, outbox: Any, forget: Any, rehome: Any, conn: Any) -> None:
         if copies or outbox or forget:

@@ -507,7 +507,8 @@ class EngineCore:
         log = tuple([*job.progress.log, *outcome.log][-MAX_LOG_LINES:])
         item = ResultItem(job.id, job.attempt, ResultKind(_RESULT_KINDS.get(outcome.kind, "FAILED")), message,
                           outcome.retry_delay, job.started, self._now, log,
-                          result=outcome.result if outcome.kind == "OK" else None)
+                          result=outcome.result if outcome.kind == "OK" else None,
+                          output_payload=outcome.output_payload if outcome.kind == "OK" else None)
         self.story.note(job.id, job.state, f"copy ended: {outcome.kind}; result to {job.origin}", self._now)
         c.outbox.append((job, item))
         results.append(item)
@@ -865,19 +866,40 @@ class EngineCore:
             out += [(q.name, t, int(c[0]), max(0.0, now - c[1]), q.ordered) for t, c in counts.items()]
         self._reply(e.reply, out)
 
+    def _candidates(self, q: _Queue, topic: str, count: int, keep: frozenset[str]) -> list[Job]:
+        """Up to ``count`` movable jobs of ``topic`` in ``q``'s window, newest first (the oldest
+        keep their place in line here), none of ``keep``."""
+        out: list[Job] = []
+        if count <= 0:
+            return out
+        now = self._now
+        for job in reversed(list(q.window.jobs())):
+            if job.topic != topic or not self._movable(job, now) or (keep and job.id in keep):
+                continue
+            out.append(job)
+            if len(out) >= count:
+                break
+        return out
+
+    def _on_candidates(self, e: ev.CandidatesRequested) -> None:
+        q = self.queues.get(e.queue)
+        self._reply(e.reply, [] if q is None else [j.id for j in self._candidates(q, e.topic, e.count, e.keep)])
+
     def _on_take(self, e: ev.TakeForOffload) -> None:
-        """Newest first (the oldest keep their place in line here); recorded before offered."""
+        """Newest first, or the ones named (placed for their payload); recorded before offered."""
         q = self.queues.get(e.queue)
         taken: list[Job] = []
         if q is not None and e.count > 0:
-            now = self._now
-            for job in reversed(list(q.window.jobs())):
-                if job.topic != e.topic or not self._movable(job, now):
-                    continue
+            if e.ids:
+                now = self._now
+                for job_id in e.ids[:e.count]:
+                    job = q.window.get(job_id)
+                    if job is not None and job.topic == e.topic and self._movable(job, now):
+                        taken.append(job)
+            else:
+                taken = self._candidates(q, e.topic, e.count, e.keep)
+            for job in taken:
                 q.window.remove(job.id)
-                taken.append(job)
-                if len(taken) >= e.count:
-                    break
         if not taken:
             self._out.append(ins.OfferJobs(e.peer, [], e.count))
             return
@@ -982,6 +1004,8 @@ class EngineCore:
             self._record(job, d, outcome)
             if r.log:
                 job.progress.log = list(r.log)[-MAX_LOG_LINES:]
+            if d.state is _SUCCEEDED and r.output_payload:
+                c.outputs.append((job.id, job.attempt, r.output_payload))  # the job's outputs, before its row
             if d.state is _QUEUED:
                 job.target = None  # back in this node's windows; the next start is a new attempt
                 self._enter_window(job)
@@ -1043,6 +1067,7 @@ class EngineCore:
         now, origin = self._now, e.origin
         jobs: list[Job] = []
         left: list[tuple[ins.JobFacts, JobState]] = []
+        inputs: list[tuple[str, dict[str, Any]]] = []
         for i, s in enumerate(e.specs):
             old = self.copies.get(s.id)
             if old is not None:  # a newer attempt supersedes the copy we hold
@@ -1054,6 +1079,8 @@ class EngineCore:
                       created=s.created or now, retry_count=s.retry_count, max_retries=s.max_retries,
                       attempt=s.attempt, seq=e.first_seq + i, timeout=s.timeout, priority=s.priority)
             self.story.note(s.id, _QUEUED, f"copy of {origin}'s job accepted (attempt {s.attempt})", now)
+            if s.payload:
+                inputs.append((s.id, s.payload))  # the copy's references to its inputs, before its row
             self.copies[s.id] = job
             self.committing.add(s.id)
             jobs.append(job)
@@ -1061,6 +1088,7 @@ class EngineCore:
         if left:
             c.then.append(ins.CopiesLeft(left))
         c.copies.extend((origin, j) for j in jobs)
+        c.inputs.extend(inputs)
         c.done.append(ev.CopiesCommitted(origin, jobs))
         c.failed.append(ev.CopiesNotCommitted(origin, jobs, ""))
 
@@ -1173,6 +1201,7 @@ _HANDLERS: dict[type, Callable[[EngineCore, Any], None]] = {
     ev.Restored: EngineCore._on_restored,
     ev.SummaryRequested: EngineCore._on_summary,
     ev.TakeForOffload: EngineCore._on_take,
+    ev.CandidatesRequested: EngineCore._on_candidates,
     ev.HandoffCommitted: EngineCore._on_handoff_committed,
     ev.HandoffNotCommitted: EngineCore._on_handoff_not_committed,
     ev.RemoteStarted: EngineCore._on_remote_started,

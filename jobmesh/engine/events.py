@@ -113,6 +113,20 @@ class TakeForOffload:
     topic: str
     count: int
     peer: str
+    ids: tuple[str, ...] = ()  # exactly these (placed by the offloader for their payload), if still movable
+    keep: frozenset[str] = frozenset()  # not these (kept home for their payload a moment ago)
+
+
+@dataclass(slots=True)
+class CandidatesRequested:
+    """The ids of up to ``count`` movable jobs of ``topic`` a ``TakeForOffload`` would take now
+    (newest first, none of ``keep``): the offloader places them one by one (payload)."""
+
+    queue: str
+    topic: str
+    count: int
+    keep: frozenset[str] = frozenset()
+    reply: Any = None
 
 
 # --------------------------------------------------------------------------- the transfer actor, origin side
@@ -151,6 +165,7 @@ class RemoteResult:
     finished: float | None = None
     log: tuple[str, ...] = ()
     result: Any = None  # OK only: the consumer's return value
+    output_payload: dict[str, Any] | None = None  # OK only: {name: {"id", "size"}}, the blobs here already
 
 
 @dataclass(slots=True)
@@ -370,7 +385,7 @@ class Restored:
 
 EVENT_TYPES: tuple[type, ...] = (
     JobsAdded, StopRequested, RetryRequested, RemoveRequested, SuspendRequested, InfoRequested,
-    ConsumersChanged, DrainStarted, AbortRuns, SummaryRequested, TakeForOffload, RemoteStarted,
+    ConsumersChanged, DrainStarted, AbortRuns, SummaryRequested, TakeForOffload, CandidatesRequested, RemoteStarted,
     RemoteProgress, RemoteResults, HandoffReturned, CopiesAccepted, CopiesReleased, CopyStopRequested,
     CopiesForgotten, VerifyCopies, InsertsCommitted, InsertsNotCommitted, StartsCommitted, StartsFailed, CopiesCommitted,
     CopiesNotCommitted, HandoffCommitted, HandoffNotCommitted, ResultsNotCommitted, RunsFinished, ProgressReported, ReadyRead,

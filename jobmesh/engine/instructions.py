@@ -59,7 +59,11 @@ class Commit:
     copy's row), ``outbox`` (job, result) of copies that ended (the copy's row goes),
     ``forget`` (id, attempt) copies and results their origin has done with, ``rehome``
     (old queue, topic, new queue) of QUEUED rows whose queue is no longer configured.
-    ``failed`` events get the error text in their ``error`` field."""
+    Job payload (``jobmesh.blobs``): ``inputs`` (copy id, its input payload) and ``outputs``
+    (job id, attempt, a result's output payload), each ``{name: {"id", "size"}}``, are the blob
+    store's references, written before the rows (a crash in between leaves only references,
+    which the blob store's collection drops). ``failed`` events get the error text in their
+    ``error`` field."""
 
     inserts: list[Job] = field(default_factory=list)
     texts: list[str] | None = None
@@ -70,13 +74,15 @@ class Commit:
     outbox: list[tuple[Job, Any]] = field(default_factory=list)  # (copy, transfer ResultItem)
     forget: list[tuple[str, int]] = field(default_factory=list)
     rehome: list[tuple[str, str, str]] = field(default_factory=list)
+    inputs: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    outputs: list[tuple[str, int, dict[str, Any]]] = field(default_factory=list)
     then: list[Any] = field(default_factory=list)
     done: list[Any] = field(default_factory=list)
     failed: list[Any] = field(default_factory=list)
 
     def empty(self) -> bool:
         return not (self.inserts or self.starts or self.updates or self.deletes or self.copies
-                    or self.outbox or self.forget or self.rehome)
+                    or self.outbox or self.forget or self.rehome or self.inputs or self.outputs)
 
 
 @dataclass(slots=True)

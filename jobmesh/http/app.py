@@ -35,6 +35,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 METRICS: web.AppKey[NodeMetrics] = web.AppKey("jobmesh_metrics", NodeMetrics)
 
 
+def _untimed(path: str) -> bool:
+    from .blobs import untimed
+
+    return untimed(path)
+
+
 def _is_api(path: str) -> bool:
     return path.startswith("/api/") or path == "/api" or path == "/metrics"
 
@@ -94,7 +100,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 @web.middleware
 async def timeout_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path == EVENTS_PATH:
+    if request.path == EVENTS_PATH or _untimed(request.path):  # event stream, payload up- and downloads
         return await handler(request)
     async with asyncio.timeout(request.app[SETTINGS]["request_timeout"]):
         return await handler(request)
@@ -175,6 +181,7 @@ def build_app(
     api.add_routes(app)
     app.router.add_get(EVENTS_PATH, sse.events)
     app.router.add_get("/metrics", metrics_handler)
+    _mount_optional("jobmesh.http.blobs", app, node)
     _mount_optional("jobmesh.http.schedules", app, node)
     _mount_optional("jobmesh.http.workflows", app, node)
     if not _mount_optional("jobmesh.console", app, node):

@@ -175,6 +175,7 @@ class Snapshot:
     mailboxes: dict[str, int] = field(default_factory=dict)
     transfer: dict[str, Any] | None = None  # TransferActor.stats(); None without bind
     offloader: dict[str, Any] | None = None  # OffloaderActor.stats(); None without bind
+    blobs: dict[str, Any] | None = None  # BlobActor.stats(): job payload store and transfers
     discovery: dict[str, Any] | None = None  # loop_lag, heartbeats_received, messages_dropped, probes
     repairs: dict[str, int] = field(default_factory=dict)  # node.repairs(): level-triggered repairs by kind
     scrape_error: str | None = None
@@ -251,7 +252,40 @@ def build_families(snap: Snapshot, rec: JobMetricsRecorder) -> list[Metric]:
     fams.append(rep)
 
     fams += offloading_families(snap)
+    fams += blob_families(snap)
     fams.append(GaugeMetricFamily("jobmesh_metrics_scrape_error", "1 when part of the last scrape could not be read.", value=1 if snap.scrape_error else 0))
+    return fams
+
+
+def blob_families(snap: Snapshot) -> list[Metric]:
+    """Pure: the blob store (disk use, quota) and blob transfers -> families."""
+    b = snap.blobs
+    if b is None:
+        return []
+    fams: list[Metric] = [
+        GaugeMetricFamily("jobmesh_blob_store_bytes", "Bytes of whole blobs (job payload) in this node's store.",
+                          value=_num(b.get("bytes"))),
+        GaugeMetricFamily("jobmesh_blob_store_blobs", "Blobs in this node's store.", value=_num(b.get("blobs"))),
+        GaugeMetricFamily("jobmesh_blob_store_referenced_blobs", "Blobs some job, copy or outbox entry references.",
+                          value=_num(b.get("referenced_blobs"))),
+        GaugeMetricFamily("jobmesh_blob_store_partial_bytes", "Bytes of blob transfers not finished yet.",
+                          value=_num(b.get("partial_bytes"))),
+        GaugeMetricFamily("jobmesh_blob_store_quota_bytes", "The blob store's quota (0: the disk).",
+                          value=_num(b.get("quota"))),
+    ]
+    if b.get("disk_free") is not None:
+        fams.append(GaugeMetricFamily("jobmesh_blob_store_disk_free_bytes",
+                                      "Free bytes on the disk of the blob store.", value=_num(b.get("disk_free"))))
+    fams.append(_counter_by("jobmesh_blob_transfer_bytes", "Blob bytes sent to and received from peers.",
+                            "direction", {"out": b.get("bytes_sent"), "in": b.get("bytes_received")}))
+    fams.append(GaugeMetricFamily("jobmesh_blob_transfers_active", "Blob transfers this node is receiving.",
+                                  value=_num(b.get("transfers_active"))))
+    fams.append(CounterMetricFamily("jobmesh_blob_chunks_corrupt", "Chunks that failed their check and were fetched again.",
+                                    value=_num(b.get("chunks_corrupt"))))
+    fams.append(CounterMetricFamily("jobmesh_blob_deduplicated", "Offered blobs this node had already (not sent again).",
+                                    value=_num(b.get("deduplicated"))))
+    fams.append(CounterMetricFamily("jobmesh_blob_gc_removed", "Unreferenced blobs removed by the collector.",
+                                    value=_num(b.get("removed_total"))))
     return fams
 
 
@@ -333,6 +367,10 @@ def offloading_families(snap: Snapshot) -> list[Metric]:
             "jobmesh_offloader_steal_requests",
             "Requests for work this idle node sent to a busy peer.",
             value=_num(o.get("steal_requests"))))
+        fams.append(CounterMetricFamily(
+            "jobmesh_offloader_kept_for_payload",
+            "Jobs the policy would have moved but kept here: their payload takes longer to send than it saves.",
+            value=_num(o.get("kept_for_payload"))))
 
     d = snap.discovery
     if d is not None:
@@ -434,7 +472,7 @@ class NodeMetrics:
             except Exception as e:
                 errors.append(f"capacity: {e!r}")
         snap.mailboxes = mailbox_depths(node, [str(q.get("name")) for q in snap.queues])
-        for part in ("transfer", "offloader"):
+        for part in ("transfer", "offloader", "blobs"):
             actor = getattr(node, part, None)
             stats = getattr(actor, "stats", None)
             if callable(stats):

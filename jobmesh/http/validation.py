@@ -69,7 +69,8 @@ def parse_job_spec(item: Any, where: str = "body") -> JobRequest:
     at = item.get("at")
     if at is not None and not isinstance(at, str):
         raise ValidationError(f"{where}: at must be an ISO 8601 time such as 2031-12-01T09:00:00Z, got {_kind(at)}")
-    req = JobRequest(topic, props, item.get("delay"), at, item.get("key"), item.get("timeout"), item.get("priority"))
+    req = JobRequest(topic, props, item.get("delay"), at, item.get("key"), item.get("timeout"), item.get("priority"),
+                     parse_payload_field(item, where))
     return check_request(req, f"{where}: ")
 
 
@@ -86,6 +87,22 @@ def _valid_topic(topic: str, where: str) -> None:
     err = _valid_topic_cached(topic)
     if err is not None:
         raise ValidationError(f"{where}: {err}")
+
+
+def parse_payload_field(item: Any, where: str = "body") -> dict[str, str] | None:
+    """``"payload": {"name": "sha256:<hex>"}`` -> the map (ids and names checked; unknown ids are
+    the manager's 400)."""
+    from ..blobs.store import check_id, check_name
+
+    if not isinstance(item, dict) or item.get("payload") is None:
+        return None
+    payload = item["payload"]
+    if not isinstance(payload, dict):
+        raise ValidationError(f"{where}: payload must be a JSON object of names to blob ids, got {_kind(payload)}")
+    for name, blob_id in payload.items():
+        check_name(name, f"{where}: payload name")
+        check_id(blob_id, f"{where}: payload {name!r}")
+    return payload
 
 
 def parse_job_body(body: Any) -> tuple[list[JobRequest], bool]:

@@ -46,7 +46,7 @@ async def start_instance(request: web.Request) -> web.Response:
     body = await read_json(request)
     if not isinstance(body, dict):
         raise ValidationError('expected a JSON object {"workflow": NAME, "properties": {...}}')
-    unknown = set(body) - {"workflow", "properties"}
+    unknown = set(body) - {"workflow", "properties", "payload"}
     if unknown:
         raise ValidationError(f"unknown field(s): {', '.join(sorted(unknown))}")
     name = body.get("workflow")
@@ -55,7 +55,10 @@ async def start_instance(request: web.Request) -> web.Response:
     props = body.get("properties")
     if props is not None and not isinstance(props, dict):
         raise ValidationError("'properties' must be a JSON object")
-    inst = await svc.start(name, props)
+    payload = body.get("payload")
+    if payload is not None and (not isinstance(payload, dict) or not all(isinstance(v, str) for v in payload.values())):
+        raise ValidationError("'payload' must be a JSON object of names to blob ids (POST /api/v1/blobs)")
+    inst = await svc.start(name, props, payload=payload or None)
     return json_response(inst.to_json(), status=201, headers={"Location": f"/api/v1/workflows/{inst.id}"})
 
 

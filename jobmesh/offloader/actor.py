@@ -10,6 +10,14 @@ the handoff, and the transfer offers them). An idle node asks the busiest one fo
 (``plan_steal``); a steal request is answered with the thief's part of the same balance.
 Every move made or received is recorded (``MoveRecord``) for the policy's no-ping-pong
 rules and counted for the metrics. Nothing here asks an actor that asks back.
+
+Payload (issue 14): while the node's blob store holds references, the moves of one
+(queue, topic) are placed job by job: the engine names the jobs it would let go
+(``CandidatesRequested``, newest first), ``policy.assign_payload`` gives each to the planned
+target that needs the fewest of its bytes (the blob actor knows what each peer holds) or
+keeps it home when its bytes would take longer to send than the wait the move saves, and each
+``PlanMove`` names its jobs. Kept jobs never leave their window; they are left out of the
+next takes for ``PAYLOAD_KEEP`` seconds.
 """
 
 from __future__ import annotations
@@ -28,12 +36,13 @@ from ..discovery.view import TopologyView
 from ..engine import events as ev
 from ..transfer.requests import PlanMove, RoomsRequested, SendSteal
 from ..transfer.protocol import StealRequest
-from .policy import MoveRecord, PolicyConfig, QueueSummary, plan_moves, plan_steal
+from .policy import Move, MoveRecord, PolicyConfig, QueueSummary, assign_payload, plan_moves, plan_steal
 
 log = structlog.get_logger("jobmesh.offloader")
 
 MAX_JOBS_PER_ROUND = 4096  # jobs handed off per decision at most (bounded latency per round)
 HISTORY = 1000
+PAYLOAD_KEEP = 2.0  # s a job kept home for its payload is not taken again (the loads change meanwhile)
 KICK_MIN_INTERVAL = 0.02  # s between two rounds asked for by events (results back, jobs added)
 SUMMARY_TIMEOUT = 5.0
 
@@ -90,6 +99,8 @@ class OffloaderActor(Actor):
         self._kick_pending = False
         self._listening = False
         self._last_unassignable_log = 0.0
+        self._kept: dict[str, float] = {}  # job id -> until when it stays home (its payload)
+        self.kept_for_payload = 0  # jobs kept home because their payload would cost more than it saves
 
     async def on_start(self) -> None:
         self.spawn(self._ticker(), name="offloader:tick")
@@ -122,7 +133,7 @@ class OffloaderActor(Actor):
 
     def stats(self) -> dict[str, Any]:
         return {"moves_out": self.moves_out, "moves_in": self.moves_in, "decisions": self.decisions,
-                "steal_requests": self.steal_requests}
+                "steal_requests": self.steal_requests, "kept_for_payload": self.kept_for_payload}
 
     def receive(self, msg: Any) -> Any:
         handler = _MAILBOX.get(type(msg))
@@ -238,21 +249,81 @@ class OffloaderActor(Actor):
                           groups=[(g.queue, g.topic, g.count) for g in plan.unassignable])
         if not plan.moves:
             return
-        moved = 0
+        if self._kept:
+            self._kept = {j: t for j, t in self._kept.items() if t > now}
+        keep = frozenset(self._kept)
+        by_group: dict[tuple[str, str], list[Move]] = {}
         for m in plan.moves:
-            n = min(m.count, rooms.get(m.target, 0), budget)
+            by_group.setdefault((m.queue, m.topic), []).append(m)
+        blobs = getattr(self.node, "blobs", None)
+        per_job = blobs is not None and blobs.store.has_refs  # some job here may carry payload
+        moved = 0
+        for (queue, topic), moves in by_group.items():
+            if budget <= 0:
+                break
+            moves = [dataclasses.replace(m, count=min(m.count, rooms.get(m.target, 0))) for m in moves]
+            moves = [m for m in moves if m.count > 0]
+            n = min(sum(m.count for m in moves), budget)
             if n <= 0:
                 continue
-            rooms[m.target] -= n
-            transfer.tell(PlanMove(m.target, m.queue, m.topic, n))  # pledged, taken, recorded, offered
-            kind = "stolen" if m.reason == "steal" else "move"
-            self.history.append(MoveRecord(now, self.node.name, m.target, n, kind))
-            self.moves_out += n
-            budget -= n
-            moved += n
-            self.log.debug("jobs moved", target=m.target, topic=m.topic, jobs=n, reason=m.reason)
+            if per_job:
+                batches = await self._place_group(queue, topic, n, moves, keep, now)
+            else:  # counts only: the engine takes each move's jobs, newest first
+                batches = []
+                for m in moves:
+                    k = min(m.count, n)
+                    n -= k
+                    if k > 0:
+                        batches.append((m.target, k, ()))
+            reasons = {m.target: m.reason for m in moves}
+            for target, k, ids in batches:
+                rooms[target] -= k
+                transfer.tell(PlanMove(target, queue, topic, k, ids, keep))  # pledged, taken, recorded, offered
+                kind = "stolen" if reasons[target] == "steal" else "move"
+                self.history.append(MoveRecord(now, self.node.name, target, k, kind))
+                self.moves_out += k
+                budget -= k
+                moved += k
+                self.log.debug("jobs moved", target=target, topic=topic, jobs=k, reason=reasons[target])
         if moved:
             self.decisions += 1
+
+    async def _place_group(self, queue: str, topic: str, count: int, moves: list[Move], keep: frozenset[str],
+                           now: float) -> list[tuple[str, int, tuple[str, ...]]]:
+        """(target, count, job ids) of one (queue, topic)'s moves, placed job by job (payload):
+        the engine names up to ``count`` jobs it would let go, ``_place`` gives each its target;
+        the ones it keeps home stay in their window and are not named again for ``PAYLOAD_KEEP`` s."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.node.engine.tell(ev.CandidatesRequested(queue, topic, count, keep, fut))
+        try:
+            ids: list[str] = await asyncio.wait_for(fut, SUMMARY_TIMEOUT)
+        except Exception as e:
+            self.log.warning("could not list jobs to move", queue=queue, error=repr(e))
+            return []
+        placed = self._place(ids, moves)
+        home = [i for i, t in zip(ids, placed) if t is None]
+        if home:
+            for job_id in home:
+                self._kept[job_id] = now + PAYLOAD_KEEP
+            self.kept_for_payload += len(home)
+            self.log.debug("jobs kept home: their payload takes longer to send than it saves",
+                           topic=topic, jobs=len(home))
+        out = []
+        for target in dict.fromkeys(t for t in placed if t is not None):
+            batch = tuple(i for i, t in zip(ids, placed) if t == target)
+            out.append((target, len(batch), batch))
+        return out
+
+    def _place(self, ids: list[str], moves: list[Move]) -> list[str | None]:
+        """The target of each job (None: it stays home), by ``assign_payload`` when some carry
+        payload; else in the plan's order, as many to each target as it planned."""
+        needs = payload_needs(self.node.blobs, ids, [m.target for m in moves])
+        if needs is not None:
+            return assign_payload(needs, moves, self.cfg)
+        out: list[str | None] = []
+        for m in moves:
+            out += [m.target] * m.count
+        return (out + [None] * len(ids))[:len(ids)]
 
     def _maybe_steal(self, view: TopologyView, now: float) -> None:
         ask = plan_steal(view, now, list(self.history), self.cfg)
@@ -264,6 +335,31 @@ class OffloaderActor(Actor):
         self.steal_requests += 1
 
 
+def payload_needs(blobs: Any, ids: list[str], targets: list[str]) -> list[dict[str, int]] | None:
+    """For each job (by id), the bytes of its input payload each target still needs (what the
+    blob actor has not seen it confirm holding); None when no job has payload (the common case:
+    one look)."""
+    store = getattr(blobs, "store", None)
+    if store is None or not getattr(store, "has_refs", False):
+        return None
+    found = store.payloads(ids)
+    if not any(ins for ins, _ in found.values()):
+        return None
+    out: list[dict[str, int]] = []
+    for job_id in ids:
+        ins = found.get(job_id, ({}, {}))[0]
+        if not ins:
+            out.append({})
+            continue
+        refs = {r.id: r.size for r in ins.values()}  # one blob named twice is sent once
+        total = sum(refs.values())
+        need = {"*": total}
+        for t in dict.fromkeys(targets):
+            need[t] = max(0, total - blobs.held_by(t, refs))
+        out.append(need)
+    return out
+
+
 _MAILBOX: dict[type, Callable[[OffloaderActor, Any], Any]] = {
     Plan: OffloaderActor._on_plan,
     Kick: OffloaderActor._on_kick,
@@ -272,4 +368,4 @@ _MAILBOX: dict[type, Callable[[OffloaderActor, Any], Any]] = {
     StealAsked: OffloaderActor._on_steal,
 }
 
-__all__ = ["OffloaderActor", "Plan", "Kick", "Received", "StealAsked"]
+__all__ = ["OffloaderActor", "Plan", "Kick", "Received", "StealAsked", "payload_needs"]

@@ -32,6 +32,11 @@ The policy (see ``docs/offloading.md`` for the long version):
   their target until its advertisement has caught up (``pending_window``); a node
   that just sent us jobs is neither a target for our balancing moves nor a victim
   of our steal requests for ``cooldown`` seconds.
+* **Payload** (issue 14): a move's plan says how much waiting it saves per job at its
+  target (``Move.saves``); once the jobs are taken, ``assign_payload`` gives each job with
+  payload to the planned target that needs the fewest bytes sent (one that already holds
+  its blobs first) and keeps it home when sending its bytes (``transfer_rate``) would take
+  longer than the wait it saves. Jobs no node but a remote one can run always go.
 * **Stealing** is a hint for speed: an idle node asks the most loaded node for
   work (``plan_steal``: at least its free slots, at most what would even the two
   out); the busy node answers with the thief's part of the same topology-wide
@@ -59,6 +64,7 @@ __all__ = [
     "PolicyConfig",
     "QueueSummary",
     "StealAsk",
+    "assign_payload",
     "can_run",
     "plan_moves",
     "plan_steal",
@@ -85,10 +91,15 @@ class PolicyConfig:
     cooldown: float = 5.0  # s: a node that sent us jobs is not a target/victim for this long
     steal_interval: float = 1.0  # s between two steal requests to the same node
     max_moves: int = 100_000  # jobs moved per decision at most (bounds the loop)
+    # bytes/s a job's payload is assumed to move at (benchmarks/payload.py measures 110-200 MB/s on
+    # loopback; a network is slower): a job moves only if its bytes take less than the wait it saves
+    transfer_rate: float = 100e6
 
     def __post_init__(self) -> None:
         if self.default_duration <= 0 or self.transfer_cost < 0 or self.hysteresis < 0:
             raise ValidationError("default_duration > 0, transfer_cost >= 0, hysteresis >= 0")
+        if self.transfer_rate <= 0:
+            raise ValidationError("transfer_rate must be > 0 (bytes per second)")
         if self.pending_window < 0 or self.cooldown < 0 or self.steal_interval < 0 or self.max_moves < 1:
             raise ValidationError("windows must be >= 0 and max_moves >= 1")
 
@@ -188,6 +199,9 @@ class Move:
     count: int
     target: str
     reason: str  # "capability" | "balance" | "ordered" | "steal"
+    # seconds of waiting a job saves by running at ``target`` instead of here (inf: it cannot run
+    # here, or an ordered queue's home): the most its payload's transfer may take
+    saves: float = math.inf
 
 
 @dataclass
@@ -343,8 +357,13 @@ def plan_moves(
             movable[local.name] = g.count
             moved = _share(local, capable, candidates, backlog, movable, min(g.count, budget))
             reason = "steal" if only_target is not None else "balance"
+        here = _finish(backlog[local.name], local.slots, d) if local_ok and local.slots >= 1 else math.inf
         for target, count in sorted(moved.items()):
-            plan.moves.append(Move(g.queue, g.topic, count, target, reason))
+            saves = math.inf
+            if reason != "capability" and here != math.inf:
+                t = nodes[target]  # the job taken is the newest here; there, it is about the count/2-th new one
+                saves = max(0.0, here - _finish(backlog[target] + (count + 1) / 2, t.slots, d))
+            plan.moves.append(Move(g.queue, g.topic, count, target, reason, saves))
             if reason != "capability":  # (_fill updates the targets' backlog itself)
                 backlog[target] += count
             backlog[local.name] -= count
@@ -436,6 +455,59 @@ def _fill(remotes: list[NodeLoad], backlog: dict[str, float], d: float, cfg: Pol
         backlog[name] += 1
         heapq.heapreplace(heap, (_finish(backlog[name] + 1, slots, d) + cfg.transfer_cost, i, name, slots))
     return moved
+
+
+def assign_payload(
+    to_send: Sequence[Mapping[str, int]],
+    moves: Sequence[Move],
+    config: PolicyConfig | None = None,
+) -> list[str | None]:
+    """Which planned target each taken job goes to, or None (it stays here).
+
+    ``to_send[i]``: for job ``i``, the bytes of its payload each target of ``moves`` would still
+    need (0: it holds them all; a target not named needs the job's whole payload, ``"*"``).
+    ``moves``: the plan's moves of one (queue, topic), each with its count and ``saves``.
+    Jobs are placed largest payload first, each to the target with room left that needs the
+    fewest bytes (ties: the one that saves the most waiting, then the name); a job whose bytes
+    would take longer to send (at ``transfer_rate``, plus ``transfer_cost``) than the wait its
+    move saves stays here. Jobs without payload fill what room is left, in order.
+    """
+    cfg = config or PolicyConfig()
+    room: dict[str, int] = {}
+    saves: dict[str, float] = {}
+    for m in moves:
+        room[m.target] = room.get(m.target, 0) + m.count
+        saves[m.target] = max(saves.get(m.target, 0.0), m.saves)
+    out: list[str | None] = [None] * len(to_send)
+
+    def need(i: int, target: str) -> int:
+        b = to_send[i]
+        return int(b.get(target, b.get("*", 0)))
+
+    heavy = sorted((i for i in range(len(to_send)) if any(need(i, t) for t in room)),
+                   key=lambda i: (-max(need(i, t) for t in room), i))
+    light = [i for i in range(len(to_send)) if not any(need(i, t) for t in room)]
+    for i in heavy:
+        best: tuple[int, float, str] | None = None
+        for t, left in room.items():
+            if left <= 0:
+                continue
+            n = need(i, t)
+            if n / cfg.transfer_rate + cfg.transfer_cost > saves[t]:
+                continue  # its bytes take longer than the wait it saves there
+            key = (n, -saves[t], t)
+            if best is None or key < best:
+                best = key
+        if best is not None:
+            out[i] = best[2]
+            room[best[2]] -= 1
+    for i in light:
+        for t in sorted(room, key=lambda t: (-saves[t], t)):
+            if room[t] > 0:
+                out[i] = t
+                room[t] -= 1
+                break
+    return out
 
 
 # --------------------------------------------------------------------------- pull

@@ -58,6 +58,8 @@ class Outcome:
     stop_state: JobState = JobState.STOPPED  # STOPPED for stop, DROPPED for remove
     log: tuple[str, ...] = ()  # lines to append to the progress log (e.g. a traceback)
     result: Any = None  # OK only: the consumer's return value (JSON-compatible; an object is a step's output)
+    # OK only, a copy's run: its output payload {name: {"id", "size"}} (goes back with the result)
+    output_payload: dict[str, Any] | None = None
 
 
 def retry_delay_for(job: Job, queue: QueueConfig, consumer_delay: float | None,
@@ -142,6 +144,9 @@ class Window:
     def view(self) -> Iterator[Job]:
         """The jobs in the window, without a copy: the window must not change while it is read."""
         return iter(self._ids.values())
+
+    def get(self, job_id: str) -> Job | None:
+        return self._ids.get(job_id)
 
     def add(self, job: Job, now: float) -> None:
         raise NotImplementedError

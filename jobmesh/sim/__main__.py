@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=40.0, help="simulated seconds of workload and faults")
     p.add_argument("--rate", type=float, default=2.0, help="workload operations per simulated second")
     p.add_argument("--no-faults", action="store_true", help="no nemesis (the workload only)")
+    p.add_argument("--delays", type=float, default=0.0,
+                   help="share of adds delayed 0.2-10 s (queues then defer after 3 s, windows of 8)")
     p.add_argument("--jobs", type=int, default=1, help="processes to run seeds on")
     p.add_argument("--trace", type=int, default=60, help="trace lines shown for a violation")
     args = p.parse_args(argv)
@@ -75,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("give --seed N or --seeds N")
     seeds = [args.seed] if args.seed is not None else _seeds(args.seeds)
     opts = {"nodes": args.nodes, "duration": args.duration, "job_rate": args.rate, "faults": not args.no_faults,
+            "delays": args.delays,
             "plant": args.plant, "trace_tail": max(args.trace, 1) if args.seed is None else 400}
     t0 = time.monotonic()
     simulated = 0.0
@@ -99,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
                 plant = f" --plant {args.plant}" if args.plant else ""
                 print(f"replay: python -m jobmesh.sim --seed {res['seed']}{plant}"
                       f"{'' if args.duration == 40.0 else f' --duration {args.duration:g}'}"
-                      f"{'' if args.rate == 2.0 else f' --rate {args.rate:g}'}", flush=True)
+                      f"{'' if args.rate == 2.0 else f' --rate {args.rate:g}'}"
+                      f"{f' --delays {args.delays:g}' if args.delays else ''}"
+                      f"{' --no-faults' if args.no_faults else ''}", flush=True)
                 if args.plant:
                     break
     finally:

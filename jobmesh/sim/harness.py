@@ -30,6 +30,12 @@ Invariants (DESIGN §3), each a ``Violation`` with the seed, its name and the tr
 - ``schedule-once`` / ``schedule-fires``: a schedule's slot fires at most once when no fault
   was near it, and every slot after healing fires.
 - ``no-crash``: no unhandled exception in a live node's tasks.
+- ``no-repair-without-fault``: with the nemesis off, no repair happens at all (a repair is a
+  belief that drifted from the fact; without a fault only a bug makes one drift).
+
+``delays`` > 0 delays that share of the workload's adds by 0.2 to 10 s, with a queue horizon of
+``defer_after`` s (jobs due later wait on disk and are read back by the due scan) and queue
+windows of ``window`` jobs, so the on-disk and full-window paths run under every fault.
 """
 
 from __future__ import annotations
@@ -82,6 +88,10 @@ class SimConfig:
     plant: str | None = None
     trace_tail: int = 80
     job_rate: float = 2.0  # workload operations per simulated second (the CLI's --rate)
+
+    delays: float = 0.0  # share of add batches delayed (0.2-10 s); drawn from a stream of its own
+    defer_after: float = 3.0  # with delays: the queues' horizon (production: 60 s)
+    window: int = 8  # with delays: the queues' window size (production: 1024)
 
     stable: float = 20.0  # after everything settled: this long with nothing changing
     queued_bound: float = 30.0  # after one topology: no runnable job QUEUED this long while slots are free
@@ -191,6 +201,7 @@ class Simulation:
         self.rng = random.Random(f"sim:{seed}")  # the scenario: topology, capacities
         self.load_rng = random.Random(f"load:{seed}")
         self.fault_rng = random.Random(f"faults:{seed}")
+        self.delay_rng = random.Random(f"delays:{seed}")  # no draw at all unless delays > 0
         self.names = [chr(ord("a") + i) for i in range(cfg.nodes)]
         self.loop: SimLoop | None = None
         self.net: SimNet | None = None
@@ -237,6 +248,11 @@ class Simulation:
                             wrapper_class=structlog.BoundLogger, cache_logger_on_first_use=False)
         previous_plants = PLANTS.on
         PLANTS.set([self.cfg.plant] if self.cfg.plant else [])
+        from ..engine import core as queue_actor  # the queues' horizon lives in the engine core
+
+        horizon = queue_actor.DEFER_AFTER, queue_actor.DUE_SCAN
+        if self.cfg.delays > 0:
+            queue_actor.DEFER_AFTER, queue_actor.DUE_SCAN = self.cfg.defer_after, self.cfg.defer_after / 2
         asyncio.set_event_loop(loop)
         warn = warnings.catch_warnings()
         warn.__enter__()
@@ -261,6 +277,7 @@ class Simulation:
             asyncio.set_event_loop(old_loop)
             structlog.configure(**previous_structlog)
             PLANTS.set(previous_plants)
+            queue_actor.DEFER_AFTER, queue_actor.DUE_SCAN = horizon
             if self._own_dir:
                 shutil.rmtree(self.dir, ignore_errors=True)
         v = self.violation
@@ -321,6 +338,8 @@ class Simulation:
             await self._converge()
             await self._stay_stable()
             self._check_schedules()
+            if not cfg.faults and self._repairs():
+                self._fail("no-repair-without-fault", f"repairs with the nemesis off: {self._repairs()}")
         finally:
             checker.cancel()
         self._raise_pending()
@@ -399,6 +418,11 @@ class Simulation:
         await node.start()
         if not run.alive:
             return
+        if self.cfg.delays > 0:
+            for qc in node.config.all_queues():
+                qa = node.queue_actor(qc.name)
+                if qa is not None:
+                    qa.window_size, qa.refill_below = self.cfg.window, max(1, self.cfg.window // 4)
         node.workflows.define(Workflow(FLOW, [Step("sim/a"), Step("sim/b"), Step("sim/a", offloadable=False)]))
         key = (name, run.incarnation)
         self.events[key] = []
@@ -519,7 +543,10 @@ class Simulation:
                 items = [(rng.choice(TOPICS), {"ms": rng.choice([1, 5, 20, 100, 400]),
                                                "fails": 1 if rng.random() < 0.1 else 0})
                          for _ in range(rng.randint(1, 4))]
-                self._spawn(name, self._add(name, items))
+                delay = None
+                if self.cfg.delays > 0 and self.delay_rng.random() < self.cfg.delays:
+                    delay = round(self.delay_rng.uniform(0.2, 10.0), 3)
+                self._spawn(name, self._add(name, items, delay))
             elif op == "stop" and self.accepted:
                 job_id = rng.choice(sorted(self.accepted))
                 self._spawn(self.accepted[job_id], self._stop(job_id))
@@ -540,14 +567,14 @@ class Simulation:
                 mode = "enabled" if key in self._disabled else "disabled"
                 self._spawn(name, self._toggle(name, topic, mode))
 
-    async def _add(self, name: str, items: list[tuple[str, dict[str, Any]]]) -> None:
+    async def _add(self, name: str, items: list[tuple[str, dict[str, Any]]], delay: float | None = None) -> None:
         node = self.nodes.get(name)
         if node is None:
             return
-        jobs = await node.jobs.add_many(items)
+        jobs = await node.jobs.add_many(items, delay=delay)
         for job in jobs:
             self.accepted[job.id] = name
-        self.trace.add(name, "added", ",".join(j.id[-8:] for j in jobs))
+        self.trace.add(name, "added", ",".join(j.id[-8:] for j in jobs) + (f" delay {delay:g}" if delay else ""))
 
     async def _stop(self, job_id: str) -> None:
         node = self.nodes.get(self.accepted[job_id])

@@ -531,17 +531,19 @@ class Store(Actor):
             "ORDER BY not_before, seq LIMIT ?", (*args, limit)).fetchall()
         return [row_to_job(r) for r in rows]
 
-    def ready_ids(self, queue: str, limit: int, due_by: float = math.inf) -> list[tuple[int, str]]:
-        """(seq, id) of the first QUEUED jobs of ``queue`` that may run here and are due by ``due_by``:
-        the queue's watchdog compares them with its window (an index scan, no rows parsed)."""
+    def ready_ids(self, queue: str, limit: int, due_by: float = math.inf) -> list[tuple[int, str, float]]:
+        """(seq, id, not_before) of the first QUEUED jobs of ``queue`` that may run here and are due
+        by ``due_by``: the queue's watchdog compares them with its window (an index scan, no rows
+        parsed)."""
         if self.local_name is not None:
             return self.reader.execute(
-                f"SELECT seq, id FROM jobs WHERE queue=? AND state='QUEUED' AND not_before<=? "
+                f"SELECT seq, id, not_before FROM jobs WHERE queue=? AND state='QUEUED' AND not_before<=? "
                 f"AND (target IS NULL OR target=?) AND {_NOT_HELD} ORDER BY seq LIMIT ?",
                 (queue, due_by, self.local_name, self.local_name, limit),
             ).fetchall()
         return self.reader.execute(
-            "SELECT seq, id FROM jobs WHERE queue=? AND state='QUEUED' AND not_before<=? ORDER BY seq LIMIT ?",
+            "SELECT seq, id, not_before FROM jobs WHERE queue=? AND state='QUEUED' AND not_before<=? "
+            "ORDER BY seq LIMIT ?",
             (queue, due_by, limit),
         ).fetchall()
 

@@ -12,6 +12,9 @@ engine does (``engine.core``). What is left here is I/O:
   instruction raises): ``Send`` through the peer links (``links.py``); what concerns job
   rows as engine events (``CopiesAccepted``, ``RemoteResults``, ``HandoffReturned`` ...);
   the held flags of restored copies through ``store.transfer.TransferStore``;
+- job payload (``blobs.transfer``): a handoff's inputs and a result's outputs go to the peer
+  before the message naming them (``PayloadSender``), a copy is admitted only with its inputs
+  here, a result is committed only with its outputs here (else they are fetched first);
 - the remote-settings RPC (``offload_set``), remote submission, and the restore of both
   protocol sides from the store after a restart.
 """
@@ -29,13 +32,14 @@ from .. import clock as _clock
 from .. import rng as _rng
 from .. import wire
 from ..actor import Actor
+from ..blobs.transfer import PayloadSender, with_payload
 from ..engine import events as ev
 from ..engine import instructions as ei
 from ..errors import Conflict, JobmeshError, NotFound, ValidationError
 from ..store.transfer import TransferStore
 from .links import PeerLinks
-from .requests import (AbsentCheck, PlanMove, RoomsRequested, SendSteal, SubmitAdded, SubmitRequested,
-                       TimerDue, TopologyChanged, WireArrived)
+from .requests import (AbsentCheck, HandoffNotDelivered, PlanMove, ResultAgain, RoomsRequested, SendSteal,
+                       SubmitAdded, SubmitRequested, TimerDue, TopologyChanged, WireArrived)
 from .protocol import (
     MESSAGE_TYPES,
     CommitAccepted,
@@ -50,6 +54,7 @@ from .protocol import (
     Message,
     Progress,
     ProtocolConfig,
+    Result,
     ReleaseCopies,
     Repaired,
     RequeueLocal,
@@ -86,6 +91,7 @@ class TransferHost(Protocol):
     offloader: Any
     jobs: Any  # the API facade: remote submissions are added through it
     store: Any
+    blobs: Any  # the BlobActor (job payload): ``store``, ``ensure``, ``fetch``
 
     def admits(self, topic: str) -> str | None: ...  # why a copy of a job of ``topic`` is refused here
 
@@ -129,6 +135,9 @@ class TransferActor(Actor):
         self._restored_peers: set[str] = set()
         self._topics: dict[str, str] = {}  # held copies' topics (restored): for the statistics when they go
         self.stopping = False
+        blobs = getattr(host, "blobs", None)
+        self.payload = None if blobs is None else PayloadSender(blobs, self.links.send, self.tell, self.spawn,
+                                                                self.log, lambda: self.stopping)
         # counters (metrics)
         self.offloaded_out = 0  # jobs accepted by a peer
         self.offloaded_in = 0  # copies accepted here
@@ -220,7 +229,12 @@ class TransferActor(Actor):
     def _admission(self, spec: JobSpec) -> str | None:
         if self.stopping:
             return "node is shutting down"
-        return self.host.admits(spec.topic)
+        why = self.host.admits(spec.topic)
+        if why is None and spec.payload:  # the origin pushes the payload before the handoff: it must be here
+            missing = self.host.blobs.store.missing(r["id"] for r in spec.payload.values())
+            if missing:
+                return f"payload not here: {missing[0]}"
+        return why
 
     # -- the mailbox (one handler per message type) ------------------------------------------------
     def receive(self, msg: Any) -> Any:
@@ -289,14 +303,24 @@ class TransferActor(Actor):
     def _plan_move(self, msg: PlanMove) -> None:
         granted = self.protocol.origin.pledge(msg.peer, msg.count)
         if granted > 0:
-            self.host.engine.tell(ev.TakeForOffload(msg.queue, msg.topic, granted, msg.peer))
+            self.host.engine.tell(ev.TakeForOffload(msg.queue, msg.topic, granted, msg.peer, msg.ids[:granted],
+                                                    msg.keep))
 
     def _send_steal(self, msg: SendSteal) -> None:
         self.links.send(msg.peer, msg.message)
 
     # -- from the engine --------------------------------------------------------------------------------
     def _offer(self, msg: ei.OfferJobs) -> None:
-        self._exec(self.protocol.origin.offer(msg.peer, msg.jobs, msg.pledged))
+        jobs = msg.jobs
+        if jobs and self.payload is not None:
+            jobs = with_payload(self.host.blobs.store, jobs)  # the handoff names the jobs' input payload
+        self._exec(self.protocol.origin.offer(msg.peer, jobs, msg.pledged))
+
+    def _handoff_not_delivered(self, msg: HandoffNotDelivered) -> None:
+        self._exec(self.protocol.origin.receive(msg.peer, msg.ack))
+
+    def _result_again(self, msg: ResultAgain) -> None:
+        self._exec(self.protocol.origin.receive(msg.peer, Result((msg.item,))))
 
     def _stop_remote(self, msg: ei.StopRemote) -> None:
         origin = self.protocol.origin
@@ -354,7 +378,10 @@ class TransferActor(Actor):
             tell(msg)
 
     def _send(self, ins: Send, batch: _Batch) -> None:
-        self.links.send(ins.peer, ins.message)
+        if self.payload is not None:
+            self.payload.send(ins.peer, ins.message)  # after the blobs it names, if any
+        else:
+            self.links.send(ins.peer, ins.message)
 
     def _arm(self, ins: ScheduleTimer, batch: _Batch) -> None:
         if self._timer_at is not None and self._timer_at <= ins.at:
@@ -385,11 +412,17 @@ class TransferActor(Actor):
 
     def _commit_result(self, ins: CommitResult, batch: _Batch) -> None:
         r = ins.result
+        if self.payload is not None and self.payload.missing_outputs(ins.peer, r):
+            # not committed without its outputs: they are fetched, then it comes back (ResultAgain)
+            for i in self.protocol.origin.result_commit_failed((r.id, r.attempt), "output payload not here yet"):
+                DISPATCH[type(i)](self, i, batch)
+            return
         if batch.results is None:
             batch.results = ev.RemoteResults([])
             batch.out.append(batch.results)
         batch.results.results.append(ev.RemoteResult(ins.peer, r.id, r.attempt, r.kind.value, r.message,
-                                                     r.retry_delay, r.started, r.finished, r.log, r.result))
+                                                     r.retry_delay, r.started, r.finished, r.log, r.result,
+                                                     r.output_payload))
 
     def _requeue(self, ins: RequeueLocal, batch: _Batch) -> None:
         self.requeued += len(ins.jobs)
@@ -516,8 +549,12 @@ class TransferActor(Actor):
         """Rebuild both sides from the store: jobs handed off, copies held, the outbox."""
         store = self.host.store
         by_peer: dict[str, list[JobSpec]] = {}
-        for job in store.handed_off():
-            by_peer.setdefault(job.target or "", []).append(JobSpec.of(job))
+        jobs = store.handed_off()
+        specs = [JobSpec.of(job) for job in jobs]
+        if specs and self.payload is not None:
+            specs = with_payload(self.host.blobs.store, specs)
+        for job, spec in zip(jobs, specs):
+            by_peer.setdefault(job.target or "", []).append(spec)
         out: list[Any] = []
         self._restored_peers = set(by_peer)
         for peer, specs in sorted(by_peer.items()):
@@ -553,6 +590,8 @@ _MAILBOX: dict[type, Callable[[TransferActor, Any], Any]] = {
     AbsentCheck: TransferActor._absent_check,
     SubmitRequested: TransferActor._submit_requested,
     SubmitAdded: TransferActor._submit_added,
+    HandoffNotDelivered: TransferActor._handoff_not_delivered,
+    ResultAgain: TransferActor._result_again,
     RoomsRequested: TransferActor._rooms,
     PlanMove: TransferActor._plan_move,
     SendSteal: TransferActor._send_steal,

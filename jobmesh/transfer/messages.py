@@ -108,6 +108,9 @@ class JobSpec:
     created: float = 0.0
     timeout: float | None = None  # the job's own time limit (s): the target enforces it
     priority: int = 0  # the job's priority within its queue at the target
+    # job payload: {name: {"id": "sha256:...", "size": n}}; the blobs reach the target before
+    # the handoff that names them (the transfer actor pushes them first). Absent when None.
+    payload: dict[str, Any] | None = None
 
     def to_wire(self) -> dict[str, Any]:
         body = {
@@ -121,6 +124,8 @@ class JobSpec:
             "origin": self.origin,
             "created": self.created,
         }
+        if self.payload:
+            body["payload"] = self.payload
         if self.timeout is not None:  # absent unless set: handoffs without options stay as they were
             body["timeout"] = self.timeout
         if self.priority:
@@ -128,10 +133,11 @@ class JobSpec:
         return body
 
     @classmethod
-    def of(cls, job: Any) -> "JobSpec":
-        """What a target needs of ``job`` (a ``jobmesh.Job``), for the attempt it has now."""
+    def of(cls, job: Any, payload: dict[str, Any] | None = None) -> "JobSpec":
+        """What a target needs of ``job`` (a ``jobmesh.Job``), for the attempt it has now;
+        ``payload``: its input payload as the wire carries it (``blobs.transfer.payload_specs``)."""
         return cls(job.id, job.attempt, job.topic, job.properties, job.queue, job.retry_count, job.max_retries,
-                   job.origin, job.created, job.timeout, job.priority)
+                   job.origin, job.created, job.timeout, job.priority, payload)
 
     @classmethod
     def from_wire(cls, body: dict[str, Any]) -> "JobSpec":
@@ -152,7 +158,9 @@ class JobSpec:
                         and type(o) is str and (c is None or type(c) is float or type(c) is int)
                         and (to is None or ((type(to) is float or type(to) is int) and to > 0))
                         and type(pr) is int):
-                    return cls(i, a, t, p, q, rc, mr, o, float(c or 0.0), None if to is None else float(to), pr)
+                    pl = body.get("payload")
+                    return cls(i, a, t, p, q, rc, mr, o, float(c or 0.0), None if to is None else float(to), pr,
+                               None if pl is None else payload_from_wire(pl, "job"))
         return cls._from_wire_checked(body)
 
     @classmethod
@@ -170,7 +178,31 @@ class JobSpec:
             created=float(_opt(body, "created", (int, float), what) or 0.0),
             timeout=_positive(_opt(body, "timeout", (int, float), what), "timeout", what),
             priority=_opt(body, "priority", int, what) or 0,
+            payload=None if body.get("payload") is None else payload_from_wire(body["payload"], what),
         )
+
+
+def payload_from_wire(value: Any, what: str) -> dict[str, Any]:
+    """``{name: {"id", "size"}}`` checked (names and ids as the blob store takes them)."""
+    from ..blobs.store import check_id, check_name
+
+    if not isinstance(value, dict) or len(value) > 256:
+        raise ProtocolError(f"{what}: payload must be a map of at most 256 names")
+    out: dict[str, Any] = {}
+    try:
+        for name, ref in value.items():
+            check_name(name)
+            if not isinstance(ref, dict):
+                raise ProtocolError(f"{what}: payload {name!r} must be {{id, size}}")
+            size = ref.get("size")
+            if type(size) is not int or size < 0:
+                raise ProtocolError(f"{what}: payload {name!r} size must be a whole number >= 0")
+            out[name] = {"id": check_id(ref.get("id")), "size": size}
+    except ValidationError as e:
+        if isinstance(e, ProtocolError):
+            raise
+        raise ProtocolError(f"{what}: {e}") from None
+    return out
 
 
 @dataclass(frozen=True)
@@ -223,6 +255,8 @@ class ResultItem:
     finished: float | None = None
     log: tuple[str, ...] = ()
     result: Any = None  # OK only: the consumer's return value (any JSON; an object is a workflow step's output)
+    # OK only: output payload {name: {"id", "size"}}; the blobs reach the origin before this result
+    output_payload: dict[str, Any] | None = None
 
     def to_wire(self) -> dict[str, Any]:
         body = {
@@ -237,6 +271,8 @@ class ResultItem:
         }
         if self.result is not None:  # absent when there is none: bodies without one stay as they were
             body["result"] = self.result
+        if self.output_payload:
+            body["output_payload"] = self.output_payload
         return body
 
     @classmethod
@@ -244,7 +280,7 @@ class ResultItem:
         # Results come in batches of hundreds: a well-formed body (the usual case: no log, no
         # result, a known kind) is checked in one pass; anything else takes the checked path.
         if (type(body) is dict and not body.get("log") and body.get("result") is None
-                and body.get("output") is None):
+                and body.get("output") is None and body.get("output_payload") is None):
             i, a, k = body.get("id"), body.get("attempt"), _KINDS.get(body.get("kind"))  # type: ignore[arg-type]
             m, d, st, fi = body.get("message"), body.get("retry_delay"), body.get("started"), body.get("finished")
             if (type(i) is str and i and type(a) is int and a >= 0 and k is not None
@@ -253,7 +289,8 @@ class ResultItem:
                 return _build(cls, {"id": i, "attempt": a, "kind": k, "message": m,
                                     "retry_delay": None if d is None else float(d),
                                     "started": None if st is None else float(st),
-                                    "finished": None if fi is None else float(fi), "log": (), "result": None})
+                                    "finished": None if fi is None else float(fi), "log": (), "result": None,
+                                    "output_payload": None})
         return cls._from_wire_checked(body)
 
     @classmethod
@@ -280,6 +317,8 @@ class ResultItem:
             log=tuple(_str_list(body, "log", what)),
             # "output" (an object) is how peers and outbox rows before issue 12 carried a step's output
             result=body["result"] if body.get("result") is not None else _opt(body, "output", dict, what),
+            output_payload=None if body.get("output_payload") is None
+            else payload_from_wire(body["output_payload"], what),
         )
 
 

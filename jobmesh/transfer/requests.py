@@ -18,12 +18,15 @@ class RoomsRequested:
 @dataclass(slots=True)
 class PlanMove:
     """The offloader decided to move ``count`` jobs of ``topic`` (queue ``queue``) to ``peer``: the
-    room is pledged, the engine takes and records them, then they are offered."""
+    room is pledged, the engine takes and records them, then they are offered. ``ids``: the
+    jobs it placed there (payload), else the newest ones; ``keep``: ids not to take."""
 
     peer: str
     queue: str
     topic: str
     count: int
+    ids: tuple[str, ...] = ()
+    keep: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -68,3 +71,21 @@ class SubmitAdded:
     request_id: str
     job_id: str | None
     error: str | None
+
+
+@dataclass(slots=True)
+class HandoffNotDelivered:
+    """The payload of a handoff to ``peer`` could not be delivered: ``ack`` refuses its jobs (they
+    come home), as if the target had (``blobs.transfer.PayloadSender``)."""
+
+    peer: str
+    ack: Any  # transfer.messages.HandoffAck
+
+
+@dataclass(slots=True)
+class ResultAgain:
+    """A result from ``peer`` held back for its output payload: the outputs are here now, so the
+    protocol takes it again (and the engine commits it)."""
+
+    peer: str
+    item: Any  # transfer.messages.ResultItem

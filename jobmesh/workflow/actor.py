@@ -12,6 +12,11 @@ job is added, and again with the job id once the job committed. A node killed in
 between finds the PENDING step on restart and looks the job up by its
 ``jobmesh:workflow`` property before adding it again, so a committed step job is
 never added twice.
+
+Payload: ``start(..., payload={name: Path | bytes | blob id})`` stores the blobs first (the
+first step's job then references them); each step job is added with the instance's running
+payload (``core``: the start payload plus every succeeded step's output payload, by name)
+as its input payload, and its output payload is read back from the job with its outcome.
 """
 
 from __future__ import annotations
@@ -129,10 +134,20 @@ class WorkflowActor(Actor):
                 self._definitions.setdefault(wf.name, wf)
 
     # -- the API (asks to the actor) ------------------------------------------
-    async def start(self, name: str | Workflow, properties: dict[str, Any] | None = None) -> WorkflowInstance:
-        """Start an instance (its first step's job is committed when this returns)."""
+    async def start(self, name: str | Workflow, properties: dict[str, Any] | None = None, *,
+                    payload: dict[str, Any] | None = None) -> WorkflowInstance:
+        """Start an instance (its first step's job is committed when this returns). ``payload``
+        (``{name: Path | bytes | blob id}``) is the first step's input payload."""
         wf = name if isinstance(name, Workflow) else self.definition(name)
-        return await self.ask(("start", wf, properties), timeout=30.0)
+        refs: dict[str, Any] = {}
+        if payload is not None:
+            from ..blobs.payload import resolve_payload
+
+            store = getattr(self.node.jobs, "blobs", None)
+            if store is None:
+                raise ValidationError("this node has no blob store")
+            refs = {n: r.to_json() for n, r in (await resolve_payload(store, payload, "workflow ")).items()}
+        return await self.ask(("start", wf, properties, refs), timeout=30.0)
 
     async def get(self, instance_id: str) -> WorkflowInstance:
         return await self.ask(("get", instance_id))
@@ -223,7 +238,7 @@ class WorkflowActor(Actor):
             await self._check_job(msg[1])
             return None
         if kind == "start":
-            return await self._start_instance(msg[1], msg[2])
+            return await self._start_instance(msg[1], msg[2], msg[3] if len(msg) > 3 else None)
         if kind == "get":
             return (await self._load(msg[1])).snapshot()
         if kind == "list":
@@ -250,7 +265,7 @@ class WorkflowActor(Actor):
             job = await self.node.jobs.get(msg[2])
             if job is not None and job.state in FINAL_STATES:
                 try:
-                    core.apply(inst, StepFinal(job.id, job.state.value, job.result_message, job.output), self.clock())
+                    core.apply(inst, _step_final(job), self.clock())
                 except core.InvalidWorkflowEvent as e:
                     self.log.warning("workflow event refused", workflow_id=inst.id, error=str(e))
                     return None
@@ -270,10 +285,11 @@ class WorkflowActor(Actor):
         raise ValueError(f"workflows: unknown message {kind!r}")
 
     # -- handlers -----------------------------------------------------------------
-    async def _start_instance(self, wf: Workflow, properties: Any) -> WorkflowInstance:
+    async def _start_instance(self, wf: Workflow, properties: Any, payload: Any = None) -> WorkflowInstance:
         if not getattr(self.node.jobs, "accepting", True):
             raise Conflict(f"node {self.node.name} is shutting down")
-        inst, instructions = core.new_instance(self.ids.next(), wf, self.node.name, properties, self.clock())
+        inst, instructions = core.new_instance(self.ids.next(), wf, self.node.name, properties, self.clock(),
+                                               payload=payload)
         self._track(inst)
         self.log.info("workflow started", workflow=wf.name, workflow_id=inst.id)
         await self._perform(inst, instructions)
@@ -315,7 +331,7 @@ class WorkflowActor(Actor):
         if job is None:
             event: Any = StepLost(job_id)
         elif job.state in FINAL_STATES:
-            event = StepFinal(job_id, job.state.value, job.result_message, job.output)
+            event = _step_final(job)
         else:
             return  # e.g. retried by hand: still running
         await self._apply(inst, event)
@@ -367,7 +383,11 @@ class WorkflowActor(Actor):
             if isinstance(ins, AddStepJob):
                 await asyncio.to_thread(self._store.save, inst)  # PENDING is durable before the job exists
                 try:
-                    job = await self.node.jobs.add(ins.topic, ins.properties)
+                    if ins.payload:  # the running payload, by blob id (in this node's store)
+                        job = await self.node.jobs.add(ins.topic, ins.properties,
+                                                       payload={n: r["id"] for n, r in ins.payload.items()})
+                    else:
+                        job = await self.node.jobs.add(ins.topic, ins.properties)
                 except Conflict as e:  # shutting down: the PENDING step is added after the restart
                     self.log.warning("step job not added; will be after restart", workflow_id=inst.id, error=str(e))
                     return
@@ -421,6 +441,13 @@ class WorkflowActor(Actor):
         for fut in self._waiters.pop(inst.id, []):
             if not fut.done():
                 fut.set_result(snap)
+
+
+def _step_final(job: Any) -> StepFinal:
+    """A final step job as the machine's event (its output payload as references)."""
+    outs = getattr(job, "output_payload", None) or {}
+    return StepFinal(job.id, job.state.value, job.result_message, job.output,
+                     {n: r.to_json() for n, r in outs.items()} or None)
 
 
 __all__ = ["WorkflowActor", "workflows_in_module"]

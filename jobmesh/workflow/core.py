@@ -11,6 +11,12 @@ happen (a step finished that was never started, a job of another instance) is
 refused with ``InvalidWorkflowEvent``; a repeated notification (execution is
 at-least-once, notifications may be seen twice after a restart) is recognised
 and changes nothing.
+
+Payload (job payload, ``jobmesh.blobs``) travels like the properties: the instance's
+``payload`` (``{name: {"id", "size"}}``) is the start payload with every succeeded step's
+output payload merged in by name (a later step's output replaces an earlier one of the same
+name); the next step's job gets it as its input payload. Only references move here: the
+blobs are in the origin's store (a step's outputs reach it before its result is committed).
 """
 
 from __future__ import annotations
@@ -165,22 +171,28 @@ class StepRecord:
     finished: float | None = None
     result_message: str | None = None
     output: dict[str, Any] | None = None
+    output_payload: dict[str, Any] | None = None  # {name: {"id", "size"}} of a succeeded step
 
     def to_json(self) -> dict[str, Any]:
         return {"index": self.index, "topic": self.topic, "job_id": self.job_id, "state": self.state,
                 "added": iso(self.added), "finished": iso(self.finished),
-                "result_message": self.result_message, "output": self.output}
+                "result_message": self.result_message, "output": self.output,
+                "output_payload": self.output_payload or {}}
 
     def to_store(self) -> dict[str, Any]:
-        return {"index": self.index, "topic": self.topic, "job_id": self.job_id, "state": self.state,
-                "added": self.added, "finished": self.finished,
-                "result_message": self.result_message, "output": self.output}
+        d = {"index": self.index, "topic": self.topic, "job_id": self.job_id, "state": self.state,
+             "added": self.added, "finished": self.finished,
+             "result_message": self.result_message, "output": self.output}
+        if self.output_payload:
+            d["output_payload"] = self.output_payload
+        return d
 
     @classmethod
     def from_store(cls, d: dict[str, Any]) -> "StepRecord":
         return cls(index=int(d["index"]), topic=str(d["topic"]), job_id=d.get("job_id"),
                    state=str(d.get("state", "PENDING")), added=d.get("added"), finished=d.get("finished"),
-                   result_message=d.get("result_message"), output=d.get("output"))
+                   result_message=d.get("result_message"), output=d.get("output"),
+                   output_payload=d.get("output_payload") or None)
 
 
 @dataclass
@@ -188,7 +200,9 @@ class WorkflowInstance:
     """A running or finished workflow on its origin node.
 
     ``data`` is the running input: the start properties with every succeeded step's
-    output merged in; the next step's job gets it as its properties.
+    output merged in; the next step's job gets it as its properties. ``payload`` is the same
+    for job payload: the start payload with every succeeded step's output payload merged in
+    by name; the next step's job gets it as its input payload.
     """
 
     id: str
@@ -199,6 +213,7 @@ class WorkflowInstance:
     properties: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     history: list[StepRecord] = field(default_factory=list)
+    payload: dict[str, Any] = field(default_factory=dict)  # {name: {"id", "size"}}
     created: float = 0.0
     updated: float = 0.0
     finished: float | None = None
@@ -219,7 +234,7 @@ class WorkflowInstance:
             "current_step": self.current_step, "steps": len(self.workflow.steps),
             "current_topic": self.workflow.steps[self.current_step].topic if self.current_step < len(self.workflow.steps) else None,
             "current_job": cur.job_id if cur is not None else None,
-            "properties": self.properties, "data": self.data,
+            "properties": self.properties, "data": self.data, "payload": dict(sorted(self.payload.items())),
             "history": [h.to_json() for h in self.history],
             "created": iso(self.created), "updated": iso(self.updated), "finished": iso(self.finished),
             "reason": self.reason,
@@ -230,7 +245,7 @@ class WorkflowInstance:
             "id": self.id, "workflow": self.workflow.to_json(), "origin": self.origin, "state": self.state.value,
             "current_step": self.current_step, "properties": self.properties, "data": self.data,
             "history": [h.to_store() for h in self.history], "created": self.created, "updated": self.updated,
-            "finished": self.finished, "reason": self.reason,
+            "finished": self.finished, "reason": self.reason, "payload": self.payload,
         }
 
     @classmethod
@@ -243,7 +258,7 @@ class WorkflowInstance:
             properties=dict(d.get("properties") or {}), data=dict(d.get("data") or {}),
             history=[StepRecord.from_store(h) for h in d.get("history") or []],
             created=float(d.get("created") or 0.0), updated=float(d.get("updated") or 0.0),
-            finished=d.get("finished"), reason=d.get("reason"),
+            finished=d.get("finished"), reason=d.get("reason"), payload=dict(d.get("payload") or {}),
         )
 
     def snapshot(self) -> "WorkflowInstance":
@@ -266,6 +281,7 @@ class StepFinal:
     state: str
     message: str | None = None
     output: dict[str, Any] | None = None
+    output_payload: dict[str, Any] | None = None  # {name: {"id", "size"}}
 
 
 @dataclass(frozen=True)
@@ -291,10 +307,12 @@ Event = Union[StepCommitted, StepFinal, StepLost, StepRefused, Abort]
 
 @dataclass(frozen=True)
 class AddStepJob:
-    """Add the job for step ``step`` (then report ``StepCommitted``)."""
+    """Add the job for step ``step`` (then report ``StepCommitted``); ``payload``: its input
+    payload, ``{name: {"id", "size"}}`` of blobs in the origin's store."""
     step: int
     topic: str
     properties: dict[str, Any]
+    payload: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -335,12 +353,25 @@ def step_job_properties(inst: WorkflowInstance, index: int) -> dict[str, Any]:
     return props
 
 
+def check_payload(payload: Any, what: str = "workflow payload") -> dict[str, Any]:
+    """``{name: {"id", "size"}}`` (references, as the blob store made them)."""
+    from ..blobs.store import BlobRef, check_name
+
+    if payload is None:
+        return {}
+    if not isinstance(payload, dict):
+        raise ValidationError(f"{what} must be a map of names to {{\"id\", \"size\"}}")
+    return {check_name(n, f"{what} name"): BlobRef.from_json(r, f"{what} {n!r}").to_json()
+            for n, r in sorted(payload.items())}
+
+
 def new_instance(instance_id: str, workflow: Workflow, origin: str, properties: dict[str, Any] | None,
-                 now: float) -> tuple[WorkflowInstance, list[Instruction]]:
-    """A RUNNING instance at step 0 with its PENDING record, and the instruction to add its job."""
+                 now: float, payload: dict[str, Any] | None = None) -> tuple[WorkflowInstance, list[Instruction]]:
+    """A RUNNING instance at step 0 with its PENDING record, and the instruction to add its job.
+    ``payload``: the first step's input payload (``{name: {"id", "size"}}``)."""
     props = public(check_properties(properties, "workflow properties"))
     inst = WorkflowInstance(id=instance_id, workflow=workflow, origin=origin, properties=dict(props),
-                            data=copy.deepcopy(props), created=now, updated=now)
+                            data=copy.deepcopy(props), created=now, updated=now, payload=check_payload(payload))
     return inst, [_begin_step(inst, 0, now)]
 
 
@@ -348,14 +379,14 @@ def _begin_step(inst: WorkflowInstance, index: int, now: float) -> AddStepJob:
     inst.current_step = index
     inst.history.append(StepRecord(index=index, topic=inst.workflow.steps[index].topic))
     inst.updated = now
-    return AddStepJob(index, inst.workflow.steps[index].topic, step_job_properties(inst, index))
+    return AddStepJob(index, inst.workflow.steps[index].topic, step_job_properties(inst, index), dict(inst.payload))
 
 
 def pending_add(inst: WorkflowInstance) -> AddStepJob | None:
     """After a restart: the step whose job was decided but not recorded as committed (re-add or look up)."""
     cur = inst.current()
     if inst.state is WorkflowState.RUNNING and cur is not None and cur.job_id is None:
-        return AddStepJob(cur.index, cur.topic, step_job_properties(inst, cur.index))
+        return AddStepJob(cur.index, cur.topic, step_job_properties(inst, cur.index), dict(inst.payload))
     return None
 
 
@@ -444,6 +475,7 @@ def _on_final(inst: WorkflowInstance, ev: StepFinal, now: float) -> list[Instruc
     inst.updated = now
     if ev.state == JobState.SUCCEEDED.value:
         rec.output = public(ev.output) or None
+        rec.output_payload = check_payload(ev.output_payload, "step output payload") or None
     if inst.state.final:
         return []  # e.g. the step job stopping after an abort: recorded, nothing more
     if rec is not inst.current():  # pragma: no cover - only the current step has an open job
@@ -458,6 +490,8 @@ def _on_final(inst: WorkflowInstance, ev: StepFinal, now: float) -> list[Instruc
         return [Failed(reason)]
     if rec.output:
         inst.data.update(rec.output)
+    if rec.output_payload:
+        inst.payload.update(rec.output_payload)  # by name: a later step's output replaces an earlier one
     nxt = rec.index + 1
     if nxt >= len(inst.workflow.steps):
         inst.state = WorkflowState.COMPLETED
