@@ -37,6 +37,7 @@ async def noop(job: jobmesh.Job) -> None:
 async def produce(args: argparse.Namespace) -> dict:
     """The producer process: N adds at a concurrency, then add_many batches."""
     out: dict = {}
+    cpu0 = time.process_time()
     async with jobmesh.Client(args.url, timeout=60) as client:
         await client.add("bench/warm")  # the connection pool and the node's first request
         if args.jobs:
@@ -63,6 +64,7 @@ async def produce(args: argparse.Namespace) -> dict:
             dt = time.perf_counter() - t0
             n = len(range(0, args.batch_jobs, args.batch)) * args.batch
             out.update(add_many_jobs=n, add_many_seconds=round(dt, 3), add_many_jobs_per_second=round(n / dt, 1))
+    out["producer_cpu_seconds"] = round(time.process_time() - cpu0, 3)
     return out
 
 

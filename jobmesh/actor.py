@@ -3,7 +3,8 @@
 An actor owns its state and a mailbox, and handles one message at a time in
 ``receive``. The only ways in are ``tell`` (fire and forget) and ``ask``
 (request/reply with a timeout). Lifecycle hooks: ``on_start`` (load durable
-state), ``on_stop`` (release resources), ``on_failure`` (log what broke).
+state), ``on_stop`` (release resources), ``on_failure`` (log what broke), and
+``on_idle`` (the mailbox is empty: work coalesced over a burst of messages runs here).
 
 Supervision: an exception that is a ``JobmeshError`` is an answer (it goes back to
 the asker, the actor carries on). Any other exception escaping ``receive`` or a
@@ -68,6 +69,10 @@ class Actor:
 
     async def on_failure(self, exc: BaseException) -> None:
         """Called after a crash, before the restart."""
+
+    def on_idle(self) -> None:
+        """Called each time the mailbox has been emptied, before waiting for more: an actor that
+        coalesces work over many messages (one dispatch for a burst of them) does it here."""
 
     async def receive(self, msg: Any) -> Any:
         raise NotImplementedError
@@ -227,6 +232,9 @@ class Actor:
                 exc, self._crash = self._crash, None
                 raise exc
             if not mailbox:
+                self.on_idle()
+                if mailbox:
+                    continue
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue

@@ -320,6 +320,21 @@ _new = object.__new__
 
 MAX_PROPERTIES_BYTES = 1_000_000
 
+try:
+    from json.encoder import c_make_encoder as _c_make_encoder  # type: ignore[attr-defined]
+    from json.encoder import encode_basestring_ascii as _ascii  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - an interpreter without the C accelerator
+    _c_make_encoder = None
+_json_default = json.JSONEncoder().default
+
+
+def _strict_json(obj: Any) -> str:
+    """``json.dumps(obj, allow_nan=False)``, the same text and errors, without ``JSONEncoder``'s
+    per-call set-up (half the cost for a small dict; it runs once per added job)."""
+    if _c_make_encoder is None:  # pragma: no cover
+        return json.dumps(obj, allow_nan=False)
+    return "".join(_c_make_encoder({}, _json_default, _ascii, None, ": ", ", ", False, False, False)(obj, 0))
+
 
 def properties_json(props: Any, what: str = "properties") -> str:
     """``props`` as JSON text when it is a JSON-compatible dict of bounded size (what a job's
@@ -329,7 +344,7 @@ def properties_json(props: Any, what: str = "properties") -> str:
     if not isinstance(props, dict):
         raise ValidationError(f"{what} must be a JSON object (a dict)")
     try:
-        text = json.dumps(props, allow_nan=False)
+        text = _strict_json(props)
     except (TypeError, ValueError) as e:
         raise ValidationError(f"{what} are not JSON-compatible: {e}") from None
     if len(text) > MAX_PROPERTIES_BYTES:

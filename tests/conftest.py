@@ -55,3 +55,33 @@ async def node_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     for node in reversed(made):
         if node.running:
             await node.stop(grace=1.0)
+
+
+CI_SEEDS_TEST = "tests/test_sim.py::test_ci_seeds"
+
+
+def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    """The simulator's CI seed set runs last: it collects the background run started below."""
+    ci = [item for item in items if item.nodeid.endswith(CI_SEEDS_TEST)]
+    if ci:
+        items[:] = [item for item in items if item not in ci] + ci
+
+
+def pytest_collection_finish(session: Any) -> None:
+    """With the seed set selected (after -k/-m), it starts now, in the background at the lowest CPU
+    priority (see tests/background.py): ~130 s of the suite's CPU beside the real-process tests,
+    which mostly wait."""
+    import background
+
+    if session.config.option.collectonly or not background.enabled():
+        return
+    if any(item.nodeid.endswith(CI_SEEDS_TEST) for item in session.items):
+        from test_sim import ci_seeds
+
+        background.start("ci-seeds", background.sim_argv(ci_seeds()), niced=True)
+
+
+def pytest_sessionfinish(session: Any, exitstatus: Any) -> None:
+    import background
+
+    background.stop_all()

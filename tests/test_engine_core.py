@@ -431,6 +431,16 @@ def test_a_copy_from_accepted_to_its_result_in_the_outbox() -> None:
     assert not core.copies
 
 
+def test_two_attempts_of_a_copy_in_one_batch_write_one_row_the_last() -> None:
+    core, _ = engine()
+    out = core.handle(ev.CopiesAccepted("o", [spec(1, attempt=1), spec(2), spec(1, attempt=2)], first_seq=50))
+    c1, c2 = core.copies["c1"], core.copies["c2"]
+    assert (c1.attempt, c1.seq) == (2, 52)
+    assert out == [ins.Commit(copies=[("o", c2), ("o", c1)], done=[ev.CopiesCommitted("o", [c2, c1])],
+                              failed=[ev.CopiesNotCommitted("o", [c2, c1], "")])]
+    assert core.committing == {"c1", "c2"}
+
+
 def test_a_newer_copy_waits_for_the_superseded_run_whose_outcome_is_dropped() -> None:
     core, _ = engine()
     core.handle(ev.CopiesAccepted("o", [spec(1, attempt=1)], first_seq=50))

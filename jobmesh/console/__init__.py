@@ -44,19 +44,18 @@ def add_routes(app: web.Application, node: Any) -> None:
     async def index(request: web.Request) -> web.Response:
         return web.Response(text=page, content_type="text/html", charset="utf-8", headers=_SECURITY_HEADERS)
 
-    @web.middleware
-    async def asset_headers(request: web.Request, handler: Any) -> web.StreamResponse:
-        response = await handler(request)
+    async def asset_headers(request: web.Request, response: web.StreamResponse) -> None:
+        """A response hook, not a middleware: a middleware is one more coroutine layer around
+        every API request, and only the assets need these headers."""
         if request.path.startswith(ASSETS_PREFIX):
             # Revalidate each load (ETag/Last-Modified make it cheap): a node upgrade
             # must not leave a browser running yesterday's script against today's API.
             response.headers.setdefault("Cache-Control", "no-cache")
             response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        return response
 
     app.router.add_get("/", index)
     app.router.add_static(ASSETS_PREFIX, STATIC_DIR, name="console-static")
-    app.middlewares.append(asset_headers)
+    app.on_response_prepare.append(asset_headers)
 
 
 __all__ = ["add_routes", "render_index", "STATIC_DIR"]

@@ -1065,9 +1065,11 @@ class EngineCore:
     # ------------------------------------------------------------------ offloading: target side
     def _on_copies_accepted(self, e: ev.CopiesAccepted) -> None:
         now, origin = self._now, e.origin
-        jobs: list[Job] = []
+        # one row per job id: a later attempt of a job in this same batch supersedes the earlier
+        # one (the last spec wins); both in one INSERT failed on UNIQUE jobs.id (main's sim seed 7)
+        jobs: dict[str, Job] = {}
         left: list[tuple[ins.JobFacts, JobState]] = []
-        inputs: list[tuple[str, dict[str, Any]]] = []
+        inputs: dict[str, dict[str, Any]] = {}
         for i, s in enumerate(e.specs):
             old = self.copies.get(s.id)
             if old is not None:  # a newer attempt supersedes the copy we hold
@@ -1079,18 +1081,21 @@ class EngineCore:
                       created=s.created or now, retry_count=s.retry_count, max_retries=s.max_retries,
                       attempt=s.attempt, seq=e.first_seq + i, timeout=s.timeout, priority=s.priority)
             self.story.note(s.id, _QUEUED, f"copy of {origin}'s job accepted (attempt {s.attempt})", now)
+            inputs.pop(s.id, None)
             if s.payload:
-                inputs.append((s.id, s.payload))  # the copy's references to its inputs, before its row
+                inputs[s.id] = s.payload  # the copy's references to its inputs, before its row
             self.copies[s.id] = job
             self.committing.add(s.id)
-            jobs.append(job)
+            jobs.pop(s.id, None)
+            jobs[s.id] = job
         c = self._c()
         if left:
             c.then.append(ins.CopiesLeft(left))
-        c.copies.extend((origin, j) for j in jobs)
-        c.inputs.extend(inputs)
-        c.done.append(ev.CopiesCommitted(origin, jobs))
-        c.failed.append(ev.CopiesNotCommitted(origin, jobs, ""))
+        accepted = list(jobs.values())
+        c.copies.extend((origin, j) for j in accepted)
+        c.inputs.extend(inputs.items())
+        c.done.append(ev.CopiesCommitted(origin, accepted))
+        c.failed.append(ev.CopiesNotCommitted(origin, accepted, ""))
 
     def _on_copies_committed(self, e: ev.CopiesCommitted) -> None:
         arrived: list[ins.JobFacts] = []

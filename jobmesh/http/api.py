@@ -17,6 +17,7 @@ from aiohttp import web
 
 from ..errors import JobmeshError, NotFound, ValidationError
 from ..job import FINAL_STATES
+from ..job_text import job_json_text, jobs_json_text
 from .keys import NODE
 from .validation import (
     decode_json,
@@ -41,6 +42,11 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
         content_type="application/json",
         headers=headers,
     )
+
+
+def json_text_response(text: str, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """An answer already written as JSON text (``job_text``: jobs without a dict per job)."""
+    return web.Response(text=text, status=status, content_type="application/json", headers=headers)
 
 
 async def read_json(request: web.Request) -> Any:
@@ -94,14 +100,14 @@ async def add_jobs(request: web.Request) -> web.Response:
             jobs = [j for j, _ in await submit(specs)]
         else:
             jobs = await node.jobs.add_many([(r.topic, r.properties) for r in specs])
-        return json_response([j.to_json() for j in jobs], status=201)
+        return json_text_response(jobs_json_text(jobs), status=201)
     req = specs[0]
     created = True
     if submit is not None and not req.plain:
         job, created = (await submit(specs))[0]
     else:
         job = await node.jobs.add(req.topic, req.properties)
-    return json_response(job.to_json(), status=201 if created else 200,
+    return json_text_response(job_json_text(job), status=201 if created else 200,
                          headers={"Location": f"/api/v1/jobs/{job.id}"})
 
 
@@ -113,9 +119,9 @@ async def find_jobs(request: web.Request) -> web.Response:
     find_page = getattr(node.jobs, "find_page", None)
     if find_page is not None:
         jobs, total = await find_page(state=q["state"], topic=q["topic"], queue=q["queue"], limit=q["limit"])
-        return json_response({"jobs": [j.to_json() for j in jobs], "total": total})
+        return json_text_response(f'{{"jobs":{jobs_json_text(jobs)},"total":{int(total)}}}')
     jobs = await node.jobs.find(state=q["state"], topic=q["topic"], queue=q["queue"], limit=q["limit"])
-    return json_response({"jobs": [j.to_json() for j in jobs]})
+    return json_text_response(f'{{"jobs":{jobs_json_text(jobs)}}}')
 
 
 async def _resolved_job_id(request: web.Request) -> str:
@@ -161,7 +167,7 @@ async def get_job(request: web.Request) -> web.Response:
             job = await node.jobs.wait(job_id, timeout=wait)
         except asyncio.TimeoutError:
             job = await node.jobs.get(job_id) or job
-    return json_response(job.to_json())
+    return json_text_response(job_json_text(job))
 
 
 _FINAL = frozenset(s.value for s in FINAL_STATES)
