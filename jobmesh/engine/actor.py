@@ -370,7 +370,8 @@ class EngineActor(Actor):
         entries = self._commits.get(fut)
         if entries is None:
             entries = self._commits[fut] = []
-            fut.add_done_callback(self._committed)
+            # at once when the transaction ends, not a loop turn later through the future
+            store.on_commit(partial(self._committed, fut))
         entries.append((c, calls))
 
     def _payload_refs(self, c: ins.Commit) -> None:

@@ -116,6 +116,11 @@ def update_row(job: Job) -> tuple[Any, ...]:
 # SQLite work (an add_many of 1,000 jobs: ~10 ms) during which the loop goes on parsing and
 # answering requests, since SQLite releases the GIL while it steps. Smaller commits stay inline.
 INLINE_MAX_ROWS = 256
+# ... unless other writes had to wait for the last commit that ran in the thread, less than this
+# many seconds ago: then the loop needs the store itself (a job cycle's starts wait behind the big
+# commit), and the thread's SQLite, which takes the GIL back for every row, fights the busy loop
+# for it: a 1,000-row insert took ~18 ms there against ~7.5 ms inline (benchmarks/throughput.py).
+HELD_UP_FOR = 1.0
 
 
 @dataclass
@@ -127,6 +132,7 @@ class _Batch:
     delete_seqs: list[int]
     calls: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]]
     futures: list[asyncio.Future[Any]]
+    hooks: list[Callable[[], None]]  # called at once when the transaction ended (``on_commit``)
 
 
 class Store(Actor):
@@ -146,7 +152,8 @@ class Store(Actor):
         self._executor: ThreadPoolExecutor | None = None
         self._pending = self._new_batch()
         self._pending_count = 0
-        self._have_work = asyncio.Event()
+        self._commit_scheduled = False  # a commit of the pending batch is due next loop turn
+        self._held_up_at = -math.inf  # loop time when writes last waited for a commit in the thread
         self._next_seq = 1
         self._opened = False
         self._inflight: asyncio.Future[None] | None = None
@@ -168,7 +175,7 @@ class Store(Actor):
 
     @staticmethod
     def _new_batch() -> _Batch:
-        return _Batch([], {}, {}, [], [], [], [])
+        return _Batch([], {}, {}, [], [], [], [], [])
 
     # -- lifecycle -------------------------------------------------------
     async def on_start(self) -> None:
@@ -187,7 +194,6 @@ class Store(Actor):
         row = self._rconn.execute("SELECT max(seq) FROM jobs").fetchone()
         self._next_seq = (row[0] or 0) + 1
         self._opened = True
-        self.spawn(self._writer(), name="store:writer")
         self.spawn(self._checkpointer(), name="store:checkpointer")
 
     def _open_writer(self) -> sqlite3.Connection:
@@ -207,13 +213,12 @@ class Store(Actor):
         if not self._opened:
             return
         if self._inflight is not None and not self._inflight.done():
-            await self._inflight
+            await asyncio.shield(self._inflight)
         if self._pending_count:
             batch, self._pending = self._pending, self._new_batch()
             self._pending_count = 0
-            # Shielded: stopping the writer must not orphan a commit already running.
-            self._inflight = asyncio.ensure_future(self._commit_and_resolve(batch))
-            await asyncio.shield(self._inflight)
+            # Shielded: stopping the store must not orphan a commit already running.
+            await asyncio.shield(asyncio.ensure_future(self._commit_and_resolve(batch)))
         self._opened = False
         loop = asyncio.get_running_loop()
         wconn, self._wconn = self._wconn, None
@@ -253,9 +258,16 @@ class Store(Actor):
         futs = self._pending.futures
         if not futs:
             futs.append(asyncio.get_running_loop().create_future())
-            self._have_work.set()
+            self._schedule_commit()
         self._pending_count += 1
         return futs[0]
+
+    def on_commit(self, hook: Callable[[], None]) -> None:
+        """Call ``hook()`` right after the pending transaction committed (or failed), in the same loop
+        turn, once its futures are resolved (so ``hook`` may look at them): a callback on the future
+        would run a turn later, and a job's start cycle is a handful of turns."""
+        self._enqueue()
+        self._pending.hooks.append(hook)
 
     def insert(self, jobs: Iterable[Job], properties_json: list[str] | None = None) -> asyncio.Future[Any]:
         """Add new jobs; assigns each ``job.seq`` now (arrival order), durable when the future resolves."""
@@ -380,48 +392,92 @@ class Store(Actor):
         conn.execute("PRAGMA busy_timeout=1000")
         return conn
 
-    async def _writer(self) -> None:
-        while True:
-            if not self._pending_count:
-                self._have_work.clear()
-                await self._have_work.wait()
-                continue
-            # Let the tasks that are ready right now add their writes to this batch.
-            await asyncio.sleep(0)
-            batch, self._pending = self._pending, self._new_batch()
-            self._pending_count = 0
-            # Shielded: stopping the writer must not orphan a commit already running.
-            self._inflight = asyncio.ensure_future(self._commit_and_resolve(batch))
-            await asyncio.shield(self._inflight)
+    # -- the writer: one transaction at a time, the next one gathering meanwhile --------------
+    def _schedule_commit(self) -> None:
+        """The pending batch commits on the next loop turn: the callbacks and tasks ready now add
+        their writes to it first. While a commit runs in the writer thread, the next waits for it."""
+        if not self._commit_scheduled and self._inflight is None:
+            self._commit_scheduled = True
+            asyncio.get_running_loop().call_soon(self._commit_pending)
+
+    def _inline(self, batch: _Batch) -> bool:
+        if not self.inline_commits:
+            return False
+        if len(batch.inserts) + len(batch.updates) + len(batch.starts) <= INLINE_MAX_ROWS:
+            return True
+        return asyncio.get_running_loop().time() - self._held_up_at < HELD_UP_FOR
+
+    def _commit_pending(self) -> None:
+        self._commit_scheduled = False
+        if not self._opened or self._inflight is not None or not self._pending_count:
+            return
+        batch, self._pending = self._pending, self._new_batch()
+        self._pending_count = 0
+        if self._inline(batch):
+            try:
+                results = self._commit(batch)
+            except Exception as exc:
+                self._resolve(batch, None, exc)
+            else:
+                self._resolve(batch, results, None)
+            return
+        assert self._executor is not None
+        fut = self._inflight = asyncio.get_running_loop().run_in_executor(self._executor, self._commit, batch)
+        fut.add_done_callback(lambda f, b=batch: self._thread_done(b, f))
+
+    def _thread_done(self, batch: _Batch, fut: asyncio.Future[Any]) -> None:
+        self._inflight = None
+        if self._pending_count:
+            self._held_up_at = asyncio.get_running_loop().time()
+        if fut.cancelled():
+            self._resolve(batch, None, ActorStopped("the store's commit was cancelled"))
+        elif fut.exception() is not None:
+            self._resolve(batch, None, fut.exception())  # type: ignore[arg-type]
+        else:
+            self._resolve(batch, fut.result(), None)
+        if self._pending_count:
+            self._schedule_commit()
 
     async def _commit_and_resolve(self, batch: _Batch) -> None:
+        """A batch committed now (at stop), inline or in the writer thread."""
         loop = asyncio.get_running_loop()
         try:
-            if self.inline_commits and (len(batch.inserts) + len(batch.updates) + len(batch.starts)
-                                        <= INLINE_MAX_ROWS):
+            if self._inline(batch):
                 results = self._commit(batch)
             else:
                 results = await loop.run_in_executor(self._executor, self._commit, batch)
-        except Exception as exc:  # disk full, I/O error: every waiter learns it, the writer lives on
+        except Exception as exc:
+            self._resolve(batch, None, exc)
+            return
+        self._resolve(batch, results, None)
+
+    def _resolve(self, batch: _Batch, results: list[Any] | None, exc: BaseException | None) -> None:
+        """Every waiter of a transaction learns how it ended; then its hooks run."""
+        if exc is not None or results is None:  # disk full, I/O error: every waiter learns it, the store lives on
             log.error("store commit failed", error=repr(exc), writes=len(batch.futures))
             for fut in batch.futures:
                 if not fut.done():
-                    fut.set_exception(exc)
+                    fut.set_exception(exc)  # type: ignore[arg-type]
             for _, fut in batch.calls:
                 if not fut.done():
-                    fut.set_exception(exc)
-            return
-        self.commits += 1
-        for fut in batch.futures:
-            if not fut.done():
-                fut.set_result(None)
-        for (_, fut), res in zip(batch.calls, results):
-            if fut.done():
-                continue
-            if isinstance(res, BaseException):
-                fut.set_exception(res)
-            else:
-                fut.set_result(res)
+                    fut.set_exception(exc)  # type: ignore[arg-type]
+        else:
+            self.commits += 1
+            for fut in batch.futures:
+                if not fut.done():
+                    fut.set_result(None)
+            for (_, fut), res in zip(batch.calls, results):
+                if fut.done():
+                    continue
+                if isinstance(res, BaseException):
+                    fut.set_exception(res)
+                else:
+                    fut.set_result(res)
+        for hook in batch.hooks:
+            try:
+                hook()
+            except Exception:
+                log.exception("a commit hook failed")
 
     def _commit(self, batch: _Batch) -> list[Any]:
         conn = self._wconn
