@@ -26,7 +26,7 @@ from collections import deque
 from typing import Any, Callable
 
 from ..errors import TimeLimitExceeded
-from ..job import Job, JobResult, ResultKind
+from ..job import Job, JobResult, ResultKind, copy_fields
 from ..queues.core import Outcome
 from .context import ExecutionContext
 from .registry import ConsumerIndex, ConsumerSpec
@@ -105,7 +105,7 @@ class Runner:
 
     async def _worker(self) -> None:
         me = asyncio.current_task()
-        ready, loop = self._ready, asyncio.get_running_loop()
+        ready, loop, index, report = self._ready, asyncio.get_running_loop(), self.index, self.report
         while True:
             if not ready:
                 if self.idle is not None:
@@ -117,6 +117,36 @@ class Runner:
             run = ready.popleft()
             if run.ended:
                 continue
+            if not (run.abort or run.stop_state is not None or run.time_limit or run.queue_timeout):
+                spec = index.find(run.job.topic)
+                if spec is not None and spec.is_async and spec.actor is None and not spec.timeout and (
+                        self.blobs is None or not self.blobs.has_refs):
+                    # the hot path: an async consumer without a time limit or payload, stepped
+                    # inline; only one that waits gets an _Exec and the general path below
+                    job = run.job
+                    view, ctx = self._view_and_context(run, spec)
+                    cvars = contextvars.copy_context()
+                    try:
+                        coro = spec.fn(view, ctx) if ctx is not None else spec.fn(view)  # type: ignore[misc]
+                        done, value = first_step(coro, cvars)
+                    except Exception as exc:  # noqa: BLE001 - the consumer's exception is its outcome
+                        report(run, self._failed(run, exc, spec))
+                        continue
+                    if done:
+                        if value is None and run.stop_state is None and not run.abort and not (ctx and ctx.output):
+                            report(run, _OK)
+                        else:
+                            report(run, self._outcome(run, value, ctx))
+                        continue
+                    ex = run.handle = _Exec(me)
+                    ex.executing = True
+                    self._wake_one()  # this one waits: the next ready job gets another worker
+                    outcome = await self._resumed(run, ex, me, spec, coro, value, cvars, ctx)
+                    if ex.timer is not None:
+                        ex.timer.cancel()
+                        ex.timer = None
+                    report(run, outcome)
+                    continue
             ex = run.handle = _Exec(me)
             if run.abort:
                 outcome = Outcome("ABORTED", "interrupted by node shutdown")
@@ -137,14 +167,10 @@ class Runner:
         spec = self.index.find(job.topic)
         if spec is None:
             return Outcome("FAILED", f"no consumer for topic {job.topic}")
-        view = _view(job, run.progress)
+        view, ctx = self._view_and_context(run, spec)
         blobs = self.blobs
         if blobs is not None and blobs.has_refs:  # job payload: the consumer sees its names (and files)
             view.payload, view.output_payload = blobs.payloads([job.id]).get(job.id, ({}, {}))
-        ctx = None
-        if spec.takes_context:
-            on_progress = (lambda _job, _run=run: self.progress(_run)) if job.origin != self.node else None
-            ctx = ExecutionContext(view, run.stopped, self.clock, on_progress, blobs)
         ex.is_async = spec.is_async or spec.actor is not None
         limit = run.time_limit or spec.timeout or run.queue_timeout
         if limit:
@@ -200,6 +226,36 @@ class Runner:
             if outs:
                 outcome = dataclasses.replace(outcome, output_payload={n: r.to_json() for n, r in outs.items()})
         return outcome
+
+    def _view_and_context(self, run: Any, spec: ConsumerSpec) -> tuple[Job, ExecutionContext | None]:
+        """The consumer's copy of the job and its ``ctx``. A consumer with a context writes the run's
+        own progress (a copy's goes back to its origin as it changes); one without cannot report
+        any and sees the job's (it is the engine's record: read, never written, while it runs)."""
+        job = run.job
+        view = copy_fields(job)
+        if not spec.takes_context:
+            return view, None
+        view.progress = run.own_progress()
+        on_progress = (lambda _job, _run=run: self.progress(_run)) if job.origin != self.node else None
+        return view, ExecutionContext(view, run.stopped, self.clock, on_progress, self.blobs)
+
+    async def _resumed(self, run: Any, ex: _Exec, me: Any, spec: ConsumerSpec, coro: Any, value: Any,
+                       cvars: contextvars.Context, ctx: Any) -> Outcome:
+        """The hot path's consumer waited after its first step: the rest as ``_execute`` runs it."""
+        try:
+            result = await resume(coro, value, cvars)
+        except asyncio.CancelledError:
+            if self._stopping or not run.stopped() or me is None:
+                raise  # the engine itself is stopping: not an outcome
+            me.uncancel()
+            if run.abort:
+                return Outcome("ABORTED", "interrupted by node shutdown")
+            return Outcome("STOPPED", "cancelled after the stop grace period", stop_state=run.stop_state)
+        except Exception as exc:  # noqa: BLE001 - the consumer's exception is its outcome
+            return self._failed(run, exc, spec)
+        finally:
+            ex.executing = False
+        return self._outcome(run, result, ctx)
 
     @staticmethod
     async def _actor_call(spec: ConsumerSpec, job: Job, ctx: Any) -> Any:
@@ -292,14 +348,6 @@ class Runner:
 
 def _over_limit(ex: _Exec, tb: str | None = None) -> Outcome:
     return Outcome("FAILED", f"time limit {ex.limit:g} s exceeded", log=(tb,) if tb else ())
-
-
-def _view(job: Job, progress: Any) -> Job:
-    """The consumer's copy of the job: its own object, the run's progress."""
-    view = Job.__new__(Job)
-    view.__dict__.update(job.__dict__)
-    view.progress = progress
-    return view
 
 
 MAX_RESULT_BYTES = 1_000_000  # a result is stored with its job and travels back in one message

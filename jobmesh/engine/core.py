@@ -66,7 +66,9 @@ class Run:
     The core sets ``stop_state`` (stop or remove asked), ``abort`` (shutdown), ``ended``
     (its outcome is recorded: anything reported later is dropped) and ``superseded`` (a
     copy its origin no longer wants: the outcome is dropped). ``progress`` belongs to the
-    consumer's context while it runs (one writer) and becomes the job's at the end.
+    consumer's context while it runs (one writer) and becomes the job's at the end; it is made
+    (``own_progress``, a copy of the job's) only for a consumer that has a context to report with,
+    None otherwise (the job's own then stands: three objects less per run of a plain consumer).
     ``handle`` is the runner's (the shell's) own. ``time_limit`` is the job's own limit and
     ``queue_timeout`` its queue's; the runner applies job > consumer > queue (the consumer's
     limit is in the consumer index, which only the shell holds).
@@ -84,13 +86,19 @@ class Run:
         self.started = False  # Start issued: its consumer runs
         self.superseded = False
         self.waiting_ms = waiting_ms
-        p = job.progress
-        busy = p.log or p.steps is not None or p.eta is not None or p.step
-        self.progress = Progress(p.steps, p.step, p.eta, list(p.log)) if busy else Progress()
-        self.lines_sent = len(self.progress.log)
+        self.progress: Progress | None = None
+        self.lines_sent = len(job.progress.log)
         self.handle: Any = None
         self.time_limit: float | None = job.timeout
         self.queue_timeout: float | None = None
+
+    def own_progress(self) -> Progress:
+        """The run's own progress for a consumer's context, made on first use from the job's."""
+        p = self.progress
+        if p is None:
+            q = self.job.progress
+            p = self.progress = Progress(q.steps, q.step, q.eta, list(q.log))
+        return p
 
     def stopped(self) -> bool:
         """What ``ctx.is_stopped()`` says (any thread may ask)."""
@@ -204,7 +212,8 @@ class EngineCore:
         if run is not None and run.started and not run.ended:  # its ACTIVE row is durable
             snap = run.job.snapshot()
             p = run.progress
-            snap.progress = Progress(p.steps, p.step, p.eta, list(p.log))
+            if p is not None:
+                snap.progress = Progress(p.steps, p.step, p.eta, list(p.log))
             return snap
         job = self.away.get(job_id)
         if job is not None and job.state is _ACTIVE:
@@ -249,14 +258,14 @@ class EngineCore:
     def _log(self, level: str, event: str, **fields: Any) -> None:
         self._out.append(ins.Log(level, event, fields))
 
-    def _count_done(self) -> None:
-        self.finished_total += 1
+    def _count_done(self, n: int = 1) -> None:
+        self.finished_total += n
         sec = int(self._now)
         d = self._done
         if d and d[-1][0] == sec:
-            d[-1][1] += 1
+            d[-1][1] += n
         else:
-            d.append([sec, 1])
+            d.append([sec, n])
             while d and d[0][0] < sec - 10:
                 d.popleft()
 
@@ -276,6 +285,16 @@ class EngineCore:
         free = self.capacity - len(self.running)
         now = self._now
         wake: float | None = None
+        runnable = self.runnable
+        if free > 0:  # one answer per topic for this pump (consumers and settings do not change in it)
+            known: dict[str, bool] = {}
+            ask = runnable
+
+            def runnable(topic: str) -> bool:
+                r = known.get(topic)
+                if r is None:
+                    r = known[topic] = ask(topic)
+                return r
         for q in self._by_priority:
             if q.suspended:
                 continue
@@ -283,15 +302,19 @@ class EngineCore:
                 self._read(q)
             room = q.parallelism - q.active
             window = q.window
-            while room > 0 and free > 0:
-                job = window.take(now, self.runnable)
-                if job is None:
-                    if q.store_has_more and not q.reading:
-                        self._read(q)
-                    break
-                self._reserve(job, q)
-                room -= 1
-                free -= 1
+            if room > 0 and free > 0:
+                taken: list[Job] = []
+                while room > 0 and free > 0:
+                    job = window.take(now, runnable)
+                    if job is None:
+                        if q.store_has_more and not q.reading:
+                            self._read(q)
+                        break
+                    taken.append(job)
+                    room -= 1
+                    free -= 1
+                if taken:
+                    self._reserve(taken, q)
             w = window.next_wakeup()
             if w is not None and w > now and (wake is None or w < wake):
                 wake = w
@@ -305,35 +328,23 @@ class EngineCore:
             q.reading = True
             self._out.append(ins.ReadReady(q.name, q.last_seq, want, q.due_cursor[0]))
 
-    def _reserve(self, job: Job, q: _Queue) -> Run:
-        """QUEUED -> ACTIVE: the start is written; the consumer starts once it is durable."""
-        now = self._now
-        self.story.transition(job, _ACTIVE, "reserved a slot", now)
-        run = Run(job, q.name, waiting_ms(job, now))
-        run.queue_timeout = q.config.timeout
-        self.running[job.id] = run
-        q.active += 1
-        if job.origin == self.node:
-            job.attempt += 1  # a copy keeps the attempt its origin gave it (its result names it)
-        job.target = self.node
-        job.started = now
-        job.finished = None
-        self._c().starts.append(job)
-        self._new_runs.append(run)
-        return run
-
-    def _release(self, run: Run) -> _Queue | None:
-        run.ended = True
-        job = run.job
-        q = self.queues.get(run.queue)
-        if self.running.get(job.id) is run:
-            del self.running[job.id]
-            if q is not None:
-                q.active -= 1
-        waiting = self.after_run.pop(job.id, None)
-        if waiting is not None and self.copies.get(job.id) is waiting:
-            self._enter_window(waiting)
-        return q
+    def _reserve(self, jobs: list[Job], q: _Queue) -> None:
+        """QUEUED -> ACTIVE: the starts are written; the consumers start once they are durable."""
+        now, me, name, timeout = self._now, self.node, q.name, q.config.timeout
+        transition, running, new_runs = self.story.transition, self.running, self._new_runs
+        for job in jobs:
+            transition(job, _ACTIVE, "reserved a slot", now)
+            run = Run(job, name, waiting_ms(job, now))
+            run.queue_timeout = timeout
+            running[job.id] = run
+            if job.origin == me:
+                job.attempt += 1  # a copy keeps the attempt its origin gave it (its result names it)
+            job.target = me
+            job.started = now
+            job.finished = None
+            new_runs.append(run)
+        q.active += len(jobs)
+        self._c().starts.extend(jobs)
 
     # ------------------------------------------------------------------ new jobs
     def _on_jobs_added(self, e: ev.JobsAdded) -> None:
@@ -436,35 +447,60 @@ class EngineCore:
         left: list[tuple[ins.JobFacts, JobState]] = []
         me, now = self.node, self._now
         c: ins.Commit | None = None
+        running, queues, after_run, transition, facts = self.running, self.queues, self.after_run, \
+            self.story.transition, ins.JobFacts.of
+        ended = 0
         for run, outcome in items:
             if run.ended:
                 continue  # reported already (given up at shutdown): a run is reported once
             if c is None:
                 c = self._c()
-            q = self._release(run)
-            self._count_done()
+            # the slot is free
+            run.ended = True
+            ended += 1
             job = run.job
+            q = queues.get(run.queue)
+            if running.get(job.id) is run:
+                del running[job.id]
+                if q is not None:
+                    q.active -= 1
+            if after_run:
+                waiting = after_run.pop(job.id, None)
+                if waiting is not None and self.copies.get(job.id) is waiting:
+                    self._enter_window(waiting)
             if run.superseded:
                 self._log("info", "run of a superseded copy ended; not reported", job_id=job.id)
                 c.deletes.append(job)  # its row, unless a newer copy's replaced it already
                 left.append((ins.JobFacts.of(job), _ACTIVE))
                 continue
-            job.progress = run.progress
+            if run.progress is not None:
+                job.progress = run.progress
             if job.origin != me and outcome.kind != "ABORTED":
                 self._copy_result(run, outcome, c, results, final_progress, left)
                 continue
-            cfg = q.config if q is not None else self.matcher.main
-            d = decide(job, outcome, cfg, now)
-            old = self.story.transition(job, d.state, f"run ended: {outcome.kind}", now)
-            self._record(job, d, outcome)
-            new = d.state
-            if new is not _SUCCEEDED:
+            kind = outcome.kind
+            if kind == "OK":  # the common case: what decide() and _record() do for it, inline
+                old = transition(job, _SUCCEEDED, "run ended: OK", now)
+                job.finished = now
+                job.result_message = outcome.message
+                job.result = outcome.result
+                for line in outcome.log:
+                    append_log(job, line)
+                new = _SUCCEEDED
+            else:
+                d = decide(job, outcome, q.config if q is not None else self.matcher.main, now)
+                old = transition(job, d.state, f"run ended: {kind}", now)
+                self._record(job, d, outcome)
+                new = d.state
                 self._log_outcome(job, new, outcome)
-            processing = (now - job.started) * 1000.0 if job.started else None
+            started = job.started
             c.updates.append(job)
-            transitions.append((ins.JobFacts.of(job, outcome.kind == "FAILED"), old, new, processing, outcome.kind))
+            transitions.append((facts(job, kind == "FAILED"), old, new,
+                                (now - started) * 1000.0 if started else None, kind))
             if new is _QUEUED:
                 self._enter_window(job)
+        if ended:
+            self._count_done(ended)
         if c is None:
             return
         if transitions:
@@ -522,6 +558,8 @@ class EngineCore:
         if run.ended or run.superseded or self.running.get(run.job.id) is not run:
             return
         p, job = run.progress, run.job
+        if p is None:
+            return
         lines = p.log
         new = tuple(lines[run.lines_sent:]) if run.lines_sent <= len(lines) else tuple(lines[-10:])
         run.lines_sent = len(lines)
@@ -573,7 +611,8 @@ class EngineCore:
         results: list[Any] = []
         progress: list[ins.CopyProgress] = []
         left: list[tuple[ins.JobFacts, JobState]] = []
-        run.job.progress = run.progress
+        if run.progress is not None:
+            run.job.progress = run.progress
         self._copy_result(run, outcome, c, results, progress, left)
         left[:] = [(facts, _QUEUED) for facts, _ in left]
         c.then.append(ins.CopyResults(results, progress))

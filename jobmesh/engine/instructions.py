@@ -40,8 +40,11 @@ class JobFacts(NamedTuple):
 
     @classmethod
     def of(cls, job: Job, full: bool = False) -> "JobFacts":
-        return cls(job.id, job.topic, job.queue, job.origin, job.retry_count, job.result_message,
-                   job.snapshot() if full else None)
+        return _tuple_new(cls, (job.id, job.topic, job.queue, job.origin, job.retry_count, job.result_message,
+                                job.snapshot() if full else None))
+
+
+_tuple_new = tuple.__new__  # a NamedTuple's own __new__ is a Python function: one call less per job
 
 # --------------------------------------------------------------------------- for the shell
 
