@@ -95,29 +95,43 @@ class Story:
     """The recent transitions of all jobs, newest last, bounded (dask's worker ``story``).
 
     One shared ring, not a list per job: a million queued jobs must not each carry a list.
-    ``transition`` is the only way the engine changes a job's state.
+    ``transition`` (``move`` and ``line`` for a batch) is the only way the engine changes a
+    job's state. A line names one job id, or a tuple of the ids of a batch that went the same
+    way at once (the jobs of one add, one reservation, one batch of runs that ended OK): one
+    line per batch, not per job, on the hot path. ``of`` gives a job's lines one by one.
     """
 
     def __init__(self, size: int = 20_000) -> None:
         from collections import deque
 
-        self.lines: "deque[tuple[str, float, str, str, str]]" = deque(maxlen=size)
+        self.lines: "deque[tuple[Any, float, str, str, str]]" = deque(maxlen=size)
 
     def transition(self, job: "Job", new: JobState, why: str, now: float) -> JobState:
         """Check ``job.state -> new`` against ``TRANSITIONS``, record it, set it; returns the old state."""
+        old = self.move(job, new)
+        self.lines.append((job.id, now, old._value_, new._value_, why))
+        return old
+
+    def move(self, job: "Job", new: JobState) -> JobState:
+        """``transition`` without its line: the caller writes one ``line`` for its batch."""
         old = job.state
         if new not in TRANSITIONS[old]:
             raise InvalidTransition(old, new, job.id, self.of(job.id))
         job.state = new
-        self.lines.append((job.id, now, old._value_, new._value_, why))
         return old
+
+    def line(self, ids: tuple[str, ...], now: float, old: JobState, new: JobState, why: str) -> None:
+        """One line for the jobs ``ids`` that all went ``old -> new`` (``move``) for one reason."""
+        if ids:
+            self.lines.append((ids if len(ids) > 1 else ids[0], now, old._value_, new._value_, why))
 
     def note(self, job_id: str, state: JobState, why: str, now: float) -> None:
         """A line that is not a change of state (added, handed off, restored ...)."""
         self.lines.append((job_id, now, state._value_, state._value_, why))
 
     def of(self, job_id: str, limit: int = 20) -> tuple[tuple[str, float, str, str, str], ...]:
-        found = [line for line in self.lines if line[0] == job_id]
+        found = [line if who == job_id else (job_id, *line[1:]) for line in self.lines
+                 if (who := line[0]) == job_id or (type(who) is tuple and job_id in who)]
         return tuple(found[-limit:])
 
 

@@ -331,9 +331,9 @@ class EngineCore:
     def _reserve(self, jobs: list[Job], q: _Queue) -> None:
         """QUEUED -> ACTIVE: the starts are written; the consumers start once they are durable."""
         now, me, name, timeout = self._now, self.node, q.name, q.config.timeout
-        transition, running, new_runs = self.story.transition, self.running, self._new_runs
+        move, running, new_runs = self.story.move, self.running, self._new_runs
         for job in jobs:
-            transition(job, _ACTIVE, "reserved a slot", now)
+            move(job, _ACTIVE)  # from QUEUED: the table has no other way into ACTIVE
             run = Run(job, name, waiting_ms(job, now))
             run.queue_timeout = timeout
             running[job.id] = run
@@ -344,14 +344,12 @@ class EngineCore:
             job.finished = None
             new_runs.append(run)
         q.active += len(jobs)
+        self.story.line(tuple([j.id for j in jobs]), now, _QUEUED, _ACTIVE, "reserved a slot")
         self._c().starts.extend(jobs)
 
     # ------------------------------------------------------------------ new jobs
     def _on_jobs_added(self, e: ev.JobsAdded) -> None:
-        now = self._now
-        note = self.story.note
-        for job in e.jobs:
-            note(job.id, _QUEUED, "added", now)
+        self.story.line(tuple([job.id for job in e.jobs]), self._now, _QUEUED, _QUEUED, "added")
         c = self._c()
         c.inserts.extend(e.jobs)
         c.texts = e.texts
@@ -449,6 +447,8 @@ class EngineCore:
         c: ins.Commit | None = None
         running, queues, after_run, transition, facts = self.running, self.queues, self.after_run, \
             self.story.transition, ins.JobFacts.of
+        move = self.story.move
+        ok: list[str] = []  # ids of the runs that ended OK: one story line for them
         ended = 0
         for run, outcome in items:
             if run.ended:
@@ -480,7 +480,8 @@ class EngineCore:
                 continue
             kind = outcome.kind
             if kind == "OK":  # the common case: what decide() and _record() do for it, inline
-                old = transition(job, _SUCCEEDED, "run ended: OK", now)
+                old = move(job, _SUCCEEDED)  # from ACTIVE: the table has no other way into SUCCEEDED
+                ok.append(job.id)
                 job.finished = now
                 job.result_message = outcome.message
                 job.result = outcome.result
@@ -501,6 +502,7 @@ class EngineCore:
                 self._enter_window(job)
         if ended:
             self._count_done(ended)
+        self.story.line(tuple(ok), now, _ACTIVE, _SUCCEEDED, "run ended: OK")
         if c is None:
             return
         if transitions:

@@ -116,10 +116,11 @@ def update_row(job: Job) -> tuple[Any, ...]:
 # SQLite work (an add_many of 1,000 jobs: ~10 ms) during which the loop goes on parsing and
 # answering requests, since SQLite releases the GIL while it steps. Smaller commits stay inline.
 INLINE_MAX_ROWS = 256
-# ... unless other writes had to wait for the last commit that ran in the thread, less than this
-# many seconds ago: then the loop needs the store itself (a job cycle's starts wait behind the big
-# commit), and the thread's SQLite, which takes the GIL back for every row, fights the busy loop
-# for it: a 1,000-row insert took ~18 ms there against ~7.5 ms inline (benchmarks/throughput.py).
+# ... unless runs wait for it: the batch holds starts or finished runs (the job cycle's writes), or
+# other writes had to wait for the last commit that ran in the thread less than HELD_UP_FOR s ago.
+# Then the loop needs the store itself (no run starts before the commit), and the thread's SQLite,
+# which takes the GIL back for every row, fights the busy loop for it: a 1,000-row insert took
+# ~18 ms there against ~7.5 ms inline (benchmarks/throughput.py at the node defaults).
 HELD_UP_FOR = 1.0
 
 
@@ -404,6 +405,8 @@ class Store(Actor):
         if not self.inline_commits:
             return False
         if len(batch.inserts) + len(batch.updates) + len(batch.starts) <= INLINE_MAX_ROWS:
+            return True
+        if batch.starts or batch.updates:
             return True
         return asyncio.get_running_loop().time() - self._held_up_at < HELD_UP_FOR
 
