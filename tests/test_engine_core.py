@@ -426,7 +426,8 @@ def test_a_copy_from_accepted_to_its_result_in_the_outbox() -> None:
     clock.t = 1002.0
     out = core.handle(ev.RunsFinished([(run, Outcome("OK", "made"))]))
     item = ResultItem("c1", 1, ResultKind.OK, "made", None, 1000.0, 1002.0, ())
-    assert out == [ins.Commit(outbox=[(copy, item)], then=[ins.CopyResults([item], []),
+    assert out == [ins.CopiesEnded([("c1", 1)]),  # at once: no start announced while the commit runs
+                   ins.Commit(outbox=[(copy, item)], then=[ins.CopyResults([item], []),
                                                            ins.CopiesLeft([(F(copy), A)])])]
     assert not core.copies
 
@@ -574,3 +575,24 @@ def test_a_copys_input_references_and_a_results_outputs_are_written_with_their_r
     assert commit(out).outputs == [("j1", 1, P_OUT)] and j.state is S
     out = core.handle(ev.RemoteResults([ev.RemoteResult("b", "j1", 1, "OK", output_payload=P_OUT)]))
     assert commit(out).outputs == []  # a stale result changes nothing, its outputs neither
+
+
+def test_a_burst_of_adds_is_one_commit_and_one_pump() -> None:
+    core, _ = engine(capacity=2)
+    a, b, c = job(1), job(2), job(3)
+    out = core.handle_burst([ev.JobsAdded([a], ['{"a": 1}']), ev.JobsAdded([b, c], ["{}", "{}"])])
+    assert out == [ins.Commit(inserts=[a, b, c], texts=['{"a": 1}', "{}", "{}"],
+                              done=[ev.InsertsCommitted([a]), ev.InsertsCommitted([b, c])])]
+    out = core.handle_burst([ev.InsertsCommitted([a]), ev.InsertsCommitted([b, c])])
+    [c1] = [i for i in out if isinstance(i, ins.Commit)]
+    assert c1.starts == [a, b] and len(core.running) == 2  # one pump for both: two slots, two starts
+    assert [line[2:] for line in core.story.of("j3")] == [("QUEUED", "QUEUED", "added")]
+
+
+def test_two_attempts_of_a_copy_in_one_burst_write_one_row_the_last() -> None:
+    core, _ = engine()
+    out = core.handle_burst([ev.CopiesAccepted("o", [spec(1, attempt=1)], first_seq=50),
+                             ev.CopiesAccepted("o", [spec(1, attempt=2), spec(2)], first_seq=51)])
+    c1, c2 = core.copies["c1"], core.copies["c2"]
+    assert c1.attempt == 2
+    assert commit(out).copies == [("o", c1), ("o", c2)]  # one INSERT per id (UNIQUE jobs.id; sim seed 18)

@@ -8,9 +8,11 @@ simulation), ``ConsumerActor`` classes under their concurrency bound. A stopped 
 seconds later is cancelled (the outcome is STOPPED either way). At shutdown a run is
 interrupted: an async consumer cancelled, a sync one's thread left behind (logged).
 
-A consumer gets a copy of the job (``Job.snapshot``) whose ``progress`` is the run's own
-(``Run.progress``): the context writes progress there, nobody else does; the engine makes
-it the job's when the run ends.
+A consumer gets a copy of the job (``job.copy_fields``). One with a context gets the run's own
+``progress`` (``Run.own_progress``): the context writes progress there, nobody else does; the
+engine makes it the job's when the run ends. One without a context cannot report progress and
+sees the job's. An async consumer without a time limit or payload takes a short path (no
+``_Exec`` and no ``_execute`` coroutine unless it waits after its first step).
 """
 
 from __future__ import annotations

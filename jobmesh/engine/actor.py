@@ -39,7 +39,7 @@ from ..store.sqlite import Store
 from ..store.transfer import TransferStore
 from . import events as ev
 from . import instructions as ins
-from .core import WINDOW, EngineCore
+from .core import BURST, WINDOW, EngineCore
 
 WATCHDOG_PERIOD = 1.5  # s between the watchdog's comparisons of the store with the windows
 
@@ -253,7 +253,12 @@ class EngineActor(Actor):
         return handler(self, msg)
 
     def _external(self, msg: Any) -> None:
-        self._feed(msg)
+        """Queued: the mailbox's burst is handled at once when it is empty (``on_idle``)."""
+        self._events.append(msg)
+
+    def on_idle(self) -> None:
+        if (self._events or self._finished) and not self._busy:
+            self._drain()
 
     def _watchdog_due(self, msg: ev.WatchdogDue) -> None:
         self.tell_later(self.watchdog_period, ev.WatchdogDue())
@@ -279,7 +284,19 @@ class EngineActor(Actor):
                 else:
                     event, self._finished = ev.RunsFinished(self._finished), []
                 self._prepare(event, store)
-                for instruction in core.handle(event):
+                if type(event) in BURST and events and type(events[0]) in BURST:
+                    burst = [event]  # one pump and one commit for the events that came together
+                    while events and type(events[0]) in BURST:
+                        e = events.popleft()
+                        self._prepare(e, store)
+                        burst.append(e)
+                    if self._finished:  # outcomes reported meanwhile go with them
+                        burst.append(ev.RunsFinished(self._finished))
+                        self._finished = []
+                    instructions = core.handle_burst(burst)
+                else:
+                    instructions = core.handle(event)
+                for instruction in instructions:
                     handler = DISPATCH.get(type(instruction))
                     if handler is None:
                         raise TypeError(f"engine: no handler for instruction {type(instruction).__name__}")

@@ -188,13 +188,20 @@ class EngineCore:
     # ------------------------------------------------------------------ the entry point
     def handle(self, event: Any) -> list[Any]:
         """Take one event; return what to do, in order."""
+        return self.handle_burst((event,))
+
+    def handle_burst(self, events: Any) -> list[Any]:
+        """Take events that arrived together (``BURST`` kinds: the adds of one group commit, the
+        messages of one transfer batch, the outcomes of a commit), each as ``handle`` would, then
+        pump once and write one ``Commit`` for them all: one dispatch per burst, not per event."""
         self._now = self.clock()
         self._out = out = []
         self._commit = None
-        handler = _HANDLERS.get(type(event))
-        if handler is None:
-            raise TypeError(f"engine core: no handler for {type(event).__name__}")
-        handler(self, event)
+        for event in events:
+            handler = _HANDLERS.get(type(event))
+            if handler is None:
+                raise TypeError(f"engine core: no handler for {type(event).__name__}")
+            handler(self, event)
         self._pump()
         c = self._commit
         if c is not None:
@@ -351,8 +358,8 @@ class EngineCore:
     def _on_jobs_added(self, e: ev.JobsAdded) -> None:
         self.story.line(tuple([job.id for job in e.jobs]), self._now, _QUEUED, _QUEUED, "added")
         c = self._c()
+        c.texts = e.texts if not c.inserts else [*(c.texts or ()), *e.texts]  # two adds in one burst
         c.inserts.extend(e.jobs)
-        c.texts = e.texts
         c.done.append(ev.InsertsCommitted(e.jobs, e.reply))  # answered there, with the jobs as added
         if e.reply is not None:
             c.failed.append(ev.InsertsNotCommitted(e.reply, ""))
@@ -508,6 +515,7 @@ class EngineCore:
         if transitions:
             c.then.append(ins.JobsTransitioned(transitions))
         if results:
+            self._out.append(ins.CopiesEnded([(r.id, r.attempt) for r in results]))  # now, not after the commit
             c.then.append(ins.CopyResults(results, final_progress))
         if left:
             c.then.append(ins.CopiesLeft(left))
@@ -1130,6 +1138,9 @@ class EngineCore:
             jobs.pop(s.id, None)
             jobs[s.id] = job
         c = self._c()
+        if c.copies:  # an earlier event of this burst accepted one of them: its row is superseded too
+            c.copies[:] = [(o, j) for o, j in c.copies if j.id not in jobs]
+            c.inputs[:] = [(i, p) for i, p in c.inputs if i not in jobs]
         if left:
             c.then.append(ins.CopiesLeft(left))
         accepted = list(jobs.values())
@@ -1220,6 +1231,15 @@ class EngineCore:
     def _on_verify(self, e: ev.VerifyCopies) -> None:
         self.verify.update(e.job_ids)
 
+
+# Events that may share one ``handle_burst``: none reads the store first (``CopiesAccepted`` only
+# reserves seqs) or answers with the core's state (info, summaries), so a pump between them would
+# change nothing they see; any other event is handled on its own, after a pump.
+BURST: frozenset[type] = frozenset({
+    ev.JobsAdded, ev.InsertsCommitted, ev.StartsCommitted, ev.RunsFinished, ev.RemoteStarted,
+    ev.RemoteProgress, ev.RemoteResults, ev.CopiesAccepted, ev.CopiesCommitted, ev.CopiesForgotten,
+    ev.HandoffCommitted,
+})
 
 _HANDLERS: dict[type, Callable[[EngineCore, Any], None]] = {
     ev.JobsAdded: EngineCore._on_jobs_added,

@@ -10,7 +10,7 @@ The engine actor (``engine.actor``) carries each out through one table,
   ``JobsTransitioned``, ``CopiesArrived``, ``CopiesLeft``;
 - messages for the transfer actor: ``OfferJobs``, ``StopRemote``, ``ResultsRecorded``,
   ``ResultsNotRecorded``, ``CopiesRecorded``, ``CopiesNotRecorded``, ``CopyStarted``,
-  ``CopyProgress``, ``CopyResults``.
+  ``CopyProgress``, ``CopiesEnded``, ``CopyResults``.
 
 Jobs in messages to other actors are snapshots (``Job.snapshot``) or their facts
 (``JobFacts``): the receiver may keep them; the engine's own records are never shared.
@@ -297,6 +297,14 @@ class CopyProgress:
 
 
 @dataclass(slots=True)
+class CopiesEnded:
+    """These copies' consumers ended here (their results follow once the outbox has them): no start
+    to announce for them any more, however long the commit takes."""
+
+    refs: list[tuple[str, int]]  # (job id, attempt)
+
+
+@dataclass(slots=True)
 class CopyResults:
     """Final outcomes of copies, durable in the outbox: send them (``progress``: the final
     steps of those that reported any, to go just ahead of the results)."""
@@ -307,4 +315,4 @@ class CopyResults:
 
 TO_MANAGER: tuple[type, ...] = (JobsStarted, JobsTransitioned, CopiesArrived, CopiesLeft)
 TO_TRANSFER: tuple[type, ...] = (OfferJobs, StopRemote, CheckAway, ResultsRecorded, ResultsNotRecorded, CopiesRecorded,
-                                 CopiesNotRecorded, CopyStarted, CopyProgress, CopyResults)
+                                 CopiesNotRecorded, CopyStarted, CopyProgress, CopiesEnded, CopyResults)

@@ -2,10 +2,11 @@
 
 Why this shape: a commit is the expensive part of a write (a WAL append, and an
 fsync with ``durability="full"``), so every write call only enqueues an operation
-and gets a future; one writer thread takes everything queued since the last
-commit and writes it as ONE transaction (``executemany``), then resolves all the
-futures. While a commit runs, the next batch accumulates: under load, hundreds of
-jobs share one commit. Several updates of the same job in one batch collapse to
+and gets a future; one writer takes everything queued since the last commit (on the
+next loop turn after the first write; inline on the loop's thread at normal durability,
+in the writer thread otherwise) and writes it as ONE transaction (``executemany``), then
+resolves all the futures and runs the ``on_commit`` hooks. While a commit runs in the
+thread, the next batch accumulates: under load, hundreds of jobs share one commit. Several updates of the same job in one batch collapse to
 the last one (a job's final state overwrites its ACTIVE row when both wait).
 
 Reads use a second connection on the event loop's thread; in WAL mode they see
@@ -95,7 +96,7 @@ def insert_row(job: Job, props: str | None = None) -> tuple[Any, ...]:
     """A new row, in ``JOB_COLUMNS`` order (``props``: the properties as JSON, if known)."""
     return (
         job.seq, job.id, job.topic, job.queue, job.state._value_,
-        props if props is not None else json.dumps(job.properties), job.origin,
+        props if props is not None else (json.dumps(job.properties) if job.properties else "{}"), job.origin,
         job.target, job.created, job.started, job.finished, job.retry_count,
         job.max_retries, job.attempt, job.not_before, progress_json(job.progress),
         job.result_message, None if job.result is None else json.dumps(job.result), job.key,
@@ -116,8 +117,9 @@ def update_row(job: Job) -> tuple[Any, ...]:
 # SQLite work (an add_many of 1,000 jobs: ~10 ms) during which the loop goes on parsing and
 # answering requests, since SQLite releases the GIL while it steps. Smaller commits stay inline.
 INLINE_MAX_ROWS = 256
-# ... unless runs wait for it: the batch holds starts or finished runs (the job cycle's writes), or
-# other writes had to wait for the last commit that ran in the thread less than HELD_UP_FOR s ago.
+# ... unless runs wait for it: the batch holds starts (the job cycle's writes: no consumer of them
+# runs before the commit), or other writes had to wait for the last commit that ran in the thread
+# less than HELD_UP_FOR s ago.
 # Then the loop needs the store itself (no run starts before the commit), and the thread's SQLite,
 # which takes the GIL back for every row, fights the busy loop for it: a 1,000-row insert took
 # ~18 ms there against ~7.5 ms inline (benchmarks/throughput.py at the node defaults).
@@ -406,7 +408,7 @@ class Store(Actor):
             return False
         if len(batch.inserts) + len(batch.updates) + len(batch.starts) <= INLINE_MAX_ROWS:
             return True
-        if batch.starts or batch.updates:
+        if batch.starts:
             return True
         return asyncio.get_running_loop().time() - self._held_up_at < HELD_UP_FOR
 

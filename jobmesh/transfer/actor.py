@@ -356,6 +356,9 @@ class TransferActor(Actor):
         self._exec(self.protocol.target.progress(Progress(msg.job_id, msg.attempt, msg.steps, msg.step, msg.eta,
                                                           msg.log)))
 
+    def _copies_ended(self, msg: ei.CopiesEnded) -> None:
+        self._exec(self.protocol.target.copies_ended(msg.refs))
+
     def _copy_results(self, msg: ei.CopyResults) -> None:
         self.results_out += len(msg.results)
         progress = [Progress(p.job_id, p.attempt, p.steps, p.step, p.eta, ()) for p in msg.progress]
@@ -604,6 +607,7 @@ _MAILBOX: dict[type, Callable[[TransferActor, Any], Any]] = {
     ei.CopiesNotRecorded: TransferActor._copies_not_recorded,
     ei.CopyStarted: TransferActor._copy_started,
     ei.CopyProgress: TransferActor._copy_progress,
+    ei.CopiesEnded: TransferActor._copies_ended,
     ei.CopyResults: TransferActor._copy_results,
 }
 

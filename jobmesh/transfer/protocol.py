@@ -1007,6 +1007,17 @@ class TargetProtocol:
         self._timers.maybe(due, out)
         return out
 
+    def copies_ended(self, refs: Iterable[tuple[str, int]]) -> list[Any]:
+        """These copies' consumers ended: their results (which say when they started) follow once
+        durable, so no start is announced for them, even when that commit takes longer than
+        ``started_delay`` (a busy target sent a Started for every job of a slow cycle)."""
+        starts = self._starts
+        for job_id, attempt in refs:
+            s = starts.get(job_id)
+            if s is not None and s[0] == attempt:
+                del starts[job_id]
+        return []
+
     def progress(self, progress: Progress) -> list[Any]:
         """Forward progress while the origin is reachable (best effort; the result repeats the log),
         at most one message per ``progress_interval`` per job: what comes sooner is merged into
