@@ -535,15 +535,19 @@ class JobManager(Actor):
     def _copies_left(self, msg: ins.CopiesLeft) -> None:
         """Copies that ended or went here (their outcome went to the outbox; the origin records it)."""
         ran = self._ran_here
+        agg: dict[tuple[str, str, JobState], int] = {}  # summed first: a batch has few topics
         for job, old in msg.items:
             ran[job.id] = job.origin
             if len(ran) > MAX_TOPIC_STATS:  # bounded: forget the oldest
                 ran.pop(next(iter(ran)))
-            for s in self._scopes(job.queue, job.topic):
+            key = (job.queue, job.topic, old)
+            agg[key] = agg.get(key, 0) + 1
+        for (queue, topic, old), n in agg.items():
+            for s in self._scopes(queue, topic):
                 if old is JobState.QUEUED:
-                    s.queued -= 1
+                    s.queued -= n
                 elif old is JobState.ACTIVE:
-                    s.active -= 1
+                    s.active -= n
 
     def _started(self, msg: ins.JobsStarted) -> None:
         """Jobs whose ACTIVE row committed. Statistics are summed per (queue, topic) first:

@@ -57,7 +57,8 @@ DUE_SCAN = DEFER_AFTER / 2
 
 _QUEUED, _ACTIVE, _SUCCEEDED = JobState.QUEUED, JobState.ACTIVE, JobState.SUCCEEDED
 _STOPPED, _DROPPED = JobState.STOPPED, JobState.DROPPED
-_RESULT_KINDS = {"OK": "OK", "FAILED": "FAILED", "CANCEL": "CANCEL", "STOPPED": "CANCEL"}
+_RESULT_KINDS = {"OK": ResultKind.OK, "FAILED": ResultKind.FAILED, "CANCEL": ResultKind.CANCEL,
+                 "STOPPED": ResultKind.CANCEL}
 
 
 class Run:
@@ -547,15 +548,17 @@ class EngineCore:
         """A copy ended here: its result goes to the durable outbox (its row goes), then to its origin."""
         job = run.job
         self.copies.pop(job.id, None)
-        message = outcome.message
-        if outcome.kind == "STOPPED" and message is None:
+        message, kind = outcome.message, outcome.kind
+        if kind == "STOPPED" and message is None:
             message = "stopped"
-        log = tuple([*job.progress.log, *outcome.log][-MAX_LOG_LINES:])
-        item = ResultItem(job.id, job.attempt, ResultKind(_RESULT_KINDS.get(outcome.kind, "FAILED")), message,
+        lines = job.progress.log
+        log = tuple([*lines, *outcome.log][-MAX_LOG_LINES:]) if lines or outcome.log else ()
+        ok = kind == "OK"
+        item = ResultItem(job.id, job.attempt, _RESULT_KINDS.get(kind, ResultKind.FAILED), message,
                           outcome.retry_delay, job.started, self._now, log,
-                          result=outcome.result if outcome.kind == "OK" else None,
-                          output_payload=outcome.output_payload if outcome.kind == "OK" else None)
-        self.story.note(job.id, job.state, f"copy ended: {outcome.kind}; result to {job.origin}", self._now)
+                          result=outcome.result if ok else None,
+                          output_payload=outcome.output_payload if ok else None)
+        self.story.note(job.id, job.state, "copy ended: " + kind + "; result to " + job.origin, self._now)
         c.outbox.append((job, item))
         results.append(item)
         p = job.progress
