@@ -4,7 +4,7 @@ An ``async def`` consumer that blocks (``time.sleep``, CPU-bound work) freezes e
 the HTTP API and the actors of its node. Discovery keeps the node alive (heartbeats have a
 thread of their own) and logs the lag afterwards; this thread says it *while* it happens, and
 which job, topic and line hold the loop, read from the loop thread's stack: the frames below the
-consumer pool's ``_execute`` are the consumer's. One line per block, with the fix.
+runner's ``_execute`` (its short path: ``_worker``, ``_resumed``) are the consumer's. One line per block, with the fix.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ HINT = ("an async consumer must not block the event loop: await asyncio.sleep() 
         "or make it a plain `def` (it then runs in a thread)")
 _RUNNER_FILE = os.path.join("consumers", "runner.py")
 _STEPPING_FILE = os.path.join("consumers", "stepping.py")
-_RUN_FRAMES = ("_execute",)  # the runner's frame that runs a consumer, first step to end
+# the runner's frames that run a consumer, first step to end (its short path runs one from the
+# slot worker itself, and a consumer of it that waits goes on in ``_resumed``)
+_RUN_FRAMES = ("_execute", "_resumed", "_worker")
 
 
 def blocking_frame_info(frame: types.FrameType | None) -> dict[str, Any]:
