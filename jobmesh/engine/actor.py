@@ -387,8 +387,10 @@ class EngineActor(Actor):
         entries = self._commits.get(fut)
         if entries is None:
             entries = self._commits[fut] = []
-            # at once when the transaction ends, not a loop turn later through the future
-            store.on_commit(partial(self._committed, fut))
+            # through the future, a loop turn after the commit: running the outcomes inside the
+            # commit's own turn (a synchronous hook, tried) let the offloader see a start not yet
+            # announced and move one job too many (offload makespan 1.08 -> 1.17)
+            fut.add_done_callback(self._committed)
         entries.append((c, calls))
 
     def _payload_refs(self, c: ins.Commit) -> None:

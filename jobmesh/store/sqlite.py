@@ -5,7 +5,7 @@ fsync with ``durability="full"``), so every write call only enqueues an operatio
 and gets a future; one writer takes everything queued since the last commit (on the
 next loop turn after the first write; inline on the loop's thread at normal durability,
 in the writer thread otherwise) and writes it as ONE transaction (``executemany``), then
-resolves all the futures and runs the ``on_commit`` hooks. While a commit runs in the
+resolves all the futures. While a commit runs in the
 thread, the next batch accumulates: under load, hundreds of jobs share one commit. Several updates of the same job in one batch collapse to
 the last one (a job's final state overwrites its ACTIVE row when both wait).
 
@@ -135,7 +135,6 @@ class _Batch:
     delete_seqs: list[int]
     calls: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]]
     futures: list[asyncio.Future[Any]]
-    hooks: list[Callable[[], None]]  # called at once when the transaction ended (``on_commit``)
 
 
 class Store(Actor):
@@ -178,7 +177,7 @@ class Store(Actor):
 
     @staticmethod
     def _new_batch() -> _Batch:
-        return _Batch([], {}, {}, [], [], [], [], [])
+        return _Batch([], {}, {}, [], [], [], [])
 
     # -- lifecycle -------------------------------------------------------
     async def on_start(self) -> None:
@@ -265,12 +264,6 @@ class Store(Actor):
         self._pending_count += 1
         return futs[0]
 
-    def on_commit(self, hook: Callable[[], None]) -> None:
-        """Call ``hook()`` right after the pending transaction committed (or failed), in the same loop
-        turn, once its futures are resolved (so ``hook`` may look at them): a callback on the future
-        would run a turn later, and a job's start cycle is a handful of turns."""
-        self._enqueue()
-        self._pending.hooks.append(hook)
 
     def insert(self, jobs: Iterable[Job], properties_json: list[str] | None = None) -> asyncio.Future[Any]:
         """Add new jobs; assigns each ``job.seq`` now (arrival order), durable when the future resolves."""
@@ -457,7 +450,7 @@ class Store(Actor):
         self._resolve(batch, results, None)
 
     def _resolve(self, batch: _Batch, results: list[Any] | None, exc: BaseException | None) -> None:
-        """Every waiter of a transaction learns how it ended; then its hooks run."""
+        """Every waiter of a transaction learns how it ended."""
         if exc is not None or results is None:  # disk full, I/O error: every waiter learns it, the store lives on
             log.error("store commit failed", error=repr(exc), writes=len(batch.futures))
             for fut in batch.futures:
@@ -478,11 +471,6 @@ class Store(Actor):
                     fut.set_exception(res)
                 else:
                     fut.set_result(res)
-        for hook in batch.hooks:
-            try:
-                hook()
-            except Exception:
-                log.exception("a commit hook failed")
 
     def _commit(self, batch: _Batch) -> list[Any]:
         conn = self._wconn
