@@ -2,16 +2,21 @@
 
 Every transition a job can take is listed in ``TRANSITIONS``; ``check_transition``
 refuses anything else, so a bug shows up as an error instead of a job in a state
-Sling users would not recognise.
+Sling users would not recognise. The engine (``jobmesh.engine.core``) moves every job,
+on every path (local runs, copies, recovery, retry), through ``Story.transition``: the
+check, the change of state and a line of the job's recent story in one place; a refused
+transition raises ``InvalidTransition`` with that story.
 """
 
 from __future__ import annotations
 
 import enum
+import json
 import threading
 import time
 from . import clock as _clock
 from . import rng as _rng
+from .errors import ValidationError
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -64,12 +69,70 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 
 
 class InvalidTransition(ValueError):
-    """A job was asked to move to a state it cannot reach from where it is."""
+    """A job was asked to move to a state it cannot reach from where it is.
+
+    ``story`` is what happened to the job lately (``Story.of``), oldest first: the
+    transitions it took and why, so that the bug that asked for this one can be found.
+    """
+
+    def __init__(self, old: JobState, new: JobState, job_id: str | None = None,
+                 story: tuple[tuple[Any, ...], ...] = ()) -> None:
+        self.old, self.new, self.job_id, self.story = old, new, job_id, story
+        who = f"job {job_id}" if job_id else "job"
+        text = f"{who} cannot go from {old.value} to {new.value}"
+        if story:
+            text += "; its recent story:\n  " + "\n  ".join(
+                f"{t:.3f} {o} -> {n} ({why})" for _, t, o, n, why in story)
+        super().__init__(text)
 
 
 def check_transition(old: JobState, new: JobState) -> None:
     if new not in TRANSITIONS[old]:
-        raise InvalidTransition(f"job cannot go from {old.value} to {new.value}")
+        raise InvalidTransition(old, new)
+
+
+class Story:
+    """The recent transitions of all jobs, newest last, bounded (dask's worker ``story``).
+
+    One shared ring, not a list per job: a million queued jobs must not each carry a list.
+    ``transition`` (``move`` and ``line`` for a batch) is the only way the engine changes a
+    job's state. A line names one job id, or a tuple of the ids of a batch that went the same
+    way at once (the jobs of one add, one reservation, one batch of runs that ended OK): one
+    line per batch, not per job, on the hot path. ``of`` gives a job's lines one by one.
+    """
+
+    def __init__(self, size: int = 20_000) -> None:
+        from collections import deque
+
+        self.lines: "deque[tuple[Any, float, str, str, str]]" = deque(maxlen=size)
+
+    def transition(self, job: "Job", new: JobState, why: str, now: float) -> JobState:
+        """Check ``job.state -> new`` against ``TRANSITIONS``, record it, set it; returns the old state."""
+        old = self.move(job, new)
+        self.lines.append((job.id, now, old._value_, new._value_, why))
+        return old
+
+    def move(self, job: "Job", new: JobState) -> JobState:
+        """``transition`` without its line: the caller writes one ``line`` for its batch."""
+        old = job.state
+        if new not in TRANSITIONS[old]:
+            raise InvalidTransition(old, new, job.id, self.of(job.id))
+        job.state = new
+        return old
+
+    def line(self, ids: tuple[str, ...], now: float, old: JobState, new: JobState, why: str) -> None:
+        """One line for the jobs ``ids`` that all went ``old -> new`` (``move``) for one reason."""
+        if ids:
+            self.lines.append((ids if len(ids) > 1 else ids[0], now, old._value_, new._value_, why))
+
+    def note(self, job_id: str, state: JobState, why: str, now: float) -> None:
+        """A line that is not a change of state (added, handed off, restored ...)."""
+        self.lines.append((job_id, now, state._value_, state._value_, why))
+
+    def of(self, job_id: str, limit: int = 20) -> tuple[tuple[str, float, str, str, str], ...]:
+        found = [line if who == job_id else (job_id, *line[1:]) for line in self.lines
+                 if (who := line[0]) == job_id or (type(who) is tuple and job_id in who)]
+        return tuple(found[-limit:])
 
 
 class ResultKind(str, enum.Enum):
@@ -106,7 +169,7 @@ JobResult.FAILED = JobResult(ResultKind.FAILED)  # type: ignore[misc]
 JobResult.CANCEL = JobResult(ResultKind.CANCEL)  # type: ignore[misc]
 
 
-@dataclass
+@dataclass(slots=True)
 class Progress:
     steps: int | None = None
     step: int = 0
@@ -168,6 +231,14 @@ class Job:
     @output.setter
     def output(self, value: dict[str, Any] | None) -> None:
         self.result = value
+
+    def snapshot(self) -> "Job":
+        """A copy a reader may keep: the engine goes on changing its own record (its
+        progress log too), never this copy."""
+        j = copy_fields(self)
+        p = self.progress
+        j.progress = Progress(p.steps, p.step, p.eta, p.log[:])
+        return j
 
     def to_json(self) -> dict[str, Any]:
         """The job as DESIGN §5.2's job JSON."""
@@ -254,6 +325,58 @@ def parse_iso(text: str) -> float:
     return dt.timestamp()
 
 
+_new = object.__new__
+
+
+def _field_copier() -> Any:
+    """``copy_fields(job)``: a new ``Job`` with the same field values (shared, not copied), written
+    out field by field. Not through ``__dict__``: reading it makes a dict for the source and the
+    copy (CPython keeps plain instances' attributes inline until then), two objects more per job
+    for the collector to walk, and a window holds thousands of jobs."""
+    from dataclasses import fields
+
+    body = "".join(f"    j.{f.name} = job.{f.name}\n" for f in fields(Job))
+    ns: dict[str, Any] = {"_new": _new, "Job": Job}
+    exec(f"def copy_fields(job):\n    j = _new(Job)\n{body}    return j\n", ns)  # noqa: S102 - our own text
+    return ns["copy_fields"]
+
+
+copy_fields = _field_copier()
+
+MAX_PROPERTIES_BYTES = 1_000_000
+
+try:
+    from json.encoder import c_make_encoder as _c_make_encoder  # type: ignore[attr-defined]
+    from json.encoder import encode_basestring_ascii as _ascii  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - an interpreter without the C accelerator
+    _c_make_encoder = None
+_json_default = json.JSONEncoder().default
+
+
+def _strict_json(obj: Any) -> str:
+    """``json.dumps(obj, allow_nan=False)``, the same text and errors, without ``JSONEncoder``'s
+    per-call set-up (half the cost for a small dict; it runs once per added job)."""
+    if _c_make_encoder is None:  # pragma: no cover
+        return json.dumps(obj, allow_nan=False)
+    return "".join(_c_make_encoder({}, _json_default, _ascii, None, ": ", ", ", False, False, False)(obj, 0))
+
+
+def properties_json(props: Any, what: str = "properties") -> str:
+    """``props`` as JSON text when it is a JSON-compatible dict of bounded size (what a job's
+    properties, a workflow's input and a step's output must be); ``ValidationError`` otherwise."""
+    if props is None:
+        return "{}"
+    if not isinstance(props, dict):
+        raise ValidationError(f"{what} must be a JSON object (a dict)")
+    try:
+        text = _strict_json(props)
+    except (TypeError, ValueError) as e:
+        raise ValidationError(f"{what} are not JSON-compatible: {e}") from None
+    if len(text) > MAX_PROPERTIES_BYTES:
+        raise ValidationError(f"{what} are larger than {MAX_PROPERTIES_BYTES} bytes")
+    return text
+
+
 class JobIdGenerator:
     """Time-ordered, unique job ids: ``<ms since epoch, hex>-<random node part>-<counter>``.
 
@@ -272,4 +395,12 @@ class JobIdGenerator:
             self._counter += 1
             n = self._counter
         return f"{int(self._clock() * 1000):011x}-{self._prefix}-{n:x}"
+
+    def next_many(self, count: int) -> list[str]:
+        """``count`` ids at once: one clock read, one lock (an add of many jobs)."""
+        with self._lock:
+            first = self._counter + 1
+            self._counter += count
+        head = f"{int(self._clock() * 1000):011x}-{self._prefix}-"
+        return [f"{head}{n:x}" for n in range(first, first + count)]
 

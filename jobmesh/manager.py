@@ -1,17 +1,17 @@
 """The job manager (``node.jobs``): the API facade of DESIGN §5.3.
 
-It validates input, writes new jobs, hands them to their queue actors and answers
-queries from the store (overlaid with the live state of running jobs). As an actor
-it receives the engine's transitions (``started`` from the pool, ``transition``
-from the queues, always after the write committed) and turns them into
-statistics, ``wait`` results and notifications.
+It validates input and hands new jobs and requests (stop, remove, retry, suspend) to the
+engine (``engine.actor``), which writes every job row; it answers queries from the store,
+overlaid with the engine's snapshots of running jobs. As an actor it receives the
+engine's messages (``JobsStarted``, ``JobsTransitioned``, ``CopiesArrived``,
+``CopiesLeft``; always after the write committed) and turns them into statistics,
+``wait`` results and notifications.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
-import json
+import os
 from . import clock as _clock
 from functools import lru_cache
 from typing import Any, Callable
@@ -20,15 +20,17 @@ from typing import Any, Callable
 from .actor import Actor
 from .config import NodeConfig
 from .consumers.context import failure_entries
-from .errors import Conflict, NotFound, ValidationError
+from .engine import events as ev
+from .engine import instructions as ins
+from .errors import ActorStopped, Conflict, NotFound, ValidationError
 from .events import JOB_ADDED, EventBus, Notification, notification_topic
-from .job import FINAL_STATES, Job, JobIdGenerator, JobState, Progress, iso
+from .job import FINAL_STATES, Job, JobIdGenerator, JobState, iso, properties_json
 from .job_options import JobRequest, check_request, not_before, request_from
+from .blobs.payload import payload_file, resolve_requests, with_payload
 from .job_queries import JobQueries
 from .queues.core import QueueMatcher
 from .topics import TopicError, validate_topic
 
-MAX_PROPERTIES_BYTES = 1_000_000
 MAX_BATCH = 10_000
 MAX_TOPIC_STATS = 10_000  # per-topic statistics kept for at most this many distinct topics
 _STATE_NAMES = {s.value: s for s in JobState}
@@ -74,57 +76,32 @@ def _valid_topic(topic: str) -> None:
         raise ValidationError(str(e)) from None
 
 
-try:
-    from json.encoder import c_make_encoder as _c_make_encoder  # type: ignore[attr-defined]
-    from json.encoder import encode_basestring_ascii as _ascii  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - an interpreter without the C accelerator
-    _c_make_encoder = None
-_json_default = json.JSONEncoder().default
-
-
-def _strict_json(obj: Any) -> str:
-    """``json.dumps(obj, allow_nan=False)``, the same text and errors, without ``JSONEncoder``'s
-    per-call set-up (half the cost for a small dict; it runs once per added job)."""
-    if _c_make_encoder is None:  # pragma: no cover
-        return json.dumps(obj, allow_nan=False)
-    return "".join(_c_make_encoder({}, _json_default, _ascii, None, ": ", ", ", False, False, False)(obj, 0))
-
-
-def _check_properties(props: Any) -> str:
-    """JSON text of ``props``; ValidationError when it is not a JSON-compatible dict."""
-    if props is None:
-        return "{}"
-    if not isinstance(props, dict):
-        raise ValidationError("properties must be a JSON object (a dict)")
-    try:
-        text = _strict_json(props)
-    except (TypeError, ValueError) as e:
-        raise ValidationError(f"properties are not JSON-compatible: {e}") from None
-    if len(text) > MAX_PROPERTIES_BYTES:
-        raise ValidationError(f"properties are larger than {MAX_PROPERTIES_BYTES} bytes")
-    return text
+_check_properties = properties_json
 
 
 class JobManager(Actor):
-    """``node.jobs``. Public coroutine methods are the API; ``tell`` carries the engine's transitions."""
+    """``node.jobs``. Public coroutine methods are the API; its mailbox takes the engine's messages."""
 
-    def __init__(self, config: NodeConfig, store: Any, events: EventBus, clock: Callable[[], float] = _clock.wall) -> None:
+    REQUEST_TIMEOUT = 10.0  # s an engine request may take (it answers once its write is durable)
+
+    def __init__(self, config: NodeConfig, store: Any, events: EventBus, engine: Actor,
+                 clock: Callable[[], float] = _clock.wall, on_added: Callable[[], None] | None = None,
+                 consumers: Any = None, blobs: Any = None) -> None:
         super().__init__("job-manager")
         self.config = config
         self.node_name = config.name
         self.store = store
         self.events = events
+        self.engine = engine
+        self.consumers = consumers  # the node's ConsumerIndex: a task's own options (queue, retries, priority)
         self.clock = clock
         self.matcher = QueueMatcher(config.all_queues())
         self.ids = JobIdGenerator(clock)
-        self._queue_actors: dict[str, Actor] = {}
-        self.pool: Any = None
-        self._live: dict[str, Job] = {}
         self._failures_logged: dict[str, int] = {}  # job id -> the last failed attempt logged
         self._ran_here: dict[str, str] = {}  # other nodes' jobs that ran here: id -> origin (bounded)
         self.queries = JobQueries(store.path) if hasattr(store, "path") else None
         self._waiters: dict[str, list[asyncio.Future[Job]]] = {}
-        self.blobs: Any = None  # the node's BlobStore (job payload), set by the node
+        self.blobs = blobs  # the node's BlobStore (job payload: adds store it, reads show it)
         self._adding_keys: dict[str, Job] = {}  # keyed jobs being committed: a second add finds them
         self._warned_queues: set[str] = set()
         self._started_at = clock()
@@ -133,12 +110,8 @@ class JobManager(Actor):
         self._by_topic: dict[str, Stats] = {}
         self.accepting = True
         # called after new jobs were committed (the node kicks its offloader: no waiting for a tick)
-        self.added_hook: Callable[[], None] | None = None
+        self.on_added = on_added
         self.log = self.log.bind(node=self.node_name)
-
-    def bind(self, pool: Any, queues: dict[str, Actor]) -> None:
-        self.pool = pool
-        self._queue_actors = queues
 
     async def on_start(self) -> None:
         """Statistics gauges from the store (what is QUEUED/ACTIVE survives restarts); start clean-up."""
@@ -202,7 +175,8 @@ class JobManager(Actor):
         now = self.clock()
         jobs: list[Job] = []
         texts: list[str] = []
-        nid, match, node, valid = self.ids.next, self.matcher.match, self.node_name, _valid_topic
+        ids = self.ids.next_many(len(items))
+        match, node, valid = self.matcher.match, self.node_name, _valid_topic
         tasky = self._task_options
         seen: dict[str, Any] = {}  # topic -> its task options (few topics per call, many jobs)
         for i, item in enumerate(items):
@@ -219,17 +193,27 @@ class JobManager(Actor):
                 opts = seen[topic] = tasky(topic)
             if opts is None:
                 q = match(topic)
-                jobs.append(Job(id=nid(), topic=topic, properties=props if props is not None else {},
+                jobs.append(Job(id=ids[i], topic=topic, properties=props if props is not None else {},
                                 queue=q.name, origin=node, created=now, max_retries=q.retries))
             else:
                 qname, retries, prio = opts
-                jobs.append(Job(id=nid(), topic=topic, properties=props if props is not None else {},
+                jobs.append(Job(id=ids[i], topic=topic, properties=props if props is not None else {},
                                 queue=qname, origin=node, created=now, max_retries=retries, priority=prio))
         if not jobs:
             return []
-        await self.store.insert(jobs, texts)
-        self._on_added(jobs)
-        return jobs
+        added = await self._request(ev.JobsAdded(jobs, texts))
+        self._on_added(added)
+        return added
+
+    async def _request(self, event: Any, timeout: float | None = None) -> Any:
+        """Hand a request to the engine; it answers (through ``event.reply``) once what it did is durable."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        event.reply = fut
+        try:
+            self.engine.tell(event)
+        except ActorStopped:
+            raise ActorStopped("the job store is closed (node stopped)") from None
+        return await asyncio.wait_for(fut, timeout)
 
     def _check_accepting(self, items: Any) -> None:
         if not self.accepting:
@@ -250,7 +234,7 @@ class JobManager(Actor):
                 raise ValidationError(f"{where}topic must be a string")
             _valid_topic(r.topic)
             checked.append(r if r.plain else check_request(r, where))
-        refs = await self._resolve_payloads(checked) if any(r.payload is not None for r in checked) else None
+        refs = await resolve_requests(self.blobs, checked) if any(r.payload is not None for r in checked) else None
         keys = {r.key for r in checked if r.key is not None}
         existing: dict[str, Job] = {}
         if keys:
@@ -265,8 +249,8 @@ class JobManager(Actor):
         for i, r in enumerate(checked):
             if r.key is not None and r.key in existing:
                 job = existing[r.key]
-                live = self._live.get(job.id)
-                out.append((_snapshot(live if live is not None else job), False))
+                live = self.engine.snapshot(job.id)  # type: ignore[attr-defined]
+                out.append((live if live is not None else job.snapshot(), False))
                 continue
             props = r.properties
             texts.append("{}" if props is None or props == {} else _check_properties(props))
@@ -300,38 +284,19 @@ class JobManager(Actor):
             if job.key is not None:
                 self._adding_keys[job.key] = job
         try:
-            await self.store.insert(jobs, texts)
+            added = await self._request(ev.JobsAdded(jobs, texts))
         finally:
             for job in jobs:
                 if job.key is not None and self._adding_keys.get(job.key) is job:
                     del self._adding_keys[job.key]
-        self._on_added(jobs)
-        return out
-
-    async def _resolve_payloads(self, requests: list[JobRequest]) -> list[dict[str, Any]]:
-        """Each request's payload as ``{name: BlobRef}``: files and bytes stored (once per payload
-        object, so a payload shared by many requests is stored once), blob ids checked."""
-        from .blobs.payload import resolve_payload
-
-        if self.blobs is None:
-            raise ValidationError("this node has no blob store")
-        done: dict[int, dict[str, Any]] = {}
-        out: list[dict[str, Any]] = []
-        for i, r in enumerate(requests):
-            if r.payload is None:
-                out.append({})
-                continue
-            refs = done.get(id(r.payload))
-            if refs is None:
-                where = f"item {i}: " if len(requests) > 1 else ""
-                refs = done[id(r.payload)] = await resolve_payload(self.blobs, r.payload, where)
-            out.append(refs)
-        return out
+        self._on_added(added)
+        committed = {j.id: j for j in added}  # the engine's snapshots of what it committed
+        return [(committed.get(j.id, j), created) if created else (j, created) for j, created in out]
 
     def _task_options(self, topic: str) -> tuple[str, int, int] | None:
         """(queue, retries, priority) for a topic whose consumer here is a task with options, else None
         (the queue that matches the topic decides). Read where the job is recorded: its origin."""
-        index = getattr(self.pool, "index", None)
+        index = self.consumers
         if index is None:
             return None
         spec = index.find(topic)
@@ -339,8 +304,9 @@ class JobManager(Actor):
             return None
         q = self.matcher.match(topic)
         if spec.queue is not None and spec.queue != q.name:
-            if spec.queue in self._queue_actors:
-                q = self._queue_config(spec.queue) or q
+            configured = self._queue_config(spec.queue)
+            if configured is not None:
+                q = configured
             elif spec.queue not in self._warned_queues:
                 self._warned_queues.add(spec.queue)
                 self.log.warning("a task names a queue this node does not configure; its jobs go to the "
@@ -354,24 +320,15 @@ class JobManager(Actor):
         return None
 
     def _on_added(self, jobs: list[Job]) -> None:
-        by_queue: dict[str, list[Job]] = {}
         per_topic: dict[tuple[str, str], int] = {}
         for job in jobs:
-            lst = by_queue.get(job.queue)
-            if lst is None:
-                by_queue[job.queue] = lst = []
-            lst.append(job)
             key = (job.queue, job.topic)
             per_topic[key] = per_topic.get(key, 0) + 1
         for (queue, topic), n in per_topic.items():
             for st in self._scopes(queue, topic):
                 st.queued += n
-        for qname, lst in by_queue.items():
-            actor = self._queue_actors.get(qname)
-            if actor is not None:
-                actor.tell(("enqueue", lst))
-        if self.added_hook is not None:
-            self.added_hook()
+        if self.on_added is not None:
+            self.on_added()
         if self.events.wants(JOB_ADDED):
             now = self.clock()
             for job in jobs:
@@ -380,33 +337,16 @@ class JobManager(Actor):
     async def get(self, job_id: str) -> Job | None:
         if not isinstance(job_id, str):
             return None
-        live = self._live.get(job_id)
-        if live is not None and live.state is _ACTIVE:
-            return self._with_payload([_snapshot(live)])[0]  # running: its progress lives in memory
+        live = self.engine.snapshot(job_id)  # type: ignore[attr-defined]
+        if live is not None:  # running: its progress lives in memory
+            return with_payload(self.blobs, [live])[0]
         job = self.store.get(job_id)  # what is committed (a just-decided outcome may not be yet)
-        return None if job is None else self._with_payload([job])[0]
+        return None if job is None else with_payload(self.blobs, [job])[0]
 
-    def _with_payload(self, jobs: list[Job]) -> list[Job]:
-        """The jobs' payload and output payload, from the blob store's references."""
-        blobs = self.blobs
-        if blobs is None or not blobs.has_refs or not jobs:
-            return jobs
-        found = blobs.payloads([j.id for j in jobs])
-        for j in jobs:
-            ins, outs = found.get(j.id, ({}, {}))
-            j.payload, j.output_payload = ins, outs
-        return jobs
-
-    async def payload(self, job_id: str, name: str) -> "Path":
+    async def payload(self, job_id: str, name: str) -> "os.PathLike[str]":
         """The local file of a job's output (``name``) or, failing that, its input; ``NotFound``."""
         job = await self._get_or_404(await self.resolve_id(job_id) if isinstance(job_id, str) else job_id)
-        ref = job.output_payload.get(name) or job.payload.get(name)
-        if ref is None:
-            raise NotFound(f"job {job.id} has no payload named {name!r}")
-        path = self.blobs.path(ref.id)
-        if not path.is_file():
-            raise NotFound(f"payload {name!r} of job {job.id} ({ref.id}) is not on this node")
-        return path
+        return payload_file(self.blobs, job, name)
 
     async def _get_or_404(self, job_id: str) -> Job:
         job = await self.get(job_id)
@@ -432,9 +372,12 @@ class JobManager(Actor):
             jobs = await self.queries.find(st, topic, queue, limit)
         else:
             jobs = await self.store.find_async(st, topic, queue, limit)
-        live = self._live
-        return self._with_payload(
-            [_snapshot(live[j.id]) if j.id in live and live[j.id].state.value == j.state.value else j for j in jobs])
+        snapshot = self.engine.snapshot  # type: ignore[attr-defined]
+        out = []
+        for j in jobs:
+            live = snapshot(j.id) if j.state is _ACTIVE else None
+            out.append(live if live is not None and live.state is j.state else j)
+        return with_payload(self.blobs, out)
 
     async def find_page(self, state: str | JobState | None = None, topic: str | None = None,
                         queue: str | None = None, limit: int = 100) -> tuple[list[Job], int]:
@@ -475,7 +418,7 @@ class JobManager(Actor):
         fut: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(job_id, []).append(fut)
         try:
-            return self._with_payload([await asyncio.wait_for(fut, timeout)])[0]
+            return with_payload(self.blobs, [await asyncio.wait_for(fut, timeout)])[0]
         except asyncio.TimeoutError:  # say where the job is: a bare TimeoutError explains nothing
             now_job = await self.get(job_id) or job
             raise asyncio.TimeoutError(f"job {job_id} is not final after {timeout:g} s: {describe_state(now_job)}") from None
@@ -514,7 +457,7 @@ class JobManager(Actor):
         """Queued/active -> DROPPED (returned); a final job is deleted (None)."""
         job = await self._get_or_404(job_id)
         if job.state in FINAL_STATES:
-            await self.store.delete([job_id])
+            await self._request(ev.RemoveRequested(job_id), self.REQUEST_TIMEOUT)
             return None
         return await self._cancel(job_id, JobState.DROPPED)
 
@@ -522,36 +465,20 @@ class JobManager(Actor):
         job = await self._get_or_404(job_id)
         if job.state in FINAL_STATES:
             raise Conflict(f"job {job_id} is already {job.state.value}")
-        actor = self._queue_actors.get(job.queue)
-        if actor is None:
-            raise Conflict(f"job {job_id} belongs to queue {job.queue}, which is not configured here")
-        res = await actor.ask(("cancel", job_id, state))
+        res = await self._request(ev.StopRequested(job_id, state), self.REQUEST_TIMEOUT)
         if isinstance(res, Job):
-            return _snapshot(res)
-        if res == "buffered":  # it was about to start: the queue records it in a moment
-            return await self.wait(job_id, timeout=10.0)
-        return await self._get_or_404(job_id)
+            return res
+        return await self._get_or_404(job_id)  # it ended meanwhile: as recorded
 
     async def retry(self, job_id: str) -> Job:
         """A final job that did not succeed goes back to QUEUED with retry_count 0 (same id)."""
         job = await self._get_or_404(job_id)
         if job.state not in FINAL_STATES or job.state is JobState.SUCCEEDED:
             raise Conflict(f"job {job_id} is {job.state.value}; only failed, stopped or dropped jobs can be retried")
-        old = job.state
-        if job.queue not in self._queue_actors:
-            job.queue = self.matcher.match(job.topic).name
-        job.state = JobState.QUEUED
-        job.retry_count = 0
-        job.not_before = 0.0
-        job.finished = None
-        job.result_message = None
-        job.result = None
-        job.target = None  # it may have run at another node: back in this node's windows
-        job.progress = Progress()
-        await self.store.update(job)
-        self._transition(job, old, JobState.QUEUED, None, "RETRY")
-        self._queue_actors[job.queue].tell(("requeue", job))
-        return _snapshot(job)
+        res = await self._request(ev.RetryRequested(job_id), self.REQUEST_TIMEOUT)
+        if res is None:
+            raise Conflict(f"job {job_id} changed meanwhile; try again")
+        return res
 
     def processing_times(self) -> dict[str, float]:
         """Average processing time per topic, in seconds (the offloader's estimate of a job's
@@ -568,83 +495,67 @@ class JobManager(Actor):
 
     async def queues(self) -> list[dict[str, Any]]:
         """Every queue's configuration, suspension and statistics."""
-        out = []
-        for name, actor in self._queue_actors.items():
-            info = await actor.ask(("info",))
-            info["statistics"] = self._queue_stats(name).to_json()
-            out.append(info)
+        out = await self._request(ev.InfoRequested(), self.REQUEST_TIMEOUT)
+        for info in out:
+            info["statistics"] = self._queue_stats(info["name"]).to_json()
         return out
 
     async def suspend_queue(self, name: str) -> dict[str, Any]:
-        return await self._queue_cmd(name, "suspend")
+        return await self._suspend(name, True)
 
     async def resume_queue(self, name: str) -> dict[str, Any]:
-        return await self._queue_cmd(name, "resume")
+        return await self._suspend(name, False)
 
-    async def _queue_cmd(self, name: str, cmd: str) -> dict[str, Any]:
-        actor = self._queue_actors.get(name)
-        if actor is None:
-            raise NotFound(f"queue {name} not found")
-        info = await actor.ask((cmd,))
+    async def _suspend(self, name: str, suspended: bool) -> dict[str, Any]:
+        info = await self._request(ev.SuspendRequested(name, suspended), self.REQUEST_TIMEOUT)
         info["statistics"] = self._queue_stats(name).to_json()
         return info
 
     def running_jobs(self) -> list[Job]:
-        """Jobs ACTIVE in this node's consumer pool now (a copy of the list: any thread may call)."""
-        return [j for j in list(self._live.values()) if j.state is _ACTIVE]
+        """Jobs running in this node's slots now (any thread may call: a copy of the list)."""
+        return self.engine.running_jobs()  # type: ignore[attr-defined,no-any-return]
 
     def queued_count(self) -> int:
         return self.overall.queued
 
-    # -- transitions from the engine ---------------------------------------
-    def receive(self, msg: tuple[Any, ...]) -> None:
-        kind = msg[0]
-        if kind == "started":
-            self._started(msg[1])
-        elif kind == "transitions":
-            self._transitions(msg[1])
-        elif kind == "foreign_added":
-            self._foreign_added(msg[1])
-        elif kind == "foreign_done":
-            self._foreign_done(msg[1])
-        else:
-            raise ValueError(f"job manager: unknown message {kind!r}")
+    # -- messages from the engine (one handler per type) ---------------------
+    def receive(self, msg: Any) -> None:
+        handler = _HANDLERS.get(type(msg))
+        if handler is None:
+            raise TypeError(f"job manager: unknown message {type(msg).__name__}")
+        handler(self, msg)
 
-    def _foreign_added(self, jobs: list[Job]) -> None:
-        """Copies of other nodes' jobs, committed here by the transfer actor: they queue and
-        count like local jobs while here (no job/added: their origin announced them)."""
-        by_queue: dict[str, list[Job]] = {}
-        for job in jobs:
-            by_queue.setdefault(job.queue, []).append(job)
+    def _copies_arrived(self, msg: ins.CopiesArrived) -> None:
+        """Copies of other nodes' jobs, committed here: they queue and count like local jobs
+        while here (no job/added: their origin announced them)."""
+        for job in msg.jobs:
             for s in self._scopes(job.queue, job.topic):
                 s.queued += 1
-        for qname, lst in by_queue.items():
-            actor = self._queue_actors.get(qname)
-            if actor is not None:
-                actor.tell(("copies", lst))
 
-    def _foreign_done(self, done: list[tuple[Job, JobState]]) -> None:
-        """Copies that ended here (their outcome went to the transfer outbox; the origin records it)."""
+    def _copies_left(self, msg: ins.CopiesLeft) -> None:
+        """Copies that ended or went here (their outcome went to the outbox; the origin records it)."""
         ran = self._ran_here
-        for job, old in done:
+        agg: dict[tuple[str, str, JobState], int] = {}  # summed first: a batch has few topics
+        for job, old in msg.items:
             ran[job.id] = job.origin
             if len(ran) > MAX_TOPIC_STATS:  # bounded: forget the oldest
                 ran.pop(next(iter(ran)))
-            for s in self._scopes(job.queue, job.topic):
+            key = (job.queue, job.topic, old)
+            agg[key] = agg.get(key, 0) + 1
+        for (queue, topic, old), n in agg.items():
+            for s in self._scopes(queue, topic):
                 if old is JobState.QUEUED:
-                    s.queued -= 1
+                    s.queued -= n
                 elif old is JobState.ACTIVE:
-                    s.active -= 1
-            self._live.pop(job.id, None)
+                    s.active -= n
 
-    def _started(self, started: list[tuple[Job, float]]) -> None:
+    def _started(self, msg: ins.JobsStarted) -> None:
         """Jobs whose ACTIVE row committed. Statistics are summed per (queue, topic) first:
         a batch usually holds many jobs of few topics."""
         now = self.clock()
-        live, wants = self._live, self.events.wants("job/started")
+        wants = self.events.wants("job/started")
         agg: dict[tuple[str, str], list[float]] = {}
-        for job, waiting_ms in started:
-            live[job.id] = job
+        for job, waiting_ms in msg.items:
             a = agg.get((job.queue, job.topic))
             if a is None:
                 agg[(job.queue, job.topic)] = [1, waiting_ms]
@@ -663,13 +574,13 @@ class JobManager(Actor):
                 st.waiting_total += waiting
                 st.waiting_n += n
 
-    def _transitions(self, transitions: list[tuple[Any, ...]]) -> None:
+    def _transitioned(self, msg: ins.JobsTransitioned) -> None:
         now = self.clock()
         agg: dict[tuple[str, str, JobState, JobState, bool], list[float]] = {}
-        live, waiters, events = self._live, self._waiters, self.events
-        for job, old, new, processing_ms, how in transitions:
-            if how == "FAILED" and old is _ACTIVE:
-                self._log_failure(job, new, now)
+        waiters, events = self._waiters, self.events
+        for job, old, new, processing_ms, how in msg.items:
+            if how == "FAILED" and old is _ACTIVE and job.job is not None:
+                self._log_failure(job.job, new, now)
             key = (job.queue, job.topic, old, new, how == "ABORTED")
             a = agg.get(key)
             if a is None:
@@ -678,13 +589,11 @@ class JobManager(Actor):
             if processing_ms is not None:
                 a[1] += processing_ms
                 a[2] += 1
-            if new is not _ACTIVE:
-                live.pop(job.id, None)
             if new in FINAL_STATES and job.id in waiters:
-                snap = _snapshot(job)
+                final = self.store.get(job.id) or job.job  # committed: the job as it ended
                 for fut in waiters.pop(job.id):
-                    if not fut.done():
-                        fut.set_result(snap)
+                    if not fut.done() and final is not None:
+                        fut.set_result(final)
             if events.active:
                 topic = notification_topic(old, new)
                 if topic is not None and events.wants(topic):
@@ -714,9 +623,8 @@ class JobManager(Actor):
 
     def _log_failure(self, job: Job, new: JobState, now: float) -> None:
         """A failed attempt is a WARNING with its attempt number, what happens next and its
-        traceback (unless it repeats the previous attempt's), as Celery and Dramatiq workers do.
-        Read from the job's log entries: by the time this transition arrives the engine may
-        already be running the next attempt of the same job object."""
+        traceback (unless it repeats the previous attempt's), as Celery and Dramatiq workers do,
+        read from the job's failure entries (the newest that this manager did not log yet)."""
         last = self._failures_logged.get(job.id, 0)
         entries = failure_entries(job, last)
         if new is not _QUEUED:
@@ -737,9 +645,6 @@ class JobManager(Actor):
             self.log.warning("job failed; retrying", **fields)
         elif new is JobState.GIVEN_UP and "exception" in fields:  # else the queue's "job given up" says it
             self.log.warning("job failed; no retries left", **fields)
-
-    def _transition(self, job: Job, old: JobState, new: JobState, processing_ms: float | None, how: str) -> None:
-        self._transitions([(job, old, new, processing_ms, how)])
 
     def _scopes(self, queue: str, topic: str) -> tuple[Stats, Stats, Stats]:
         return (self.overall, self._queue_stats(queue), self._topic_stats(topic))
@@ -770,11 +675,15 @@ class JobManager(Actor):
     async def purge_history(self, keep: list[str] | None = None, rounds: int = 20) -> int:
         if keep is None:
             keep = [q.name for q in self.config.all_queues() if q.keep_jobs]
+        from .engine.actor import PurgeRequested
+
         now = self.clock()
         total = 0
         for _ in range(rounds):
             try:
-                n = await self.store.purge(now - self.config.history_ttl, now - self.config.failed_history_ttl, keep)
+                task = await self.engine.ask(PurgeRequested(now - self.config.history_ttl,
+                                                            now - self.config.failed_history_ttl, keep))
+                n = await task
             except Exception as exc:
                 self.log.warning("history clean-up failed", error=repr(exc))
                 return total
@@ -802,12 +711,11 @@ def describe_state(job: Job) -> str:
     return ", ".join(parts)
 
 
-def _snapshot(job: Job) -> Job:
-    """A copy a caller may keep: the engine goes on mutating its own job objects."""
-    j = copy.copy(job)
-    p = job.progress
-    j.progress = Progress(p.steps, p.step, p.eta, list(p.log))
-    return j
-
+_HANDLERS: dict[type, Callable[[JobManager, Any], None]] = {
+    ins.JobsStarted: JobManager._started,
+    ins.JobsTransitioned: JobManager._transitioned,
+    ins.CopiesArrived: JobManager._copies_arrived,
+    ins.CopiesLeft: JobManager._copies_left,
+}
 
 __all__ = ["JobManager", "Stats"]

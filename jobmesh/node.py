@@ -1,8 +1,12 @@
 """``jobmesh.Node``: one node's actors, started in order and stopped in reverse.
 
 Embedded use needs no sockets: with ``bind=None`` and ``http=None`` a node is just
-the store, the job manager, the queues and the consumer pool. The discovery and
-HTTP actors are started when configured and importable (they land separately).
+the store, the engine (queues, slots, consumers: ``engine/``) and the job manager. The
+discovery and HTTP actors are started when configured and importable.
+
+The node is the host its parts are given at construction (``EngineHost``,
+``DiscoveryHost``, ``TransferHost``): it routes their messages to each other, so no part
+holds another's attributes and no hook is patched in after construction.
 """
 
 from __future__ import annotations
@@ -14,20 +18,20 @@ import inspect
 import os
 from . import clock as _clock
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import structlog
 
 from .actor import Actor, ActorSystem
 from .config import NodeConfig, QueueConfig
-from .consumers.pool import ConsumerPool
-from .consumers.registry import ConsumerSpec, check_new_consumer, consumers_in_module, spec_of
+from .consumers.registry import ConsumerIndex, ConsumerSpec, check_new_consumer, consumers_in_module, spec_of
 from .datadir import DataDirLock
 from .discovery.view import InstanceView, TopologyEvent, TopologyEventType, TopologyView
 from .events import EventBus
-from .manager import JobManager
-from .queues.actor import QueueActor
 from .store import Store
+
+if TYPE_CHECKING:
+    from .engine.actor import EngineActor
 
 log = structlog.get_logger("jobmesh.node")
 
@@ -79,44 +83,33 @@ class Node:
         self._system = ActorSystem(on_escalate=self._on_escalate)
         self._data_lock = DataDirLock(cfg.data, cfg.name)
         self.store = Store(Path(cfg.data) / "jobs.db", durability=cfg.durability, clock=clock)
-        self.jobs = JobManager(cfg, self.store, self.events, clock=clock)
-        self.pool = ConsumerPool(cfg.name, cfg.capacity, self.store, stop_grace=cfg.stop_grace, clock=clock)
-        self.pool.queue_timeouts = {qc.name: qc.timeout for qc in cfg.all_queues()}
-        self._queue_actors: dict[str, QueueActor] = {}
-        for qc in cfg.all_queues():
-            self._queue_actors[qc.name] = QueueActor(qc, self.store, self.pool, self.jobs,
-                                                     self.pool.index.has_consumer, clock=clock)
-        for actor in (self.store, self.jobs, self.pool, *self._queue_actors.values()):
-            actor.log = actor.log.bind(node=cfg.name)  # every engine log line names its node
-        # job payload: the blob store and its transfers (jobmesh.blobs), started after the job store
+        # job payload: the blob store and its transfers (jobmesh.blobs), started after the job store;
+        # the engine (consumers' payload), the manager (adds, reads) and the transfer read its store
         from .blobs.actor import BlobActor
         self.blobs = BlobActor(self)
-        self.jobs.blobs = self.pool.blobs = self.blobs.store
-        self.pool.bind(self.jobs, self._queue_actors)  # type: ignore[arg-type]
-        self.jobs.bind(self.pool, self._queue_actors)  # type: ignore[arg-type]
         # Offloading (DESIGN §2 transfer/offloader): per-node settings decide what runs here, even
         # this node's own jobs; with a transfer endpoint, jobs move between nodes.
         from .offloading import OffloadSettings
         self.offload_settings = OffloadSettings.load(cfg.data, cfg.offloading.enabled_topics,
                                                      cfg.offloading.disabled_topics)
-        for qa in self._queue_actors.values():
-            qa.runnable = self._runnable
-            qa.free_slots = self.pool.free_slots
+        self.consumers = ConsumerIndex()
+        if cfg.bind:
+            self.store.local_name = cfg.name
+        # the engine and the manager are imported here: ``import jobmesh`` (a CLI, a client) stays light
+        from .engine.actor import EngineActor
+        from .manager import JobManager
+
+        self.engine = EngineActor(self, cfg, self.store, self.consumers, clock=clock, offloading=bool(cfg.bind),
+                                  blobs=self.blobs.store)
+        self.jobs = JobManager(cfg, self.store, self.events, self.engine, clock=clock, on_added=self._jobs_added,
+                               consumers=self.consumers, blobs=self.blobs.store)
+        for actor in (self.store, self.jobs, self.engine):
+            actor.log = actor.log.bind(node=cfg.name)  # every engine log line names its node
         self.transfer: Any = None
         self.offloader: Any = None
         if cfg.bind:
             from .transfer.actor import TransferActor
-            self.store.local_name = cfg.name
             self.transfer = TransferActor(self)
-            for qa in self._queue_actors.values():
-                qa.local_name = cfg.name
-                # jobs dispatched ahead wait in the pool where they cannot move: with peers to
-                # share work with, keep at most two rounds of this node's slots there
-                qa.dispatch_limit = min(qa.dispatch_limit, max(2, 2 * cfg.capacity))
-                qa.foreign_sink = self.transfer.foreign_finished
-                qa.remote_stop = self.transfer.remote_stop
-            self.pool.foreign_started = self.transfer.foreign_started
-            self.pool.foreign_progress = self.transfer.foreign_progress
         self._pending_consumers: list[ConsumerSpec] = []
         self._starting: list[ConsumerSpec] = []  # ConsumerActors added while running, starting up
         self._consumer_actors: list[Actor] = []
@@ -157,7 +150,7 @@ class Node:
         self._start_watchdog()
         self._publish_offloading()  # in the properties before discovery reads them
         await self._start_optional_guarded()
-        self.log.info("node started", data=self.config.data, queues=list(self._queue_actors),
+        self.log.info("node started", data=self.config.data, queues=[q.name for q in self.config.all_queues()],
                       consumers=self.consumer_topics(), http=self.http_url)
         return self
 
@@ -191,32 +184,14 @@ class Node:
     async def _start_actors(self) -> None:
         system = self._system
         await system.start(self.store)
-        recovered = await self.store.recover(self.clock())
-        if recovered:
-            self.log.warning("recovered jobs interrupted by a crash", jobs=len(recovered),
-                             given_up=sum(1 for _, s in recovered if s == "GIVEN_UP"))
-        await self._rehome_orphans()
         await system.start(self.blobs)
-        await system.start(self.jobs)
         for spec in self._pending_consumers:
             if spec.actor is not None:
                 await system.start(spec.actor)
-            self.pool.add_spec(spec)
+            self.engine.add_spec(spec)
         self._pending_consumers.clear()
-        await system.start(self.pool)
-        for actor in self._queue_actors.values():
-            await system.start(actor)
-
-    async def _rehome_orphans(self) -> None:
-        """QUEUED jobs of a queue that is no longer configured move to the queue that matches now."""
-        known = set(self._queue_actors)
-        moves = []
-        for queue, topic in self.store.queued_queues():
-            if queue not in known:
-                moves.append((queue, topic, self.jobs.matcher.match(topic).name))
-        if moves:
-            await self.store.rehome(moves)
-            self.log.warning("jobs moved from unconfigured queues", moves=len(moves))
+        await system.start(self.engine)  # recovers what a crash interrupted, before anyone counts
+        await system.start(self.jobs)
 
     async def _start_optional(self) -> None:
         if self.config.bind:
@@ -235,8 +210,6 @@ class Node:
                     self.offloader = OffloaderActor(
                         self, PolicyConfig(transfer_rate=float(self.config.offloading.transfer_rate)))
                     await self._system.start(self.offloader)
-                    offloader = self.offloader
-                    self.jobs.added_hook = lambda: offloader.tell(("kick",))
         from .scheduler.actor import SchedulerActor  # node.schedules: after discovery, before HTTP
         self.schedules = SchedulerActor(self)
         await self._system.start(self.schedules)
@@ -268,21 +241,13 @@ class Node:
         grace = self.config.shutdown_grace if grace is None else grace
         self.jobs.accepting = False
         try:
-            for actor in self._queue_actors.values():
-                actor.tell(("drain",))
             try:
-                left = await self.pool.ask(("drain", grace), timeout=grace + 10.0)
+                left = await asyncio.wait_for(self.engine.drain(grace), grace + 10.0)
                 if left:
                     self.log.warning("running jobs interrupted by shutdown; back to QUEUED", jobs=left)
             except Exception as exc:
                 self.log.error("drain failed", error=repr(exc))
-            # let the queues record the last outcomes, then make them durable
-            for actor in self._queue_actors.values():
-                try:
-                    await actor.ask(("info",), timeout=5.0)
-                except Exception:
-                    pass
-            try:
+            try:  # the last outcomes are written: make them durable
                 await asyncio.wait_for(self.store.flush(), 10.0)
             except Exception as exc:
                 self.log.error("final store flush failed", error=repr(exc))
@@ -326,7 +291,7 @@ class Node:
     def add_consumer(self, consumer: Any) -> ConsumerSpec:
         """Register a ``@consumer`` function, a ``ConsumerActor`` subclass or instance."""
         spec = spec_of(consumer)
-        same = check_new_consumer(spec, [*self.pool.index.specs, *self._pending_consumers, *self._starting])
+        same = check_new_consumer(spec, [*self.consumers.specs, *self._pending_consumers, *self._starting])
         if same is not None:  # the same consumer twice (a module imported twice): one registration
             return same
         if not self._running:
@@ -351,12 +316,11 @@ class Node:
         return [self.add_consumer(c) for c in consumers_in_module(module)]
 
     def _register(self, spec: ConsumerSpec) -> None:
-        self.pool.add_spec(spec)
-        for actor in self._queue_actors.values():
-            actor.tell(("consumers_changed",))
+        self.engine.add_spec(spec)
+        self.engine.tell(_engine_events().ConsumersChanged())
 
     def consumer_topics(self) -> list[str]:
-        pats = self.pool.index.patterns()
+        pats = self.consumers.patterns()
         for spec in [*self._pending_consumers, *self._starting]:
             for p in spec.patterns:
                 if p not in pats:
@@ -379,45 +343,76 @@ class Node:
         ``def`` consumer would run in a thread). Safe to call from any thread (a snapshot).
         Discovery's lag warning (``_lag_monitor``) may add these to its line."""
         out = []
-        for job in self.jobs.running_jobs():
-            spec = self.pool.index.find(job.topic)
+        for job in self.engine.running_jobs():
+            spec = self.consumers.find(job.topic)
             out.append({"job_id": job.id, "topic": job.topic, "consumer": spec.name if spec else None,
                         "async": bool(spec.is_async) if spec else False})
         return out
 
     def capacity_snapshot(self) -> dict[str, Any]:
-        snap = self.pool.snapshot()
+        load = self.engine.load()
         queued = max(0, self.jobs.queued_count())
         foreign = 0
         if self.transfer is not None:
             # own jobs waiting at another node are not this node's backlog; copies here are, but
             # only this node's own jobs can move
-            queued = max(0, queued - self.transfer.waiting_elsewhere())
+            queued = max(0, queued - load["waiting_elsewhere"])
             foreign = self.transfer.foreign_copies()
         return {
-            "slots": snap["slots"],
-            "active": snap["active"],
+            "slots": load["slots"],
+            "active": load["active"],
             "queued": queued,
-            "throughput": snap["throughput"],
+            "throughput": load["throughput"],
             "movable": max(0, queued - foreign),
         }
 
     def repairs(self) -> dict[str, int]:
         """Repairs made by the level-triggered checks (DESIGN §3), by kind; each is a bug found."""
-        out = {"watchdog_requeue": sum(qa.repairs for qa in self._queue_actors.values())}
+        out = {"watchdog_requeue": self.engine.repairs}
         if self.transfer is not None:
             for kind, n in self.transfer.repairs.items():
                 out[kind] = out.get(kind, 0) + n
         return out
 
-    def queue_config(self, name: str) -> QueueConfig:
-        qa = self._queue_actors.get(name)
-        return qa.config if qa is not None else self.jobs.matcher.main
+    def queue_actor(self, name: str) -> Any:
+        """A queue's view (``engine.actor.QueueView``): its window, window size and watchdog period."""
+        return self.engine.queue_view(name)
+
+    @property
+    def pool(self) -> EngineActor:
+        """The node's slots, for readers (``free_slots()``, ``load()``): the engine holds them."""
+        return self.engine
+
+    # -- the host of the engine (EngineHost) ------------------------------------------
+    def runnable(self, topic: str) -> bool:
+        """A job of ``topic`` may start here: a consumer, and the topic enabled here."""
+        return self.consumers.has_consumer(topic) and self.offload_settings.allows(topic)
+
+    def notify(self, message: Any) -> None:
+        """The engine's messages for the job manager (statistics, waiters, notifications)."""
+        self.jobs.tell(message)
+
+    def to_transfer(self, message: Any) -> None:
+        """The engine's messages for the transfer actor (none without one: nothing is handed off)."""
+        if self.transfer is not None:
+            self.transfer.tell(message)
+
+    def admits(self, topic: str) -> str | None:
+        """Why a copy of another node's job of ``topic`` is refused here (None: it is not)."""
+        if not self.jobs.accepting:
+            return "node is shutting down"
+        if not self.consumers.has_consumer(topic):
+            return f"no consumer for {topic}"
+        if not self.offload_settings.allows(topic):
+            return f"topic {topic} is disabled here"
+        return None
+
+    def _jobs_added(self) -> None:
+        """New jobs are committed: the offloader plans at once instead of at its next tick."""
+        if self.offloader is not None:
+            self.offloader.kick()
 
     # -- offloading ------------------------------------------------------------------
-    def _runnable(self, topic: str) -> bool:
-        """A job of ``topic`` may start here: a consumer, and the topic enabled here."""
-        return self.pool.index.has_consumer(topic) and self.offload_settings.allows(topic)
 
     def offload_topics(self) -> list[str]:
         """What this node's heartbeat advertises as enabled (read by discovery)."""
@@ -447,15 +442,11 @@ class Node:
         except OSError as exc:
             self.log.error("offloading settings not saved", error=str(exc))
         self._publish_offloading()
-        for qa in self._queue_actors.values():
-            qa.tell(("consumers_changed",))  # parked jobs of a topic enabled now may start
+        self.engine.tell(_engine_events().ConsumersChanged())  # parked jobs of a topic enabled now may start
         if self.offloader is not None:
-            self.offloader.tell(("kick",))
+            self.offloader.kick()
         self.log.info("offloading changed", topic=topic, mode=mode)
         return {"node": self.name, "topic": topic, "mode": mode, "settings": self.offload_settings.to_json()}
-
-    def queue_actor(self, name: str) -> QueueActor | None:
-        return self._queue_actors.get(name)
 
     # -- topology (delegates to discovery when it runs) ------------------------
     @property
@@ -502,3 +493,9 @@ def _has_loop() -> bool:
         return True
     except RuntimeError:
         return False
+
+
+def _engine_events() -> Any:
+    from .engine import events
+
+    return events

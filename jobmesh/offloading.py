@@ -75,12 +75,12 @@ class OffloadSettings:
         topics = list(consumer_topics)
         out = []
         for t in topics:
-            probe = _probe(t)
+            probe = probe_topic(t)
             if any(p == t or matches(p, probe) for p in self.enabled) and not any(
                     p == t or matches(p, probe) for p in self.disabled):
                 out.append(t)
         for p in self.enabled:
-            if p not in out and any(matches(t, _probe(p)) for t in topics):
+            if p not in out and any(matches(t, probe_topic(p)) for t in topics):
                 out.append(p)
         return sorted(out)
 
@@ -171,7 +171,7 @@ class OffloadSettings:
         os.replace(tmp, d / SETTINGS_FILE)
 
 
-def _probe(pattern: str) -> str:
+def probe_topic(pattern: str) -> str:
     """A topic a pattern matches (its wildcards filled in), to compare patterns with patterns."""
     if pattern in ("*", "**"):
         return "x"

@@ -4,7 +4,7 @@ The first signal drains gracefully (no new jobs start, running ones get
 ``config.shutdown_grace`` seconds, everything else stays QUEUED on disk); a second
 signal skips the wait for running jobs. Either way, what still runs then goes back to
 QUEUED as an interrupted run and the process exits without waiting for a sync
-consumer's thread (see ``consumers.pool``).
+consumer's thread (see ``consumers.runner``).
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ async def run_node(config: NodeConfig, consumer_modules: list[str]) -> int:
                      grace=config.shutdown_grace)
         else:
             log.warning("second signal; not waiting for running jobs", signal=signame, node=config.name)
-            node.pool.hurry()
+            node.engine.hurry()
         stop_requested.set()
 
     installed = []

@@ -10,17 +10,20 @@ import pytest
 
 import jobmesh
 from jobmesh import JobResult, JobState, QueueConfig, ValidationError
-from jobmesh.consumers.pool import _outcome_of, _resume
+import contextvars
+
 from jobmesh.consumers.registry import spec_of
+from jobmesh.consumers.runner import outcome_of as _outcome_of
+from jobmesh.consumers.stepping import first_step, resume
 
 
 async def drive(coro):
-    """What the pool does: run inline until the first wait, then resume it."""
-    try:
-        yielded = coro.send(None)
-    except StopIteration as done:
-        return done.value
-    return await _resume(coro, yielded)
+    """What the runner does: run inline until the first wait, then resume it."""
+    cvars = contextvars.copy_context()
+    done, value = first_step(coro, cvars)
+    if done:
+        return value
+    return await resume(coro, value, cvars)
 
 
 async def test_resume_handles_futures_sleep0_exceptions_and_results():
@@ -162,3 +165,22 @@ async def test_each_job_runs_in_its_own_context(node_factory):
     for j in jobs:
         await node.jobs.wait(j.id, timeout=5)
     assert seen == [None, True, None, True, None, True]
+
+
+async def test_a_consumer_runs_in_one_task_from_its_first_step_to_its_end(node_factory):
+    """asyncio.timeout, current_task and aiohttp's timeouts need the task that runs the consumer
+    to be there from its first step on, and to stay the same one after it waited."""
+    seen = []
+
+    @jobmesh.consumer("t/in-a-task")
+    async def in_a_task(job):
+        first = asyncio.current_task()
+        async with asyncio.timeout(5):
+            await asyncio.sleep(0.01)
+        seen.append(first is not None and asyncio.current_task() is first)
+
+    node = await node_factory([in_a_task])
+    jobs = await node.jobs.add_many([("t/in-a-task", None)] * 5)
+    for j in jobs:
+        assert (await node.jobs.wait(j.id, timeout=10)).state is JobState.SUCCEEDED
+    assert seen == [True] * 5

@@ -58,14 +58,14 @@ async def test_a_failure_is_a_warning_with_attempt_and_traceback(node_factory: A
     # the job's own log: one entry per attempt, numbered, the runtime's frames left out
     entries = [line for line in done.progress.log if line.startswith("attempt ")]
     assert len(entries) == 11 and entries[0].startswith("attempt 1 failed (started ")
-    assert "Traceback" in entries[0] and "pool.py" not in entries[0]
+    assert "Traceback" in entries[0] and "runner.py" not in entries[0] and "stepping.py" not in entries[0]
     assert entries[1].endswith("(same traceback as attempt 1)") and "given up after 10 retries" in entries[-1]
 
 
 def test_clean_traceback_keeps_only_the_consumers_frames() -> None:
     tb = textwrap.dedent('''\
         Traceback (most recent call last):
-          File "/x/jobmesh/consumers/pool.py", line 341, in _execute
+          File "/x/jobmesh/consumers/stepping.py", line 52, in first_step
             yielded = cvars.run(coro.send, None)
                       ^^^^^^^^^^^^^^^^^^^^^^^^^^
           File "/w/my_consumers.py", line 5, in sleep
@@ -137,7 +137,7 @@ async def test_two_consumers_for_one_topic_are_refused(node_factory: Any) -> Non
     @jobmesh.consumer("day1/*")
     async def wider(job: jobmesh.Job) -> None: ...
 
-    assert check_new_consumer(spec_of(wider), node.pool.index.specs) is None  # more specific wins: fine
+    assert check_new_consumer(spec_of(wider), node.consumers.specs) is None  # more specific wins: fine
 
 
 # -- embedding: where the logs go ------------------------------------------------------------------

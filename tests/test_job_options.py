@@ -160,7 +160,7 @@ async def mark(job: jobmesh.Job) -> None:
 
 async def test_jobs_delayed_beyond_the_horizon_stay_on_disk_and_do_not_hold_back_ready_ones(
         node_factory, monkeypatch) -> None:
-    from jobmesh.queues import actor as queue_actor
+    from jobmesh.engine import core as queue_actor
 
     monkeypatch.setattr(queue_actor, "DEFER_AFTER", 1.0)
     monkeypatch.setattr(queue_actor, "DUE_SCAN", 0.5)
@@ -187,7 +187,7 @@ async def test_delayed_jobs_behind_a_full_window_are_not_taken_for_lost(node_fac
     """Twenty jobs due at the same instant, a window of eight held full (no consumer here runs
     their topic): the due scan stops mid-tie and the other twelve wait on disk by design. The
     watchdog must not count them as lost (CI found it: ``watchdog_requeue == 4``)."""
-    from jobmesh.queues import actor as queue_actor
+    from jobmesh.engine import core as queue_actor
 
     monkeypatch.setattr(queue_actor, "DEFER_AFTER", 1.0)
     monkeypatch.setattr(queue_actor, "DUE_SCAN", 0.5)
@@ -204,7 +204,7 @@ async def test_delayed_jobs_behind_a_full_window_are_not_taken_for_lost(node_fac
 
 
 async def test_a_node_restarted_reads_its_far_delayed_jobs_back_in_time(node_factory, tmp_path, monkeypatch) -> None:
-    from jobmesh.queues import actor as queue_actor
+    from jobmesh.engine import core as queue_actor
 
     monkeypatch.setattr(queue_actor, "DEFER_AFTER", 1.0)
     monkeypatch.setattr(queue_actor, "DUE_SCAN", 0.5)
@@ -218,7 +218,7 @@ async def test_a_node_restarted_reads_its_far_delayed_jobs_back_in_time(node_fac
 
 
 async def test_an_ordered_queue_defers_nothing_its_delayed_head_holds_the_line(node_factory, monkeypatch) -> None:
-    from jobmesh.queues import actor as queue_actor
+    from jobmesh.engine import core as queue_actor
 
     monkeypatch.setattr(queue_actor, "DEFER_AFTER", 0.5)
     node = await node_factory([mark], name="ord", queues=[

@@ -518,19 +518,19 @@ async def test_restart_keeps_queued_jobs_and_stats(node_factory, tmp_path):
         assert (await node2.jobs.wait(j.id, timeout=5)).state is JobState.SUCCEEDED
 
 
-async def test_window_refills_from_store(node_factory, monkeypatch):
-    import jobmesh.queues.actor as qa
-    node = await node_factory([], name="w")
-    actor = node.queue_actor("main")
-    actor.window_size, actor.refill_below = 16, 4  # a tiny window: most jobs wait in the store
-    jobs = await node.jobs.add_many([("t/ok", {"i": i}) for i in range(200)])
-    info = await node.jobs.suspend_queue("main")
-    assert info["in_memory"] <= 16
-    await node.jobs.resume_queue("main")
-    node.add_consumer(ok)
-    for j in jobs:
-        assert (await node.jobs.wait(j.id, timeout=10)).state is JobState.SUCCEEDED
-    assert qa.WINDOW >= 1024
+async def test_window_refills_from_store(tmp_path):
+    import jobmesh.engine.core as core
+    node = jobmesh.Node(name="w", data_dir=tmp_path / "w")
+    node.engine.window = 16  # a tiny window (refilled below 4): most jobs wait in the store
+    async with node:
+        jobs = await node.jobs.add_many([("t/ok", {"i": i}) for i in range(200)])
+        info = await node.jobs.suspend_queue("main")
+        assert info["in_memory"] <= 16
+        await node.jobs.resume_queue("main")
+        node.add_consumer(ok)
+        for j in jobs:
+            assert (await node.jobs.wait(j.id, timeout=10)).state is JobState.SUCCEEDED
+    assert core.WINDOW >= 1024
 
 
 async def test_capacity_snapshot_and_topology(node_factory):

@@ -1,8 +1,11 @@
-"""Node-local level-triggered repair (issue 9): the queue watchdog and the queue's door check.
+"""Node-local level-triggered repair (issue 9): the engine's watchdog, and why a stale object
+can no longer put a stopped job back to work.
 
-Both compare what a queue believes (its window, what it has in flight) with the committed
-rows, and converge: a runnable job nobody dispatches is put back and counted; a job another
-part already ended is not taken back into the window from a stale object.
+The watchdog compares what the engine believes (its windows, its slots) with the committed
+rows and converges: a runnable job nobody dispatches is put back and counted. The second case
+(a stop crossing the last run's result) was a door check on the queue actor; with one engine
+owning every job record there is no second object to be stale, and a late message about the
+job finds it final.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import copy
 import jobmesh
 from jobmesh import Job, JobState
 from helpers import wait_until_async
+from jobmesh.engine.events import HandoffReturned, WatchdogDue
 
 
 async def test_a_queued_job_no_queue_was_told_about_is_put_back_counted_and_run(tmp_path) -> None:
@@ -24,10 +28,8 @@ async def test_a_queued_job_no_queue_was_told_about_is_put_back_counted_and_run(
 
     async with jobmesh.Node(name="w", data_dir=tmp_path / "w") as node:
         node.add_consumer(work)
-        qa = node.queue_actor("main")
-        assert qa is not None
-        qa.watchdog_period = 0.2
-        qa.tell(("watchdog",))  # the new period applies from the next round
+        node.engine.watchdog_period = 0.2  # from the next round on
+        node.engine.tell(WatchdogDue())
         # a job committed behind the queue's back: the transition that should have told it is "lost"
         job = Job(id=node.jobs.ids.next(), topic="rep/work", properties={}, queue="main", origin="w",
                   created=node.clock(), max_retries=10)
@@ -54,9 +56,8 @@ async def test_a_job_sent_back_to_its_queue_after_it_was_stopped_is_not_taken(tm
         stale = copy.copy(stale)
         stopped = await node.jobs.stop(added.id)
         assert stopped.state is JobState.STOPPED
-        qa = node.queue_actor("main")
-        assert qa is not None
-        qa.tell(("requeue", stale))
+        # what used to carry the stale object back: a job coming home from a peer, after the stop
+        node.engine.tell(HandoffReturned([(stale.id, stale.attempt)], "target left the topology"))
         node.add_consumer(late)
         await asyncio.sleep(0.3)
         assert ran == []

@@ -104,19 +104,21 @@ async def test_reopen_keeps_sequence_and_rows(tmp_path):
         await system.stop_all()
 
 
-async def test_recover_active_counts_a_retry_or_gives_up(tmp_path):
+async def test_active_rows_are_what_a_crash_interrupted(tmp_path):
+    """The store only reads them; the engine applies the retry rule (tests/test_engine_core.py)."""
     store, system = await open_store(tmp_path / "jobs.db")
     try:
         a = mk(1, state=JobState.ACTIVE, max_retries=3, retry_count=0)
         b = mk(2, state=JobState.ACTIVE, max_retries=3, retry_count=3)
-        c = mk(3, state=JobState.ACTIVE, max_retries=-1, retry_count=99)
-        await store.insert([a, b, c, mk(4)])
-        res = dict(await store.recover(now=1000.0))
-        assert res == {"job-1": "QUEUED", "job-2": "GIVEN_UP", "job-3": "QUEUED"}
-        assert store.get("job-1").retry_count == 1
-        assert store.get("job-2").state is JobState.GIVEN_UP and store.get("job-2").finished == 1000.0
-        assert store.get("job-3").retry_count == 100
-        assert await store.recover(now=1001.0) == []
+        elsewhere = mk(3, state=JobState.ACTIVE)
+        elsewhere.origin, elsewhere.target = "n", "other"
+        copy = mk(5, state=JobState.ACTIVE)
+        copy.origin = "other"
+        await store.insert([a, b, elsewhere, mk(4), copy])
+        assert [j.id for j in store.active_rows()] == ["job-1", "job-2", "job-3", "job-5"]
+        store.local_name = "n"  # offloading: a job running at another node is not ours to recover
+        assert [j.id for j in store.active_rows()] == ["job-1", "job-2", "job-5"]
+        assert [j.id for j in store.handed_off()] == ["job-3"]
     finally:
         await system.stop_all()
 

@@ -86,7 +86,7 @@ async def test_stop_reaches_the_target_and_the_origin_records_stopped(mesh: Mesh
     b = await mesh.node("b", [long], seeds=[a])
     await mesh.joined(a, b)
     job = await a.jobs.add("tr/long")
-    await until(lambda: a.transfer._remote.get(job.id) is not None)
+    await until(lambda: a.engine.snapshot(job.id) is not None)
     j = await a.jobs.get(job.id)
     assert j.state is JobState.ACTIVE and j.target == "b"
     await a.jobs.stop(job.id)

@@ -116,6 +116,17 @@ def deliver(to: TransferProtocol, frm: str, instrs: list[Any]) -> list[Any]:
 # ---------------------------------------------------------------- happy path
 
 
+def test_a_copy_that_ended_is_not_announced_started_while_its_result_is_committed(b: TransferProtocol,
+                                                                                     clock: FakeClock) -> None:
+    deliver(b, "a", TransferProtocol("a", clock).origin.offer("b", [spec(1), spec(2)]))
+    b.target.committed("a", [JobRef("job-1", 1), JobRef("job-2", 1)])
+    b.target.copy_started("job-1", 1, clock.t)
+    b.target.copy_started("job-2", 1, clock.t)
+    assert b.target.copies_ended([("job-1", 1), ("job-2", 7)]) == []  # job-2: another attempt
+    clock.t += 1.0  # past started_delay, the outbox commit still running
+    assert [s.message for s in sends(b.on_timer(), Started)] == [Started("job-2", 1, clock.t - 1.0)]
+
+
 def test_happy_path_handoff_ack_start_progress_result_ack(a: TransferProtocol, b: TransferProtocol) -> None:
     out = a.origin.offer("b", [spec(1), spec(2)])
     (handoff,) = sends(out, Handoff)
@@ -1042,6 +1053,33 @@ def test_an_offer_refused_because_another_attempt_is_in_flight_comes_home(a: Tra
     assert of(RequeueLocal, out) == [RequeueLocal((JobRef("job-1", 2),), "another attempt is still in flight", "c")]
 
 
+def test_result_items_read_fast_or_checked_alike() -> None:
+    from jobmesh.transfer.messages import ResultItem as RI
+
+    body = {"id": "j", "attempt": 2, "kind": "FAILED", "message": "m", "retry_delay": 1, "started": 1.0,
+            "finished": 2, "log": []}
+    assert RI.from_wire(body) == RI._from_wire_checked(body)
+    for bad in ({**body, "attempt": True}, {**body, "kind": "MAYBE"}, {**body, "retry_delay": -1},
+                {**body, "id": ""}, {**body, "log": "x"}, {**body, "started": "1"}):
+        with pytest.raises(ProtocolError):
+            RI.from_wire(bad)
+
+
+def test_ack_items_read_fast_or_checked_alike() -> None:
+    from jobmesh.transfer.messages import AckItem
+
+    for body in ({"id": "j", "attempt": 2, "accepted": True, "reason": None},
+                 {"id": "j", "attempt": 0, "accepted": False, "reason": "no consumer"}, {"id": "j", "attempt": 1, "accepted": True}):
+        fast = AckItem.from_wire(body)
+        assert fast == AckItem._from_wire_checked(body) and hash(fast) == hash(AckItem._from_wire_checked(body))
+        assert AckItem.from_wire(fast.to_wire()) == fast
+    body = {"id": "j", "attempt": 2, "accepted": True, "reason": None}
+    for bad in ({**body, "attempt": True}, {**body, "attempt": -1}, {**body, "id": ""}, {**body, "accepted": 1},
+                {**body, "reason": 3}, {"attempt": 1, "accepted": True}, ["j", 1, True]):
+        with pytest.raises(ProtocolError):
+            AckItem.from_wire(bad)  # type: ignore[arg-type]
+
+
 def test_result_item_carries_any_json_result_and_reads_an_older_output() -> None:
     from jobmesh.transfer.protocol import ResultItem
 
@@ -1063,3 +1101,15 @@ def test_job_spec_carries_the_time_limit_and_priority() -> None:
     assert JobSpec.from_wire(plain.to_wire()) == plain
     with pytest.raises(ProtocolError, match="timeout must be > 0"):
         JobSpec.from_wire({**spec.to_wire(), "timeout": -1})
+
+
+def test_payload_survives_the_fast_reads_of_specs_and_results() -> None:
+    from jobmesh.transfer.protocol import JobSpec, ProtocolError, ResultItem
+
+    ref = {"x": {"id": "sha256:" + "c" * 64, "size": 3}}
+    spec = JobSpec("j", 1, "a/b", {}, payload=ref)
+    assert JobSpec.from_wire(spec.to_wire()) == spec == JobSpec._from_wire_checked(spec.to_wire())
+    item = ResultItem("j", 1, ResultKind.OK, output_payload=ref)
+    assert ResultItem.from_wire(item.to_wire()) == item == ResultItem._from_wire_checked(item.to_wire())
+    with pytest.raises(ProtocolError):
+        ResultItem.from_wire({**item.to_wire(), "output_payload": {"x": {"id": "nope", "size": 3}}})

@@ -1,7 +1,7 @@
 """The blob actor: the node's blob store, its garbage collector, and the async shell around the
 pure ``BlobProtocol`` (``node.blobs``).
 
-Sending path: its own DEALER per peer (``_BlobLink``), never the transfer actor's, so chunks
+Sending path: its own DEALER per peer (``links.BlobLink``), never the transfer actor's, so chunks
 wait in a pipe of their own while handoffs and results go on theirs (the peer's ROUTER takes
 from both in turn), and heartbeats are on PUB/SUB anyway. Within a link, control messages
 (offers, wants, credits, dones) go before chunks. A chunk's data is the message's raw frame
@@ -41,7 +41,7 @@ import sys
 from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Awaitable, Callable, Iterable
 
 import structlog
 
@@ -53,7 +53,6 @@ from ..errors import JobmeshError
 from .protocol import (
     MESSAGE_TYPES,
     BlobConfig,
-    BlobMessage,
     BlobProtocol,
     Chunk,
     checksum,
@@ -66,15 +65,16 @@ from .protocol import (
     SendChunk,
     Write,
 )
+from .links import BlobLink
+from .requests import (BlobFinished, FetchRequested, GcDue, PartialOpened, PushRequested, TimerDue,
+                       TopologyChanged, WriteFailed)
 from .store import BlobMismatch, BlobRef, BlobStore, BlobStoreFull, PartialBlob
 
 log = structlog.get_logger("jobmesh.blobs")
 
-SEND_TIMEOUT = 5.0
 TIMER_PERIOD = 0.5
 GC_PERIOD = 60.0
 KNOWN_PER_PEER = 100_000
-PREFETCH = 4  # chunks read ahead per link (bounded memory: PREFETCH chunks)
 WRITE_BATCH = 16  # chunks written per executor call at most
 IO_THREADS = 4
 BACKGROUND_NICE = 10  # the blob threads' nice value (Linux: per thread)
@@ -94,100 +94,6 @@ def _background_thread() -> None:
 
 class BlobTransferError(JobmeshError):
     http_status = 503
-
-
-class _BlobLink:
-    """One peer's blob DEALER: control messages first, then chunks (read just before sending)."""
-
-    def __init__(self, actor: "BlobActor", name: str, endpoint: str) -> None:
-        self.actor = actor
-        self.name = name
-        self.endpoint = endpoint
-        self.control: deque[BlobMessage] = deque()
-        self.chunks: deque[SendChunk] = deque()
-        self.wakeup = asyncio.Event()
-        self.dealer: Any = None
-        self.task = asyncio.get_running_loop().create_task(self._loop(), name=f"blobs:{actor.node.name}->{name}")
-
-    def put(self, msg: BlobMessage) -> None:
-        self.control.append(msg)
-        self.wakeup.set()
-
-    def put_chunk(self, ins: SendChunk) -> None:
-        self.chunks.append(ins)
-        self.wakeup.set()
-
-    async def _loop(self) -> None:
-        from ..transport import Dealer, PeerUnreachable
-
-        a = self.actor
-        loop = asyncio.get_running_loop()
-        reads: deque[tuple[SendChunk, asyncio.Future[tuple[bytes, int]]]] = deque()
-        while True:
-            if not self.control and not self.chunks and not reads:
-                self.wakeup.clear()
-                await self.wakeup.wait()
-                continue
-            transport = a.transport()
-            if transport is None:
-                await asyncio.sleep(0.1)
-                continue
-            if self.dealer is None:
-                self.dealer = Dealer(transport, self.endpoint)
-            raw: bytes | None = None
-            if self.control:
-                msg: BlobMessage = self.control.popleft()
-                body = msg.to_wire()
-            else:
-                while self.chunks and len(reads) < PREFETCH:  # read ahead, in the executor's threads
-                    ins = self.chunks.popleft()
-                    if a.serving(ins):  # else the receiver restarted the session meanwhile
-                        reads.append((ins, loop.run_in_executor(a._io(), a._read_chunk, ins.id, ins.offset, ins.length)))
-                if not reads:
-                    continue
-                ins, fut = reads.popleft()
-                try:
-                    data, sm = await fut
-                except OSError as e:
-                    a.log.warning("blob chunk not readable", id=ins.id, error=str(e))
-                    continue
-                if not a.serving(ins):
-                    continue
-                if a.corrupt_chunks > 0:  # fault injection for tests: flip a byte after the checksum
-                    a.corrupt_chunks -= 1
-                    data = bytes([data[0] ^ 0xFF]) + data[1:] if data else data
-                msg = Chunk(ins.id, ins.sid, ins.gen, ins.offset, data, sm)
-                body = msg.to_wire()
-                raw = data
-                a.bytes_sent += len(data)
-            body["from"] = a.node.name
-            body["inc"] = a.node.started_at
-            member = a._members.get(self.name)
-            if member is not None:
-                body["to_inc"] = member[0]
-            try:
-                await self.dealer.send(msg.TYPE, body, timeout=SEND_TIMEOUT, raw=raw)
-            except PeerUnreachable as e:
-                a.dropped += 1
-                a.log.info("blob message not delivered", peer=self.name, type=msg.TYPE, error=str(e))
-            except wire.WireError as e:
-                a.log.error("blob message cannot be encoded", type=msg.TYPE, error=e.reason)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                if a.stopping:
-                    return
-                a.log.warning("blob send failed", peer=self.name, error=repr(e))
-                await asyncio.sleep(0.05)
-
-    def close(self) -> None:
-        self.task.cancel()
-        if self.dealer is not None:
-            try:
-                self.dealer.close()
-            except Exception:
-                pass
-            self.dealer = None
 
 
 class _Receiving:
@@ -210,7 +116,7 @@ class BlobActor(Actor):
         self.store = BlobStore(Path(cfg.data) / "blobs", quota=cfg.blob_quota, grace=cfg.blob_gc_grace)
         self.cfg = config or BlobConfig()
         self.protocol: BlobProtocol | None = None
-        self._links: dict[str, _BlobLink] = {}
+        self._links: dict[str, BlobLink] = {}
         self._members: dict[str, tuple[float, str]] = {}
         self._recv: dict[str, _Receiving] = {}
         self._fetch_pins: set[str] = set()
@@ -243,7 +149,7 @@ class BlobActor(Actor):
         if self.protocol is None:
             self.protocol = BlobProtocol(self.node.name, self.store.has, self.store.size_of, _clock.monotonic,
                                          self.cfg, session_prefix=_rng.token_hex(3) + "-")
-        self.tell_later(min(GC_PERIOD, max(1.0, self.store.grace)), ("gc",))
+        self.tell_later(min(GC_PERIOD, max(1.0, self.store.grace)), GcDue())
 
     def attach_network(self) -> None:
         """After discovery started: the blob messages on the node's ROUTER, peers from the topology."""
@@ -256,7 +162,7 @@ class BlobActor(Actor):
         d.add_listener(self._on_topology)
         view = getattr(d, "view", None)
         if view is not None:
-            self.tell(("topology", view))
+            self.tell(TopologyChanged(view))
 
     async def on_stop(self) -> None:
         self.stopping = True
@@ -298,7 +204,7 @@ class BlobActor(Actor):
             futs.append(fut)
         self.store.pin(r.id for r in refs)
         try:
-            self.tell(("push", peer, [(r.id, r.size) for r in refs]))
+            self.tell(PushRequested(peer, [(r.id, r.size) for r in refs]))
             for fut in futs:
                 await fut
         finally:
@@ -315,7 +221,7 @@ class BlobActor(Actor):
             fut = loop.create_future()
             self._fetch_waiters.setdefault(r.id, []).append(fut)
             futs.append(fut)
-        self.tell(("fetch", peer, [(r.id, r.size) for r in wanted]))
+        self.tell(FetchRequested(peer, [(r.id, r.size) for r in wanted]))
         for fut in futs:
             await fut
 
@@ -378,82 +284,86 @@ class BlobActor(Actor):
 
     def _on_topology(self, event: Any) -> None:
         if not self.stopping:
-            self.tell(("topology", event.new_view))
+            self.tell(TopologyChanged(event.new_view))
 
     # -- messages ---------------------------------------------------------------------------
     async def receive(self, msg: Any) -> Any:
-        kind = msg[0]
-        p = self.protocol
-        assert p is not None
-        if kind == "wire":
-            self._wire(msg[1], msg[2], msg[3] if len(msg) > 3 else None)
-        elif kind == "push":
-            _, peer, items = msg
-            self._exec(p.push(peer, items))
-        elif kind == "fetch":
-            _, peer, items = msg
-            out: list[Any] = []
-            for blob_id, size in items:
-                out += p.fetch(peer, blob_id, size)
-            self._exec(out)
-        elif kind == "opened":
-            self._exec(p.opened(msg[1], msg[2]))
-        elif kind == "written":
-            self._exec(p.written(msg[1], msg[2], msg[3]))
-        elif kind == "corrupt":
-            self._exec(p.corrupt(msg[1], msg[2], msg[3]))
-        elif kind == "write_failed":
-            self._exec(p.write_failed(msg[1], msg[2]))
-        elif kind == "finished":
-            self._exec(p.finished(msg[1], msg[2], msg[3]))
-        elif kind == "timer":
-            self._timer = None
-            self._exec(p.on_timer())
-        elif kind == "topology":
-            await self._topology(msg[1])
-        elif kind == "gc":
-            self.gc()
-            self.tell_later(min(GC_PERIOD, max(1.0, self.store.grace)), ("gc",))
-        else:
-            raise ValueError(f"blobs: unknown message {kind!r}")
+        handler = _MAILBOX.get(type(msg))
+        if handler is None:
+            raise TypeError(f"blobs: unknown message {type(msg).__name__}")
+        await handler(self, msg)
         self._arm()
         return None
+
+    async def _push_requested(self, msg: PushRequested) -> None:
+        self._exec(self._p().push(msg.peer, msg.items))
+
+    async def _fetch_requested(self, msg: FetchRequested) -> None:
+        p = self._p()
+        out: list[Any] = []
+        for blob_id, size in msg.items:
+            out += p.fetch(msg.peer, blob_id, size)
+        self._exec(out)
+
+    async def _opened(self, msg: PartialOpened) -> None:
+        self._exec(self._p().opened(msg.blob_id, msg.offset))
+
+    async def _write_failed(self, msg: WriteFailed) -> None:
+        self._exec(self._p().write_failed(msg.blob_id, msg.error))
+
+    async def _finished(self, msg: BlobFinished) -> None:
+        self._exec(self._p().finished(msg.blob_id, msg.ok, msg.error))
+
+    async def _timer_due(self, msg: TimerDue) -> None:
+        self._timer = None
+        self._exec(self._p().on_timer())
+
+    async def _topology_changed(self, msg: TopologyChanged) -> None:
+        await self._topology(msg.view)
+
+    async def _gc_due(self, msg: GcDue) -> None:
+        self.gc()
+        self.tell_later(min(GC_PERIOD, max(1.0, self.store.grace)), GcDue())
+
+    def _p(self) -> BlobProtocol:
+        p = self.protocol
+        assert p is not None
+        return p
 
     def _arm(self) -> None:
         p = self.protocol
         if self._timer is None and p is not None and p.busy():
-            self._timer = self.tell_later(TIMER_PERIOD, ("timer",))
+            self._timer = self.tell_later(TIMER_PERIOD, TimerDue())
 
     def _exec(self, instructions: Iterable[Any]) -> None:
-        """Carry out the protocol's instructions: synchronous (no await), see the module doc."""
+        """Carry out the protocol's instructions: synchronous (no await), see the module doc; an
+        instruction without a handler is a bug and raises."""
         for ins in instructions:
-            if isinstance(ins, Write):
-                self._queue_write(ins)
-            elif isinstance(ins, SendChunk):
-                link = self._link(ins.peer)
-                if link is not None:
-                    link.put_chunk(ins)
-            elif isinstance(ins, Send):
-                link = self._link(ins.peer)
-                if link is not None:
-                    link.put(ins.message)
-                else:
-                    self.dropped += 1
-            elif isinstance(ins, OpenPartial):
-                self._open(ins)
-            elif isinstance(ins, Finish):
-                self._finish(ins.id)
-            elif isinstance(ins, Fetched):
-                self._fetched(ins)
-            elif isinstance(ins, Pushed):
-                self._pushed(ins)
-            elif isinstance(ins, Log):
-                getattr(self.log, ins.level if ins.level in ("debug", "info", "warning", "error") else "info")(
-                    ins.event, **ins.fields)
-            else:
-                self.log.warning("unknown blob instruction", instruction=repr(ins)[:200])
+            handler = DISPATCH.get(type(ins))
+            if handler is None:
+                raise TypeError(f"blobs: no handler for instruction {type(ins).__name__}")
+            handler(self, ins)
 
-    def _link(self, peer: str) -> _BlobLink | None:
+    def _send_chunk(self, ins: SendChunk) -> None:
+        link = self._link(ins.peer)
+        if link is not None:
+            link.put_chunk(ins)
+
+    def _send(self, ins: Send) -> None:
+        link = self._link(ins.peer)
+        if link is not None:
+            link.put(ins.message)
+        else:
+            self.dropped += 1
+
+    def _finish_ins(self, ins: Finish) -> None:
+        self._finish(ins.id)
+
+    def _log(self, ins: Log) -> None:
+        getattr(self.log, ins.level if ins.level in ("debug", "info", "warning", "error") else "info")(
+            ins.event, **ins.fields)
+
+    def _link(self, peer: str) -> BlobLink | None:
         member = self._members.get(peer)
         if member is None:
             return None
@@ -461,7 +371,7 @@ class BlobActor(Actor):
         if link is None or link.endpoint != member[1]:
             if link is not None:
                 link.close()
-            link = self._links[peer] = _BlobLink(self, peer, member[1])
+            link = self._links[peer] = BlobLink(self, peer, member[1])
         return link
 
     # -- receiving files --------------------------------------------------------------------
@@ -480,10 +390,10 @@ class BlobActor(Actor):
             try:
                 partial = await loop.run_in_executor(self._io(), self.store.partial, ins.id, ins.size)
             except (OSError, BlobStoreFull) as e:
-                self.tell(("write_failed", ins.id, str(e)))
+                self.tell(WriteFailed(ins.id, str(e)))
                 return
             self._recv[ins.id] = _Receiving(partial)
-            self.tell(("opened", ins.id, partial.offset))
+            self.tell(PartialOpened(ins.id, partial.offset))
 
         self.spawn(run(), name=f"blobs:open:{ins.id[7:19]}")
 
@@ -559,7 +469,7 @@ class BlobActor(Actor):
         async def run() -> None:
             loop = asyncio.get_running_loop()
             if r is None:
-                self.tell(("finished", blob_id, self.store.has(blob_id), "no partial file"))
+                self.tell(BlobFinished(blob_id, self.store.has(blob_id), "no partial file"))
                 return
             if r.task is not None and not r.task.done():
                 try:
@@ -572,14 +482,14 @@ class BlobActor(Actor):
                 await loop.run_in_executor(self._io(), r.partial.finish)
             except BlobMismatch as e:
                 self._recv.pop(blob_id, None)
-                self.tell(("finished", blob_id, False, str(e)))
+                self.tell(BlobFinished(blob_id, False, str(e)))
                 return
             except (OSError, BlobStoreFull) as e:
                 self._recv.pop(blob_id, None)
-                self.tell(("write_failed", blob_id, str(e)))
+                self.tell(WriteFailed(blob_id, str(e)))
                 return
             self._recv.pop(blob_id, None)
-            self.tell(("finished", blob_id, True, None))
+            self.tell(BlobFinished(blob_id, True, None))
 
         self.spawn(run(), name=f"blobs:finish:{blob_id[7:19]}")
 
@@ -677,5 +587,27 @@ def _check_and_write(partial: PartialBlob, batch: list[Write]) -> int:
         partial.write_only(ins.offset, ins.data)
     return len(batch)
 
+
+_MAILBOX: dict[type, Callable[[BlobActor, Any], Awaitable[None]]] = {
+    PushRequested: BlobActor._push_requested,
+    FetchRequested: BlobActor._fetch_requested,
+    PartialOpened: BlobActor._opened,
+    WriteFailed: BlobActor._write_failed,
+    BlobFinished: BlobActor._finished,
+    TimerDue: BlobActor._timer_due,
+    TopologyChanged: BlobActor._topology_changed,
+    GcDue: BlobActor._gc_due,
+}
+
+DISPATCH: dict[type, Callable[[BlobActor, Any], None]] = {
+    Write: BlobActor._queue_write,
+    SendChunk: BlobActor._send_chunk,
+    Send: BlobActor._send,
+    OpenPartial: BlobActor._open,
+    Finish: BlobActor._finish_ins,
+    Fetched: BlobActor._fetched,
+    Pushed: BlobActor._pushed,
+    Log: BlobActor._log,
+}
 
 __all__ = ["BlobActor", "BlobTransferError"]

@@ -43,3 +43,44 @@ async def resolve_payload(store: BlobStore, payload: Any, where: str = "") -> di
             raise ValidationError(f"{where}payload {name!r}: a file (pathlib.Path), bytes or a blob id, "
                                   f"not {type(value).__name__}")
     return out
+
+
+async def resolve_requests(store: BlobStore | None, requests: list[Any]) -> list[dict[str, BlobRef]]:
+    """Each request's payload (``JobRequest.payload``) as ``{name: BlobRef}``: files and bytes
+    stored once per payload object (a payload shared by many requests is stored once), blob ids
+    checked."""
+    if store is None:
+        raise ValidationError("this node has no blob store")
+    done: dict[int, dict[str, BlobRef]] = {}
+    out: list[dict[str, BlobRef]] = []
+    for i, r in enumerate(requests):
+        if r.payload is None:
+            out.append({})
+            continue
+        refs = done.get(id(r.payload))
+        if refs is None:
+            where = f"item {i}: " if len(requests) > 1 else ""
+            refs = done[id(r.payload)] = await resolve_payload(store, r.payload, where)
+        out.append(refs)
+    return out
+
+
+def with_payload(store: BlobStore | None, jobs: list[Any]) -> list[Any]:
+    """The jobs (readers' copies) with their payload and output payload from the store's references."""
+    if store is None or not store.has_refs or not jobs:
+        return jobs
+    found = store.payloads([j.id for j in jobs])
+    for j in jobs:
+        j.payload, j.output_payload = found.get(j.id, ({}, {}))
+    return jobs
+
+
+def payload_file(store: BlobStore | None, job: Any, name: str) -> "os.PathLike[str]":
+    """The local file of ``job``'s output ``name`` or, failing that, its input; ``NotFound``."""
+    ref = job.output_payload.get(name) or job.payload.get(name)
+    if ref is None or store is None:
+        raise NotFound(f"job {job.id} has no payload named {name!r}")
+    path = store.path(ref.id)
+    if not path.is_file():
+        raise NotFound(f"payload {name!r} of job {job.id} ({ref.id}) is not on this node")
+    return path

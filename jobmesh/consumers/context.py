@@ -20,7 +20,7 @@ MAX_LOG_LINE = 4000
 TRACEBACK = "Traceback (most recent call last):"
 # frames of the runtime itself, not of the consumer: they only hide the line that failed
 _INTERNAL_FRAME = re.compile(
-    r'^  File ".*(?:jobmesh/consumers/(?:pool|threads)\.py|concurrent/futures/thread\.py)", line \d+')
+    r'^  File ".*(?:jobmesh/consumers/(?:runner|stepping|threads)\.py|concurrent/futures/thread\.py)", line \d+')
 _FAILED = re.compile(r"^attempt (\d+) failed \((started [^)]*)\)")
 
 

@@ -4,7 +4,7 @@ An ``async def`` consumer that blocks (``time.sleep``, CPU-bound work) freezes e
 the HTTP API and the actors of its node. Discovery keeps the node alive (heartbeats have a
 thread of their own) and logs the lag afterwards; this thread says it *while* it happens, and
 which job, topic and line hold the loop, read from the loop thread's stack: the frames below the
-consumer pool's ``_execute`` are the consumer's. One line per block, with the fix.
+runner's ``_execute`` (its short path: ``_worker``, ``_resumed``) are the consumer's. One line per block, with the fix.
 """
 
 from __future__ import annotations
@@ -19,7 +19,11 @@ from typing import Any, Callable
 
 HINT = ("an async consumer must not block the event loop: await asyncio.sleep() or async I/O, "
         "or make it a plain `def` (it then runs in a thread)")
-_POOL_FILE = os.path.join("consumers", "pool.py")
+_RUNNER_FILE = os.path.join("consumers", "runner.py")
+_STEPPING_FILE = os.path.join("consumers", "stepping.py")
+# the runner's frames that run a consumer, first step to end (its short path runs one from the
+# slot worker itself, and a consumer of it that waits goes on in ``_resumed``)
+_RUN_FRAMES = ("_execute", "_resumed", "_worker")
 
 
 def blocking_frame_info(frame: types.FrameType | None) -> dict[str, Any]:
@@ -35,16 +39,18 @@ def blocking_frame_info(frame: types.FrameType | None) -> dict[str, Any]:
         inner = frames[0]
         info["at"] = f"{inner.f_code.co_filename.rsplit('/', 1)[-1]}:{inner.f_lineno} in {inner.f_code.co_name}"
     for i, f in enumerate(frames):
-        if f.f_code.co_name == "_execute" and f.f_code.co_filename.endswith(_POOL_FILE):
+        if f.f_code.co_name in _RUN_FRAMES and f.f_code.co_filename.endswith(_RUNNER_FILE):
             try:
-                job = f.f_locals.get("job")
+                local = f.f_locals
+                job = local.get("job") or getattr(local.get("run"), "job", None)
             except Exception:  # a frame's locals are a best-effort read from another thread
                 job = None
             if job is not None:
                 info["job_id"] = getattr(job, "id", None)
                 info["topic"] = getattr(job, "topic", None)
             for callee in reversed(frames[:i]):  # outermost first: the consumer's own entry frame
-                if not callee.f_code.co_filename.endswith(_POOL_FILE):
+                name = callee.f_code.co_filename
+                if not name.endswith(_RUNNER_FILE) and not name.endswith(_STEPPING_FILE):
                     info["consumer"] = getattr(callee.f_code, "co_qualname", callee.f_code.co_name)
                     break
             break

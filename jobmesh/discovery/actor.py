@@ -31,6 +31,7 @@ import msgpack
 import structlog
 
 from .. import wire
+from ..offloading import probe_topic
 from ..actor import Actor
 from ..errors import NameInUse, ValidationError
 from ..plants import PLANTS
@@ -93,7 +94,7 @@ def offload_topics_for(topics: Iterable[str], enabled: Iterable[str], disabled: 
     enabled, disabled = list(enabled), list(disabled)
     out = []
     for t in topics:
-        probe = t.replace("/**", "/x").replace("/*", "/x") if t not in ("*", "**") else "x"
+        probe = probe_topic(t)
         if any(p == t or matches(p, probe) for p in enabled) and not any(p == t or matches(p, probe) for p in disabled):
             out.append(t)
     return out

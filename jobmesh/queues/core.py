@@ -50,12 +50,16 @@ _SUCCEEDED = JobState.SUCCEEDED  # enum member lookups are slow on the hot path
 class Outcome:
     """How a run ended, as the consumer pool reports it to the job's queue."""
 
-    kind: str  # "OK", "FAILED", "CANCEL", "STOPPED" (stop/remove requested), "ABORTED" (node shut down)
+    # "OK", "FAILED", "CANCEL", "STOPPED" (stop/remove requested), "ABORTED" (node shut down),
+    # "INTERRUPTED" (the node crashed while it ran: found ACTIVE at the next start)
+    kind: str
     message: str | None = None
     retry_delay: float | None = None  # the consumer's failed(retry_delay)
     stop_state: JobState = JobState.STOPPED  # STOPPED for stop, DROPPED for remove
     log: tuple[str, ...] = ()  # lines to append to the progress log (e.g. a traceback)
     result: Any = None  # OK only: the consumer's return value (JSON-compatible; an object is a step's output)
+    # OK only, a copy's run: its output payload {name: {"id", "size"}} (goes back with the result)
+    output_payload: dict[str, Any] | None = None
 
 
 def retry_delay_for(job: Job, queue: QueueConfig, consumer_delay: float | None,
@@ -99,8 +103,12 @@ def decide(job: Job, outcome: Outcome, queue: QueueConfig, now: float) -> Decisi
         return Decision(outcome.stop_state, job.retry_count, job.not_before, now, outcome.message)
     if kind == "ABORTED":  # graceful shutdown interrupted it: not the job's fault, no retry counted
         return Decision(JobState.QUEUED, job.retry_count, 0.0, None, outcome.message)
-    # FAILED (an exception is a failure too)
     retries = job.max_retries
+    if kind == "INTERRUPTED":  # a crash: counted as a retry (a poison job ends GIVEN_UP), no delay
+        if retries == -1 or job.retry_count < retries:
+            return Decision(JobState.QUEUED, job.retry_count + 1, 0.0, None, None)
+        return Decision(JobState.GIVEN_UP, job.retry_count, job.not_before, now, outcome.message)
+    # FAILED (an exception is a failure too)
     if retries == -1 or job.retry_count < retries:
         delay = retry_delay_for(job, queue, outcome.retry_delay)
         return Decision(JobState.QUEUED, job.retry_count + 1, now + delay, None, outcome.message)
@@ -130,7 +138,15 @@ class Window:
         return job_id in self._ids
 
     def jobs(self) -> Iterator[Job]:
+        """The jobs in the window (a copy of the list: the caller may take some out meanwhile)."""
         return iter(list(self._ids.values()))
+
+    def view(self) -> Iterator[Job]:
+        """The jobs in the window, without a copy: the window must not change while it is read."""
+        return iter(self._ids.values())
+
+    def get(self, job_id: str) -> Job | None:
+        return self._ids.get(job_id)
 
     def add(self, job: Job, now: float) -> None:
         raise NotImplementedError

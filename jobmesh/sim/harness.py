@@ -251,7 +251,7 @@ class Simulation:
                             wrapper_class=structlog.BoundLogger, cache_logger_on_first_use=False)
         previous_plants = PLANTS.on
         PLANTS.set([self.cfg.plant] if self.cfg.plant else [])
-        from ..queues import actor as queue_actor
+        from ..engine import core as queue_actor  # the queues' horizon lives in the engine core
 
         horizon = queue_actor.DEFER_AFTER, queue_actor.DUE_SCAN
         if self.cfg.delays > 0:

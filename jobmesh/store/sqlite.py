@@ -2,10 +2,11 @@
 
 Why this shape: a commit is the expensive part of a write (a WAL append, and an
 fsync with ``durability="full"``), so every write call only enqueues an operation
-and gets a future; one writer thread takes everything queued since the last
-commit and writes it as ONE transaction (``executemany``), then resolves all the
-futures. While a commit runs, the next batch accumulates: under load, hundreds of
-jobs share one commit. Several updates of the same job in one batch collapse to
+and gets a future; one writer takes everything queued since the last commit (on the
+next loop turn after the first write; inline on the loop's thread at normal durability,
+in the writer thread otherwise) and writes it as ONE transaction (``executemany``), then
+resolves all the futures. While a commit runs in the
+thread, the next batch accumulates: under load, hundreds of jobs share one commit. Several updates of the same job in one batch collapse to
 the last one (a job's final state overwrites its ACTIVE row when both wait).
 
 Reads use a second connection on the event loop's thread; in WAL mode they see
@@ -31,7 +32,6 @@ import structlog
 from ..actor import Actor
 from ..errors import ActorStopped
 from ..job import Job, JobState, Progress
-from ..plants import PLANTS
 from .schema import migrate
 
 log = structlog.get_logger("jobmesh.store")
@@ -53,6 +53,7 @@ _UPDATE = (
 # The start of a run: only what changes (a narrower UPDATE binds and writes less).
 _START = "UPDATE jobs SET state='ACTIVE', started=?, finished=NULL, attempt=?, target=? WHERE seq=?"
 _DELETE = "DELETE FROM jobs WHERE id=?"
+_DELETE_SEQ = "DELETE FROM jobs WHERE seq=?"
 # Other nodes' copies restored after a restart wait for their origin's word (schema version 4);
 # the node's own jobs (origin = the bound name) never are held, so the sub-select is skipped.
 _NOT_HELD = "(origin=? OR id NOT IN (SELECT job_id FROM transfer_copies WHERE held=1))"
@@ -91,6 +92,18 @@ def row_to_job(row: tuple[Any, ...]) -> Job:
     )
 
 
+def insert_row(job: Job, props: str | None = None) -> tuple[Any, ...]:
+    """A new row, in ``JOB_COLUMNS`` order (``props``: the properties as JSON, if known)."""
+    return (
+        job.seq, job.id, job.topic, job.queue, job.state._value_,
+        props if props is not None else (json.dumps(job.properties) if job.properties else "{}"), job.origin,
+        job.target, job.created, job.started, job.finished, job.retry_count,
+        job.max_retries, job.attempt, job.not_before, progress_json(job.progress),
+        job.result_message, None if job.result is None else json.dumps(job.result), job.key,
+        job.timeout, job.priority,
+    )
+
+
 def update_row(job: Job) -> tuple[Any, ...]:
     """A snapshot of a job's mutable columns, taken when the write is requested."""
     return (
@@ -104,6 +117,13 @@ def update_row(job: Job) -> tuple[Any, ...]:
 # SQLite work (an add_many of 1,000 jobs: ~10 ms) during which the loop goes on parsing and
 # answering requests, since SQLite releases the GIL while it steps. Smaller commits stay inline.
 INLINE_MAX_ROWS = 256
+# ... unless runs wait for it: the batch holds starts (the job cycle's writes: no consumer of them
+# runs before the commit), or other writes had to wait for the last commit that ran in the thread
+# less than HELD_UP_FOR s ago.
+# Then the loop needs the store itself (no run starts before the commit), and the thread's SQLite,
+# which takes the GIL back for every row, fights the busy loop for it: a 1,000-row insert took
+# ~18 ms there against ~7.5 ms inline (benchmarks/throughput.py at the node defaults).
+HELD_UP_FOR = 1.0
 
 
 @dataclass
@@ -112,6 +132,7 @@ class _Batch:
     updates: dict[int, tuple[Any, ...]]  # by seq: the last snapshot of a job wins
     starts: dict[int, tuple[Any, ...]]  # by seq: QUEUED -> ACTIVE, written before ``updates``
     deletes: list[str]
+    delete_seqs: list[int]
     calls: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]]
     futures: list[asyncio.Future[Any]]
 
@@ -133,7 +154,8 @@ class Store(Actor):
         self._executor: ThreadPoolExecutor | None = None
         self._pending = self._new_batch()
         self._pending_count = 0
-        self._have_work = asyncio.Event()
+        self._commit_scheduled = False  # a commit of the pending batch is due next loop turn
+        self._held_up_at = -math.inf  # loop time when writes last waited for a commit in the thread
         self._next_seq = 1
         self._opened = False
         self._inflight: asyncio.Future[None] | None = None
@@ -155,7 +177,7 @@ class Store(Actor):
 
     @staticmethod
     def _new_batch() -> _Batch:
-        return _Batch([], {}, {}, [], [], [])
+        return _Batch([], {}, {}, [], [], [], [])
 
     # -- lifecycle -------------------------------------------------------
     async def on_start(self) -> None:
@@ -174,7 +196,6 @@ class Store(Actor):
         row = self._rconn.execute("SELECT max(seq) FROM jobs").fetchone()
         self._next_seq = (row[0] or 0) + 1
         self._opened = True
-        self.spawn(self._writer(), name="store:writer")
         self.spawn(self._checkpointer(), name="store:checkpointer")
 
     def _open_writer(self) -> sqlite3.Connection:
@@ -194,13 +215,12 @@ class Store(Actor):
         if not self._opened:
             return
         if self._inflight is not None and not self._inflight.done():
-            await self._inflight
+            await asyncio.shield(self._inflight)
         if self._pending_count:
             batch, self._pending = self._pending, self._new_batch()
             self._pending_count = 0
-            # Shielded: stopping the writer must not orphan a commit already running.
-            self._inflight = asyncio.ensure_future(self._commit_and_resolve(batch))
-            await asyncio.shield(self._inflight)
+            # Shielded: stopping the store must not orphan a commit already running.
+            await asyncio.shield(asyncio.ensure_future(self._commit_and_resolve(batch)))
         self._opened = False
         loop = asyncio.get_running_loop()
         wconn, self._wconn = self._wconn, None
@@ -240,9 +260,10 @@ class Store(Actor):
         futs = self._pending.futures
         if not futs:
             futs.append(asyncio.get_running_loop().create_future())
-            self._have_work.set()
+            self._schedule_commit()
         self._pending_count += 1
         return futs[0]
+
 
     def insert(self, jobs: Iterable[Job], properties_json: list[str] | None = None) -> asyncio.Future[Any]:
         """Add new jobs; assigns each ``job.seq`` now (arrival order), durable when the future resolves."""
@@ -253,14 +274,7 @@ class Store(Actor):
         for i, job in enumerate(jobs):
             job.seq = seq
             seq += 1
-            props = properties_json[i] if properties_json is not None else json.dumps(job.properties)
-            rows.append((
-                job.seq, job.id, job.topic, job.queue, job.state._value_, props, job.origin,
-                job.target, job.created, job.started, job.finished, job.retry_count,
-                job.max_retries, job.attempt, job.not_before, progress_json(job.progress),
-                job.result_message, None if job.result is None else json.dumps(job.result), job.key,
-                job.timeout, job.priority,
-            ))
+            rows.append(insert_row(job, properties_json[i] if properties_json is not None else None))
         self._next_seq = seq
         return self._enqueue()
 
@@ -268,7 +282,7 @@ class Store(Actor):
         """Persist the job's current state, progress and counters (a snapshot taken now).
 
         The returned future is shared by every write of the same transaction: callers
-        may await it, or add one done-callback per transaction (see ``QueueActor``).
+        may await it, or add one done-callback per transaction (see ``EngineActor._do_commit``).
         """
         if not self._opened:
             raise ActorStopped("the job store is closed (node stopped)")
@@ -289,6 +303,19 @@ class Store(Actor):
             pending.starts[job.seq] = (job.started, job.attempt, job.target, job.seq)
         return self._enqueue()
 
+    def start_many(self, jobs: Iterable[Job]) -> asyncio.Future[Any]:
+        """``update_started`` for each of ``jobs`` (the engine's starts of one transaction)."""
+        if not self._opened:
+            raise ActorStopped("the job store is closed (node stopped)")
+        pending = self._pending
+        updates, starts = pending.updates, pending.starts
+        for job in jobs:
+            if job.seq in updates:  # an older full snapshot waits: keep the order by writing a full one
+                updates[job.seq] = update_row(job)
+            else:
+                starts[job.seq] = (job.started, job.attempt, job.target, job.seq)
+        return self._enqueue()
+
     def update_many(self, jobs: Iterable[Job]) -> asyncio.Future[Any]:
         if not self._opened:
             raise ActorStopped("the job store is closed (node stopped)")
@@ -304,6 +331,26 @@ class Store(Actor):
             raise ActorStopped("the job store is closed (node stopped)")
         self._pending.deletes.extend(job_ids)
         return self._enqueue()
+
+    def delete_rows(self, seqs: Iterable[int]) -> asyncio.Future[Any]:
+        """Delete rows by their seq (a row of an id that a newer row may have replaced)."""
+        if not self._opened:
+            raise ActorStopped("the job store is closed (node stopped)")
+        pending = self._pending
+        for seq in seqs:
+            pending.delete_seqs.append(seq)
+            pending.updates.pop(seq, None)
+            pending.starts.pop(seq, None)
+        return self._enqueue()
+
+    def pending_future(self) -> asyncio.Future[Any]:
+        """The future of the transaction being gathered (the one the last write joined)."""
+        if not self._opened:
+            raise ActorStopped("the job store is closed (node stopped)")
+        futs = self._pending.futures
+        if not futs:
+            return self._enqueue()
+        return futs[0]
 
     def call(self, fn: Callable[[sqlite3.Connection], Any]) -> asyncio.Future[Any]:
         """Run ``fn(conn)`` on the writer connection inside the next transaction; its result resolves the future."""
@@ -341,48 +388,89 @@ class Store(Actor):
         conn.execute("PRAGMA busy_timeout=1000")
         return conn
 
-    async def _writer(self) -> None:
-        while True:
-            if not self._pending_count:
-                self._have_work.clear()
-                await self._have_work.wait()
-                continue
-            # Let the tasks that are ready right now add their writes to this batch.
-            await asyncio.sleep(0)
-            batch, self._pending = self._pending, self._new_batch()
-            self._pending_count = 0
-            # Shielded: stopping the writer must not orphan a commit already running.
-            self._inflight = asyncio.ensure_future(self._commit_and_resolve(batch))
-            await asyncio.shield(self._inflight)
+    # -- the writer: one transaction at a time, the next one gathering meanwhile --------------
+    def _schedule_commit(self) -> None:
+        """The pending batch commits on the next loop turn: the callbacks and tasks ready now add
+        their writes to it first. While a commit runs in the writer thread, the next waits for it."""
+        if not self._commit_scheduled and self._inflight is None:
+            self._commit_scheduled = True
+            asyncio.get_running_loop().call_soon(self._commit_pending)
+
+    def _inline(self, batch: _Batch) -> bool:
+        if not self.inline_commits:
+            return False
+        if len(batch.inserts) + len(batch.updates) + len(batch.starts) <= INLINE_MAX_ROWS:
+            return True
+        if batch.starts:
+            return True
+        return asyncio.get_running_loop().time() - self._held_up_at < HELD_UP_FOR
+
+    def _commit_pending(self) -> None:
+        self._commit_scheduled = False
+        if not self._opened or self._inflight is not None or not self._pending_count:
+            return
+        batch, self._pending = self._pending, self._new_batch()
+        self._pending_count = 0
+        if self._inline(batch):
+            try:
+                results = self._commit(batch)
+            except Exception as exc:
+                self._resolve(batch, None, exc)
+            else:
+                self._resolve(batch, results, None)
+            return
+        assert self._executor is not None
+        fut = self._inflight = asyncio.get_running_loop().run_in_executor(self._executor, self._commit, batch)
+        fut.add_done_callback(lambda f, b=batch: self._thread_done(b, f))
+
+    def _thread_done(self, batch: _Batch, fut: asyncio.Future[Any]) -> None:
+        self._inflight = None
+        if self._pending_count:
+            self._held_up_at = asyncio.get_running_loop().time()
+        if fut.cancelled():
+            self._resolve(batch, None, ActorStopped("the store's commit was cancelled"))
+        elif fut.exception() is not None:
+            self._resolve(batch, None, fut.exception())  # type: ignore[arg-type]
+        else:
+            self._resolve(batch, fut.result(), None)
+        if self._pending_count:
+            self._schedule_commit()
 
     async def _commit_and_resolve(self, batch: _Batch) -> None:
+        """A batch committed now (at stop), inline or in the writer thread."""
         loop = asyncio.get_running_loop()
         try:
-            if self.inline_commits and (len(batch.inserts) + len(batch.updates) + len(batch.starts)
-                                        <= INLINE_MAX_ROWS):
+            if self._inline(batch):
                 results = self._commit(batch)
             else:
                 results = await loop.run_in_executor(self._executor, self._commit, batch)
-        except Exception as exc:  # disk full, I/O error: every waiter learns it, the writer lives on
+        except Exception as exc:
+            self._resolve(batch, None, exc)
+            return
+        self._resolve(batch, results, None)
+
+    def _resolve(self, batch: _Batch, results: list[Any] | None, exc: BaseException | None) -> None:
+        """Every waiter of a transaction learns how it ended."""
+        if exc is not None or results is None:  # disk full, I/O error: every waiter learns it, the store lives on
             log.error("store commit failed", error=repr(exc), writes=len(batch.futures))
             for fut in batch.futures:
                 if not fut.done():
-                    fut.set_exception(exc)
+                    fut.set_exception(exc)  # type: ignore[arg-type]
             for _, fut in batch.calls:
                 if not fut.done():
-                    fut.set_exception(exc)
-            return
-        self.commits += 1
-        for fut in batch.futures:
-            if not fut.done():
-                fut.set_result(None)
-        for (_, fut), res in zip(batch.calls, results):
-            if fut.done():
-                continue
-            if isinstance(res, BaseException):
-                fut.set_exception(res)
-            else:
-                fut.set_result(res)
+                    fut.set_exception(exc)  # type: ignore[arg-type]
+        else:
+            self.commits += 1
+            for fut in batch.futures:
+                if not fut.done():
+                    fut.set_result(None)
+            for (_, fut), res in zip(batch.calls, results):
+                if fut.done():
+                    continue
+                if isinstance(res, BaseException):
+                    fut.set_exception(res)
+                else:
+                    fut.set_result(res)
 
     def _commit(self, batch: _Batch) -> list[Any]:
         conn = self._wconn
@@ -398,6 +486,8 @@ class Store(Actor):
                 conn.executemany(_UPDATE, batch.updates.values())
             if batch.deletes:
                 conn.executemany(_DELETE, ((i,) for i in batch.deletes))
+            if batch.delete_seqs:
+                conn.executemany(_DELETE_SEQ, ((i,) for i in batch.delete_seqs))
             for fn, _ in batch.calls:
                 conn.execute("SAVEPOINT call")
                 try:
@@ -513,6 +603,20 @@ class Store(Actor):
             (queue, due_by, limit),
         ).fetchall()
 
+    def ready_refs(self, queue: str, limit: int, due_by: float) -> list[tuple[int, str, float]]:
+        """(seq, id, not_before) of the first QUEUED jobs of ``queue`` that may run here and are due
+        by ``due_by``: the engine's watchdog compares them with its windows and due cursors."""
+        if self.local_name is not None:
+            return self.reader.execute(
+                f"SELECT seq, id, not_before FROM jobs WHERE queue=? AND state='QUEUED' AND not_before<=? "
+                f"AND (target IS NULL OR target=?) AND {_NOT_HELD} ORDER BY seq LIMIT ?",
+                (queue, due_by, self.local_name, self.local_name, limit),
+            ).fetchall()
+        return self.reader.execute(
+            "SELECT seq, id, not_before FROM jobs WHERE queue=? AND state='QUEUED' AND not_before<=? "
+            "ORDER BY seq LIMIT ?", (queue, due_by, limit),
+        ).fetchall()
+
     def open_with_keys(self, keys: Iterable[str], origin: str) -> dict[str, Job]:
         """The open (QUEUED or ACTIVE) jobs of ``origin`` that carry one of ``keys``, by key (jobs_key)."""
         out: dict[str, Job] = {}
@@ -550,46 +654,26 @@ class Store(Actor):
         return self.reader.execute("SELECT count(*) FROM jobs").fetchone()[0]
 
     # -- maintenance (run inside a write transaction) ---------------------
-    async def recover(self, now: float) -> list[tuple[str, str]]:
-        """Jobs ACTIVE at a crash go back to QUEUED counted as a retry, or GIVEN_UP when out of retries.
+    def active_rows(self) -> list[Job]:
+        """Rows ACTIVE now: at start, the runs a crash interrupted (this node's own, and other
+        nodes' copies; with ``local_name`` set, not this node's jobs running at another node).
+        The engine decides what becomes of them (``engine.events.Recovered``)."""
+        if self.local_name is not None:
+            sql = (f"SELECT {JOB_COLUMNS} FROM jobs WHERE state='ACTIVE' AND (origin!=? OR target IS NULL "
+                   "OR target=?) ORDER BY seq")
+            rows = self.reader.execute(sql, (self.local_name, self.local_name)).fetchall()
+        else:
+            rows = self.reader.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE state='ACTIVE' ORDER BY seq").fetchall()
+        return [row_to_job(r) for r in rows]
 
-        Returns (job_id, new_state) for every recovered job.
-        """
-        def run(conn: sqlite3.Connection) -> list[tuple[str, str]]:
-            me = self.local_name
-            if me is not None:
-                # other nodes' copies run again here once their origin confirms them (held until
-                # then: it may have given them to another node meanwhile); jobs running at another
-                # node are the transfer actor's to settle
-                conn.execute("UPDATE jobs SET state='QUEUED' WHERE state='ACTIVE' AND origin!=?", (me,))
-                if not PLANTS.active("run-superseded-copy"):
-                    conn.execute("UPDATE transfer_copies SET held=1")
-                rows = conn.execute(
-                    "SELECT id, retry_count, max_retries FROM jobs WHERE state='ACTIVE' "
-                    "AND (target IS NULL OR target=?)", (me,)
-                ).fetchall()
-            else:
-                rows = conn.execute(
-                    "SELECT id, retry_count, max_retries FROM jobs WHERE state='ACTIVE'"
-                ).fetchall()
-            out = []
-            requeue, give_up = [], []
-            for job_id, rc, mr in rows:
-                if mr >= 0 and rc + 1 > mr:
-                    give_up.append((now, "interrupted by a node crash; no retries left", job_id))
-                    out.append((job_id, JobState.GIVEN_UP.value))
-                else:
-                    requeue.append((job_id,))
-                    out.append((job_id, JobState.QUEUED.value))
-            conn.executemany(
-                "UPDATE jobs SET state='QUEUED', retry_count=retry_count+1, not_before=0 WHERE id=?", requeue
-            )
-            conn.executemany(
-                "UPDATE jobs SET state='GIVEN_UP', finished=?, result_message=? WHERE id=?", give_up
-            )
-            return out
-
-        return await self.call(run)
+    def handed_off(self) -> list[Job]:
+        """This node's jobs handed to another node and not final (QUEUED or ACTIVE there)."""
+        if self.local_name is None:
+            return []
+        me = self.local_name
+        return [row_to_job(r) for r in self.reader.execute(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE origin=? AND target IS NOT NULL AND target!=? "
+            "AND state IN ('QUEUED','ACTIVE') ORDER BY seq", (me, me))]
 
     async def purge(self, succeeded_before: float, others_before: float, keep_queues: list[str], limit: int = 5000) -> int:
         """Delete finished jobs past their history TTL, at most ``limit`` per call (bounded work)."""
@@ -612,12 +696,11 @@ class Store(Actor):
 
         return await self.call(run)
 
-    async def rehome(self, moves: list[tuple[str, str, str]]) -> None:
-        """Move QUEUED jobs of (old queue, topic) to a new queue: the configuration changed."""
-        def run(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                "UPDATE jobs SET queue=? WHERE state='QUEUED' AND queue=? AND topic=?",
-                [(new, old, topic) for old, topic, new in moves],
-            )
-
-        await self.call(run)
+    @staticmethod
+    def rehome_rows(conn: sqlite3.Connection, moves: list[tuple[str, str, str]]) -> None:
+        """Move QUEUED rows of (old queue, topic) to a new queue (the configuration changed);
+        run inside a transaction (the engine's ``Commit.rehome``)."""
+        conn.executemany(
+            "UPDATE jobs SET queue=? WHERE state='QUEUED' AND queue=? AND topic=?",
+            [(new, old, topic) for old, topic, new in moves],
+        )

@@ -63,6 +63,7 @@ __all__ = [
     "Result",
     "ResultAck",
     "ResultItem",
+    "RoomFreed",
     "ScheduleTimer",
     "Send",
     "StealRequest",
@@ -83,593 +84,30 @@ __all__ = [
 ]
 
 
-class ProtocolError(ValidationError):
-    """A transfer message body that does not have the expected shape."""
-
-
-# --------------------------------------------------------------------------- field checks
-
-
-def _req(body: dict[str, Any], key: str, kind: type | tuple[type, ...], what: str) -> Any:
-    if not isinstance(body, dict):
-        raise ProtocolError(f"{what}: body must be a map")
-    if key not in body:
-        raise ProtocolError(f"{what}: missing field {key!r}")
-    return _check(body[key], key, kind, what)
-
-
-def _check(value: Any, key: str, kind: type | tuple[type, ...], what: str) -> Any:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if isinstance(value, bool) and bool not in kinds:  # True is an int to Python, not to us
-        raise ProtocolError(f"{what}: field {key!r} has the wrong type")
-    if not isinstance(value, kinds):
-        raise ProtocolError(f"{what}: field {key!r} has the wrong type")
-    return value
-
-
-def _opt(body: dict[str, Any], key: str, kind: type | tuple[type, ...], what: str) -> Any:
-    value = body.get(key)
-    return None if value is None else _check(value, key, kind, what)
-
-
-def _nonempty_str(body: dict[str, Any], key: str, what: str) -> str:
-    value = _req(body, key, str, what)
-    if not value:
-        raise ProtocolError(f"{what}: field {key!r} must not be empty")
-    return value
-
-
-def _attempt(body: dict[str, Any], what: str) -> int:
-    value = _req(body, "attempt", int, what)
-    if value < 0:
-        raise ProtocolError(f"{what}: attempt must be >= 0")
-    return value
-
-
-def _positive(value: Any, key: str, what: str) -> float | None:
-    if value is None:
-        return None
-    if not value > 0:
-        raise ProtocolError(f"{what}: {key} must be > 0")
-    return float(value)
-
-
-def _items(body: dict[str, Any], what: str, limit: int = 100_000) -> list[Any]:
-    items = _req(body, "items", list, what)
-    if len(items) > limit:
-        raise ProtocolError(f"{what}: more than {limit} items")
-    return items
-
-
-def _str_list(body: dict[str, Any], key: str, what: str) -> list[str]:
-    value = body.get(key) or []
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ProtocolError(f"{what}: field {key!r} must be a list of strings")
-    return value
-
-
-# --------------------------------------------------------------------------- messages
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """The part of a job a target needs to run it; the origin keeps the record."""
-
-    id: str
-    attempt: int
-    topic: str
-    properties: dict[str, Any]
-    queue: str = "main"
-    retry_count: int = 0
-    max_retries: int = 10
-    origin: str = ""
-    created: float = 0.0
-    timeout: float | None = None  # the job's own time limit (s): the target enforces it
-    priority: int = 0  # the job's priority within its queue at the target
-    # job payload: {name: {"id": "sha256:...", "size": n}}; the blobs reach the target before
-    # the handoff that names them (the transfer actor pushes them first). Absent when None.
-    payload: dict[str, Any] | None = None
-
-    def to_wire(self) -> dict[str, Any]:
-        body = {
-            "id": self.id,
-            "attempt": self.attempt,
-            "topic": self.topic,
-            "properties": self.properties,
-            "queue": self.queue,
-            "retry_count": self.retry_count,
-            "max_retries": self.max_retries,
-            "origin": self.origin,
-            "created": self.created,
-        }
-        if self.payload:
-            body["payload"] = self.payload
-        if self.timeout is not None:  # absent unless set: handoffs without options stay as they were
-            body["timeout"] = self.timeout
-        if self.priority:
-            body["priority"] = self.priority
-        return body
-
-    @classmethod
-    def from_wire(cls, body: dict[str, Any]) -> "JobSpec":
-        # A handoff carries hundreds of these: a well-formed body (the usual case) is checked
-        # in one pass with exact types (bool is not an int here either); anything else takes
-        # the field-by-field path, which says what is wrong.
-        if type(body) is dict:
-            try:
-                i, a, t, p = body["id"], body["attempt"], body["topic"], body["properties"]
-                q, rc, mr, o = body["queue"], body["retry_count"], body["max_retries"], body["origin"]
-            except KeyError:
-                pass
-            else:
-                c = body.get("created")
-                to, pr = body.get("timeout"), body.get("priority", 0)
-                if (type(i) is str and i and type(a) is int and a >= 0 and type(t) is str and t
-                        and type(p) is dict and type(q) is str and type(rc) is int and type(mr) is int
-                        and type(o) is str and (c is None or type(c) is float or type(c) is int)
-                        and (to is None or ((type(to) is float or type(to) is int) and to > 0))
-                        and type(pr) is int):
-                    pl = body.get("payload")
-                    return cls(i, a, t, p, q, rc, mr, o, float(c or 0.0), None if to is None else float(to), pr,
-                               None if pl is None else payload_from_wire(pl, "job"))
-        return cls._from_wire_checked(body)
-
-    @classmethod
-    def _from_wire_checked(cls, body: dict[str, Any]) -> "JobSpec":
-        what = "job"
-        return cls(
-            id=_nonempty_str(body, "id", what),
-            attempt=_attempt(body, what),
-            topic=_nonempty_str(body, "topic", what),
-            properties=_req(body, "properties", dict, what),
-            queue=_req(body, "queue", str, what),
-            retry_count=_req(body, "retry_count", int, what),
-            max_retries=_req(body, "max_retries", int, what),
-            origin=_req(body, "origin", str, what),
-            created=float(_opt(body, "created", (int, float), what) or 0.0),
-            timeout=_positive(_opt(body, "timeout", (int, float), what), "timeout", what),
-            priority=_opt(body, "priority", int, what) or 0,
-            payload=None if body.get("payload") is None else payload_from_wire(body["payload"], what),
-        )
-
-
-def payload_from_wire(value: Any, what: str) -> dict[str, Any]:
-    """``{name: {"id", "size"}}`` checked (names and ids as the blob store takes them)."""
-    from ..blobs.store import check_id, check_name
-
-    if not isinstance(value, dict) or len(value) > 256:
-        raise ProtocolError(f"{what}: payload must be a map of at most 256 names")
-    out: dict[str, Any] = {}
-    try:
-        for name, ref in value.items():
-            check_name(name)
-            if not isinstance(ref, dict):
-                raise ProtocolError(f"{what}: payload {name!r} must be {{id, size}}")
-            size = ref.get("size")
-            if type(size) is not int or size < 0:
-                raise ProtocolError(f"{what}: payload {name!r} size must be a whole number >= 0")
-            out[name] = {"id": check_id(ref.get("id")), "size": size}
-    except ValidationError as e:
-        if isinstance(e, ProtocolError):
-            raise
-        raise ProtocolError(f"{what}: {e}") from None
-    return out
-
-
-@dataclass(frozen=True)
-class AckItem:
-    """One job of a handoff: accepted (the target committed it) or refused, with why."""
-
-    id: str
-    attempt: int
-    accepted: bool
-    reason: str | None = None
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"id": self.id, "attempt": self.attempt, "accepted": self.accepted, "reason": self.reason}
-
-    @classmethod
-    def from_wire(cls, body: dict[str, Any]) -> "AckItem":
-        what = "handoff_ack item"
-        return cls(
-            id=_nonempty_str(body, "id", what),
-            attempt=_attempt(body, what),
-            accepted=_req(body, "accepted", bool, what),
-            reason=_opt(body, "reason", str, what),
-        )
-
-
-@dataclass(frozen=True)
-class ResultItem:
-    """A job's final outcome at the target: kind, message, retry delay, timings, log lines."""
-
-    id: str
-    attempt: int
-    kind: ResultKind
-    message: str | None = None
-    retry_delay: float | None = None
-    started: float | None = None
-    finished: float | None = None
-    log: tuple[str, ...] = ()
-    result: Any = None  # OK only: the consumer's return value (any JSON; an object is a workflow step's output)
-    # OK only: output payload {name: {"id", "size"}}; the blobs reach the origin before this result
-    output_payload: dict[str, Any] | None = None
-
-    def to_wire(self) -> dict[str, Any]:
-        body = {
-            "id": self.id,
-            "attempt": self.attempt,
-            "kind": self.kind.value,
-            "message": self.message,
-            "retry_delay": self.retry_delay,
-            "started": self.started,
-            "finished": self.finished,
-            "log": list(self.log),
-        }
-        if self.result is not None:  # absent when there is none: bodies without one stay as they were
-            body["result"] = self.result
-        if self.output_payload:
-            body["output_payload"] = self.output_payload
-        return body
-
-    @classmethod
-    def from_wire(cls, body: dict[str, Any]) -> "ResultItem":
-        what = "result item"
-        kind_text = _req(body, "kind", str, what)
-        try:
-            kind = ResultKind(kind_text)
-        except ValueError:
-            raise ProtocolError(f"{what}: unknown result kind {kind_text!r}") from None
-        delay = _opt(body, "retry_delay", (int, float), what)
-        if delay is not None and delay < 0:
-            raise ProtocolError(f"{what}: retry_delay must be >= 0")
-        started = _opt(body, "started", (int, float), what)
-        finished = _opt(body, "finished", (int, float), what)
-        return cls(
-            id=_nonempty_str(body, "id", what),
-            attempt=_attempt(body, what),
-            kind=kind,
-            message=_opt(body, "message", str, what),
-            retry_delay=None if delay is None else float(delay),
-            started=None if started is None else float(started),
-            finished=None if finished is None else float(finished),
-            log=tuple(_str_list(body, "log", what)),
-            # "output" (an object) is how peers and outbox rows before issue 12 carried a step's output
-            result=body["result"] if body.get("result") is not None else _opt(body, "output", dict, what),
-            output_payload=None if body.get("output_payload") is None
-            else payload_from_wire(body["output_payload"], what),
-        )
-
-
-@dataclass(frozen=True)
-class JobRef:
-    """(job id, attempt): the idempotency key of every transfer message."""
-
-    id: str
-    attempt: int
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"id": self.id, "attempt": self.attempt}
-
-    @classmethod
-    def from_wire(cls, body: dict[str, Any]) -> "JobRef":
-        return cls(id=_nonempty_str(body, "id", "job ref"), attempt=_attempt(body, "job ref"))
-
-
-class Message:
-    """Base of the transfer messages: ``TYPE`` is the wire type frame, ``to_wire`` the body."""
-
-    TYPE: ClassVar[str] = ""
-
-    def to_wire(self) -> dict[str, Any]:  # pragma: no cover - every subclass overrides
-        raise NotImplementedError
-
-    @classmethod
-    def from_wire(cls, body: dict[str, Any]) -> "Message":  # pragma: no cover
-        raise NotImplementedError
-
-
-@dataclass(frozen=True)
-class Handoff(Message):
-    """origin -> target: take these jobs (the offer; a refusal comes back in the ack)."""
-
-    TYPE: ClassVar[str] = "handoff"
-    items: tuple[JobSpec, ...]
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"items": [j.to_wire() for j in self.items]}
-
-    @classmethod
-    def from_wire(cls, body: dict[str, Any]) -> "Handoff":
-        return cls(tuple(JobSpec.from_wire(i) for i in _items(body, "handoff")))
-
-
-@dataclass(frozen=True)
-class HandoffAck(Message):
-    """target -> origin: per job, committed (accepted) or refused with a reason."""
-
-    TYPE: ClassVar[str] = "handoff_ack"
-    items: tuple[AckItem, ...]
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"items": [i.to_wire() for i in self.items]}
-
-    @classmethod
-    def from_wire(cls, body: dict[str, Any]) -> "HandoffAck":
-        return cls(tuple(AckItem.from_wire(i) for i in _items(body, "handoff_ack")))
-
-
-@dataclass(frozen=True)
-class Started(Message):
-    """target -> origin: the job's consumer started (best effort; the result repeats it)."""
-
-    TYPE: ClassVar[str] = "started"
-    id: str
-    attempt: int
-    at: float
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"id": self.id, "attempt": self.attempt, "at": self.at}
-
-    @classmethod
-    def from_wire(cls, body: dict[str, Any]) -> "Started":
-        what = "started"
-        return cls(_nonempty_str(body, "id", what), _attempt(body, what),
-                   float(_req(body, "at", (int, float), what)))
-
-
-@dataclass(frozen=True)
-class Progress(Message):
-    """target -> origin: progress and new log lines (best effort; no ack)."""
-
-    TYPE: ClassVar[str] = "progress"
-    id: str
-    attempt: int
-    steps: int | None = None
-    step: int | None = None
-    eta: float | None = None
-    log: tuple[str, ...] = ()
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"id": self.id, "attempt": self.attempt, "steps": self.steps, "step": self.step,
-                "eta": self.eta, "log": list(self.log)}
-
-    @classmethod
-    def from_wire(cls, body: dict[str, Any]) -> "Progress":
-        what = "progress"
-        eta = _opt(body, "eta", (int, float), what)
-        return cls(
-            id=_nonempty_str(body, "id", what),
-            attempt=_attempt(body, what),
-            steps=_opt(body, "steps", int, what),
-            step=_opt(body, "step", int, what),
-            eta=None if eta is None else float(eta),
-            log=tuple(_str_list(body, "log", what)),
-        )
-
-
-@dataclass(frozen=True)
-class Result(Message):
-    """target -> origin: final outcomes, resent until acknowledged."""
-
-    TYPE: ClassVar[str] = "result"
-    items: tuple[ResultItem, ...]
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"items": [i.to_wire() for i in self.items]}
-
-    @classmethod
-    def from_wire(cls, body: dict[str, Any]) -> "Result":
-        return cls(tuple(ResultItem.from_wire(i) for i in _items(body, "result")))
-
-
-@dataclass(frozen=True)
-class ResultAck(Message):
-    """origin -> target: these results are committed (or not wanted): forget them."""
-
-    TYPE: ClassVar[str] = "result_ack"
-    items: tuple[JobRef, ...]
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"items": [i.to_wire() for i in self.items]}
-
-    @classmethod
-    def from_wire(cls, body: dict[str, Any]) -> "ResultAck":
-        return cls(tuple(JobRef.from_wire(i) for i in _items(body, "result_ack")))
-
-
-@dataclass(frozen=True)
-class Stop(Message):
-    """origin -> target: stop this attempt (resent until STOP_ACK or its result)."""
-
-    TYPE: ClassVar[str] = "stop"
-    id: str
-    attempt: int
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"id": self.id, "attempt": self.attempt}
-
-    @classmethod
-    def from_wire(cls, body: dict[str, Any]) -> "Stop":
-        return cls(_nonempty_str(body, "id", "stop"), _attempt(body, "stop"))
-
-
-@dataclass(frozen=True)
-class StopAck(Message):
-    """target -> origin: the stop reached the target (``known``: it had the job)."""
-
-    TYPE: ClassVar[str] = "stop_ack"
-    id: str
-    attempt: int
-    known: bool = True
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"id": self.id, "attempt": self.attempt, "known": self.known}
-
-    @classmethod
-    def from_wire(cls, body: dict[str, Any]) -> "StopAck":
-        what = "stop_ack"
-        return cls(_nonempty_str(body, "id", what), _attempt(body, what), _req(body, "known", bool, what))
-
-
-@dataclass(frozen=True)
-class Submit(Message):
-    """any node -> a node: add this new job there (the receiver becomes its origin)."""
-
-    TYPE: ClassVar[str] = "submit"
-    request_id: str
-    topic: str
-    properties: dict[str, Any]
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"request_id": self.request_id, "topic": self.topic, "properties": self.properties}
-
-    @classmethod
-    def from_wire(cls, body: dict[str, Any]) -> "Submit":
-        what = "submit"
-        return cls(_nonempty_str(body, "request_id", what), _nonempty_str(body, "topic", what),
-                   _req(body, "properties", dict, what))
-
-
-@dataclass(frozen=True)
-class SubmitAck(Message):
-    """reply to SUBMIT: the committed job's id, or an error (e.g. a bad topic)."""
-
-    TYPE: ClassVar[str] = "submit_ack"
-    request_id: str
-    job_id: str | None = None
-    error: str | None = None
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"request_id": self.request_id, "job_id": self.job_id, "error": self.error}
-
-    @classmethod
-    def from_wire(cls, body: dict[str, Any]) -> "SubmitAck":
-        what = "submit_ack"
-        ack = cls(_nonempty_str(body, "request_id", what), _opt(body, "job_id", str, what),
-                  _opt(body, "error", str, what))
-        if (ack.job_id is None) == (ack.error is None):
-            raise ProtocolError(f"{what}: exactly one of job_id and error must be set")
-        return ack
-
-
-@dataclass(frozen=True)
-class StealRequest(Message):
-    """idle node -> busy node: send me up to ``count`` queued jobs of these topics.
-
-    A hint, not a transfer of responsibility: the busy node answers with a normal
-    HANDOFF (or nothing), decided by its own rebalancing policy.
-    """
-
-    TYPE: ClassVar[str] = "steal_request"
-    count: int
-    topics: tuple[str, ...]
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"count": self.count, "topics": list(self.topics)}
-
-    @classmethod
-    def from_wire(cls, body: dict[str, Any]) -> "StealRequest":
-        what = "steal_request"
-        count = _req(body, "count", int, what)
-        if count < 1:
-            raise ProtocolError(f"{what}: count must be >= 1")
-        return cls(count, tuple(_str_list(body, "topics", what)))
-
-
-def _refs(body: dict[str, Any], key: str, what: str, limit: int = 100_000) -> tuple[JobRef, ...]:
-    """A compact list of [id, attempt] pairs (digests carry thousands of them)."""
-    items = _req(body, key, list, what)
-    if len(items) > limit:
-        raise ProtocolError(f"{what}: more than {limit} items")
-    out = []
-    for it in items:
-        if (not isinstance(it, list) or len(it) != 2 or not isinstance(it[0], str) or not it[0]
-                or type(it[1]) is not int or it[1] < 0):
-            raise ProtocolError(f"{what}: {key} must be [job id, attempt] pairs")
-        out.append(JobRef(it[0], it[1]))
-    return tuple(out)
-
-
-@dataclass(frozen=True)
-class Reconcile(Message):
-    """origin -> target: one batch of a round of the (job id, attempt) pairs the origin believes
-    the target holds (DESIGN §3: level-triggered repair). The target answers each batch with what
-    it lacks; after the ``last`` batch it drops the copies of this origin that no batch listed."""
-
-    TYPE: ClassVar[str] = "reconcile"
-    round: int
-    items: tuple[JobRef, ...]
-    first: bool = True
-    last: bool = True
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"round": self.round, "items": [[r.id, r.attempt] for r in self.items],
-                "first": self.first, "last": self.last}
-
-    @classmethod
-    def from_wire(cls, body: dict[str, Any]) -> "Reconcile":
-        what = "reconcile"
-        return cls(_req(body, "round", int, what), _refs(body, "items", what),
-                   _req(body, "first", bool, what), _req(body, "last", bool, what))
-
-
-@dataclass(frozen=True)
-class ReconcileReply(Message):
-    """target -> origin: of one reconcile batch, the pairs the target does not hold."""
-
-    TYPE: ClassVar[str] = "reconcile_reply"
-    round: int
-    missing: tuple[JobRef, ...]
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"round": self.round, "missing": [[r.id, r.attempt] for r in self.missing]}
-
-    @classmethod
-    def from_wire(cls, body: dict[str, Any]) -> "ReconcileReply":
-        what = "reconcile_reply"
-        return cls(_req(body, "round", int, what), _refs(body, "missing", what))
-
-
-@dataclass(frozen=True)
-class ReconcileRequest(Message):
-    """target -> origin: send me a round now (I hold copies of yours: restored ones wait for it)."""
-
-    TYPE: ClassVar[str] = "reconcile_request"
-
-    def to_wire(self) -> dict[str, Any]:
-        return {}
-
-    @classmethod
-    def from_wire(cls, body: dict[str, Any]) -> "ReconcileRequest":
-        return cls()
-
-
-MESSAGE_TYPES: dict[str, type[Message]] = {
-    m.TYPE: m
-    for m in (Handoff, HandoffAck, Started, Progress, Result, ResultAck, Stop, StopAck, Submit,
-              SubmitAck, StealRequest, Reconcile, ReconcileReply, ReconcileRequest)
-}
-
-
-def decode_message(msg_type: str, body: Any) -> Message:
-    """A transfer message from its wire type and msgpack body; ``ProtocolError`` if malformed."""
-    cls = MESSAGE_TYPES.get(msg_type)
-    if cls is None:
-        raise ProtocolError(f"unknown transfer message type {msg_type!r}")
-    if not isinstance(body, dict):
-        raise ProtocolError(f"{msg_type}: body must be a map")
-    return cls.from_wire(body)
-
-
-try:  # make the wire codec accept our types (wire.py belongs to the transport work)
-    from .. import wire as _wire
-
-    for _t in MESSAGE_TYPES:
-        _wire.register_type(_t)
-except ImportError:  # pragma: no cover - the codec is optional for the pure core
-    pass
-
+from .messages import (  # noqa: F401 - the protocol's messages, named here too
+    MESSAGE_TYPES,
+    AckItem,
+    Handoff,
+    HandoffAck,
+    JobRef,
+    JobSpec,
+    Message,
+    Progress,
+    ProtocolError,
+    Reconcile,
+    ReconcileReply,
+    ReconcileRequest,
+    Result,
+    ResultAck,
+    ResultItem,
+    Started,
+    StealRequest,
+    Stop,
+    StopAck,
+    Submit,
+    SubmitAck,
+    decode_message,
+)
 
 # --------------------------------------------------------------------------- instructions
 
@@ -783,6 +221,14 @@ class StealRequested:
 
 
 @dataclass(frozen=True)
+class RoomFreed:
+    """Origin: results came back and ``peer`` has room for a good batch again (the offloader
+    need not wait for its next round)."""
+
+    peer: str
+
+
+@dataclass(frozen=True)
 class ReleaseCopies:
     """Target: these restored copies are confirmed by their origin: they may run now."""
 
@@ -825,7 +271,7 @@ class ScheduleTimer:
 
 Instruction = (Send | CommitAccepted | MarkAccepted | MarkStarted | UpdateProgress | CommitResult
                | RequeueLocal | ForgetJob | StopLocal | CommitSubmitted | SubmitDone
-               | StealRequested | ReleaseCopies | VerifyQueued | Repaired | Log | ScheduleTimer)
+               | StealRequested | RoomFreed | ReleaseCopies | VerifyQueued | Repaired | Log | ScheduleTimer)
 
 
 # --------------------------------------------------------------------------- configuration
@@ -848,6 +294,10 @@ class ProtocolConfig:
     reconcile_interval: float = 5.0  # s between reconcile rounds with a peer we share jobs with
     reconcile_batch: int = 1024  # (job id, attempt) pairs per reconcile message
     held_retry: float = 1.0  # s between requests for a round while restored copies wait for one
+    # a copy's start is announced once it ran this long (a short job's result says it all,
+    # and saves the origin a message and a write per job)
+    started_delay: float = 0.05
+    progress_interval: float = 0.05  # s between two progress messages of one copy (lines are kept)
 
     def __post_init__(self) -> None:
         if self.resend_initial <= 0 or self.resend_factor < 1 or self.resend_max < self.resend_initial:
@@ -949,6 +399,8 @@ class OriginProtocol:
         self._round = 0
         self._reconcile_due: dict[str, float] = {}  # peer -> next periodic round (while jobs are there)
         self.rounds = 0  # reconcile rounds started (metrics)
+        self._pledged: dict[str, int] = {}  # peer -> room set aside for jobs on their way to ``offer``
+        self._orphans: dict[str, int] = {}  # records not in flight here at the last check: id -> attempt
 
     # -- queries
     def in_flight(self, peer: str | None = None) -> int:
@@ -957,10 +409,19 @@ class OriginProtocol:
         return len(self._per_peer.get(peer, ()))
 
     def room(self, peer: str) -> int:
-        """How many more jobs ``peer`` may be handed now (0 while it is down)."""
+        """How many more jobs ``peer`` may be handed now (0 while it is down), less the room
+        already pledged to jobs on their way (``pledge``)."""
         if peer in self._down:
             return 0
-        return max(0, self.cfg.max_in_flight_per_peer - self.in_flight(peer))
+        return max(0, self.cfg.max_in_flight_per_peer - self.in_flight(peer) - self._pledged.get(peer, 0))
+
+    def pledge(self, peer: str, count: int) -> int:
+        """Set room aside for ``count`` jobs that will be offered to ``peer`` once their handoff is
+        recorded (the offer credit): returns how many may go; ``offer`` gives the room back."""
+        granted = max(0, min(count, self.room(peer)))
+        if granted:
+            self._pledged[peer] = self._pledged.get(peer, 0) + granted
+        return granted
 
     def job_state(self, job_id: str) -> tuple[str, int, OriginJobState] | None:
         """(peer, attempt, state) of a job in flight, else None."""
@@ -1008,11 +469,18 @@ class OriginProtocol:
                     {"peer": peer, "count": len(refs), "job_ids": [r.id for r in refs[:10]]})]
 
     # -- commands from the actor
-    def offer(self, peer: str, jobs: Sequence[JobSpec]) -> list[Any]:
-        """Hand ``jobs`` to ``peer``. Jobs beyond the peer's room, to a peer that is down,
-        or already in flight under another attempt come back as ``RequeueLocal``/``Log``."""
+    def offer(self, peer: str, jobs: Sequence[JobSpec], pledged: int = 0) -> list[Any]:
+        """Hand ``jobs`` to ``peer`` (``pledged``: the room ``pledge`` set aside for them, given back
+        now). Jobs beyond the peer's room, to a peer that is down, or already in flight under
+        another attempt come back as ``RequeueLocal``/``Log``."""
         if peer == self.node:
             raise ValidationError("a node cannot offload a job to itself")
+        if pledged:
+            left = self._pledged.get(peer, 0) - pledged
+            if left > 0:
+                self._pledged[peer] = left
+            else:
+                self._pledged.pop(peer, None)
         now = self.clock()
         out: list[Any] = []
         sending: list[JobSpec] = []
@@ -1074,6 +542,27 @@ class OriginProtocol:
         self._timers.maybe(self.next_deadline(), out)
         return out
 
+    def check_records(self, records: Sequence[tuple[str, str, int]]) -> list[Any]:
+        """Level-triggered repair at the origin: ``records`` are (job id, peer, attempt) of every job
+        whose record says it is handed off. One that is not in flight at that peer under that
+        attempt on two checks in a row (a transition that left record and protocol apart) comes
+        home, logged and counted."""
+        found: dict[str, int] = {}
+        for job_id, peer, attempt in records:
+            job = self._jobs.get(job_id)
+            if job is None or job.peer != peer or job.spec.attempt != attempt:
+                found[job_id] = attempt
+        orphans = sorted((i, a) for i, a in found.items() if self._orphans.get(i) == a)
+        gone = {i for i, _ in orphans}
+        self._orphans = {i: a for i, a in found.items() if i not in gone}
+        if not orphans:
+            return []
+        return [RequeueLocal(tuple(JobRef(i, a) for i, a in orphans), "recorded as handed off, in flight nowhere"),
+                Repaired("handoff_orphaned", len(orphans)),
+                Log("warning", "repaired: jobs recorded as handed off that no peer has come home (a missed "
+                               "transition; please report it)", {"count": len(orphans),
+                                                                 "job_ids": [i for i, _ in orphans[:10]]})]
+
     def withdraw(self, job_id: str) -> list[Any]:
         """The origin ended the job before it started at the target (a stop or remove recorded at
         home): let the attempt go now and ask the target to drop its copy. A copy it runs anyway
@@ -1118,6 +607,8 @@ class OriginProtocol:
                 continue  # the target re-sends when it is back; we ack then
             for chunk in _chunks(refs_, self.cfg.max_batch):
                 out.append(Send(peer, ResultAck(tuple(chunk))))
+            if self.room(peer) >= self.cfg.max_in_flight_per_peer // 4:
+                out.append(RoomFreed(peer))
         return out
 
     def result_commit_failed(self, ref: JobRef | tuple[str, int], reason: str) -> list[Any]:
@@ -1407,6 +898,10 @@ class TargetProtocol:
         # the origin goes down or comes back as a new incarnation (its rounds count from 1 again).
         self._answered: dict[str, int] = {}
         self._request_due: dict[str, float] = {}  # origin -> when to ask it for a round
+        # starts not announced yet: job id -> (attempt, started at, due); in order of due
+        self._starts: OrderedDict[str, tuple[int, float, float]] = OrderedDict()
+        self._progress_sent: dict[str, float] = {}  # job id -> when its last progress went out
+        self._progress_held: dict[str, tuple[Progress, float]] = {}  # job id -> (merged progress, due)
 
     # -- the copies table (one place keeps the per-origin indexes right)
     def _add_copy(self, c: "_Copy") -> None:
@@ -1418,6 +913,9 @@ class TargetProtocol:
     def _del_copy(self, job_id: str) -> None:
         c = self._copies.pop(job_id, None)
         self._pending.pop(job_id, None)
+        self._starts.pop(job_id, None)
+        self._progress_sent.pop(job_id, None)
+        self._progress_held.pop(job_id, None)
         if c is None:
             return
         for index in (self._by_origin, self._held):
@@ -1453,6 +951,9 @@ class TargetProtocol:
     def next_deadline(self) -> float | None:
         dues = [c.resend.due for c in self._pending.values() if c.resend is not None and c.origin not in self._down]
         dues += [self._request_due.get(o, 0.0) for o in self._by_origin if o not in self._down]
+        if self._starts:
+            dues.append(next(iter(self._starts.values()))[2])
+        dues += [due for _, due in self._progress_held.values()]
         return min(dues) if dues else None
 
     def held(self, origin: str | None = None) -> int:
@@ -1493,19 +994,68 @@ class TargetProtocol:
             return []
         return [Send(c.origin, Started(job_id, attempt, at))]
 
+    def copy_started(self, job_id: str, attempt: int, at: float) -> list[Any]:
+        """A copy's consumer started: announced ``started_delay`` later if it still runs then (a
+        job that ends sooner is announced by its result, which carries when it started)."""
+        c = self._copies.get(job_id)
+        if c is None or c.spec.attempt != attempt:
+            return []
+        due = self.clock() + self.cfg.started_delay
+        self._starts[job_id] = (attempt, at, due)
+        self._starts.move_to_end(job_id)
+        out: list[Any] = []
+        self._timers.maybe(due, out)
+        return out
+
+    def copies_ended(self, refs: Iterable[tuple[str, int]]) -> list[Any]:
+        """These copies' consumers ended: their results (which say when they started) follow once
+        durable, so no start is announced for them, even when that commit takes longer than
+        ``started_delay`` (a busy target sent a Started for every job of a slow cycle)."""
+        starts = self._starts
+        for job_id, attempt in refs:
+            s = starts.get(job_id)
+            if s is not None and s[0] == attempt:
+                del starts[job_id]
+        return []
+
     def progress(self, progress: Progress) -> list[Any]:
-        """Forward progress while the origin is reachable (best effort; the result repeats the log)."""
+        """Forward progress while the origin is reachable (best effort; the result repeats the log),
+        at most one message per ``progress_interval`` per job: what comes sooner is merged into
+        the next one (its log lines kept)."""
         c = self._copies.get(progress.id)
         if c is None or c.spec.attempt != progress.attempt or c.origin in self._down:
             return []
-        return [Send(c.origin, progress)]
+        now = self.clock()
+        held = self._progress_held.get(progress.id)
+        last = self._progress_sent.get(progress.id)
+        if held is None and (last is None or now - last >= self.cfg.progress_interval):
+            self._progress_sent[progress.id] = now
+            return [Send(c.origin, progress)]
+        if held is not None:
+            p0, due = held
+            progress = Progress(progress.id, progress.attempt, progress.steps, progress.step, progress.eta,
+                                p0.log + progress.log)
+        else:
+            due = (last or now) + self.cfg.progress_interval
+        self._progress_held[progress.id] = (progress, due)
+        out: list[Any] = []
+        self._timers.maybe(due, out)
+        return out
 
-    def results_ready(self, results: Iterable[ResultItem]) -> list[Any]:
-        """Final outcomes the actor has already written to the durable outbox: send them."""
+    def results_ready(self, results: Iterable[ResultItem], progress: Iterable[Progress] = ()) -> list[Any]:
+        """Final outcomes the actor has already written to the durable outbox: send them, each
+        job's final progress (``progress``: steps only, the result has the log) just ahead."""
         now = self.clock()
         by_origin: dict[str, list[ResultItem]] = {}
         out: list[Any] = []
+        for p in progress:
+            c = self._copies.get(p.id)
+            if c is not None and c.spec.attempt == p.attempt and c.origin not in self._down:
+                out.append(Send(c.origin, p))
         for r in results:
+            self._starts.pop(r.id, None)  # its result says when it started
+            self._progress_sent.pop(r.id, None)
+            self._progress_held.pop(r.id, None)
             c = self._copies.get(r.id)
             if c is None or c.spec.attempt != r.attempt:
                 out.append(Log("warning", "result_for_unknown_copy", {"job_id": r.id, "attempt": r.attempt}))
@@ -1768,6 +1318,23 @@ class TargetProtocol:
     def on_timer(self) -> list[Any]:
         now = self.clock()
         self._timers.fired()
+        out: list[Any] = []
+        starts = self._starts
+        while starts:
+            job_id, (attempt, at, due) = next(iter(starts.items()))
+            if due > now:
+                break
+            del starts[job_id]
+            c = self._copies.get(job_id)
+            if c is not None and c.spec.attempt == attempt and c.state is TargetJobState.COMMITTED:
+                out += self.started(job_id, attempt, at)
+        for job_id, (p, due) in list(self._progress_held.items()):
+            if due <= now:
+                del self._progress_held[job_id]
+                c = self._copies.get(job_id)
+                if c is not None and c.spec.attempt == p.attempt and c.origin not in self._down:
+                    self._progress_sent[job_id] = now
+                    out.append(Send(c.origin, p))
         by_origin: dict[str, list[ResultItem]] = {}
         for c in self._pending.values():
             if c.resend is None or c.result is None or c.origin in self._down:
@@ -1775,7 +1342,6 @@ class TargetProtocol:
             if c.resend.due <= now:
                 c.resend.fire(now, self.cfg)
                 by_origin.setdefault(c.origin, []).append(c.result)
-        out: list[Any] = []
         for origin, items in by_origin.items():
             out.append(Log("info", "results_resent", {"peer": origin, "results": len(items)}))
             for chunk in _chunks(items, self.cfg.max_batch):
@@ -1797,15 +1363,41 @@ _TO_TARGET = (Handoff, ResultAck, Stop, Submit, Reconcile)
 
 
 class TransferProtocol:
-    """Both roles of one node behind one entry point, which is what the actor drives."""
+    """Both roles of one node behind one entry point, which is what the actor drives.
+
+    ``receive_envelope`` takes a body as it arrived (with ``from``, ``inc``: the sender's
+    incarnation, ``to_inc``: the incarnation it was meant for) and fences it: a message of a
+    peer's earlier incarnation, or one meant for an earlier incarnation of this node (a DEALER
+    delivers what it queued to whichever process binds the endpoint next), is dropped."""
 
     def __init__(self, node: str, clock: Callable[[], float] = _clock.monotonic,
-                 config: ProtocolConfig | None = None, admission: Admission = _accept_all) -> None:
+                 config: ProtocolConfig | None = None, admission: Admission = _accept_all,
+                 incarnation: float | None = None) -> None:
         self.node = node
         self.clock = clock
         self.cfg = config or ProtocolConfig()
         self.origin = OriginProtocol(node, clock, self.cfg)
         self.target = TargetProtocol(node, clock, self.cfg, admission)
+        self.incarnation = incarnation
+        self._incarnations: dict[str, float] = {}  # live peers' incarnations (peer_up)
+        self.received = 0
+        self.fenced = 0  # messages addressed to an earlier incarnation of this node, dropped
+
+    def receive_envelope(self, msg_type: str, body: Any) -> list[Any]:
+        peer = body.get("from") if isinstance(body, dict) else None
+        if not isinstance(peer, str) or not peer:
+            return [Log("warning", "transfer message without sender dropped", {"type": msg_type})]
+        inc = body.get("inc")
+        known = self._incarnations.get(peer)
+        if known is not None and isinstance(inc, (int, float)) and inc < known:
+            return [Log("info", "message from an old incarnation dropped", {"peer": peer, "type": msg_type})]
+        to_inc = body.get("to_inc")
+        if isinstance(to_inc, (int, float)) and self.incarnation is not None and to_inc != self.incarnation:
+            self.fenced += 1
+            return [Log("info", "message for an earlier incarnation of this node dropped",
+                        {"peer": peer, "type": msg_type})]
+        self.received += 1
+        return self.receive_wire(peer, msg_type, body)
 
     def receive(self, peer: str, msg: Message) -> list[Any]:
         if peer == self.node:
@@ -1823,9 +1415,12 @@ class TransferProtocol:
         return self.receive(peer, msg)
 
     def peer_down(self, peer: str) -> list[Any]:
+        self._incarnations.pop(peer, None)
         return self.origin.peer_down(peer) + self.target.peer_down(peer)
 
-    def peer_up(self, peer: str) -> list[Any]:
+    def peer_up(self, peer: str, incarnation: float | None = None) -> list[Any]:
+        if incarnation is not None:
+            self._incarnations[peer] = incarnation
         return self.origin.peer_up(peer) + self.target.peer_up(peer)
 
     def on_timer(self) -> list[Any]:

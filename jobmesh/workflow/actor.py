@@ -120,8 +120,7 @@ class WorkflowActor(Actor):
 
     def _scan_consumer_modules(self) -> None:
         """Workflows declared next to the node's consumers (``--consumers MODULE``) are defined too."""
-        pool = getattr(self.node, "pool", None)
-        index = getattr(pool, "index", None)
+        index = getattr(self.node, "consumers", None)
         for spec in list(getattr(index, "specs", ())):
             owner = spec.fn if spec.fn is not None else type(spec.actor)
             modname = getattr(owner, "__module__", None)

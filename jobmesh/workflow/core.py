@@ -23,20 +23,18 @@ from __future__ import annotations
 
 import copy
 import enum
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Union
 
 from ..errors import Conflict, ValidationError
-from ..job import JobState, iso
+from ..job import MAX_PROPERTIES_BYTES, JobState, iso, properties_json
 from ..topics import TopicError, validate_topic
 
 WORKFLOW_PROPERTY = "jobmesh:workflow"  # on a step job: {"id": instance id, "step": index, "name": workflow}
 LOCAL_PROPERTY = "jobmesh:local"  # on a step job: true = run on the origin only (the offloader honours it)
 RESERVED_PREFIX = "jobmesh:"  # property keys the runtime owns; dropped from inputs and outputs
 MAX_STEPS = 100
-MAX_PROPERTIES_BYTES = 1_000_000
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,127}$")
 
 
@@ -148,14 +146,7 @@ def check_properties(props: Any, what: str = "properties") -> dict[str, Any]:
     """``props`` if it is a JSON-compatible dict of bounded size; ValidationError otherwise."""
     if props is None:
         return {}
-    if not isinstance(props, dict):
-        raise ValidationError(f"{what} must be a JSON object")
-    try:
-        text = json.dumps(props, allow_nan=False)
-    except (TypeError, ValueError) as e:
-        raise ValidationError(f"{what} are not JSON-compatible: {e}") from None
-    if len(text) > MAX_PROPERTIES_BYTES:
-        raise ValidationError(f"{what} are larger than {MAX_PROPERTIES_BYTES} bytes")
+    properties_json(props, what)  # the same rule as a job's properties
     return props
 
 

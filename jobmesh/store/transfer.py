@@ -1,0 +1,85 @@
+"""The transfer tables' SQL (``TransferStore``): copies of other nodes' jobs, the result outbox.
+
+Schema (``schema.py``, versions 3 and 4): ``transfer_copies (job_id, origin, attempt, held)``
+— a copy this node accepted, by the attempt its origin handed over; ``held`` = 1 while a
+copy restored after a restart waits for its origin's word — and ``transfer_outbox (job_id,
+origin, attempt, body)`` — a copy's final result (the protocol's ``ResultItem`` as JSON),
+kept until the origin acknowledged it.
+
+Who writes: a change that goes with a job's row (a copy accepted, a copy's result, a copy
+forgotten) runs inside the engine's commit of that row (``write`` below, the engine
+actor's ``Commit``), so both land in one transaction; the transfer actor writes the
+``held`` flags (``release``) and, at start, the node holds every restored copy
+(``hold_restored``). Reads are for the transfer actor's restore after a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any, Iterable
+
+from ..job import Job
+from ..plants import PLANTS
+from .sqlite import _INSERT as _INSERT_JOB, insert_row
+
+
+class TransferStore:
+    """SQL of the transfer tables for the node named ``me`` (the engine's and the transfer's)."""
+
+    def __init__(self, me: str) -> None:
+        self.me = me
+
+    # -- inside the engine's transactions (with the job rows they go with) ----------------
+    def write(self, conn: sqlite3.Connection, copies: list[tuple[str, Job]], outbox: list[tuple[Job, Any]],
+              forget: list[tuple[str, int]]) -> None:
+        """One engine commit's share, in order: accepted copies, copies' results, forgotten copies."""
+        me = self.me
+        if copies:
+            # an older copy's row of the same job goes first (the id is unique), then the new rows
+            conn.executemany("DELETE FROM jobs WHERE id=? AND origin!=?", [(j.id, me) for _, j in copies])
+            conn.executemany(_INSERT_JOB, [insert_row(j) for _, j in copies])
+            conn.executemany("INSERT OR REPLACE INTO transfer_copies (job_id, origin, attempt, held) VALUES (?,?,?,0)",
+                             [(j.id, origin, j.attempt) for origin, j in copies])
+        if outbox:
+            conn.executemany("DELETE FROM jobs WHERE seq=? AND origin!=?", [(j.seq, me) for j, _ in outbox])
+            conn.executemany("INSERT OR REPLACE INTO transfer_outbox (job_id, origin, attempt, body) VALUES (?,?,?,?)",
+                             [(j.id, j.origin, item.attempt, json.dumps(item.to_wire())) for j, item in outbox])
+        if forget:
+            conn.executemany("DELETE FROM transfer_outbox WHERE job_id=? AND attempt=?", forget)
+            conn.executemany("DELETE FROM transfer_copies WHERE job_id=? AND attempt=?", forget)
+            # a copy's row carries the attempt its origin gave it: a newer copy of the same job stays
+            conn.executemany("DELETE FROM jobs WHERE id=? AND attempt=? AND origin!=? "
+                             "AND state IN ('QUEUED','STOPPED','DROPPED')",
+                             [(job_id, attempt, me) for job_id, attempt in forget])
+
+    # -- the transfer actor's own writes ---------------------------------------------------
+    @staticmethod
+    def release(conn: sqlite3.Connection, refs: Iterable[tuple[str, int]]) -> None:
+        """Restored copies their origin confirmed: no longer held."""
+        conn.executemany("UPDATE transfer_copies SET held=0 WHERE job_id=? AND attempt=?", list(refs))
+
+    @staticmethod
+    def hold_restored(conn: sqlite3.Connection) -> None:
+        """At start, before any window fills: every copy waits for its origin's word (it may have
+        given the job to another node, or run it itself, while this node was down)."""
+        if not PLANTS.active("run-superseded-copy"):
+            conn.execute("UPDATE transfer_copies SET held=1")
+
+    # -- reads (restore after a restart) -----------------------------------------------------
+    @staticmethod
+    def copies(reader: sqlite3.Connection) -> list[tuple[str, str, int, str, dict[str, Any]]]:
+        """(job id, origin, attempt, topic, properties) of the copies that are not final here."""
+        return [(job_id, origin, attempt, topic, json.loads(props)) for job_id, origin, attempt, topic, props in
+                reader.execute("SELECT c.job_id, c.origin, c.attempt, j.topic, j.properties FROM transfer_copies c "
+                               "JOIN jobs j ON j.id=c.job_id WHERE j.state IN ('QUEUED','ACTIVE') ORDER BY j.seq")]
+
+    @staticmethod
+    def outbox(reader: sqlite3.Connection) -> list[tuple[str, str, int, str]]:
+        """(job id, origin, attempt, body JSON) of the results not acknowledged yet."""
+        return list(reader.execute("SELECT job_id, origin, attempt, body FROM transfer_outbox ORDER BY job_id"))
+
+    @staticmethod
+    def attempt_of(reader: sqlite3.Connection, job_id: str) -> int | None:
+        row = reader.execute("SELECT attempt FROM transfer_copies WHERE job_id=?", (job_id,)).fetchone()
+        return row[0] if row else None
