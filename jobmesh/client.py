@@ -29,6 +29,7 @@ without success and ``TimeoutError`` when it is not final in time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import threading
@@ -36,7 +37,7 @@ import time
 import urllib.parse
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, Iterable, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Iterable, Iterator, TypeVar
 
 from .client_batch import AddCoalescer, request_text
 from .errors import Conflict, JobFailed, JobmeshError, NodeUnreachable, NotFound, Unauthorized, ValidationError
@@ -320,6 +321,19 @@ class Client(_Api):
         return aiohttp.ClientSession(headers=self.headers, timeout=aiohttp.ClientTimeout(total=self.timeout + WAIT_STEP),
                                      connector=aiohttp.TCPConnector(limit=0))
 
+    @contextlib.contextmanager
+    def _unreachable(self, timed_out: str) -> Iterator[None]:
+        """aiohttp's failures as the library's: a timeout (``node at URL <timed_out>``) or a
+        connection error is ``NodeUnreachable``."""
+        import aiohttp
+
+        try:
+            yield
+        except asyncio.TimeoutError:
+            raise NodeUnreachable(f"node at {self.url} {timed_out}") from None
+        except aiohttp.ClientError as e:
+            raise NodeUnreachable(f"cannot reach node at {self.url} ({e})") from None
+
     async def _post_jobs(self, raw: bytes) -> Any:
         return await self.request("POST", JOBS_PATH, raw=raw)
 
@@ -327,8 +341,6 @@ class Client(_Api):
                       raw: bytes | None = None) -> Any:
         """One API call: its JSON answer, or the library error it stands for. ``raw``: a body
         already encoded as JSON."""
-        import aiohttp
-
         if query or path != JOBS_PATH:
             url: Any = self.url + self._query(path, query)
         else:  # POST /api/v1/jobs, the hot one: its URL parsed once, not per call
@@ -347,20 +359,14 @@ class Client(_Api):
             else:
                 self._session = session
         try:
-            async with session.request(method, url, data=data) as resp:
-                raw = await resp.read()
-                status = resp.status
-        except asyncio.TimeoutError:
-            raise NodeUnreachable(f"node at {self.url} did not answer within {self.timeout:g} s") from None
-        except aiohttp.ClientError as e:
-            raise NodeUnreachable(f"cannot reach node at {self.url} ({e})") from None
+            with self._unreachable(f"did not answer within {self.timeout:g} s"):
+                async with session.request(method, url, data=data) as resp:
+                    raw = await resp.read()
+                    status = resp.status
         finally:
             if own:
                 await session.close()
-        answer = _answer(raw, status, url)
-        if status >= 400:
-            raise_for(status, answer, url)
-        return answer
+        return _answer(raw, status, url)
 
     # -- the producer API ---------------------------------------------------------------------
     async def add(self, topic: str, properties: dict[str, Any] | None = None, *, delay: float | None = None,
@@ -403,21 +409,15 @@ class Client(_Api):
         url = self.url + PAYLOAD_PATH
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=BLOB_TIMEOUT)
         try:
-            async with aiohttp.ClientSession(timeout=timeout) as session:
-                async with session.post(url, data=body, headers=headers) as resp:
-                    raw = await resp.read()
-                    status = resp.status
-        except asyncio.TimeoutError:
-            raise NodeUnreachable(f"node at {self.url} did not take the upload within {BLOB_TIMEOUT:g} s") from None
-        except aiohttp.ClientError as e:
-            raise NodeUnreachable(f"cannot reach node at {self.url} ({e})") from None
+            with self._unreachable(f"did not take the upload within {BLOB_TIMEOUT:g} s"):
+                async with aiohttp.ClientSession(timeout=timeout) as session:
+                    async with session.post(url, data=body, headers=headers) as resp:
+                        raw = await resp.read()
+                        status = resp.status
         finally:
             if not isinstance(body, bytes):
                 body.close()
-        answer = _answer(raw, status, url)
-        if status >= 400:
-            raise_for(status, answer, url)
-        return answer  # type: ignore[no-any-return]
+        return _answer(raw, status, url)
 
     async def payload(self, job_id: str, name: str, path: "os.PathLike[str] | str | None" = None) -> Any:
         """A job's input or output payload ``name``: its bytes, or written to ``path`` (returned as a Path)."""
@@ -425,7 +425,7 @@ class Client(_Api):
 
         url = self.url + _job_path(job_id, "payload/" + urllib.parse.quote(name, safe=""))
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=BLOB_TIMEOUT)
-        try:
+        with self._unreachable(f"sent nothing for {BLOB_TIMEOUT:g} s"):
             async with aiohttp.ClientSession(headers=self.headers, timeout=timeout) as session:
                 async with session.get(url) as resp:
                     if resp.status >= 400:
@@ -434,10 +434,6 @@ class Client(_Api):
                     if path is None:
                         return await resp.read()
                     return await _save_stream(resp.content, Path(path))
-        except asyncio.TimeoutError:
-            raise NodeUnreachable(f"node at {self.url} sent nothing for {BLOB_TIMEOUT:g} s") from None
-        except aiohttp.ClientError as e:
-            raise NodeUnreachable(f"cannot reach node at {self.url} ({e})") from None
 
     async def _with_payload(self, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
         values = payload_values(bodies)
@@ -553,10 +549,7 @@ class SyncClient(_Api):
             except (OSError, http.client.HTTPException) as e:
                 self._drop_conn()
                 raise NodeUnreachable(f"cannot reach node at {self.url} ({e})") from None
-        answer = _answer(raw, status, self.url + target)
-        if status >= 400:
-            raise_for(status, answer, self.url + target)
-        return answer
+        return _answer(raw, status, self.url + target)
 
     def add(self, topic: str, properties: dict[str, Any] | None = None, *, delay: float | None = None,
             at: Any = None, key: str | None = None, timeout: float | None = None,
@@ -711,14 +704,18 @@ class NodeProducer:
 
 
 def _answer(raw: bytes, status: int, url: Any) -> Any:
-    """The JSON of an answer; one that is not JSON did not come from a jobmesh node."""
-    if not raw:
-        return None
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise JobmeshError(f"{url} answered HTTP {status} that is not JSON: is it a jobmesh node's "
-                           "HTTP address (jobmesh node --http)?") from None
+    """The JSON of an answer, or the library error an error status stands for. An answer that
+    is not JSON did not come from a jobmesh node."""
+    answer = None
+    if raw:
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            raise JobmeshError(f"{url} answered HTTP {status} that is not JSON: is it a jobmesh node's "
+                               "HTTP address (jobmesh node --http)?") from None
+    if status >= 400:
+        raise_for(status, answer, url)
+    return answer
 
 
 def _json_or_none(raw: bytes) -> Any:
