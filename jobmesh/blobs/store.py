@@ -133,6 +133,18 @@ def _full(e: OSError) -> bool:
     return e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
+def _write(f: Any, data: bytes, give_up: Callable[[], None]) -> None:
+    """Write to a blob's temp file; on an OSError ``give_up`` first (remove or close it), and a full
+    disk or quota is ``BlobStoreFull``."""
+    try:
+        f.write(data)
+    except OSError as e:
+        give_up()
+        if _full(e):
+            raise BlobStoreFull(f"blob store is full (disk): {e.strerror}") from None
+        raise
+
+
 class BlobWriter:
     """A blob being written (an upload, a copy): hashed as it goes, renamed into place by ``commit``."""
 
@@ -155,13 +167,7 @@ class BlobWriter:
             self.abort()
             raise
         assert self._f is not None
-        try:
-            self._f.write(data)
-        except OSError as e:
-            self.abort()
-            if _full(e):
-                raise BlobStoreFull(f"blob store is full (disk): {e.strerror}") from None
-            raise
+        _write(self._f, data, self.abort)
         self._h.update(data)
         self.size += n
 
@@ -259,13 +265,7 @@ class PartialBlob:
     def append_only(self, data: bytes) -> None:
         self.store.check_room(len(data))
         assert self._f is not None
-        try:
-            self._f.write(data)
-        except OSError as e:
-            self.close()
-            if _full(e):
-                raise BlobStoreFull(f"blob store is full (disk): {e.strerror}") from None
-            raise
+        _write(self._f, data, self.close)
         self.offset += len(data)
 
     def hash(self, datas: Iterable[bytes]) -> int:
