@@ -347,7 +347,7 @@ def test_a_job_offloaded_from_take_to_succeeded() -> None:
     assert r == ins.Reply(reply, [("main", "t/a", 1, 1.0, False)])
     out = core.handle(ev.TakeForOffload("main", "t/a", 5, "b"))
     assert (j.attempt, j.target, j.state) == (1, "b", Q)
-    assert out == [ins.Commit(updates=[j], done=[ev.HandoffCommitted("b", [j], 5)],
+    assert out == [ins.Commit(handoffs=[j], done=[ev.HandoffCommitted("b", [j], 5)],
                               failed=[ev.HandoffNotCommitted("b", [j], 5, "")])]
     assert core.handle(ev.HandoffCommitted("b", [j], 5)) == [ins.OfferJobs("b", [JobSpec.of(j)], 5)]
     clock.t = 1001.0
@@ -547,9 +547,9 @@ def test_the_offloader_places_named_jobs_and_jobs_kept_home_are_not_taken() -> N
     assert core.handle(ev.CandidatesRequested("main", "t/b", 3, frozenset(), reply)) == [ins.Reply(reply, [])]
     out = core.handle(ev.TakeForOffload("main", "t/a", 2, "b", ("j1", "j3", "j9")))  # j9: gone meanwhile
     j1, j2, j3, j4 = js
-    assert commit(out).updates == [j1, j3] and (j1.target, j3.target, j2.target) == ("b", "b", None)
+    assert commit(out).handoffs == [j1, j3] and (j1.target, j3.target, j2.target) == ("b", "b", None)
     out = core.handle(ev.TakeForOffload("main", "t/a", 5, "c", keep=frozenset({"j4"})))
-    assert commit(out).updates == [j2] and j4.target is None and "j4" in core.queues["main"].window
+    assert commit(out).handoffs == [j2] and j4.target is None and "j4" in core.queues["main"].window
 
 
 def test_a_copys_input_references_and_a_results_outputs_are_written_with_their_rows() -> None:

@@ -190,6 +190,41 @@ async def test_start_writes_and_full_snapshots_keep_their_order(tmp_path):
         await system.stop_all()
 
 
+async def test_handoff_writes_only_target_and_attempt_and_keep_their_order(tmp_path):
+    store, system = await open_store(tmp_path / "jobs.db")
+    try:
+        a, b, c, d = mk(1), mk(2), mk(3), mk(4)
+        await store.insert([a, b, c, d])
+        # a: handed off alone -> target and attempt change, the row stays QUEUED and ready
+        a.attempt, a.target = 1, "peer"
+        # b: handed off, then back home and started here in the same batch -> the start wins
+        b.attempt, b.target = 1, "peer"
+        store.handoff_many([a, b])
+        b.state, b.started, b.attempt, b.target = JobState.ACTIVE, 7.0, 2, "n"
+        store.start_many([b])
+        # c: a full snapshot waits (a retry count), then a handoff -> one full row with both
+        c.retry_count = 1
+        store.update(c)
+        c.attempt, c.target = 1, "peer"
+        store.handoff_many([c])
+        # d: handed off, then a full snapshot (its result) -> the snapshot wins
+        d.attempt, d.target = 1, "peer"
+        store.handoff_many([d])
+        d.state, d.finished = JobState.SUCCEEDED, 9.0
+        await store.update(d)
+        ga, gb, gc, gd = (store.get(f"job-{i}") for i in (1, 2, 3, 4))
+        assert (ga.state, ga.attempt, ga.target) == (JobState.QUEUED, 1, "peer")
+        assert (gb.state, gb.attempt, gb.target, gb.started) == (JobState.ACTIVE, 2, "n", 7.0)
+        assert (gc.state, gc.attempt, gc.target, gc.retry_count) == (JobState.QUEUED, 1, "peer", 1)
+        assert (gd.state, gd.attempt, gd.target, gd.finished) == (JobState.SUCCEEDED, 1, "peer", 9.0)
+        # a handed-off row is still where the ready scan finds it (its jobs_ready entry stayed)
+        ready = [r[0] for r in store.reader.execute(
+            "SELECT id FROM jobs INDEXED BY jobs_ready WHERE queue='main' AND state='QUEUED' ORDER BY seq")]
+        assert ready == ["job-1", "job-3"]
+    finally:
+        await system.stop_all()
+
+
 async def test_writes_after_close_are_refused_not_hung(tmp_path):
     from jobmesh.errors import ActorStopped
     store, system = await open_store(tmp_path / "jobs.db")

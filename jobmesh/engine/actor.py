@@ -374,6 +374,8 @@ class EngineActor(Actor):
                 store.insert(c.inserts, c.texts)
             if c.starts:
                 store.start_many(c.starts)
+            if c.handoffs:
+                store.handoff_many(c.handoffs)
             if c.updates:
                 store.update_many(c.updates)
             if c.deletes:
@@ -444,7 +446,7 @@ class EngineActor(Actor):
             self._events.extend(c.failed)
         else:
             self.log.error("could not record job changes; they are redone after a restart", error=error,
-                           jobs=len(c.inserts) + len(c.starts) + len(c.updates))
+                           jobs=len(c.inserts) + len(c.starts) + len(c.handoffs) + len(c.updates))
 
     def _do_start(self, i: ins.Start) -> None:
         assert self.runner is not None

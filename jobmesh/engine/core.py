@@ -962,7 +962,7 @@ class EngineCore:
             self.story.note(job.id, _QUEUED, f"handed to {e.peer} (attempt {job.attempt})", self._now)
             self.away[job.id] = job
         c = self._c()
-        c.updates.extend(taken)
+        c.handoffs.extend(taken)  # only target and attempt change: the narrow write
         c.done.append(ev.HandoffCommitted(e.peer, taken, e.count))
         c.failed.append(ev.HandoffNotCommitted(e.peer, taken, e.count, ""))
 

@@ -56,7 +56,8 @@ class Commit:
     ``failed`` (with the error) or log.
 
     ``inserts`` are new rows (``texts`` their properties JSON, or None: from the jobs),
-    ``starts`` the narrow write of a run's start, ``updates`` full rows, ``deletes`` rows (by
+    ``starts`` the narrow write of a run's start, ``handoffs`` the narrow write of a QUEUED job
+    handed to a peer (its target and attempt), ``updates`` full rows, ``deletes`` rows (by
     their seq). The transfer tables change with the job rows they belong to
     (``store.transfer``): ``copies`` (origin, job) rows of accepted copies (replacing an older
     copy's row), ``outbox`` (job, result) of copies that ended (the copy's row goes),
@@ -71,6 +72,7 @@ class Commit:
     inserts: list[Job] = field(default_factory=list)
     texts: list[str] | None = None
     starts: list[Job] = field(default_factory=list)
+    handoffs: list[Job] = field(default_factory=list)
     updates: list[Job] = field(default_factory=list)
     deletes: list[Job] = field(default_factory=list)
     copies: list[tuple[str, Job]] = field(default_factory=list)
@@ -84,7 +86,7 @@ class Commit:
     failed: list[Any] = field(default_factory=list)
 
     def empty(self) -> bool:
-        return not (self.inserts or self.starts or self.updates or self.deletes or self.copies
+        return not (self.inserts or self.starts or self.handoffs or self.updates or self.deletes or self.copies
                     or self.outbox or self.forget or self.rehome or self.inputs or self.outputs)
 
 

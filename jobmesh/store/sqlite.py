@@ -52,6 +52,9 @@ _UPDATE = (
 )
 # The start of a run: only what changes (a narrower UPDATE binds and writes less).
 _START = "UPDATE jobs SET state='ACTIVE', started=?, finished=NULL, attempt=?, target=? WHERE seq=?"
+# A QUEUED job handed to a peer: its state and queue stay, so its jobs_ready entry stays too (the
+# full UPDATE names those columns, and SQLite then rewrites the entry: 3x the cost of this one).
+_HANDOFF = "UPDATE jobs SET target=?, attempt=? WHERE seq=?"
 _DELETE = "DELETE FROM jobs WHERE id=?"
 _DELETE_SEQ = "DELETE FROM jobs WHERE seq=?"
 # Other nodes' copies restored after a restart wait for their origin's word (schema version 4);
@@ -131,6 +134,7 @@ class _Batch:
     inserts: list[tuple[Any, ...]]
     updates: dict[int, tuple[Any, ...]]  # by seq: the last snapshot of a job wins
     starts: dict[int, tuple[Any, ...]]  # by seq: QUEUED -> ACTIVE, written before ``updates``
+    handoffs: dict[int, tuple[Any, ...]]  # by seq: a QUEUED job's target and attempt, before ``updates``
     deletes: list[str]
     delete_seqs: list[int]
     calls: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]]
@@ -177,7 +181,7 @@ class Store(Actor):
 
     @staticmethod
     def _new_batch() -> _Batch:
-        return _Batch([], {}, {}, [], [], [], [])
+        return _Batch([], {}, {}, {}, [], [], [], [])
 
     # -- lifecycle -------------------------------------------------------
     async def on_start(self) -> None:
@@ -290,6 +294,8 @@ class Store(Actor):
         pending.updates[job.seq] = update_row(job)
         if pending.starts:
             pending.starts.pop(job.seq, None)  # the full snapshot is newer
+        if pending.handoffs:
+            pending.handoffs.pop(job.seq, None)
         return self._enqueue()
 
     def update_started(self, job: Job) -> asyncio.Future[Any]:
@@ -297,8 +303,9 @@ class Store(Actor):
         if not self._opened:
             raise ActorStopped("the job store is closed (node stopped)")
         pending = self._pending
-        if job.seq in pending.updates:  # an older full snapshot waits: keep the order by writing a full one
+        if job.seq in pending.updates or job.seq in pending.handoffs:  # an older write waits: a full one keeps the order
             pending.updates[job.seq] = update_row(job)
+            pending.handoffs.pop(job.seq, None)
         else:
             pending.starts[job.seq] = (job.started, job.attempt, job.target, job.seq)
         return self._enqueue()
@@ -308,22 +315,41 @@ class Store(Actor):
         if not self._opened:
             raise ActorStopped("the job store is closed (node stopped)")
         pending = self._pending
-        updates, starts = pending.updates, pending.starts
+        updates, starts, handoffs = pending.updates, pending.starts, pending.handoffs
         for job in jobs:
-            if job.seq in updates:  # an older full snapshot waits: keep the order by writing a full one
+            if job.seq in updates or job.seq in handoffs:  # an older write waits: a full one keeps the order
                 updates[job.seq] = update_row(job)
+                if handoffs:
+                    handoffs.pop(job.seq, None)
             else:
                 starts[job.seq] = (job.started, job.attempt, job.target, job.seq)
+        return self._enqueue()
+
+    def handoff_many(self, jobs: Iterable[Job]) -> asyncio.Future[Any]:
+        """Record that these QUEUED jobs are handed to a peer (their target and attempt only)."""
+        if not self._opened:
+            raise ActorStopped("the job store is closed (node stopped)")
+        pending = self._pending
+        updates, handoffs = pending.updates, pending.handoffs
+        for job in jobs:
+            if job.seq in updates or job.seq in pending.starts:
+                updates[job.seq] = update_row(job)  # an older write of the row waits: a full one keeps the order
+                pending.starts.pop(job.seq, None)
+            else:
+                handoffs[job.seq] = (job.target, job.attempt, job.seq)
         return self._enqueue()
 
     def update_many(self, jobs: Iterable[Job]) -> asyncio.Future[Any]:
         if not self._opened:
             raise ActorStopped("the job store is closed (node stopped)")
-        updates, starts = self._pending.updates, self._pending.starts
+        pending = self._pending
+        updates, starts, handoffs = pending.updates, pending.starts, pending.handoffs
         for job in jobs:
             updates[job.seq] = update_row(job)
             if starts:
                 starts.pop(job.seq, None)
+            if handoffs:
+                handoffs.pop(job.seq, None)
         return self._enqueue()
 
     def delete(self, job_ids: Iterable[str]) -> asyncio.Future[Any]:
@@ -341,6 +367,7 @@ class Store(Actor):
             pending.delete_seqs.append(seq)
             pending.updates.pop(seq, None)
             pending.starts.pop(seq, None)
+            pending.handoffs.pop(seq, None)
         return self._enqueue()
 
     def pending_future(self) -> asyncio.Future[Any]:
@@ -399,7 +426,7 @@ class Store(Actor):
     def _inline(self, batch: _Batch) -> bool:
         if not self.inline_commits:
             return False
-        if len(batch.inserts) + len(batch.updates) + len(batch.starts) <= INLINE_MAX_ROWS:
+        if len(batch.inserts) + len(batch.updates) + len(batch.starts) + len(batch.handoffs) <= INLINE_MAX_ROWS:
             return True
         if batch.starts:
             return True
@@ -482,6 +509,8 @@ class Store(Actor):
                 conn.executemany(_INSERT, batch.inserts)
             if batch.starts:
                 conn.executemany(_START, batch.starts.values())
+            if batch.handoffs:
+                conn.executemany(_HANDOFF, batch.handoffs.values())
             if batch.updates:
                 conn.executemany(_UPDATE, batch.updates.values())
             if batch.deletes:
