@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from .tasks import Task
 
+
 class SyncJobHandle(Generic[R]):
     """``JobHandle``'s blocking twin (from a ``SyncClient``)."""
 
