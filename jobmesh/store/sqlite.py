@@ -16,7 +16,6 @@ the last committed state and never block the writer.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
 import sqlite3
@@ -24,6 +23,7 @@ import threading
 from .. import clock as _clock
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -31,89 +31,15 @@ import structlog
 
 from ..actor import Actor
 from ..errors import ActorStopped
-from ..job import Job, JobState, Progress
+from ..job import Job
+from .reads import StoreReads
+from .rows import (  # noqa: F401  (re-exported: the names other modules import from here)
+    _DELETE, _DELETE_SEQ, _HANDOFF, _INSERT, _NOT_HELD, _START, _STATES, _UPDATE, COPY_COLUMNS, JOB_COLUMNS,
+    insert_row, progress_json, result_json, row_to_job, update_row,
+)
 from .schema import migrate
 
 log = structlog.get_logger("jobmesh.store")
-
-JOB_COLUMNS = (
-    "seq, id, topic, queue, state, properties, origin, target, created, started, finished, "
-    "retry_count, max_retries, attempt, not_before, progress, result_message, output, key, timeout, priority"
-)
-_INSERT = f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({', '.join('?' * 21)})"
-# What a target writes for a copy of another node's job (the transfer actor's rows, in this order).
-COPY_COLUMNS = (
-    "seq, id, topic, queue, state, properties, origin, target, created, started, finished, "
-    "retry_count, max_retries, attempt, not_before, progress, result_message, timeout, priority"
-)
-_UPDATE = (
-    "UPDATE jobs SET state=?, started=?, finished=?, retry_count=?, attempt=?, not_before=?, "
-    "progress=?, result_message=?, target=?, queue=?, output=? WHERE seq=?"
-)
-# The start of a run: only what changes (a narrower UPDATE binds and writes less).
-_START = "UPDATE jobs SET state='ACTIVE', started=?, finished=NULL, attempt=?, target=? WHERE seq=?"
-# A QUEUED job handed to a peer: its state and queue stay, so its jobs_ready entry stays too (the
-# full UPDATE names those columns, and SQLite then rewrites the entry: 3x the cost of this one).
-_HANDOFF = "UPDATE jobs SET target=?, attempt=? WHERE seq=?"
-_DELETE = "DELETE FROM jobs WHERE id=?"
-_DELETE_SEQ = "DELETE FROM jobs WHERE seq=?"
-# Other nodes' copies restored after a restart wait for their origin's word (schema version 4);
-# the node's own jobs (origin = the bound name) never are held, so the sub-select is skipped.
-_NOT_HELD = "(origin=? OR id NOT IN (SELECT job_id FROM transfer_copies WHERE held=1))"
-
-_STATES = {s.value: s for s in JobState}
-
-
-def progress_json(p: Progress) -> str | None:
-    """Progress as stored: NULL while nothing was reported (the common, cheap case)."""
-    if not p.log and p.steps is None and p.eta is None and not p.step:
-        return None
-    return json.dumps({"steps": p.steps, "step": p.step, "eta": p.eta, "log": p.log})
-
-
-def result_json(result: Any) -> str | None:
-    """The result column: JSON of the consumer's return value, NULL for none."""
-    return None if result is None else json.dumps(result)
-
-
-def row_to_job(row: tuple[Any, ...]) -> Job:
-    (seq, id_, topic, queue, state, props, origin, target, created, started, finished,
-     retry_count, max_retries, attempt, not_before, progress, result_message, output, key, timeout,
-     priority) = row
-    if progress:
-        p = json.loads(progress)
-        prog = Progress(steps=p.get("steps"), step=p.get("step", 0), eta=p.get("eta"), log=p.get("log", []))
-    else:
-        prog = Progress()
-    return Job(
-        id=id_, topic=topic, properties=json.loads(props), state=_STATES[state], queue=queue,
-        origin=origin, target=target, created=created, started=started, finished=finished,
-        retry_count=retry_count, max_retries=max_retries, progress=prog,
-        result_message=result_message, attempt=attempt, not_before=not_before, seq=seq,
-        result=json.loads(output) if output is not None else None, key=key, timeout=timeout,
-        priority=priority or 0,
-    )
-
-
-def insert_row(job: Job, props: str | None = None) -> tuple[Any, ...]:
-    """A new row, in ``JOB_COLUMNS`` order (``props``: the properties as JSON, if known)."""
-    return (
-        job.seq, job.id, job.topic, job.queue, job.state._value_,
-        props if props is not None else (json.dumps(job.properties) if job.properties else "{}"), job.origin,
-        job.target, job.created, job.started, job.finished, job.retry_count,
-        job.max_retries, job.attempt, job.not_before, progress_json(job.progress),
-        job.result_message, None if job.result is None else json.dumps(job.result), job.key,
-        job.timeout, job.priority,
-    )
-
-
-def update_row(job: Job) -> tuple[Any, ...]:
-    """A snapshot of a job's mutable columns, taken when the write is requested."""
-    return (
-        job.state._value_, job.started, job.finished, job.retry_count, job.attempt, job.not_before,
-        progress_json(job.progress), job.result_message, job.target, job.queue,
-        None if job.result is None else json.dumps(job.result), job.seq,
-    )
 
 
 # A commit of more rows than this runs in the writer thread even at normal durability: a few ms of
@@ -141,7 +67,7 @@ class _Batch:
     futures: list[asyncio.Future[Any]]
 
 
-class Store(Actor):
+class Store(StoreReads, Actor):
     """SQLite job store. Writes: group-committed by one writer; reads: a second connection.
 
     Every write method returns an awaitable resolved after the transaction holding
@@ -162,7 +88,7 @@ class Store(Actor):
         self._held_up_at = -math.inf  # loop time when writes last waited for a commit in the thread
         self._next_seq = 1
         self._opened = False
-        self._inflight: asyncio.Future[None] | None = None
+        self._inflight: asyncio.Future[list[Any]] | None = None
         self.commits = 0  # transactions committed (for tests and metrics)
         # With synchronous=NORMAL a commit does no fsync and takes well under a millisecond:
         # running it on the loop's thread beats a thread hop (no GIL hand-offs per row).
@@ -448,7 +374,7 @@ class Store(Actor):
             return
         assert self._executor is not None
         fut = self._inflight = asyncio.get_running_loop().run_in_executor(self._executor, self._commit, batch)
-        fut.add_done_callback(lambda f, b=batch: self._thread_done(b, f))
+        fut.add_done_callback(partial(self._thread_done, batch))
 
     def _thread_done(self, batch: _Batch, fut: asyncio.Future[Any]) -> None:
         self._inflight = None
@@ -532,178 +458,13 @@ class Store(Actor):
             raise
         return results
 
-    # -- reads (second connection, committed state) -----------------------
-    @property
-    def reader(self) -> sqlite3.Connection:
-        if self._rconn is None:
-            raise RuntimeError("store is not open")
-        return self._rconn
-
-    def get(self, job_id: str) -> Job | None:
-        row = self.reader.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id=?", (job_id,)).fetchone()
-        return row_to_job(row) if row else None
-
-    def find(self, state: str | None = None, topic: str | None = None, queue: str | None = None, limit: int = 100) -> list[Job]:
-        """Newest first. Filters are exact matches."""
-        sql, args = self._find_sql(state, topic, queue, limit)
-        return [row_to_job(r) for r in self.reader.execute(sql, args)]
-
-    async def find_async(self, state: str | None = None, topic: str | None = None, queue: str | None = None,
-                         limit: int = 100) -> list[Job]:
-        """``find`` on a reader thread: a filter without an index may scan a big table (a
-        million rows take ~0.5 s), and that must not stall the node's event loop."""
-        sql, args = self._find_sql(state, topic, queue, limit)
-        loop = asyncio.get_running_loop()
-        rows = await loop.run_in_executor(self._read_executor, self._thread_read, sql, args)
-        return [row_to_job(r) for r in rows]
-
-    def _thread_read(self, sql: str, args: list[Any]) -> list[tuple[Any, ...]]:
-        conn = getattr(self._thread_local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA query_only=ON")
-            conn.execute("PRAGMA busy_timeout=5000")
-            self._thread_local.conn = conn
-            self._thread_conns.append(conn)
-        return conn.execute(sql, args).fetchall()
-
-    def _find_sql(self, state: str | None, topic: str | None, queue: str | None, limit: int) -> tuple[str, list[Any]]:
-        where, args = [], []
-        if state is not None:
-            where.append("state=?")
-            args.append(state)
-        if topic is not None:
-            where.append("topic=?")
-            args.append(topic)
-        if queue is not None:
-            where.append("queue=?")
-            args.append(queue)
-        sql = f"SELECT {JOB_COLUMNS} FROM jobs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY seq DESC LIMIT ?"
-        args.append(int(limit))
-        return sql, args
-
-    def ready(self, queue: str, after_seq: int, limit: int, due_by: float = math.inf) -> list[Job]:
-        """The next QUEUED jobs of ``queue`` in arrival order (the window refill; uses jobs_ready),
-        leaving out those not due by ``due_by`` (delayed further: ``due`` reads them later)."""
-        if self.local_name is not None:
-            rows = self.reader.execute(
-                f"SELECT {JOB_COLUMNS} FROM jobs WHERE queue=? AND state='QUEUED' AND seq>? AND not_before<=? "
-                f"AND (target IS NULL OR target=?) AND {_NOT_HELD} ORDER BY seq LIMIT ?",
-                (queue, after_seq, due_by, self.local_name, self.local_name, limit),
-            ).fetchall()
-        else:
-            rows = self.reader.execute(
-                f"SELECT {JOB_COLUMNS} FROM jobs WHERE queue=? AND state='QUEUED' AND seq>? AND not_before<=? "
-                "ORDER BY seq LIMIT ?",
-                (queue, after_seq, due_by, limit),
-            ).fetchall()
-        return [row_to_job(r) for r in rows]
-
-    def due(self, queue: str, after: tuple[float, int], until: float, limit: int) -> list[Job]:
-        """QUEUED jobs of ``queue`` that come due after ``after`` (a (not_before, seq) cursor) and by
-        ``until``, in due order (jobs_due): the delayed jobs the refill left on disk."""
-        nb, seq = after
-        held = f"AND (target IS NULL OR target=?) AND {_NOT_HELD} " if self.local_name is not None else ""
-        args: tuple[Any, ...] = (queue, nb, nb, seq, until)
-        if self.local_name is not None:
-            args += (self.local_name, self.local_name)
-        rows = self.reader.execute(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE queue=? AND state='QUEUED' AND not_before>0 "
-            f"AND (not_before>? OR (not_before=? AND seq>?)) AND not_before<=? {held}"
-            "ORDER BY not_before, seq LIMIT ?", (*args, limit)).fetchall()
-        return [row_to_job(r) for r in rows]
-
-    def ready_ids(self, queue: str, limit: int, due_by: float = math.inf) -> list[tuple[int, str, float]]:
-        """(seq, id, not_before) of the first QUEUED jobs of ``queue`` that may run here and are due
-        by ``due_by``: the queue's watchdog compares them with its window (an index scan, no rows
-        parsed)."""
-        if self.local_name is not None:
-            return self.reader.execute(
-                f"SELECT seq, id, not_before FROM jobs WHERE queue=? AND state='QUEUED' AND not_before<=? "
-                f"AND (target IS NULL OR target=?) AND {_NOT_HELD} ORDER BY seq LIMIT ?",
-                (queue, due_by, self.local_name, self.local_name, limit),
-            ).fetchall()
-        return self.reader.execute(
-            "SELECT seq, id, not_before FROM jobs WHERE queue=? AND state='QUEUED' AND not_before<=? "
-            "ORDER BY seq LIMIT ?",
-            (queue, due_by, limit),
-        ).fetchall()
-
-    def ready_refs(self, queue: str, limit: int, due_by: float) -> list[tuple[int, str, float]]:
-        """(seq, id, not_before) of the first QUEUED jobs of ``queue`` that may run here and are due
-        by ``due_by``: the engine's watchdog compares them with its windows and due cursors."""
-        if self.local_name is not None:
-            return self.reader.execute(
-                f"SELECT seq, id, not_before FROM jobs WHERE queue=? AND state='QUEUED' AND not_before<=? "
-                f"AND (target IS NULL OR target=?) AND {_NOT_HELD} ORDER BY seq LIMIT ?",
-                (queue, due_by, self.local_name, self.local_name, limit),
-            ).fetchall()
-        return self.reader.execute(
-            "SELECT seq, id, not_before FROM jobs WHERE queue=? AND state='QUEUED' AND not_before<=? "
-            "ORDER BY seq LIMIT ?", (queue, due_by, limit),
-        ).fetchall()
-
-    def open_with_keys(self, keys: Iterable[str], origin: str) -> dict[str, Job]:
-        """The open (QUEUED or ACTIVE) jobs of ``origin`` that carry one of ``keys``, by key (jobs_key)."""
-        out: dict[str, Job] = {}
-        keys = list(keys)
-        for i in range(0, len(keys), 500):
-            chunk = keys[i:i + 500]
-            rows = self.reader.execute(
-                f"SELECT {JOB_COLUMNS} FROM jobs WHERE key IN ({','.join('?' * len(chunk))}) AND origin=? "
-                f"AND state IN ('QUEUED','ACTIVE') ORDER BY seq", (*chunk, origin)).fetchall()
-            for r in rows:
-                job = row_to_job(r)
-                out.setdefault(job.key, job)  # type: ignore[arg-type]
-        return out
-
     def reserve_seqs(self, n: int) -> int:
         """The first of ``n`` fresh sequence numbers, for rows written through ``call``."""
         first = self._next_seq
         self._next_seq += max(0, n)
         return first
 
-    def open_counts(self) -> list[tuple[str, str, str, int]]:
-        """(queue, topic, state, count) of QUEUED and ACTIVE jobs: the statistics gauges at start."""
-        return self.reader.execute(
-            "SELECT queue, topic, state, count(*) FROM jobs WHERE state IN ('QUEUED','ACTIVE') "
-            "GROUP BY queue, topic, state"
-        ).fetchall()
-
-    def queued_queues(self) -> list[tuple[str, str]]:
-        """Distinct (queue, topic) of QUEUED jobs: to re-home jobs of queues no longer configured."""
-        return self.reader.execute(
-            "SELECT DISTINCT queue, topic FROM jobs WHERE state='QUEUED'"
-        ).fetchall()
-
-    def count(self) -> int:
-        return self.reader.execute("SELECT count(*) FROM jobs").fetchone()[0]
-
     # -- maintenance (run inside a write transaction) ---------------------
-    def active_rows(self) -> list[Job]:
-        """Rows ACTIVE now: at start, the runs a crash interrupted (this node's own, and other
-        nodes' copies; with ``local_name`` set, not this node's jobs running at another node).
-        The engine decides what becomes of them (``engine.events.Recovered``)."""
-        if self.local_name is not None:
-            sql = (f"SELECT {JOB_COLUMNS} FROM jobs WHERE state='ACTIVE' AND (origin!=? OR target IS NULL "
-                   "OR target=?) ORDER BY seq")
-            rows = self.reader.execute(sql, (self.local_name, self.local_name)).fetchall()
-        else:
-            rows = self.reader.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE state='ACTIVE' ORDER BY seq").fetchall()
-        return [row_to_job(r) for r in rows]
-
-    def handed_off(self) -> list[Job]:
-        """This node's jobs handed to another node and not final (QUEUED or ACTIVE there)."""
-        if self.local_name is None:
-            return []
-        me = self.local_name
-        return [row_to_job(r) for r in self.reader.execute(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE origin=? AND target IS NOT NULL AND target!=? "
-            "AND state IN ('QUEUED','ACTIVE') ORDER BY seq", (me, me))]
-
     async def purge(self, succeeded_before: float, others_before: float, keep_queues: list[str], limit: int = 5000) -> int:
         """Delete finished jobs past their history TTL, at most ``limit`` per call (bounded work)."""
         keep = tuple(keep_queues)

@@ -1,0 +1,91 @@
+"""The job rows: their columns, the SQL that writes them, and the codec between a row and a ``Job``.
+
+Shared by the store's writes (``sqlite.py``), its reads (``reads.py``) and the transfer tables'
+SQL (``transfer.py``), so a column added to ``jobs`` changes in one place.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..job import Job, JobState, Progress
+
+JOB_COLUMNS = (
+    "seq, id, topic, queue, state, properties, origin, target, created, started, finished, "
+    "retry_count, max_retries, attempt, not_before, progress, result_message, output, key, timeout, priority"
+)
+_INSERT = f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({', '.join('?' * 21)})"
+# What a target writes for a copy of another node's job (the transfer actor's rows, in this order).
+COPY_COLUMNS = (
+    "seq, id, topic, queue, state, properties, origin, target, created, started, finished, "
+    "retry_count, max_retries, attempt, not_before, progress, result_message, timeout, priority"
+)
+_UPDATE = (
+    "UPDATE jobs SET state=?, started=?, finished=?, retry_count=?, attempt=?, not_before=?, "
+    "progress=?, result_message=?, target=?, queue=?, output=? WHERE seq=?"
+)
+# The start of a run: only what changes (a narrower UPDATE binds and writes less).
+_START = "UPDATE jobs SET state='ACTIVE', started=?, finished=NULL, attempt=?, target=? WHERE seq=?"
+# A QUEUED job handed to a peer: its state and queue stay, so its jobs_ready entry stays too (the
+# full UPDATE names those columns, and SQLite then rewrites the entry: 3x the cost of this one).
+_HANDOFF = "UPDATE jobs SET target=?, attempt=? WHERE seq=?"
+_DELETE = "DELETE FROM jobs WHERE id=?"
+_DELETE_SEQ = "DELETE FROM jobs WHERE seq=?"
+# Other nodes' copies restored after a restart wait for their origin's word (schema version 4);
+# the node's own jobs (origin = the bound name) never are held, so the sub-select is skipped.
+_NOT_HELD = "(origin=? OR id NOT IN (SELECT job_id FROM transfer_copies WHERE held=1))"
+
+_STATES = {s.value: s for s in JobState}
+
+
+def progress_json(p: Progress) -> str | None:
+    """Progress as stored: NULL while nothing was reported (the common, cheap case)."""
+    if not p.log and p.steps is None and p.eta is None and not p.step:
+        return None
+    return json.dumps({"steps": p.steps, "step": p.step, "eta": p.eta, "log": p.log})
+
+
+def result_json(result: Any) -> str | None:
+    """The result column: JSON of the consumer's return value, NULL for none."""
+    return None if result is None else json.dumps(result)
+
+
+def row_to_job(row: tuple[Any, ...]) -> Job:
+    (seq, id_, topic, queue, state, props, origin, target, created, started, finished,
+     retry_count, max_retries, attempt, not_before, progress, result_message, output, key, timeout,
+     priority) = row
+    if progress:
+        p = json.loads(progress)
+        prog = Progress(steps=p.get("steps"), step=p.get("step", 0), eta=p.get("eta"), log=p.get("log", []))
+    else:
+        prog = Progress()
+    return Job(
+        id=id_, topic=topic, properties=json.loads(props), state=_STATES[state], queue=queue,
+        origin=origin, target=target, created=created, started=started, finished=finished,
+        retry_count=retry_count, max_retries=max_retries, progress=prog,
+        result_message=result_message, attempt=attempt, not_before=not_before, seq=seq,
+        result=json.loads(output) if output is not None else None, key=key, timeout=timeout,
+        priority=priority or 0,
+    )
+
+
+def insert_row(job: Job, props: str | None = None) -> tuple[Any, ...]:
+    """A new row, in ``JOB_COLUMNS`` order (``props``: the properties as JSON, if known)."""
+    return (
+        job.seq, job.id, job.topic, job.queue, job.state._value_,
+        props if props is not None else (json.dumps(job.properties) if job.properties else "{}"), job.origin,
+        job.target, job.created, job.started, job.finished, job.retry_count,
+        job.max_retries, job.attempt, job.not_before, progress_json(job.progress),
+        job.result_message, None if job.result is None else json.dumps(job.result), job.key,
+        job.timeout, job.priority,
+    )
+
+
+def update_row(job: Job) -> tuple[Any, ...]:
+    """A snapshot of a job's mutable columns, taken when the write is requested."""
+    return (
+        job.state._value_, job.started, job.finished, job.retry_count, job.attempt, job.not_before,
+        progress_json(job.progress), job.result_message, job.target, job.queue,
+        None if job.result is None else json.dumps(job.result), job.seq,
+    )
