@@ -113,22 +113,6 @@ class StoreReads:
             "ORDER BY not_before, seq LIMIT ?", (*args, limit)).fetchall()
         return [row_to_job(r) for r in rows]
 
-    def ready_ids(self, queue: str, limit: int, due_by: float = math.inf) -> list[tuple[int, str, float]]:
-        """(seq, id, not_before) of the first QUEUED jobs of ``queue`` that may run here and are due
-        by ``due_by``: the queue's watchdog compares them with its window (an index scan, no rows
-        parsed)."""
-        if self.local_name is not None:
-            return self.reader.execute(
-                f"SELECT seq, id, not_before FROM jobs WHERE queue=? AND state='QUEUED' AND not_before<=? "
-                f"AND (target IS NULL OR target=?) AND {_NOT_HELD} ORDER BY seq LIMIT ?",
-                (queue, due_by, self.local_name, self.local_name, limit),
-            ).fetchall()
-        return self.reader.execute(
-            "SELECT seq, id, not_before FROM jobs WHERE queue=? AND state='QUEUED' AND not_before<=? "
-            "ORDER BY seq LIMIT ?",
-            (queue, due_by, limit),
-        ).fetchall()
-
     def ready_refs(self, queue: str, limit: int, due_by: float) -> list[tuple[int, str, float]]:
         """(seq, id, not_before) of the first QUEUED jobs of ``queue`` that may run here and are due
         by ``due_by``: the engine's watchdog compares them with its windows and due cursors."""
