@@ -39,6 +39,15 @@ def _write(f: Any, data: bytes, give_up: Callable[[], None]) -> None:
         raise
 
 
+def _close_quietly(f: BinaryIO) -> None:
+    """Close a blob's file, not acting on an error closing it (``BlobWriter.commit`` closes its own
+    file and does act on one). ``BlobWriter.abort`` and ``PartialBlob.close`` use it."""
+    try:
+        f.close()
+    except OSError:
+        pass
+
+
 class BlobWriter:
     """A blob being written (an upload, a copy): hashed as it goes, renamed into place by ``commit``."""
 
@@ -79,10 +88,7 @@ class BlobWriter:
 
     def abort(self) -> None:
         if self._f is not None:
-            try:
-                self._f.close()
-            except OSError:
-                pass
+            _close_quietly(self._f)
             self._f = None
         try:
             self.path.unlink()
@@ -173,10 +179,7 @@ class PartialBlob:
 
     def close(self) -> None:
         if self._f is not None:
-            try:
-                self._f.close()
-            except OSError:
-                pass
+            _close_quietly(self._f)
             self._f = None
             busy = self.store._partial_busy
             n = busy.get(self.path.name, 0) - 1
