@@ -620,3 +620,14 @@ class Dealer:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def close_link(task: "asyncio.Task[Any]", dealer: Dealer | None) -> None:
+    """Stop a link to a peer: cancel its sender task and close its DEALER. An error closing the
+    socket is nothing to act on (it is gone either way). The blob and transfer links use it."""
+    task.cancel()
+    if dealer is not None:
+        try:
+            dealer.close()
+        except Exception:
+            pass

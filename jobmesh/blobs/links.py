@@ -103,13 +103,10 @@ class BlobLink:
                 await asyncio.sleep(0.05)
 
     def close(self) -> None:
-        self.task.cancel()
-        if self.dealer is not None:
-            try:
-                self.dealer.close()
-            except Exception:
-                pass
-            self.dealer = None
+        from ..transport import close_link
+
+        close_link(self.task, self.dealer)
+        self.dealer = None
 
 
 __all__ = ["BlobLink", "PREFETCH", "SEND_TIMEOUT"]

@@ -28,30 +28,25 @@ exceed it, or that meets ENOSPC, raises ``BlobStoreFull`` (HTTP 507), never cras
 Pure-ish: files and one SQLite file, no sockets, no asyncio. Thread-safe (a consumer in
 a thread calls ``put_bytes``/``put_file``/``add_output``/``inputs``): one lock around the
 index connection. Time through ``jobmesh.clock``.
+
+The ids, names, refs and errors are in ``refs.py`` and the write path (``BlobWriter``,
+``PartialBlob``) in ``writers.py``; this module re-exports them.
 """
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import os
-import re
 import shutil
 import sqlite3
 import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from .. import clock as _clock
-from .. import rng as _rng
-from ..errors import JobmeshError, NotFound, ValidationError
-
-PREFIX = "sha256:"
-_ID = re.compile(r"^sha256:([0-9a-f]{64})$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-IO_CHUNK = 1 << 20
-EMPTY_SHA = hashlib.sha256(b"").hexdigest()
+from ..errors import NotFound, ValidationError
+from .refs import (_ID, EMPTY_SHA, PREFIX, BlobMismatch, BlobRef, BlobStoreFull, BlobTooLarge, _hex, check_id,
+                   check_name)
+from .writers import IO_CHUNK, BlobWriter, PartialBlob, _full
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS blobs (
@@ -72,240 +67,6 @@ _SCHEMA = [
     )""",
     "CREATE INDEX IF NOT EXISTS refs_blob ON refs(blob)",
 ]
-
-
-class BlobStoreFull(JobmeshError):
-    """The blob store's quota or the disk is full."""
-
-    http_status = 507
-
-
-class BlobTooLarge(JobmeshError):
-    http_status = 413
-
-
-class BlobMismatch(JobmeshError):
-    """Received content does not hash to the id it was sent as."""
-
-
-@dataclass(frozen=True)
-class BlobRef:
-    id: str
-    size: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "size": self.size}
-
-    @classmethod
-    def from_json(cls, data: Any, what: str = "payload") -> "BlobRef":
-        if not isinstance(data, dict):
-            raise ValidationError(f"{what}: expected {{\"id\", \"size\"}}")
-        size = data.get("size")
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise ValidationError(f"{what}: size must be a whole number >= 0")
-        return cls(check_id(data.get("id"), what), size)
-
-
-def check_id(value: Any, what: str = "blob id") -> str:
-    """A blob id (``sha256:<64 lowercase hex>``); anything else (``../``, other hashes) is a 400."""
-    if not isinstance(value, str) or not _ID.match(value):
-        shown = value if isinstance(value, str) else type(value).__name__
-        raise ValidationError(f"{what}: not a blob id (sha256:<64 hex digits>): {str(shown)[:80]!r}")
-    return value
-
-
-def check_name(value: Any, what: str = "payload name") -> str:
-    """A payload name: letters, digits, ``.``, ``_``, ``-`` (no ``/``, no leading dot): a file name anywhere."""
-    if not isinstance(value, str) or not _NAME.match(value) or value in (".", ".."):
-        raise ValidationError(f"{what}: {str(value)[:80]!r} is not a valid name "
-                              "(letters, digits, '.', '_', '-'; 128 characters at most; not starting with '.')")
-    return value
-
-
-def _hex(blob_id: str) -> str:
-    m = _ID.match(blob_id)
-    if m is None:
-        raise ValidationError(f"not a blob id: {blob_id[:80]!r}")
-    return m.group(1)
-
-
-def _full(e: OSError) -> bool:
-    return e.errno in (errno.ENOSPC, errno.EDQUOT)
-
-
-def _write(f: Any, data: bytes, give_up: Callable[[], None]) -> None:
-    """Write to a blob's temp file; on an OSError ``give_up`` first (remove or close it), and a full
-    disk or quota is ``BlobStoreFull``."""
-    try:
-        f.write(data)
-    except OSError as e:
-        give_up()
-        if _full(e):
-            raise BlobStoreFull(f"blob store is full (disk): {e.strerror}") from None
-        raise
-
-
-class BlobWriter:
-    """A blob being written (an upload, a copy): hashed as it goes, renamed into place by ``commit``."""
-
-    def __init__(self, store: "BlobStore", limit: int | None = None) -> None:
-        self.store = store
-        self.limit = limit
-        self.path = store.tmp_dir / f"w-{_rng.token_hex(8)}"
-        self._f: BinaryIO | None = open(self.path, "wb")
-        self._h = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes | memoryview) -> None:
-        n = len(data)
-        if self.limit is not None and self.size + n > self.limit:
-            self.abort()
-            raise BlobTooLarge(f"blob larger than the limit of {self.limit} bytes")
-        try:
-            self.store.check_room(n)
-        except BlobStoreFull:
-            self.abort()
-            raise
-        assert self._f is not None
-        _write(self._f, data, self.abort)
-        self._h.update(data)
-        self.size += n
-
-    def commit(self) -> BlobRef:
-        assert self._f is not None, "writer closed"
-        try:
-            self._f.close()
-        except OSError as e:
-            self.abort()
-            if _full(e):
-                raise BlobStoreFull(f"blob store is full (disk): {e.strerror}") from None
-            raise
-        self._f = None
-        return self.store._install(self.path, PREFIX + self._h.hexdigest(), self.size)
-
-    def abort(self) -> None:
-        if self._f is not None:
-            try:
-                self._f.close()
-            except OSError:
-                pass
-            self._f = None
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            pass
-
-
-class PartialBlob:
-    """A blob arriving from a peer, in order: ``append`` chunks, then ``finish`` (verify, rename).
-    Resumable: a new ``PartialBlob`` for the same id continues where the file on disk ends."""
-
-    def __init__(self, store: "BlobStore", blob_id: str, size: int) -> None:
-        self.store = store
-        self.id = blob_id
-        self.expected_size = size
-        self.path = store.partial_dir / _hex(blob_id)
-        self._h = hashlib.sha256()
-        offset = 0
-        if self.path.exists():
-            offset = self.path.stat().st_size
-            if offset > size:
-                self.path.unlink()
-                offset = 0
-        if offset:
-            with open(self.path, "rb") as f:  # the prefix already here: hash it again
-                while True:
-                    b = f.read(IO_CHUNK)
-                    if not b:
-                        break
-                    self._h.update(b)
-        self.offset = self.hashed = offset  # bytes in the file / bytes of it hashed
-        self._f: BinaryIO | None = open(self.path, "ab")
-        busy = store._partial_busy
-        busy[self.path.name] = busy.get(self.path.name, 0) + 1
-
-    def write_at(self, offset: int, data: bytes) -> None:
-        """Append ``data`` that belongs at ``offset`` and hash it: a rewind (a chunk fetched again
-        after a corrupt or lost one) first cuts the file there and hashes the prefix again."""
-        self.write_only(offset, data)
-        self.hash([data])
-
-    def write_only(self, offset: int, data: bytes) -> None:
-        """``write_at`` without the hashing, which ``hash`` does next, in the same order (a
-        transfer writes one chunk while the one before it is hashed). A rewind needs every
-        chunk before it hashed."""
-        if offset > self.offset:
-            raise BlobMismatch(f"chunk at {offset} but the file ends at {self.offset}")
-        if offset < self.offset:
-            self._rewind(offset)
-        self.append_only(data)
-
-    def _rewind(self, offset: int) -> None:
-        self.close()
-        with open(self.path, "r+b") as f:
-            f.truncate(offset)
-        self._h = hashlib.sha256()
-        with open(self.path, "rb") as f:
-            left = offset
-            while left > 0:
-                b = f.read(min(IO_CHUNK, left))
-                if not b:
-                    break
-                self._h.update(b)
-                left -= len(b)
-        self.offset = self.hashed = offset
-        self._f = open(self.path, "ab")
-        busy = self.store._partial_busy
-        busy[self.path.name] = busy.get(self.path.name, 0) + 1
-
-    def append(self, data: bytes) -> None:
-        self.append_only(data)
-        self.hash([data])
-
-    def append_only(self, data: bytes) -> None:
-        self.store.check_room(len(data))
-        assert self._f is not None
-        _write(self._f, data, self.close)
-        self.offset += len(data)
-
-    def hash(self, datas: Iterable[bytes]) -> int:
-        """Hash what was just written, in order; returns the bytes hashed."""
-        n = 0
-        for data in datas:
-            self._h.update(data)
-            n += len(data)
-        self.hashed += n
-        return n
-
-    def close(self) -> None:
-        if self._f is not None:
-            try:
-                self._f.close()
-            except OSError:
-                pass
-            self._f = None
-            busy = self.store._partial_busy
-            n = busy.get(self.path.name, 0) - 1
-            if n > 0:
-                busy[self.path.name] = n
-            else:
-                busy.pop(self.path.name, None)
-
-    def discard(self) -> None:
-        self.close()
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            pass
-
-    def finish(self) -> BlobRef:
-        """Verify the whole content against the id; ``BlobMismatch`` (file discarded) if it is not."""
-        self.close()
-        digest = PREFIX + self._h.hexdigest()
-        if digest != self.id or self.offset != self.expected_size or self.hashed != self.offset:
-            self.discard()
-            raise BlobMismatch(f"received {self.offset} bytes hashing to {digest[:20]}…, expected {self.id[:20]}…")
-        return self.store._install(self.path, self.id, self.offset)
 
 
 class BlobStore:
@@ -689,3 +450,5 @@ class BlobStore:
                 "removed_total": self.removed_total, "removed_bytes_total": self.removed_bytes_total}
 
 
+__all__ = ["BlobMismatch", "BlobRef", "BlobStore", "BlobStoreFull", "BlobTooLarge", "BlobWriter", "EMPTY_SHA",
+           "IO_CHUNK", "PREFIX", "PartialBlob", "check_id", "check_name"]

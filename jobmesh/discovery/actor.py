@@ -16,6 +16,10 @@ Public face for the node: ``view`` (the current ``TopologyView``),
 ``add_listener(cb)`` / ``remove_listener(cb)`` (Sling's TopologyEventListener:
 INIT first, events in order, sync or async callbacks), ``set_property(key, value)``
 (user properties carried by the heartbeats, reach every member within one interval).
+
+Two parts live in modules of their own: ``joining.py`` (``Joining``, a part of the actor: the
+join loop, probes of seeds and remembered members, the join request it answers, refused
+and clashing names, the peer book) and ``listeners.py`` (a queue and a task per listener).
 """
 
 from __future__ import annotations
@@ -24,8 +28,7 @@ import asyncio
 import random
 from .. import clock as _clock
 from .. import rng as _rng
-from collections import deque
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Iterable, Protocol
 
 import msgpack
 import structlog
@@ -33,20 +36,14 @@ import structlog
 from .. import wire
 from ..offloading import probe_topic
 from ..actor import Actor
-from ..errors import NameInUse, ValidationError
-from ..plants import PLANTS
+from ..errors import ValidationError
 from ..wakeup import Wakeup
 from ..topics import matches
-from ..transport import (
-    Dealer,
-    Endpoint,
-    PeerUnreachable,
-    RequestTimeout,
-    Transport,
-    load_curve_keys,
-)
+from ..transport import Endpoint, Transport, load_curve_keys
 
 from .heartbeat import HeartbeatReceiver, HeartbeatSender
+from .joining import MAX_PROBES_IN_FLIGHT, PEER_BOOK_REFRESH, Joining
+from .listeners import LISTENER_QUEUE_LIMIT, Listener, _ListenerTask
 from .membership import (
     Connect,
     Disconnect,
@@ -56,19 +53,15 @@ from .membership import (
     MemberInfo,
     Membership,
     NameClash,
-    NameTaken,
     Rejoin,
     ViewEvent,
 )
-from .probe import PeerBook, Prober, load_peer_book, save_peer_book
-from .view import InstanceView, TopologyEvent, TopologyView
+from .probe import PeerBook, Prober
+from .view import InstanceView, TopologyView
 
 log = structlog.get_logger("jobmesh.discovery")
 
 MAX_USER_PROPERTIES_BYTES = 256 * 1024  # heartbeats stay far below the wire maximum
-LISTENER_QUEUE_LIMIT = 10_000
-MAX_PROBES_IN_FLIGHT = 16
-PEER_BOOK_REFRESH = 60.0  # s between rewrites of the remembered endpoints while nothing changes
 
 
 class DiscoveryHost(Protocol):
@@ -85,9 +78,6 @@ class DiscoveryHost(Protocol):
     def capacity_snapshot(self) -> dict[str, Any]: ...
 
 
-Listener = Callable[[TopologyEvent], Any]
-
-
 def offload_topics_for(topics: Iterable[str], enabled: Iterable[str], disabled: Iterable[str]) -> list[str]:
     """Consumer topics enabled for offloading by the ``[offloading]`` patterns (a pattern counts as
     matched when the consumer pattern itself, read as a topic, matches)."""
@@ -100,41 +90,7 @@ def offload_topics_for(topics: Iterable[str], enabled: Iterable[str], disabled: 
     return out
 
 
-class _ListenerTask:
-    """One listener's queue and the task delivering to it, in order."""
-
-    def __init__(self, callback: Listener, node: str) -> None:
-        self.callback = callback
-        self.queue: deque[TopologyEvent] = deque()
-        self.wakeup = asyncio.Event()
-        self.log = log.bind(node=node)
-        self.task = asyncio.get_running_loop().create_task(self._run(), name=f"topology-listener:{node}")
-
-    def put(self, event: TopologyEvent) -> None:
-        if len(self.queue) >= LISTENER_QUEUE_LIMIT:
-            self.log.error("topology listener is not keeping up; oldest event dropped")
-            self.queue.popleft()
-        self.queue.append(event)
-        self.wakeup.set()
-
-    async def _run(self) -> None:
-        while True:
-            if not self.queue:
-                self.wakeup.clear()
-                await self.wakeup.wait()
-                continue
-            event = self.queue.popleft()
-            try:
-                result = self.callback(event)
-                if asyncio.iscoroutine(result):
-                    await result
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                self.log.exception("topology listener failed", kind=event.type.value)
-
-
-class DiscoveryActor(Actor):
+class DiscoveryActor(Joining, Actor):
     """Heartbeats, membership and topology events for one node."""
 
     tick_fraction = 4  # ticks per heartbeat interval (and heartbeat reads: batches of a quarter interval)
@@ -456,200 +412,6 @@ class DiscoveryActor(Actor):
             elif due:
                 self._publish_heartbeat()
 
-    async def _join_loop(self) -> None:
-        """Rejoin when the core asks; besides, for the node's whole life, probe every seed and
-        remembered endpoint that is not a live member (DESIGN §3: repair is level-triggered, so a
-        restarted seed, a seed that was down at start or a healed split all converge)."""
-        attempt_timeout = max(0.5, 2 * self.interval)
-        backoff_min, backoff_max = 0.1, min(self.timeout, max(1.0, 4 * self.interval))
-        backoff = backoff_min
-        period = self.interval / 2
-        while True:
-            await self._join_wanted.wait(period)
-            core = self._core
-            assert core is not None
-            if core.rejoining:
-                if await self._join_once(core, attempt_timeout):
-                    backoff = backoff_min
-                    continue
-                await asyncio.sleep(backoff)  # nobody answered: try again, less and less often
-                backoff = min(backoff_max, backoff * 2)
-                self._join_wanted.set()
-                continue
-            self._probe_round(core, attempt_timeout)
-
-    def probe_candidates(self) -> list[str]:
-        """Seeds and remembered endpoints (ours excluded), whether live members or not."""
-        own = {self.bind, self.advertise}
-        eps = [*self.seeds, *self._book.endpoints(_clock.wall())]
-        return [e for e in dict.fromkeys(eps) if e not in own]
-
-    def _probe_round(self, core: Membership, attempt_timeout: float) -> None:
-        if PLANTS.active("no-seed-reprobe") and core.joined:
-            return  # planted bug (simulation): once joined, never look for the others again
-        members = core.members()
-        live_eps = {ep for _, ep in members if ep}
-        live_names = {n for n, _ in members}
-        now = _clock.monotonic()
-        due = self._prober.due(self.probe_candidates(), live_eps, live_names, now)
-        for ep in due[:MAX_PROBES_IN_FLIGHT]:
-            self.spawn(self._probe(ep, attempt_timeout), name=f"discovery:probe:{ep}")
-        for ep in due[MAX_PROBES_IN_FLIGHT:]:
-            self._prober.unanswered(ep, now)  # next round
-
-    async def _probe(self, endpoint: str, timeout: float) -> None:
-        core = self._core
-        assert core is not None
-        self.seed_probes += 1
-        reply = await self._ask_join(endpoint, timeout)
-        now = _clock.monotonic()
-        if reply is None:
-            self._prober.unanswered(endpoint, now)
-            return
-        if core is not self._core:
-            return
-        before = set(core.member_names())
-        try:
-            outs = core.on_join_reply(reply, now)
-        except InvalidMember as e:
-            self.log.warning("bad join reply", seed=endpoint, error=str(e))
-            self._prober.unanswered(endpoint, now)
-            return
-        self._name_refused_since = None
-        members = reply.get("members") or [{}]
-        responder = members[0].get("name") if isinstance(members[0], dict) else None
-        self._prober.answered(endpoint, responder if isinstance(responder, str) else None, now)
-        self._apply(outs)
-        added = sorted(set(core.member_names()) - before)
-        if added:
-            self._publish_heartbeat(send_now=True)
-            self._burst_ticks = 2 * self.tick_fraction
-            if len(before) > 1:
-                self.merges += 1
-                self.log.warning("topologies merged", via=endpoint, added=added[:10], count=len(added),
-                                 members=len(core.member_names()))
-            else:
-                self.log.info("joined", via=endpoint, members=core.member_names())
-
-    async def _join_once(self, core: Membership, attempt_timeout: float) -> bool:
-        # a rejoin asks the members we know first, the seeds after
-        targets = list(dict.fromkeys([*core.endpoints(), *self.seeds]))
-        for ep in targets:
-            reply = await self._ask_join(ep, attempt_timeout)
-            if reply is None:
-                continue
-            try:
-                outs = core.on_join_reply(reply, _clock.monotonic())
-            except InvalidMember as e:
-                self.log.warning("bad join reply", seed=ep, error=str(e))
-                continue
-            self._apply(outs)
-            self._publish_heartbeat(send_now=True)
-            self._burst_ticks = 2 * self.tick_fraction
-            self.log.info("rejoined", via=ep, members=core.member_names())
-            return True
-        return False
-
-    async def _ask_join(self, endpoint: str, timeout: float) -> dict[str, Any] | None:
-        assert self._transport is not None and self._core is not None
-        body = self._core.join_body()
-        body["from"] = self.node.name
-        dealer = Dealer(self._transport, endpoint)
-        try:
-            msg = await dealer.request("join", body, timeout)
-        except (RequestTimeout, PeerUnreachable) as e:
-            self.log.info("join attempt failed", seed=endpoint, error=str(e))
-            return None
-        finally:
-            dealer.close()
-        if msg.type == "error":
-            if msg.body.get("reason") == "name_taken":
-                self._name_refused(endpoint, str(msg.body.get("error")))
-            else:
-                self.log.warning("join refused", seed=endpoint, error=msg.body.get("error"))
-            return None
-        if msg.type != "join_reply":
-            self.log.warning("unexpected answer to join", seed=endpoint, type=msg.type)
-            return None
-        return msg.body
-
-    def _on_join(self, identity: bytes, msg: wire.Message) -> tuple[str, dict[str, Any]]:
-        core = self._core
-        if core is None:
-            raise ValidationError("discovery is not running")
-        try:
-            outs, reply = core.on_join_request(msg.body, _clock.monotonic())  # InvalidMember -> error reply
-        except NameTaken as e:
-            self.log.warning("join refused: the name is taken", joiner_endpoint=msg.body.get("endpoint"),
-                             name=e.name, holder=e.holder_endpoint)
-            return "error", {"error": str(e), "reason": "name_taken", "holder": e.holder_endpoint}
-        self._apply(outs)
-        self._publish_heartbeat(send_now=True)  # spread the newcomer to everyone at once
-        return "join_reply", reply
-
-    # -- names and remembered members ------------------------------------------------------
-    def _name_refused(self, endpoint: str, error: str) -> None:
-        """A member refused our join: our name is taken by a live node. A restart under a new
-        endpoint looks the same for an interval or two (the old process was just heard), so
-        only a refusal that lasts a heartbeat timeout ends this node, with the member's words."""
-        now = _clock.monotonic()
-        if self._name_refused_since is None:
-            self._name_refused_since = now
-            self.log.warning("join refused: the name is taken; retrying in case it was our own "
-                             "previous process", seed=endpoint, error=error)
-            return
-        if now - self._name_refused_since >= self.timeout:
-            self.log.error("name already taken in the topology; stopping", error=error)
-            self.node.fail(NameInUse(error))
-
-    def _name_clash(self, other_incarnation: float) -> None:
-        """Heartbeats under our name from another process: the newer of the two gives way."""
-        assert self._core is not None
-        own = self._core.local.incarnation
-        if other_incarnation < own:
-            self.log.error("another node with this name is in the topology; stopping",
-                           other_incarnation=other_incarnation, own_incarnation=own)
-            self.node.fail(NameInUse(
-                f"a node named {self.node.name} is already in this topology; choose another --name"))
-            return
-        now = _clock.monotonic()
-        if now - self._name_clash_log_at > 30.0:
-            self._name_clash_log_at = now
-            self.log.warning("a newer process uses this node's name; it will stop",
-                             other_incarnation=other_incarnation, own_incarnation=own)
-
-    def _load_book(self) -> PeerBook:
-        data = getattr(self.node.config, "data", None)
-        if not data:
-            return PeerBook()
-        book = load_peer_book(data)
-        book.expire(_clock.wall())
-        return book
-
-    def _remember(self, view: TopologyView) -> None:
-        """Every member seen goes into the peer book (probed after a restart if it is not back)."""
-        now = _clock.wall()
-        self._book.seen([(i.name, i.endpoint) for i in view.instances if not i.local], now)
-        self._save_book(now)
-
-    def _save_book(self, now: float, force: bool = False) -> None:
-        data = getattr(self.node.config, "data", None)
-        if not data or not (self._book.dirty or force):
-            return
-        try:
-            save_peer_book(data, self._book)
-            self._book_saved_at = now
-        except OSError as e:
-            self.log.warning("remembered members not saved", error=str(e))
-
-    def _refresh_book(self) -> None:
-        now = _clock.wall()
-        if now - self._book_saved_at < PEER_BOOK_REFRESH or self._core is None:
-            return
-        self._book.expire(now)
-        self._book.seen([(n, ep) for n, ep in self._core.members() if n != self.node.name], now)
-        self._save_book(now, force=True)
-
     def _on_activity(self, sender: str, incarnation: Any = None) -> None:
         if self._core is not None and isinstance(incarnation, (int, float)) and not isinstance(incarnation, bool):
             self._core.touch(sender, _clock.monotonic(), float(incarnation))
@@ -686,3 +448,7 @@ class DiscoveryActor(Actor):
                 self._warn_lag(lag)
             if now - window_start >= 10.0:  # loop_lag: the worst lag of the last window
                 self.loop_lag, worst, window_start = worst, 0.0, now
+
+
+__all__ = ["DiscoveryActor", "DiscoveryHost", "LISTENER_QUEUE_LIMIT", "MAX_PROBES_IN_FLIGHT",
+           "MAX_USER_PROPERTIES_BYTES", "PEER_BOOK_REFRESH", "Listener", "offload_topics_for"]

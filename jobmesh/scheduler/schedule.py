@@ -27,6 +27,10 @@ Firing rules (``due``): a schedule fires for the latest slot in
 fires ONCE for the latest of them — no burst — and a slot at or before the last
 fired one never fires again. Slots before the schedule was created never fire.
 Suspended schedules do not fire (and do not catch up on resume).
+
+Two parts have modules of their own, whose names this one re-exports: ``cron.py`` (a cron
+expression read in a time zone, across DST) and ``records.py`` (the definitions replicated
+as a last-writer-wins map: ``ScheduleRecord``, merges, digests).
 """
 
 from __future__ import annotations
@@ -35,16 +39,17 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from functools import lru_cache
+from datetime import datetime, timezone
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfoNotFoundError
 
 from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 
 from ..errors import ValidationError
 from ..job import iso, parse_iso
 from ..topics import TopicError, validate_topic
+from .cron import cron_next_in_zone, cron_prev_in_zone, zone
+from .records import ScheduleRecord, merge_fired, merge_records, records_digest
 
 KINDS = ("at", "every", "cron", "hourly", "daily", "weekly", "monthly", "yearly")
 RESERVED_PROPERTIES = ("schedule_id", "scheduled_time")
@@ -144,76 +149,6 @@ class ScheduleSpec:
             return float(croniter(expr, float(math.floor(now) + 1)).get_prev(float))
         except CroniterBadDateError:
             return None
-
-
-# -- cron in a time zone ------------------------------------------------------------
-
-_SLACK = timedelta(hours=3)  # more than any DST shift: how far a transition's effect reaches
-
-
-@lru_cache(maxsize=256)
-def zone(name: str) -> ZoneInfo:
-    return ZoneInfo(name)
-
-
-def _naive(ts: float, z: ZoneInfo) -> datetime:
-    return datetime.fromtimestamp(ts, z).replace(tzinfo=None)
-
-
-def _instant(local: datetime, z: ZoneInfo) -> tuple[float, bool]:
-    """A wall-clock time of zone ``z`` as epoch seconds (the first occurrence when it happens twice;
-    a time in a gap counts with the offset before the gap, so it lands where the clock would have
-    shown it), and whether it exists on that zone's clock."""
-    ts = local.replace(tzinfo=z, fold=0).timestamp()
-    return ts, _naive(ts, z) == local
-
-
-def _shift_near(ts: float, z: ZoneInfo, sign: int) -> bool:
-    """Did the zone's offset change within ``_SLACK`` before (sign -1) or after (+1) ``ts``?"""
-    return datetime.fromtimestamp(ts + sign * _SLACK.total_seconds(), z).utcoffset() != \
-        datetime.fromtimestamp(ts, z).utcoffset()
-
-
-def cron_next_in_zone(expr: str, z: ZoneInfo, after: float) -> float | None:
-    """The first slot of ``expr`` read in zone ``z`` strictly after ``after`` (epoch seconds).
-
-    Candidates are wall-clock times in order; their instants increase except across a gap,
-    where gap times land an hour on (after the gap's first real times). So: the first existing
-    candidate past ``after`` is the answer, unless gap candidates before it land earlier.
-    Near a transition the walk starts ``_SLACK`` earlier, to see gap times that land past ``after``.
-    """
-    a = float(math.floor(after))
-    start = _naive(a, z) - (_SLACK if _shift_near(a, z, -1) else timedelta(0))
-    it = croniter(expr, start)
-    best: float | None = None
-    for _ in range(100_000):
-        c = it.get_next(datetime)
-        ts, exists = _instant(c, z)
-        if ts <= after:
-            continue
-        best = ts if best is None else min(best, ts)
-        if exists:
-            return best
-    return best
-
-
-def cron_prev_in_zone(expr: str, z: ZoneInfo, now: float) -> float | None:
-    """The latest slot of ``expr`` read in zone ``z`` at or before ``now`` (mirror of ``cron_next_in_zone``:
-    walking back, overlap times of the second hour map to the first, so near a transition the walk
-    starts ``_SLACK`` later)."""
-    n = float(math.floor(now) + 1)
-    start = _naive(n, z) + (_SLACK if _shift_near(n, z, -1) else timedelta(0))
-    it = croniter(expr, start)
-    best: float | None = None
-    for _ in range(100_000):
-        c = it.get_prev(datetime)
-        ts, exists = _instant(c, z)
-        if ts > now:
-            continue
-        best = ts if best is None else max(best, ts)
-        if exists:
-            return best
-    return best
 
 
 @dataclass(frozen=True)
@@ -538,106 +473,6 @@ def next_wakeup(
         if t is not None and (best is None or t < best):
             best = t
     return best
-
-
-# -- replication: definitions as a last-writer-wins map --------------------------------
-
-
-@dataclass(frozen=True)
-class ScheduleRecord:
-    """A replicated definition (or tombstone) with its version; merge keeps the newest.
-
-    ``version`` is (epoch seconds of the change, node name) so concurrent changes on
-    two nodes resolve the same way everywhere. A removal is a tombstone
-    (``removed=True``) so replication does not bring a removed schedule back.
-    """
-
-    spec: ScheduleSpec
-    created: float
-    suspended: bool = False
-    resumed: float = 0.0
-    removed: bool = False
-    version: tuple[float, str] = (0.0, "")
-
-    @property
-    def id(self) -> str:
-        return self.spec.id
-
-    def schedule(self) -> Schedule:
-        return Schedule(self.spec, self.created, self.suspended, self.resumed)
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "spec": self.spec.to_json(),
-            "created": self.created,
-            "suspended": self.suspended,
-            "resumed": self.resumed,
-            "removed": self.removed,
-            "version": [self.version[0], self.version[1]],
-        }
-
-    @classmethod
-    def from_wire(cls, d: Any) -> "ScheduleRecord":
-        """Decode a peer's record; a malformed one raises ``ValidationError``."""
-        if not isinstance(d, dict):
-            raise ValidationError("schedule record must be an object")
-        spec = parse_schedule(d.get("spec"))
-        v = d.get("version")
-        created = d.get("created")
-        resumed = d.get("resumed", 0.0)
-        if (
-            not isinstance(v, (list, tuple))
-            or len(v) != 2
-            or not isinstance(v[0], (int, float))
-            or not isinstance(v[1], str)
-            or not isinstance(created, (int, float))
-            or not isinstance(resumed, (int, float))
-        ):
-            raise ValidationError("schedule record needs version [time, node] and created")
-        return cls(
-            spec=spec,
-            created=float(created),
-            suspended=bool(d.get("suspended", False)),
-            resumed=float(resumed),
-            removed=bool(d.get("removed", False)),
-            version=(float(v[0]), v[1]),
-        )
-
-
-def merge_records(
-    mine: dict[str, ScheduleRecord], theirs: list[ScheduleRecord] | tuple[ScheduleRecord, ...]
-) -> list[ScheduleRecord]:
-    """The records from ``theirs`` that are newer than ours (to store and apply)."""
-    newer = []
-    for r in theirs:
-        cur = mine.get(r.id)
-        if cur is None or r.version > cur.version:
-            newer.append(r)
-    return newer
-
-
-def records_digest(records: dict[str, ScheduleRecord] | list[ScheduleRecord]) -> str:
-    """A short digest of (id, version) pairs: equal digests mean equal definitions."""
-    items = records.values() if isinstance(records, dict) else records
-    h = hashlib.sha256()
-    for r in sorted(items, key=lambda r: r.id):
-        h.update(f"{r.id}:{r.version[0]!r}:{r.version[1]};".encode())
-    return h.hexdigest()[:16]
-
-
-def merge_fired(mine: dict[str, float], theirs: Any) -> dict[str, float]:
-    """Last-fired entries from a peer that are later than ours (max wins; junk ignored)."""
-    out: dict[str, float] = {}
-    if not isinstance(theirs, dict):
-        return out
-    for sid, t in theirs.items():
-        if not isinstance(sid, str) or isinstance(t, bool) or not isinstance(t, (int, float)):
-            continue
-        if not math.isfinite(t):
-            continue
-        if t > mine.get(sid, -math.inf):
-            out[sid] = float(t)
-    return out
 
 
 def utc(ts: float) -> datetime:

@@ -15,14 +15,14 @@ engine does (``engine.core``). What is left here is I/O:
 - job payload (``blobs.transfer``): a handoff's inputs and a result's outputs go to the peer
   before the message naming them (``PayloadSender``), a copy is admitted only with its inputs
   here, a result is committed only with its outputs here (else they are fetched first);
-- the remote-settings RPC (``offload_set``), remote submission, and the restore of both
-  protocol sides from the store after a restart.
+- remote submission; the restore of both protocol sides from the store after a restart
+  (``restore.py``) and the remote-settings RPC (``offload_set``, ``settings.py``) are
+  modules of their own that the actor calls.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -35,45 +35,20 @@ from ..actor import Actor
 from ..blobs.transfer import PayloadSender, with_payload
 from ..engine import events as ev
 from ..engine import instructions as ei
-from ..errors import Conflict, JobmeshError, NotFound, ValidationError
+from ..errors import Conflict, JobmeshError
 from ..store.transfer import TransferStore
 from .links import PeerLinks
 from .requests import (AbsentCheck, HandoffNotDelivered, PlanMove, ResultAgain, RoomsRequested, SendSteal,
                        SubmitAdded, SubmitRequested, TimerDue, TopologyChanged, WireArrived)
-from .protocol import (
-    MESSAGE_TYPES,
-    CommitAccepted,
-    CommitResult,
-    CommitSubmitted,
-    ForgetJob,
-    JobRef,
-    JobSpec,
-    Log,
-    MarkAccepted,
-    MarkStarted,
-    Message,
-    Progress,
-    ProtocolConfig,
-    Result,
-    ReleaseCopies,
-    Repaired,
-    RequeueLocal,
-    ResultItem,
-    RoomFreed,
-    ScheduleTimer,
-    Send,
-    StealRequested,
-    StopLocal,
-    SubmitDone,
-    TransferProtocol,
-    UpdateProgress,
-    VerifyQueued,
-)
+from .protocol import (MESSAGE_TYPES, CommitAccepted, CommitResult, CommitSubmitted, ForgetJob, JobRef, JobSpec, Log,
+                       MarkAccepted, MarkStarted, Message, Progress, ProtocolConfig, Result, ReleaseCopies, Repaired,
+                       RequeueLocal, RoomFreed, ScheduleTimer, Send, StealRequested, StopLocal, SubmitDone,
+                       TransferProtocol, UpdateProgress, VerifyQueued)
+from .restore import restore_protocol
+from .settings import SETTINGS_REPLY, SETTINGS_REQUEST, RemoteSettings
 
 log = structlog.get_logger("jobmesh.transfer")
 
-SETTINGS_REQUEST = "offload_set"
-SETTINGS_REPLY = "offload_set_ack"
 # Jobs handed to one peer and not resulted yet, at most. Enough to keep a fast peer busy for
 # a while; small enough that results come back within the resend delay even when the origin
 # applies them slower than the target produces them (beyond, resends only add work).
@@ -124,6 +99,7 @@ class TransferActor(Actor):
                                          incarnation=host.started_at)
         self.links = PeerLinks(host.name, lambda: host.started_at, self._transport, self.log)
         self.transfer_store = TransferStore(host.name)
+        self.settings = RemoteSettings(host, self._transport)
         self._submits: dict[str, asyncio.Future[Any]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -206,8 +182,7 @@ class TransferActor(Actor):
         if d is not None:
             for t in MESSAGE_TYPES:
                 d.endpoint.register(t, self._on_wire)
-            d.endpoint.register(SETTINGS_REQUEST, self._on_settings_request)
-            wire.register_type(SETTINGS_REPLY)
+            self.settings.register(d.endpoint)
         if not self._restored:
             self._restored = True
             self._restore()
@@ -517,72 +492,16 @@ class TransferActor(Actor):
         self._exec(self.protocol.origin.submit(msg.peer, msg.request_id, msg.topic, msg.properties))
 
     # -- remote settings ---------------------------------------------------------------------------------
-    async def _on_settings_request(self, identity: bytes, msg: wire.Message) -> tuple[str, dict[str, Any]]:
-        body = msg.body
-        topic, mode = body.get("topic"), body.get("mode")
-        if not isinstance(topic, str) or not isinstance(mode, str):
-            raise ValidationError("offload_set needs topic and mode")
-        result = await self.host.set_offloading(self.host.name, topic, mode)
-        return SETTINGS_REPLY, {"result": result}
-
     async def forward_settings(self, node_name: str, topic: str, mode: str, timeout: float = 5.0) -> dict[str, Any]:
-        from ..transport import Dealer, PeerUnreachable, RequestTimeout
-
-        inst = self.host.topology.instance(node_name)
-        if inst is None or not inst.endpoint:
-            raise NotFound(f"node {node_name} is not in the topology")
-        transport = self._transport()
-        if transport is None:
-            raise Conflict("transfer is not running")
-        dealer = Dealer(transport, inst.endpoint)
-        try:
-            reply = await dealer.request(SETTINGS_REQUEST, {"from": self.host.name, "topic": topic, "mode": mode},
-                                         timeout)
-        except (PeerUnreachable, RequestTimeout) as e:
-            raise Conflict(f"node {node_name} did not answer: {e}") from None
-        finally:
-            dealer.close()
-        if reply.type == "error":
-            raise ValidationError(str(reply.body.get("error")))
-        result = reply.body.get("result")
-        return result if isinstance(result, dict) else {"node": node_name, "topic": topic, "mode": mode}
+        """Ask node ``node_name`` to change its offloading settings (``settings.RemoteSettings``)."""
+        return await self.settings.forward(node_name, topic, mode, timeout)
 
     # -- restart ------------------------------------------------------------------------------------------
     def _restore(self) -> None:
-        """Rebuild both sides from the store: jobs handed off, copies held, the outbox."""
-        store = self.host.store
-        by_peer: dict[str, list[JobSpec]] = {}
-        jobs = store.handed_off()
-        specs = [JobSpec.of(job) for job in jobs]
-        if specs and self.payload is not None:
-            specs = with_payload(self.host.blobs.store, specs)
-        for job, spec in zip(jobs, specs):
-            by_peer.setdefault(job.target or "", []).append(spec)
-        out: list[Any] = []
-        self._restored_peers = set(by_peer)
-        for peer, specs in sorted(by_peer.items()):
-            # not "accepted": resending the handoff (idempotent) tells us whether the peer still has them
-            out += self.protocol.origin.restore(peer, specs, accepted=False)
-        copies: dict[str, list[JobSpec]] = {}
-        for job_id, origin, attempt, topic, props in TransferStore.copies(store.reader):
-            copies.setdefault(origin, []).append(JobSpec(job_id, attempt, topic, props, origin=origin))
-            self._topics[job_id] = topic
-        outbox: dict[str, list[ResultItem]] = {}
-        for job_id, origin, attempt, body in TransferStore.outbox(store.reader):
-            try:
-                outbox.setdefault(origin, []).append(ResultItem.from_wire(json.loads(body)))
-            except Exception as e:
-                self.log.error("unreadable outbox entry dropped", job_id=job_id, error=repr(e))
-        for origin in sorted(set(copies) | set(outbox)):
-            out += self.protocol.target.restore(origin, copies.get(origin, []), outbox.get(origin, []))
-        # until discovery says they are up, every peer is down (nothing is sent to an unknown endpoint)
-        for peer in sorted(set(by_peer) | set(copies) | set(outbox)):
-            self.protocol.target.peer_down(peer)
-        n_out = sum(len(v) for v in by_peer.values())
-        n_copies = sum(len(v) for v in copies.values())
-        n_outbox = sum(len(v) for v in outbox.values())
-        if n_out or n_copies or n_outbox:
-            self.log.info("transfer state restored", handed_off=n_out, copies=n_copies, outbox=n_outbox)
+        """Rebuild both sides from the store: jobs handed off, copies held, the outbox (``restore.py``)."""
+        payload_store = self.host.blobs.store if self.payload is not None else None
+        out, self._restored_peers, topics = restore_protocol(self.protocol, self.host.store, payload_store, self.log)
+        self._topics.update(topics)
         self._exec(out)
 
 

@@ -146,10 +146,7 @@ class _Link:
                 await asyncio.sleep(0.05)
 
     def close(self) -> None:
-        self.task.cancel()
-        if self.dealer is not None:
-            try:
-                self.dealer.close()
-            except Exception:
-                pass
-            self.dealer = None
+        from ..transport import close_link
+
+        close_link(self.task, self.dealer)
+        self.dealer = None
