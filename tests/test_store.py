@@ -233,3 +233,46 @@ async def test_writes_after_close_are_refused_not_hung(tmp_path):
         store.insert([mk(1)])
     with pytest.raises(ActorStopped):
         store.update(mk(2))
+
+
+async def test_a_copy_is_its_job_row_and_only_restored_copies_are_marked_held(tmp_path):
+    """A copy costs its row and, once ended, its outbox row; the held markers exist only between a
+    restart and the origin's confirmation (rows with held=0, as nodes before wrote, mean nothing)."""
+    from jobmesh.store.transfer import TransferStore
+
+    store, system = await open_store(tmp_path / "jobs.db")
+    ts = TransferStore("me")
+    try:
+        store.local_name = "me"
+        a = Job(id="c-a", topic="t/a", properties={}, queue="main", origin="o", created=1.0, attempt=2)
+        b = Job(id="c-b", topic="t/a", properties={}, queue="main", origin="o", created=1.0, attempt=1)
+        mine = mk(9)
+        mine.origin = "me"
+        await store.insert([mine])
+        a.seq, b.seq = store.reserve_seqs(1), store.reserve_seqs(1)
+        # an old node's marker for b (held=0 meant "not held"), and a held marker of an older attempt of a;
+        # and one for a job this node no longer has (an old node's, inert: held=0)
+        await store.call(lambda c: c.execute(
+            "INSERT INTO transfer_copies (job_id, origin, attempt, held) VALUES ('gone', 'o', 1, 0)"))
+        await store.call(lambda c: c.executemany(
+            "INSERT INTO transfer_copies (job_id, origin, attempt, held) VALUES (?,?,?,?)",
+            [("c-b", "o", 1, 0), ("c-a", "o", 1, 1)]))
+        await store.call(lambda c: ts.write(c, [("o", a), ("o", b)], [], []))
+        rows = store.reader.execute("SELECT job_id, attempt, held FROM transfer_copies ORDER BY job_id").fetchall()
+        assert rows == [("gone", 1, 0)]  # an accepted copy clears any marker of its job (a's held one of an older attempt too)
+        assert [j.id for j in store.ready("main", 0, 10)] == ["job-9", "c-a", "c-b"]
+        assert [c[:3] for c in TransferStore.copies(store.reader, "me")] == [("c-a", "o", 2), ("c-b", "o", 1)]
+        # a restart holds every copy it has, none of the node's own jobs (the inert marker goes);
+        # confirmed ones are let go
+        await store.call(ts.hold_restored)
+        held = store.reader.execute("SELECT job_id, attempt, held FROM transfer_copies ORDER BY job_id").fetchall()
+        assert held == [("c-a", 2, 1), ("c-b", 1, 1)]
+        assert [j.id for j in store.ready("main", 0, 10)] == ["job-9"]
+        await store.call(lambda c: TransferStore.release(c, [("c-a", 2)]))
+        assert [j.id for j in store.ready("main", 0, 10)] == ["job-9", "c-a"]
+        # the origin is done with b: its row and marker go
+        await store.call(lambda c: ts.write(c, [], [], [("c-b", 1)]))
+        assert store.reader.execute("SELECT count(*) FROM transfer_copies").fetchone()[0] == 0
+        assert store.get("c-b") is None
+    finally:
+        await system.stop_all()

@@ -63,8 +63,8 @@ class Invariants(SimState):
             node = self.nodes.get(name)
             attempt = None
             if node is not None:
-                row = node.store.reader.execute("SELECT attempt FROM transfer_copies WHERE job_id=?",
-                                                (job.id,)).fetchone()
+                row = node.store.reader.execute("SELECT attempt FROM jobs WHERE id=? AND origin!=?",
+                                                (job.id, name)).fetchone()
                 attempt = row[0] if row else None
             if attempt is None or attempt == marked[job.id]:
                 self._fail("superseded-never-runs",
@@ -77,7 +77,7 @@ class Invariants(SimState):
             return
         marked: dict[str, int] = {}
         for job_id, origin, attempt in node.store.reader.execute(
-                "SELECT job_id, origin, attempt FROM transfer_copies"):
+                "SELECT id, origin, attempt FROM jobs WHERE origin!=?", (name,)):  # the copies it holds
             o = self.nodes.get(origin)
             if o is None or o.transfer is None:
                 continue
@@ -127,9 +127,9 @@ class Invariants(SimState):
                     continue
                 try:
                     r = target.store.reader
-                    held = r.execute("SELECT 1 FROM transfer_copies WHERE job_id=? AND attempt=? UNION ALL "
+                    held = r.execute("SELECT 1 FROM jobs WHERE id=? AND attempt=? AND origin!=? UNION ALL "
                                      "SELECT 1 FROM transfer_outbox WHERE job_id=? AND attempt=?",
-                                     (job_id, job.spec.attempt, job_id, job.spec.attempt)).fetchone()
+                                     (job_id, job.spec.attempt, job.peer, job_id, job.spec.attempt)).fetchone()
                 except (sqlite3.Error, RuntimeError):
                     continue
                 if held is None:

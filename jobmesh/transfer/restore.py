@@ -36,7 +36,7 @@ def restore_protocol(protocol: TransferProtocol, store: Any, payload_store: Any 
         out += protocol.origin.restore(peer, specs, accepted=False)
     copies: dict[str, list[JobSpec]] = {}
     topics: dict[str, str] = {}
-    for job_id, origin, attempt, topic, props in TransferStore.copies(store.reader):
+    for job_id, origin, attempt, topic, props in TransferStore.copies(store.reader, protocol.node):
         copies.setdefault(origin, []).append(JobSpec(job_id, attempt, topic, props, origin=origin))
         topics[job_id] = topic
     outbox: dict[str, list[ResultItem]] = {}
