@@ -168,6 +168,17 @@ class _DelayedMixin:
     _delayed: list[tuple[float, int, str]]
     _ids: dict[str, Job]
 
+    def add(self, job: Job, now: float) -> None:
+        """Ready now (the subclass orders it), or delayed until its ``not_before``."""
+        self._ids[job.id] = job
+        if job.not_before > now:
+            self._push_delayed(job)
+        else:
+            self._push_ready(job)
+
+    def _push_ready(self, job: Job) -> None:
+        raise NotImplementedError
+
     def _push_delayed(self, job: Job) -> None:
         heapq.heappush(self._delayed, (job.not_before, job.seq, job.id))
 
@@ -198,13 +209,6 @@ class UnorderedWindow(_DelayedMixin, Window):
         self._parked: dict[str, deque[Job]] = {}
         self._lanes: dict[int, deque[Job]] = {}  # priority (not 0) -> its jobs in arrival order
         self._order: list[int] = []  # the lanes' priorities, highest first
-
-    def add(self, job: Job, now: float) -> None:
-        self._ids[job.id] = job
-        if job.not_before > now:
-            self._push_delayed(job)
-        else:
-            self._push_ready(job)
 
     def _push_ready(self, job: Job) -> None:
         p = job.priority
@@ -315,13 +319,6 @@ class RoundRobinWindow(_DelayedMixin, Window):
         super().__init__()
         self._topics: OrderedDict[str, deque[Job]] = OrderedDict()
         self._delayed = []
-
-    def add(self, job: Job, now: float) -> None:
-        self._ids[job.id] = job
-        if job.not_before > now:
-            self._push_delayed(job)
-        else:
-            self._push_ready(job)
 
     def _push_ready(self, job: Job) -> None:
         q = self._topics.get(job.topic)
