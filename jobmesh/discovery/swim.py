@@ -971,7 +971,7 @@ class Swim(ViewPublisher[Output]):
     def _send_to(self, endpoint: str, msg_type: str, body: dict[str, Any], now: float) -> None:
         self._out.append(Send(endpoint, msg_type, body))
 
-    # -- Sling's events (as in membership.py) ---------------------------------------------------
+    # -- the view's parts (ViewPublisher publishes it by the rule both cores share) -------------
     def _ordered(self) -> list[MemberInfo]:
         if self._ordered_cache is not None and self._ordered_cache[0] == self._version:
             return self._ordered_cache[1]
