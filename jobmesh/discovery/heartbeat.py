@@ -171,6 +171,21 @@ class HeartbeatSender:
         elif self._awake is not None:
             self._awake.set()
 
+    # -- one beat: what the thread and the task share -----------------------------------
+    def _wait_for(self, next_due: float) -> float:
+        """How long to wait for the next beat (an interval at most; a poke ends it sooner)."""
+        return min(self.interval, max(0.0, next_due - self.clock()))
+
+    def _beat(self, sock: Any) -> float | None:
+        """Send what is due now; the time the next beat is due, or None when asked to stop."""
+        now = self.clock()
+        frames, stop = self._state.due(now)
+        if stop:
+            return None
+        if frames is not None and sock.send_nowait(frames):
+            self.sent += 1
+        return now + self.interval
+
     # -- the thread (ZeroMQ) -------------------------------------------------------------
     def _run(self) -> None:
         try:
@@ -181,17 +196,11 @@ class HeartbeatSender:
             return
         self._ready.set()
         try:
-            next_due = self.clock()
-            while True:
-                self._wake.wait(min(self.interval, max(0.0, next_due - self.clock())))
+            next_due: float | None = self.clock()
+            while next_due is not None:
+                self._wake.wait(self._wait_for(next_due))
                 self._wake.clear()
-                now = self.clock()
-                frames, stop = self._state.due(now)
-                if stop:
-                    break
-                if frames is not None and sock.send_nowait(frames):
-                    self.sent += 1
-                next_due = now + self.interval
+                next_due = self._beat(sock)
             if self._state.final is not None:
                 sock.send_nowait(self._state.final)
                 time.sleep(0.05)  # let the I/O thread flush it before the socket closes
@@ -209,16 +218,10 @@ class HeartbeatSender:
     async def _arun(self, sock: Any) -> None:
         assert self._awake is not None
         try:
-            next_due = self.clock()
-            while True:
-                await self._awake.wait(min(self.interval, max(0.0, next_due - self.clock())))
-                now = self.clock()
-                frames, stop = self._state.due(now)
-                if stop:
-                    break
-                if frames is not None and sock.send_nowait(frames):
-                    self.sent += 1
-                next_due = now + self.interval
+            next_due: float | None = self.clock()
+            while next_due is not None:
+                await self._awake.wait(self._wait_for(next_due))
+                next_due = self._beat(sock)
             if self._state.final is not None:
                 sock.send_nowait(self._state.final)
         except TransportClosed:

@@ -36,9 +36,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Union
+from typing import Any, Union
 
 from ..plants import PLANTS
+from .publication import ViewEvent, ViewPublisher
 from .view import InstanceView, TopologyEvent, TopologyEventType, TopologyView
 
 RANK_STEP = 1e-3  # how far behind the last member a joiner is ranked (seconds)
@@ -181,11 +182,6 @@ class NameClash:
     incarnation: float
 
 
-@dataclass(frozen=True)
-class ViewEvent:
-    event: TopologyEvent
-
-
 Output = Union[Connect, Disconnect, Rejoin, Dropped, NameClash, ViewEvent]
 
 
@@ -203,8 +199,9 @@ class _Tombstone:
     dropped_at: float
 
 
-class Membership:
-    """The membership state of one node, driven by its discovery actor."""
+class Membership(ViewPublisher[Output]):
+    """The membership state of one node, driven by its discovery actor (its views are published
+    by the rule ``ViewPublisher`` holds)."""
 
     def __init__(
         self,
@@ -219,8 +216,7 @@ class Membership:
     ) -> None:
         if not 0 < heartbeat_interval < heartbeat_timeout:
             raise ValueError("need 0 < heartbeat_interval < heartbeat_timeout")
-        self._version = 0  # bumped by every change a view shows (capacity included)
-        self._view_cache: tuple[tuple[Any, ...], TopologyView] | None = None
+        self._init_publication(now, established=not expect_join)
         self._local = local
         self.interval = heartbeat_interval
         self.timeout = heartbeat_timeout
@@ -235,29 +231,15 @@ class Membership:
         self._candidates: dict[str, tuple[MemberInfo, float]] = {}  # name -> (gossip, expires)
         self._tombstones: dict[str, _Tombstone] = {}
         self._subscribed: set[str] = set()
-        self._established = not expect_join
         self._joined = False
         self._rejoining = False
-        self._changing = False
-        self._last_change = now
         self._last_tick = now
         self._out: list[Output] = []
-        self._published: TopologyView | None = None
-        self._published_topology: tuple[Any, ...] = ()
-        self._published_properties: tuple[Any, ...] = ()
-        self._seen_topology: tuple[Any, ...] = ()
-        # what changed since the last evaluation: keeps a heartbeat that changes nothing cheap
-        self._topology_dirty = True
-        self._properties_dirty = True
-        self._subscriptions_dirty = True
+        self._subscriptions_dirty = True  # the SUB socket must follow what changed (see _evaluate)
         if self._established:
             self._establish()
 
     # -- reading -------------------------------------------------------------
-    @property
-    def established(self) -> bool:
-        return self._established
-
     @property
     def joined(self) -> bool:
         """True once a member list came back from a join (being joined by others does not count:
@@ -267,10 +249,6 @@ class Membership:
     @property
     def rejoining(self) -> bool:
         return self._rejoining
-
-    @property
-    def changing(self) -> bool:
-        return self._changing
 
     def member_names(self) -> list[str]:
         return [i.name for i in self._ordered()]
@@ -310,24 +288,6 @@ class Membership:
             self._version += 1
         self._local = value
 
-    @property
-    def view(self) -> TopologyView:
-        """The view to show now: during a change (or before INIT) it is not current.
-
-        Cached until something it shows changes: other parts read ``node.topology`` often.
-        """
-        key = (self._version, self._established, self._changing, id(self._published))
-        if self._view_cache is not None and self._view_cache[0] == key:
-            return self._view_cache[1]
-        if not self._established:
-            view = replace(self._build_view(), current=False)
-        elif self._changing and self._published is not None:
-            view = replace(self._published, current=False)
-        else:
-            view = self._build_view()
-        self._view_cache = (key, view)
-        return view
-
     def heartbeat_body(self, now: float, leaving: bool = False) -> dict[str, Any]:
         """What this node publishes: itself, the members it knows, the ones it dropped."""
         body = self.local.to_wire()
@@ -353,32 +313,12 @@ class Membership:
         assigned = self._members[joiner.name].info.rank if joiner.name in self._members else joiner.rank
         return {"members": members, "rank": assigned, "leader": self._leader_name()}
 
-    # -- inputs --------------------------------------------------------------
-    def set_local(
-        self,
-        now: float,
-        *,
-        topics: Iterable[str] | None = None,
-        offload_topics: Iterable[str] | None = None,
-        capacity: dict[str, Any] | None = None,
-        properties: dict[str, Any] | None = None,
-    ) -> list[Output]:
-        """This node's own properties changed (consumer topics, capacity, user properties)."""
-        changes: dict[str, Any] = {}
-        if topics is not None:
-            changes["topics"] = tuple(topics)
-        if offload_topics is not None:
-            changes["offload_topics"] = tuple(offload_topics)
-        if capacity is not None:
-            changes["capacity"] = dict(capacity)
-        if properties is not None:
-            changes["properties"] = dict(properties)
-        new = replace(self.local, **changes)
+    # -- inputs (set_local: ViewPublisher's) ----------------------------------
+    def _adopt_local(self, new: MemberInfo) -> None:
+        """``set_local``'s part here: the next heartbeat carries ``new`` (capacity included)."""
         if new.property_key() != self.local.property_key():
             self._properties_dirty = True
         self.local = new
-        self._evaluate(now)
-        return self._drain()
 
     def on_heartbeat(self, body: dict[str, Any], now: float) -> list[Output]:
         """A heartbeat arrived. Raises ``InvalidMember`` if it cannot be understood."""
@@ -526,19 +466,7 @@ class Membership:
             self._establish_now(now)  # nobody answered: start alone, keep trying to join
         self._evaluate(now)
         if self._changing and now - self._last_change >= self.settle:
-            old = self._published
-            new = self._build_view()
-            self._changing = False
-            self._publish(new)
-            self._out.append(
-                ViewEvent(
-                    TopologyEvent(
-                        TopologyEventType.TOPOLOGY_CHANGED,
-                        replace(old, current=False) if old else None,
-                        new,
-                    )
-                )
-            )
+            self._complete_change()
         return self._drain()
 
     def leave(self, now: float) -> dict[str, Any]:
@@ -658,53 +586,12 @@ class Membership:
     def _properties_key(self) -> tuple[Any, ...]:
         return tuple((i.name, *i.property_key()) for i in self._ordered())
 
-    def _publish(self, view: TopologyView) -> None:
-        self._published = view
-        self._published_topology = self._topology_key()
-        self._seen_topology = self._published_topology
-        self._published_properties = self._properties_key()
-
-    def _establish(self) -> None:
-        self._established = True
-        view = self._build_view()
-        self._publish(view)
-        self._out.append(ViewEvent(TopologyEvent(TopologyEventType.TOPOLOGY_INIT, None, view)))
-
-    def _establish_now(self, now: float) -> None:
-        self._last_change = now
-        self._establish()
-
     def _evaluate(self, now: float) -> None:
+        """Connect to (or disconnect from) what changed first, then publish by the shared rule."""
         if self._subscriptions_dirty:
             self._subscriptions_dirty = False
             self._sync_subscriptions()
-        if not self._established:
-            return
-        if self._topology_dirty:
-            self._topology_dirty = False
-            topo = self._topology_key()
-            if topo != self._seen_topology:
-                self._seen_topology = topo
-                self._last_change = now  # the settle time counts from the latest change
-            if topo != self._published_topology and not self._changing:
-                self._changing = True
-                old = replace(self._published, current=False) if self._published else None
-                self._out.append(ViewEvent(TopologyEvent(TopologyEventType.TOPOLOGY_CHANGING, old, None)))
-        if self._changing:
-            return  # CHANGED (at the next tick) will carry the new properties too
-        if self._properties_dirty:
-            self._properties_dirty = False
-            if self._properties_key() != self._published_properties:
-                old = self._published
-                new = self._build_view()
-                self._publish(new)
-                self._out.append(
-                    ViewEvent(
-                        TopologyEvent(
-                            TopologyEventType.PROPERTIES_CHANGED, replace(old, current=False) if old else None, new
-                        )
-                    )
-                )
+        super()._evaluate(now)
 
     def _sync_subscriptions(self) -> None:
         wanted = {m.info.pub_endpoint for m in self._members.values() if m.info.pub_endpoint}
@@ -721,14 +608,6 @@ class Membership:
         self._subscribed = set()
         self._subscriptions_dirty = True
         self._evaluate(self._last_tick)
-
-    def drain(self) -> list[Output]:
-        """Outputs not yet handed out (e.g. the INIT of a node that starts alone)."""
-        return self._drain()
-
-    def _drain(self) -> list[Output]:
-        out, self._out = self._out, []
-        return out
 
 
 # -- listeners -----------------------------------------------------------------

@@ -61,8 +61,9 @@ import random
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Sequence, Union
 
-from .membership import RANK_STEP, Dropped, InvalidMember, MemberInfo, Rejoin, ViewEvent
-from .view import InstanceView, TopologyEvent, TopologyEventType, TopologyView
+from .membership import RANK_STEP, Dropped, InvalidMember, MemberInfo, Rejoin
+from .publication import ViewEvent, ViewPublisher
+from .view import InstanceView, TopologyView
 
 PING, ACK, PING_REQ, GOSSIP, JOIN, JOIN_REPLY, SYNC, SYNC_REPLY = (
     "swim/ping", "swim/ack", "swim/ping-req", "swim/gossip", "swim/join", "swim/join-reply", "swim/sync",
@@ -136,8 +137,9 @@ class _Probe:
     acked: bool = False
 
 
-class Swim:
-    """The SWIM membership state of one node."""
+class Swim(ViewPublisher[Output]):
+    """The SWIM membership state of one node (its views are published by the rule
+    ``ViewPublisher`` holds, as with heartbeats)."""
 
     def __init__(
         self,
@@ -215,19 +217,9 @@ class Swim:
         self._next_join = now if self.seeds else math.inf
         self._last_tick = now
         self._out: list[Output] = []
-        # -- Sling's events (same rules as membership.py) --
-        self._established = not self.seeds
+        # -- Sling's events: the rule both cores share (publication.py) --
+        self._init_publication(now, established=not self.seeds)
         self.join_deadline = now + (join_deadline if join_deadline is not None else max(3.0, 6 * period))
-        self._changing = False
-        self._last_change = now
-        self._published: TopologyView | None = None
-        self._published_topology: tuple[Any, ...] = ()
-        self._published_properties: tuple[Any, ...] = ()
-        self._seen_topology: tuple[Any, ...] = ()
-        self._topology_dirty = True
-        self._properties_dirty = True
-        self._version = 0
-        self._view_cache: tuple[tuple[Any, ...], TopologyView] | None = None
         self._ordered_cache: tuple[int, list[MemberInfo]] | None = None
         self._keys: dict[str, tuple[int, tuple[Any, ...]]] = {}
         self._member_key_cache: dict[str, tuple[MemberInfo, tuple[Any, ...], tuple[Any, ...]]] = {}
@@ -246,16 +238,8 @@ class Swim:
         return (self._local.incarnation, self._local.rank, self._n)
 
     @property
-    def established(self) -> bool:
-        return self._established
-
-    @property
     def joined(self) -> bool:
         return self._joined
-
-    @property
-    def changing(self) -> bool:
-        return self._changing
 
     def member(self, name: str) -> MemberInfo | None:
         if name == self._local.name:
@@ -287,21 +271,6 @@ class Swim:
     def retransmit_limit(self) -> int:
         return max(1, math.ceil(self.retransmit_mult * math.log(self.size() + 1)))
 
-    @property
-    def view(self) -> TopologyView:
-        """The view to show now: during a change (or before INIT) it is not current."""
-        key = (self._version, self._established, self._changing, id(self._published))
-        if self._view_cache is not None and self._view_cache[0] == key:
-            return self._view_cache[1]
-        if not self._established:
-            view = replace(self._build_view(), current=False)
-        elif self._changing and self._published is not None:
-            view = replace(self._published, current=False)
-        else:
-            view = self._build_view()
-        self._view_cache = (key, view)
-        return view
-
     def next_wakeup(self) -> float:
         """The next time ``tick`` has something to do (a driver may tick more often)."""
         t = min(self._next_probe, self._next_reprobe, self._next_join, self._next_sync)
@@ -324,27 +293,9 @@ class Swim:
             t = min(t, self._last_change + max(self.settle, self.tick_hint))
         return t
 
-    # -- inputs ----------------------------------------------------------------------
-    def set_local(
-        self,
-        now: float,
-        *,
-        topics: Iterable[str] | None = None,
-        offload_topics: Iterable[str] | None = None,
-        capacity: dict[str, Any] | None = None,
-        properties: dict[str, Any] | None = None,
-    ) -> list[Output]:
-        """This node's own properties changed; a real change (not capacity alone) is spread."""
-        changes: dict[str, Any] = {}
-        if topics is not None:
-            changes["topics"] = tuple(topics)
-        if offload_topics is not None:
-            changes["offload_topics"] = tuple(offload_topics)
-        if capacity is not None:
-            changes["capacity"] = dict(capacity)
-        if properties is not None:
-            changes["properties"] = dict(properties)
-        new = replace(self._local, **changes)
+    # -- inputs (set_local: ViewPublisher's) -----------------------------------------
+    def _adopt_local(self, new: MemberInfo) -> None:
+        """``set_local``'s part here: a real change (not capacity alone) is spread."""
         if new != self._local:
             spread = new.property_key() != self._local.property_key()
             self._local = new
@@ -353,8 +304,6 @@ class Swim:
                 self._properties_dirty = True
                 self._n += 1  # peers take a newer n as a newer description
                 self._enqueue_self()
-        self._evaluate(now)
-        return self._drain()
 
     def on_message(self, msg_type: str, body: dict[str, Any], now: float) -> list[Output]:
         """A SWIM message arrived. Raises ``InvalidMember`` if it cannot be understood."""
@@ -424,8 +373,7 @@ class Swim:
         if not self._joined and now >= self._next_join:
             self._send_join(now)
         if not self._established and now >= self.join_deadline:
-            self._last_change = now
-            self._establish()  # nobody answered: start alone, keep trying to join
+            self._establish_now(now)  # nobody answered: start alone, keep trying to join
         self._run_probe(now)
         if self._suspects:
             cut_off = self._cut_off(now)
@@ -449,12 +397,7 @@ class Swim:
                 self._sync_with(name, self._peers[name].info.endpoint, now)  # type: ignore[arg-type]
         self._evaluate(now)
         if self._changing and now - self._last_change >= max(self.settle, self.tick_hint) - 1e-9:
-            old = self._published
-            new = self._build_view()
-            self._changing = False
-            self._publish(new)
-            self._out.append(ViewEvent(TopologyEvent(
-                TopologyEventType.TOPOLOGY_CHANGED, replace(old, current=False) if old else None, new)))
+            self._complete_change()
         return self._drain()
 
     def leave(self, now: float) -> list[Output]:
@@ -474,10 +417,6 @@ class Swim:
                 self._peers[info.name] = _Peer(info, n)
         self._names = None
         self._version += 1
-
-    def drain(self) -> list[Output]:
-        """Outputs not yet handed out (e.g. the INIT of a node that starts alone)."""
-        return self._drain()
 
     # -- message handlers -----------------------------------------------------------------
     def _sender(self, body: dict[str, Any]) -> tuple[str, Key]:
@@ -606,8 +545,7 @@ class Swim:
             self._joined = True
             self._next_join = math.inf
         if not self._established:
-            self._last_change = now
-            self._establish()
+            self._establish_now(now)
 
     def _sync_with(self, name: str, endpoint: str, now: float) -> None:
         """Anti-entropy: send our view's digest; a node whose view differs answers with its list.
@@ -1033,7 +971,7 @@ class Swim:
     def _send_to(self, endpoint: str, msg_type: str, body: dict[str, Any], now: float) -> None:
         self._out.append(Send(endpoint, msg_type, body))
 
-    # -- Sling's events (as in membership.py) ---------------------------------------------------
+    # -- the view's parts (ViewPublisher publishes it by the rule both cores share) -------------
     def _ordered(self) -> list[MemberInfo]:
         if self._ordered_cache is not None and self._ordered_cache[0] == self._version:
             return self._ordered_cache[1]
@@ -1080,46 +1018,6 @@ class Swim:
         if k is None or k[0] != self._version:
             k = self._keys["properties"] = (self._version, tuple(self._member_keys(i)[1] for i in self._ordered()))
         return k[1]
-
-    def _publish(self, view: TopologyView) -> None:
-        self._published = view
-        self._published_topology = self._topology_key()
-        self._seen_topology = self._published_topology
-        self._published_properties = self._properties_key()
-
-    def _establish(self) -> None:
-        self._established = True
-        view = self._build_view()
-        self._publish(view)
-        self._out.append(ViewEvent(TopologyEvent(TopologyEventType.TOPOLOGY_INIT, None, view)))
-
-    def _evaluate(self, now: float) -> None:
-        if not self._established:
-            return
-        if self._topology_dirty:
-            self._topology_dirty = False
-            topo = self._topology_key()
-            if topo != self._seen_topology:
-                self._seen_topology = topo
-                self._last_change = now
-            if topo != self._published_topology and not self._changing:
-                self._changing = True
-                old = replace(self._published, current=False) if self._published else None
-                self._out.append(ViewEvent(TopologyEvent(TopologyEventType.TOPOLOGY_CHANGING, old, None)))
-        if self._changing:
-            return
-        if self._properties_dirty:
-            self._properties_dirty = False
-            if self._properties_key() != self._published_properties:
-                old = self._published
-                new = self._build_view()
-                self._publish(new)
-                self._out.append(ViewEvent(TopologyEvent(
-                    TopologyEventType.PROPERTIES_CHANGED, replace(old, current=False) if old else None, new)))
-
-    def _drain(self) -> list[Output]:
-        out, self._out = self._out, []
-        return out
 
 
 def _num(v: Any) -> bool:
