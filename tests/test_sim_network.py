@@ -243,3 +243,42 @@ async def test_a_raw_frame_crosses_the_simulated_router_and_dealer() -> None:
     ep.close()
     await asyncio.wait_for(task, 1.0)
     assert got and got[0].raw == b"\x00" * 100_000 and got[0].body["from"] == "b"
+
+
+def test_a_paused_nodes_callback_cancelled_before_it_goes_on_never_runs() -> None:
+    """SIGSTOP in the simulation: callbacks that come due while a node is paused wait for its
+    SIGCONT; one whose handle is cancelled meanwhile must not run then (a stopped process would
+    skip it in its ready queue). Python 3.12's asyncio.timeout asserts exactly that: seeds 150 and
+    171 of the CI set crashed in Timeout._on_timeout on 3.13 before."""
+    import asyncio
+    import contextvars
+
+    from jobmesh.sim.loop import CURRENT_RUN, NodeRun, SimLoop
+
+    loop = SimLoop(start=100.0)
+    run = NodeRun("a", 1)
+    ran: list[str] = []
+    handles: dict[str, Any] = {}
+
+    def schedule() -> None:  # as node a's code: its context carries the run
+        handles["kept"] = loop.call_later(1.0, ran.append, "kept")
+        handles["cancelled"] = loop.call_later(1.0, ran.append, "cancelled")
+
+    ctx = contextvars.copy_context()
+    ctx.run(CURRENT_RUN.set, run)
+    ctx.run(schedule)
+
+    async def main() -> None:
+        run.paused = True
+        await asyncio.sleep(2.0)  # both come due while a is paused: frozen
+        assert ran == [] and len(run.frozen) == 2
+        handles["cancelled"].cancel()  # e.g. a timeout left as the node went on
+        loop.resume(run)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert ran == ["kept"]
