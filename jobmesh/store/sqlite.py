@@ -42,6 +42,16 @@ from .schema import migrate
 log = structlog.get_logger("jobmesh.store")
 
 
+def _start_row(job: Job) -> tuple[Any, ...]:
+    """``_START``'s parameters."""
+    return (job.started, job.attempt, job.target, job.seq)
+
+
+def _handoff_row(job: Job) -> tuple[Any, ...]:
+    """``_HANDOFF``'s parameters."""
+    return (job.target, job.attempt, job.seq)
+
+
 # A commit of more rows than this runs in the writer thread even at normal durability: a few ms of
 # SQLite work (an add_many of 1,000 jobs: ~10 ms) during which the loop goes on parsing and
 # answering requests, since SQLite releases the GIL while it steps. Smaller commits stay inline.
@@ -214,56 +224,7 @@ class Store(StoreReads, Actor):
         The returned future is shared by every write of the same transaction: callers
         may await it, or add one done-callback per transaction (see ``EngineActor._do_commit``).
         """
-        if not self._opened:
-            raise ActorStopped("the job store is closed (node stopped)")
-        pending = self._pending
-        pending.updates[job.seq] = update_row(job)
-        if pending.starts:
-            pending.starts.pop(job.seq, None)  # the full snapshot is newer
-        if pending.handoffs:
-            pending.handoffs.pop(job.seq, None)
-        return self._enqueue()
-
-    def update_started(self, job: Job) -> asyncio.Future[Any]:
-        """Record the start of a run (ACTIVE, started, attempt, target): the hot path's write."""
-        if not self._opened:
-            raise ActorStopped("the job store is closed (node stopped)")
-        pending = self._pending
-        if job.seq in pending.updates or job.seq in pending.handoffs:  # an older write waits: a full one keeps the order
-            pending.updates[job.seq] = update_row(job)
-            pending.handoffs.pop(job.seq, None)
-        else:
-            pending.starts[job.seq] = (job.started, job.attempt, job.target, job.seq)
-        return self._enqueue()
-
-    def start_many(self, jobs: Iterable[Job]) -> asyncio.Future[Any]:
-        """``update_started`` for each of ``jobs`` (the engine's starts of one transaction)."""
-        if not self._opened:
-            raise ActorStopped("the job store is closed (node stopped)")
-        pending = self._pending
-        updates, starts, handoffs = pending.updates, pending.starts, pending.handoffs
-        for job in jobs:
-            if job.seq in updates or job.seq in handoffs:  # an older write waits: a full one keeps the order
-                updates[job.seq] = update_row(job)
-                if handoffs:
-                    handoffs.pop(job.seq, None)
-            else:
-                starts[job.seq] = (job.started, job.attempt, job.target, job.seq)
-        return self._enqueue()
-
-    def handoff_many(self, jobs: Iterable[Job]) -> asyncio.Future[Any]:
-        """Record that these QUEUED jobs are handed to a peer (their target and attempt only)."""
-        if not self._opened:
-            raise ActorStopped("the job store is closed (node stopped)")
-        pending = self._pending
-        updates, handoffs = pending.updates, pending.handoffs
-        for job in jobs:
-            if job.seq in updates or job.seq in pending.starts:
-                updates[job.seq] = update_row(job)  # an older write of the row waits: a full one keeps the order
-                pending.starts.pop(job.seq, None)
-            else:
-                handoffs[job.seq] = (job.target, job.attempt, job.seq)
-        return self._enqueue()
+        return self.update_many((job,))
 
     def update_many(self, jobs: Iterable[Job]) -> asyncio.Future[Any]:
         if not self._opened:
@@ -271,11 +232,42 @@ class Store(StoreReads, Actor):
         pending = self._pending
         updates, starts, handoffs = pending.updates, pending.starts, pending.handoffs
         for job in jobs:
-            updates[job.seq] = update_row(job)
+            updates[job.seq] = update_row(job)  # the full snapshot is newer than any narrow write waiting
             if starts:
                 starts.pop(job.seq, None)
             if handoffs:
                 handoffs.pop(job.seq, None)
+        return self._enqueue()
+
+    def update_started(self, job: Job) -> asyncio.Future[Any]:
+        """Record the start of a run (ACTIVE, started, attempt, target): the hot path's write."""
+        return self.start_many((job,))
+
+    def start_many(self, jobs: Iterable[Job]) -> asyncio.Future[Any]:
+        """``update_started`` for each of ``jobs`` (the engine's starts of one transaction)."""
+        pending = self._pending
+        return self._narrow(jobs, pending.starts, pending.handoffs, _start_row)
+
+    def handoff_many(self, jobs: Iterable[Job]) -> asyncio.Future[Any]:
+        """Record that these QUEUED jobs are handed to a peer (their target and attempt only)."""
+        pending = self._pending
+        return self._narrow(jobs, pending.handoffs, pending.starts, _handoff_row)
+
+    def _narrow(self, jobs: Iterable[Job], narrow: dict[int, tuple[Any, ...]], other: dict[int, tuple[Any, ...]],
+                row: Callable[[Job], tuple[Any, ...]]) -> asyncio.Future[Any]:
+        """Narrow writes (``row(job)`` into ``narrow``: the batch's starts or handoffs), unless another
+        write of the same row waits in the batch (a full one, or the ``other`` narrow kind): then
+        one full write keeps their order."""
+        if not self._opened:
+            raise ActorStopped("the job store is closed (node stopped)")
+        updates = self._pending.updates
+        for job in jobs:
+            seq = job.seq
+            if seq in updates or seq in other:
+                updates[seq] = update_row(job)
+                other.pop(seq, None)
+            else:
+                narrow[seq] = row(job)
         return self._enqueue()
 
     def delete(self, job_ids: Iterable[str]) -> asyncio.Future[Any]:
