@@ -119,22 +119,18 @@ class SimLoop(asyncio.SelectorEventLoop):
         run = CURRENT_RUN.get() if context is None else context.get(CURRENT_RUN)
         if run is None:
             return super().call_soon(callback, *args, context=context)
-        ref = _HandleRef()
-        handle = super().call_soon(functools.partial(_guarded, run, ref, callback, context or contextvars.copy_context()),
-                                   *args, context=context)
-        ref.handle = handle
-        return handle
+        ref, guarded = _guard(run, callback, context)
+        ref.handle = super().call_soon(guarded, *args, context=context)
+        return ref.handle
 
     def call_at(self, when: float, callback: Callable[..., Any], *args: Any,
                 context: contextvars.Context | None = None) -> Any:
         run = CURRENT_RUN.get() if context is None else context.get(CURRENT_RUN)
         if run is None:
             return super().call_at(when, callback, *args, context=context)
-        ref = _HandleRef()
-        handle = super().call_at(when, functools.partial(_guarded, run, ref, callback,
-                                                         context or contextvars.copy_context()), *args, context=context)
-        ref.handle = handle
-        return handle
+        ref, guarded = _guard(run, callback, context)
+        ref.handle = super().call_at(when, guarded, *args, context=context)
+        return ref.handle
 
     def resume(self, run: NodeRun) -> None:
         """SIGCONT: what the run would have done meanwhile happens now, in order (unless its
@@ -157,6 +153,13 @@ class SimLoop(asyncio.SelectorEventLoop):
         if run is not None and not run.alive:
             return
         self.errors.append(ctx)
+
+
+def _guard(run: NodeRun, callback: Callable[..., Any],
+           context: contextvars.Context | None) -> tuple[_HandleRef, Callable[..., Any]]:
+    """``callback`` as node ``run``'s code, and the reference its handle goes into."""
+    ref = _HandleRef()
+    return ref, functools.partial(_guarded, run, ref, callback, context or contextvars.copy_context())
 
 
 def _guarded(run: NodeRun, ref: _HandleRef, callback: Callable[..., Any], context: contextvars.Context,
