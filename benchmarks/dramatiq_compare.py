@@ -20,7 +20,6 @@ one JSON object with an ``error``. Prints ONE JSON object.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import shutil
@@ -35,9 +34,8 @@ from typing import Any
 
 from _common import load_average, quiet_logs, run_on_fresh_node  # first: puts the repo on sys.path
 
-import jobmesh
 from jobmesh.ports import free_port_pair
-from jobmesh.runner import tune_gc
+from throughput import run as throughput_run
 
 TASKS = '''
 import dramatiq
@@ -52,27 +50,10 @@ def noop():
 '''
 
 
-@jobmesh.consumer("bench/noop")
-async def noop(job: jobmesh.Job) -> None:
-    return None
-
-
-async def jobmesh_run(args: argparse.Namespace, data: Path) -> dict[str, Any]:
-    queues = [jobmesh.QueueConfig(name="main", max_parallel=15)]
-    async with jobmesh.Node(name="bench", data_dir=data, capacity=16, queues=queues) as node:
-        node.add_consumer(noop)
-        tune_gc()
-        n = args.jobs
-        t0 = time.perf_counter()
-        for i in range(0, n, 1000):
-            await node.jobs.add_many([("bench/noop", None)] * min(1000, n - i))
-        deadline = time.monotonic() + 300
-        while (await node.jobs.statistics())["overall"]["finished"] < n:
-            if time.monotonic() > deadline:
-                raise SystemExit("jobmesh did not finish within 300 s")
-            await asyncio.sleep(0.005)
-        wall = time.perf_counter() - t0
-    return {"jobs_per_second": round(n / wall, 1)}
+def jobmesh_run(args: argparse.Namespace) -> dict[str, Any]:
+    """One ``throughput.py`` run at the node defaults (its measure, not a copy of it)."""
+    tp = argparse.Namespace(jobs=args.jobs, batch=1000, capacity=16, max_parallel=15, no_gc_tune=False)
+    return run_on_fresh_node(throughput_run, tp)
 
 
 def dramatiq_run(args: argparse.Namespace, tmp: Path, url: str) -> dict[str, Any]:
@@ -153,7 +134,7 @@ def main() -> int:
             time.sleep(0.3)
             rounds = []
             for _ in range(args.repeat):
-                jm = run_on_fresh_node(jobmesh_run, args)["jobs_per_second"]
+                jm = jobmesh_run(args)["jobs_per_second"]
                 dq = dramatiq_run(args, tmp, url)["jobs_per_second"]
                 rounds.append({"jobmesh": jm, "dramatiq": dq, "ratio": round(jm / dq, 2)})
         finally:
