@@ -102,7 +102,7 @@ def test_a_job_from_add_to_succeeded_is_these_events_and_instructions() -> None:
     clock.t = 1001.0
     out = core.handle(ev.RunsFinished([(run, Outcome("OK", "done"))]))
     assert j.state is S and j.finished == 1001.0 and j.result_message == "done"
-    assert out == [ins.Commit(updates=[j], then=[ins.JobsTransitioned([(F(j), A, S, 1000.0, "OK")])])]
+    assert out == [ins.Commit(successes=[j], then=[ins.JobsTransitioned([(F(j), A, S, 1000.0, "OK")])])]
     assert not core.running and core.finished_total == 1
 
 

@@ -225,6 +225,74 @@ async def test_handoff_writes_only_target_and_attempt_and_keep_their_order(tmp_p
         await system.stop_all()
 
 
+async def test_grouped_starts_and_narrow_successes_write_each_row_and_keep_their_order(tmp_path):
+    """Starts that share their values are one statement, successes write only their final columns;
+    each row still gets its own values, and a narrow write meeting another write of its row in the
+    same batch becomes one full write."""
+    store, system = await open_store(tmp_path / "jobs.db")
+    try:
+        jobs = [mk(i) for i in range(1, 8)]
+        await store.insert(jobs)
+        a, b, c, d, e, f, g = jobs
+        for j, (started, attempt) in zip(jobs, [(5.0, 1), (5.0, 1), (5.0, 2), (6.0, 1), (5.0, 1), (5.0, 1), (5.0, 1)]):
+            j.state, j.started, j.attempt, j.target = JobState.ACTIVE, started, attempt, "n"
+        await store.start_many(jobs)  # three groups: (5.0, 1), (5.0, 2), (6.0, 1)
+        got = {j.id: store.get(j.id) for j in jobs}
+        assert [(x.state, x.started, x.attempt, x.target) for x in got.values()] == [
+            (JobState.ACTIVE, j.started, j.attempt, "n") for j in jobs]
+        # a, b: plain successes at one time; c: with a result; d: with a message and progress
+        for j in (a, b, c, d):
+            j.state, j.finished = JobState.SUCCEEDED, 9.0
+        c.result = {"n": 3}
+        d.result_message, d.progress.log = "fine", ["step one"]
+        store.succeed_many([a, b, c, d])
+        # e: a success, then a full snapshot in the same batch -> the snapshot wins
+        e.state, e.finished = JobState.SUCCEEDED, 9.0
+        store.succeed_many([e])
+        e.result_message = "changed after"
+        store.update(e)
+        # f: a full snapshot waits (a retry count), then the success -> one full row with both
+        f.retry_count = 4
+        store.update(f)
+        f.state, f.finished = JobState.SUCCEEDED, 9.5
+        store.succeed_many([f])
+        # g: a success, then started again in the same batch (retried) -> one full row, ACTIVE
+        g.state, g.finished = JobState.SUCCEEDED, 9.0
+        store.succeed_many([g])
+        g.state, g.started, g.finished, g.attempt = JobState.ACTIVE, 10.0, None, 2
+        await store.start_many([g])
+        ga, gb, gc, gd, ge, gf, gg = (store.get(j.id) for j in jobs)
+        for x in (ga, gb):
+            assert (x.state, x.finished, x.result, x.result_message, x.started, x.attempt) == (
+                JobState.SUCCEEDED, 9.0, None, None, 5.0, 1)
+        assert (gc.state, gc.result, gc.attempt) == (JobState.SUCCEEDED, {"n": 3}, 2)
+        assert (gd.state, gd.result_message, gd.progress.log, gd.started) == (
+            JobState.SUCCEEDED, "fine", ["step one"], 6.0)
+        assert (ge.state, ge.result_message) == (JobState.SUCCEEDED, "changed after")
+        assert (gf.state, gf.finished, gf.retry_count) == (JobState.SUCCEEDED, 9.5, 4)
+        assert (gg.state, gg.started, gg.finished, gg.attempt) == (JobState.ACTIVE, 10.0, None, 2)
+    finally:
+        await system.stop_all()
+
+
+async def test_plain_and_full_inserts_write_the_same_rows(tmp_path):
+    """A new job with defaults in its optional columns binds 9 values; one with any of them set
+    binds all 21; both read back as they were added."""
+    store, system = await open_store(tmp_path / "jobs.db")
+    try:
+        plain = mk(1)
+        full = mk(2, key="k", timeout=3.0, priority=2, not_before=50.0)
+        await store.insert([plain, full])
+        gp, gf = store.get("job-1"), store.get("job-2")
+        assert (gp.retry_count, gp.attempt, gp.not_before, gp.priority, gp.key, gp.timeout, gp.target) == (
+            0, 0, 0.0, 0, None, None, None)
+        assert (gp.properties, gp.created, gp.max_retries, gp.state) == ({"i": 1}, 1.0, plain.max_retries,
+                                                                          JobState.QUEUED)
+        assert (gf.key, gf.timeout, gf.priority, gf.not_before) == ("k", 3.0, 2, 50.0)
+    finally:
+        await system.stop_all()
+
+
 async def test_writes_after_close_are_refused_not_hung(tmp_path):
     from jobmesh.errors import ActorStopped
     store, system = await open_store(tmp_path / "jobs.db")

@@ -378,6 +378,8 @@ class EngineActor(Actor):
                 store.handoff_many(c.handoffs)
             if c.updates:
                 store.update_many(c.updates)
+            if c.successes:
+                store.succeed_many(c.successes)
             if c.deletes:
                 store.delete_rows([j.seq for j in c.deletes])
             if c.copies or c.outbox or c.forget or c.rehome:
@@ -446,7 +448,8 @@ class EngineActor(Actor):
             self._events.extend(c.failed)
         else:
             self.log.error("could not record job changes; they are redone after a restart", error=error,
-                           jobs=len(c.inserts) + len(c.starts) + len(c.handoffs) + len(c.updates))
+                           jobs=len(c.inserts) + len(c.starts) + len(c.handoffs) + len(c.updates)
+                           + len(c.successes))
 
     def _do_start(self, i: ins.Start) -> None:
         assert self.runner is not None

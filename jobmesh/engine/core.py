@@ -24,7 +24,7 @@ Jobs leave it only as snapshots (``Job.snapshot``).
 
 A job's path, locally (events -> instructions):
 ``JobsAdded`` -> ``Commit(inserts)``; ``InsertsCommitted`` -> (window) ``Commit(starts)``;
-``StartsCommitted`` -> ``JobsStarted``, ``Start``; ``RunsFinished`` -> ``Commit(updates,
+``StartsCommitted`` -> ``JobsStarted``, ``Start``; ``RunsFinished`` -> ``Commit(successes,
 then=[JobsTransitioned])`` (and the next ``Commit(starts)`` in the same transaction).
 """
 
@@ -496,14 +496,18 @@ class EngineCore:
                 for line in outcome.log:
                     append_log(job, line)
                 new = _SUCCEEDED
+                if job.queue == run.queue:  # the rest of the row is as the start wrote it
+                    c.successes.append(job)
+                else:  # the queue went from the configuration meanwhile: the job is another's now
+                    c.updates.append(job)
             else:
                 d = decide(job, outcome, q.config if q is not None else self.matcher.main, now)
                 old = transition(job, d.state, f"run ended: {kind}", now)
                 self._record(job, d, outcome)
                 new = d.state
                 self._log_outcome(job, new, outcome)
+                c.updates.append(job)
             started = job.started
-            c.updates.append(job)
             transitions.append((facts(job, kind == "FAILED"), old, new,
                                 (now - started) * 1000.0 if started else None, kind))
             if new is _QUEUED:

@@ -57,8 +57,9 @@ class Commit:
 
     ``inserts`` are new rows (``texts`` their properties JSON, or None: from the jobs),
     ``starts`` the narrow write of a run's start, ``handoffs`` the narrow write of a QUEUED job
-    handed to a peer (its target and attempt), ``updates`` full rows, ``deletes`` rows (by
-    their seq). The transfer tables change with the job rows they belong to
+    handed to a peer (its target and attempt), ``updates`` full rows, ``successes`` the narrow
+    write of a run that ended OK (its state, end, progress, message and result: the rest of its row
+    is as its start wrote it), ``deletes`` rows (by their seq). The transfer tables change with the job rows they belong to
     (``store.transfer``): ``copies`` (origin, job) rows of accepted copies (replacing an older
     copy's row), ``outbox`` (job, result) of copies that ended (the copy's row goes),
     ``forget`` (id, attempt) copies and results their origin has done with, ``rehome``
@@ -74,6 +75,7 @@ class Commit:
     starts: list[Job] = field(default_factory=list)
     handoffs: list[Job] = field(default_factory=list)
     updates: list[Job] = field(default_factory=list)
+    successes: list[Job] = field(default_factory=list)
     deletes: list[Job] = field(default_factory=list)
     copies: list[tuple[str, Job]] = field(default_factory=list)
     outbox: list[tuple[Job, Any]] = field(default_factory=list)  # (copy, transfer ResultItem)
@@ -86,8 +88,8 @@ class Commit:
     failed: list[Any] = field(default_factory=list)
 
     def empty(self) -> bool:
-        return not (self.inserts or self.starts or self.handoffs or self.updates or self.deletes or self.copies
-                    or self.outbox or self.forget or self.rehome or self.inputs or self.outputs)
+        return not (self.inserts or self.starts or self.handoffs or self.updates or self.successes or self.deletes
+                    or self.copies or self.outbox or self.forget or self.rehome or self.inputs or self.outputs)
 
 
 @dataclass(slots=True)

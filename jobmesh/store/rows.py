@@ -16,6 +16,11 @@ JOB_COLUMNS = (
     "retry_count, max_retries, attempt, not_before, progress, result_message, output, key, timeout, priority"
 )
 _INSERT = f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({', '.join('?' * 21)})"
+# A new row whose other columns keep their defaults (most adds: no delay, key, time limit, priority,
+# nor a start or a result yet) binds 9 values, not 21: half the insert's cost (~8.5 µs a row
+# against ~16 here; the binding of the 12 NULLs and zeros is what the full one spends it on).
+_INSERT_PLAIN = ("INSERT INTO jobs (seq, id, topic, queue, state, properties, origin, created, max_retries) "
+                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
 # What a target writes for a copy of another node's job (the transfer actor's rows, in this order).
 COPY_COLUMNS = (
     "seq, id, topic, queue, state, properties, origin, target, created, started, finished, "
@@ -25,11 +30,21 @@ _UPDATE = (
     "UPDATE jobs SET state=?, started=?, finished=?, retry_count=?, attempt=?, not_before=?, "
     "progress=?, result_message=?, target=?, queue=?, output=? WHERE seq=?"
 )
-# The start of a run: only what changes (a narrower UPDATE binds and writes less).
-_START = "UPDATE jobs SET state='ACTIVE', started=?, finished=NULL, attempt=?, target=? WHERE seq=?"
 # A QUEUED job handed to a peer: its state and queue stay, so its jobs_ready entry stays too (the
 # full UPDATE names those columns, and SQLite then rewrites the entry: 3x the cost of this one).
 _HANDOFF = "UPDATE jobs SET target=?, attempt=? WHERE seq=?"
+# The start of a run writes only what changes (a narrower UPDATE binds and writes less), and starts
+# that share their values (a reservation's jobs: one time, one target, mostly attempt 1) are one
+# statement over a JSON list of their seqs: ~4.8 µs a row against ~7 for one narrow UPDATE per row
+# (executemany's per-row bind, step and reset are most of a narrow write).
+_START_SEQS = ("UPDATE jobs SET state='ACTIVE', started=?, finished=NULL, attempt=?, target=? "
+               "WHERE seq IN (SELECT value FROM json_each(?))")
+# A run that ended OK: its final columns only, the rest of its row is as its start wrote it.
+_SUCCEED = "UPDATE jobs SET state='SUCCEEDED', finished=?, progress=?, result_message=?, output=? WHERE seq=?"
+# ... and those with nothing more to say (no progress, message nor result) that ended at one time,
+# over a JSON list of their seqs: ~4.5 µs a row against ~10 for the full _UPDATE.
+_SUCCEED_SEQS = ("UPDATE jobs SET state='SUCCEEDED', finished=?, progress=NULL, result_message=NULL, output=NULL "
+                 "WHERE seq IN (SELECT value FROM json_each(?))")
 _DELETE = "DELETE FROM jobs WHERE id=?"
 _DELETE_SEQ = "DELETE FROM jobs WHERE seq=?"
 # Other nodes' copies restored after a restart wait for their origin's word (schema version 4);
@@ -80,6 +95,22 @@ def insert_row(job: Job, props: str | None = None) -> tuple[Any, ...]:
         job.result_message, None if job.result is None else json.dumps(job.result), job.key,
         job.timeout, job.priority,
     )
+
+
+def add_insert_row(job: Job, props: str | None, full: list[tuple[Any, ...]],
+                   plain: list[tuple[Any, ...]]) -> None:
+    """A new row for ``_INSERT_PLAIN`` (appended to ``plain``) when every column it leaves out holds
+    its default, else for ``_INSERT`` (to ``full``)."""
+    p = job.progress
+    if (job.target is None and job.started is None and job.finished is None and not job.retry_count
+            and not job.attempt and not job.not_before and job.result_message is None and job.result is None
+            and job.key is None and job.timeout is None and not job.priority
+            and not p.log and p.steps is None and p.eta is None and not p.step):
+        plain.append((job.seq, job.id, job.topic, job.queue, job.state._value_,
+                      props if props is not None else (json.dumps(job.properties) if job.properties else "{}"),
+                      job.origin, job.created, job.max_retries))
+    else:
+        full.append(insert_row(job, props))
 
 
 def update_row(job: Job) -> tuple[Any, ...]:

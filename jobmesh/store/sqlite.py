@@ -16,6 +16,7 @@ the last committed state and never block the writer.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import sqlite3
@@ -34,8 +35,9 @@ from ..errors import ActorStopped
 from ..job import Job
 from .reads import StoreReads
 from .rows import (  # noqa: F401  (re-exported: the names other modules import from here)
-    _DELETE, _DELETE_SEQ, _HANDOFF, _INSERT, _NOT_HELD, _START, _STATES, _UPDATE, COPY_COLUMNS, JOB_COLUMNS,
-    insert_row, progress_json, result_json, row_to_job, update_row,
+    _DELETE, _DELETE_SEQ, _HANDOFF, _INSERT, _INSERT_PLAIN, _NOT_HELD, _START_SEQS, _STATES, _SUCCEED,
+    _SUCCEED_SEQS, _UPDATE, COPY_COLUMNS, JOB_COLUMNS,
+    add_insert_row, insert_row, progress_json, result_json, row_to_job, update_row,
 )
 from .schema import migrate
 
@@ -43,13 +45,53 @@ log = structlog.get_logger("jobmesh.store")
 
 
 def _start_row(job: Job) -> tuple[Any, ...]:
-    """``_START``'s parameters."""
+    """A start's values (``_write_starts``)."""
     return (job.started, job.attempt, job.target, job.seq)
 
 
 def _handoff_row(job: Job) -> tuple[Any, ...]:
     """``_HANDOFF``'s parameters."""
     return (job.target, job.attempt, job.seq)
+
+
+def _success_row(job: Job) -> tuple[Any, ...]:
+    """``_SUCCEED``'s parameters."""
+    return (job.finished, progress_json(job.progress), job.result_message,
+            None if job.result is None else json.dumps(job.result), job.seq)
+
+
+def _write_starts(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -> None:
+    """Starts (``_start_row``), one ``_START_SEQS`` for each (started, attempt, target) they share."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for started, attempt, target, seq in rows:
+        key = (started, attempt, target)
+        seqs = groups.get(key)
+        if seqs is None:
+            groups[key] = [seq]
+        else:
+            seqs.append(seq)
+    for key, seqs in groups.items():
+        conn.execute(_START_SEQS, (*key, json.dumps(seqs)))
+
+
+def _write_successes(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -> None:
+    """``_SUCCEED`` rows: those with nothing but their end time, one statement for each time."""
+    plain: dict[float, list[int]] = {}
+    other: list[tuple[Any, ...]] = []
+    for row in rows:
+        finished, progress, message, output, seq = row
+        if progress is None and message is None and output is None:
+            seqs = plain.get(finished)
+            if seqs is None:
+                plain[finished] = [seq]
+            else:
+                seqs.append(seq)
+        else:
+            other.append(row)
+    for finished, seqs in plain.items():
+        conn.execute(_SUCCEED_SEQS, (finished, json.dumps(seqs)))
+    if other:
+        conn.executemany(_SUCCEED, other)
 
 
 # A commit of more rows than this runs in the writer thread even at normal durability: a few ms of
@@ -67,10 +109,12 @@ HELD_UP_FOR = 1.0
 
 @dataclass
 class _Batch:
-    inserts: list[tuple[Any, ...]]
+    inserts: list[tuple[Any, ...]]  # full rows (_INSERT)
+    plain_inserts: list[tuple[Any, ...]]  # rows with defaults in the other columns (_INSERT_PLAIN)
     updates: dict[int, tuple[Any, ...]]  # by seq: the last snapshot of a job wins
     starts: dict[int, tuple[Any, ...]]  # by seq: QUEUED -> ACTIVE, written before ``updates``
     handoffs: dict[int, tuple[Any, ...]]  # by seq: a QUEUED job's target and attempt, before ``updates``
+    successes: dict[int, tuple[Any, ...]]  # by seq: a run's OK end (its final columns), before ``updates``
     deletes: list[str]
     delete_seqs: list[int]
     calls: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]]
@@ -117,7 +161,7 @@ class Store(StoreReads, Actor):
 
     @staticmethod
     def _new_batch() -> _Batch:
-        return _Batch([], {}, {}, {}, [], [], [], [])
+        return _Batch([], [], {}, {}, {}, {}, [], [], [], [])
 
     # -- lifecycle -------------------------------------------------------
     async def on_start(self) -> None:
@@ -209,12 +253,12 @@ class Store(StoreReads, Actor):
         """Add new jobs; assigns each ``job.seq`` now (arrival order), durable when the future resolves."""
         if not self._opened:
             raise ActorStopped("the job store is closed (node stopped)")
-        rows = self._pending.inserts
+        full, plain = self._pending.inserts, self._pending.plain_inserts
         seq = self._next_seq
         for i, job in enumerate(jobs):
             job.seq = seq
             seq += 1
-            rows.append(insert_row(job, properties_json[i] if properties_json is not None else None))
+            add_insert_row(job, properties_json[i] if properties_json is not None else None, full, plain)
         self._next_seq = seq
         return self._enqueue()
 
@@ -230,13 +274,15 @@ class Store(StoreReads, Actor):
         if not self._opened:
             raise ActorStopped("the job store is closed (node stopped)")
         pending = self._pending
-        updates, starts, handoffs = pending.updates, pending.starts, pending.handoffs
+        updates, starts, handoffs, successes = pending.updates, pending.starts, pending.handoffs, pending.successes
         for job in jobs:
             updates[job.seq] = update_row(job)  # the full snapshot is newer than any narrow write waiting
             if starts:
                 starts.pop(job.seq, None)
             if handoffs:
                 handoffs.pop(job.seq, None)
+            if successes:
+                successes.pop(job.seq, None)
         return self._enqueue()
 
     def update_started(self, job: Job) -> asyncio.Future[Any]:
@@ -246,26 +292,35 @@ class Store(StoreReads, Actor):
     def start_many(self, jobs: Iterable[Job]) -> asyncio.Future[Any]:
         """``update_started`` for each of ``jobs`` (the engine's starts of one transaction)."""
         pending = self._pending
-        return self._narrow(jobs, pending.starts, pending.handoffs, _start_row)
+        return self._narrow(jobs, pending.starts, (pending.handoffs, pending.successes), _start_row)
 
     def handoff_many(self, jobs: Iterable[Job]) -> asyncio.Future[Any]:
         """Record that these QUEUED jobs are handed to a peer (their target and attempt only)."""
         pending = self._pending
-        return self._narrow(jobs, pending.handoffs, pending.starts, _handoff_row)
+        return self._narrow(jobs, pending.handoffs, (pending.starts, pending.successes), _handoff_row)
 
-    def _narrow(self, jobs: Iterable[Job], narrow: dict[int, tuple[Any, ...]], other: dict[int, tuple[Any, ...]],
+    def succeed_many(self, jobs: Iterable[Job]) -> asyncio.Future[Any]:
+        """Record runs that ended OK: their state, end time, progress, message and result only. The
+        caller vouches that the rest of each row is as the run's start wrote it."""
+        pending = self._pending
+        return self._narrow(jobs, pending.successes, (pending.starts, pending.handoffs), _success_row)
+
+    def _narrow(self, jobs: Iterable[Job], narrow: dict[int, tuple[Any, ...]],
+                others: tuple[dict[int, tuple[Any, ...]], ...],
                 row: Callable[[Job], tuple[Any, ...]]) -> asyncio.Future[Any]:
-        """Narrow writes (``row(job)`` into ``narrow``: the batch's starts or handoffs), unless another
-        write of the same row waits in the batch (a full one, or the ``other`` narrow kind): then
-        one full write keeps their order."""
+        """Narrow writes (``row(job)`` into ``narrow``: the batch's starts, handoffs or successes),
+        unless another write of the same row waits in the batch (a full one, or one of the ``others``
+        narrow kinds): then one full write keeps their order. A row is in one of them at most, so
+        the commit may write the kinds in any order."""
         if not self._opened:
             raise ActorStopped("the job store is closed (node stopped)")
         updates = self._pending.updates
         for job in jobs:
             seq = job.seq
-            if seq in updates or seq in other:
+            if seq in updates or any(seq in other for other in others):
                 updates[seq] = update_row(job)
-                other.pop(seq, None)
+                for other in others:
+                    other.pop(seq, None)
             else:
                 narrow[seq] = row(job)
         return self._enqueue()
@@ -286,6 +341,7 @@ class Store(StoreReads, Actor):
             pending.updates.pop(seq, None)
             pending.starts.pop(seq, None)
             pending.handoffs.pop(seq, None)
+            pending.successes.pop(seq, None)
         return self._enqueue()
 
     def pending_future(self) -> asyncio.Future[Any]:
@@ -344,7 +400,8 @@ class Store(StoreReads, Actor):
     def _inline(self, batch: _Batch) -> bool:
         if not self.inline_commits:
             return False
-        if len(batch.inserts) + len(batch.updates) + len(batch.starts) + len(batch.handoffs) <= INLINE_MAX_ROWS:
+        rows = len(batch.inserts) + len(batch.plain_inserts) + len(batch.updates) + len(batch.starts)
+        if rows + len(batch.handoffs) + len(batch.successes) <= INLINE_MAX_ROWS:
             return True
         if batch.starts:
             return True
@@ -425,10 +482,14 @@ class Store(StoreReads, Actor):
         try:
             if batch.inserts:
                 conn.executemany(_INSERT, batch.inserts)
+            if batch.plain_inserts:
+                conn.executemany(_INSERT_PLAIN, batch.plain_inserts)
             if batch.starts:
-                conn.executemany(_START, batch.starts.values())
+                _write_starts(conn, batch.starts.values())
             if batch.handoffs:
                 conn.executemany(_HANDOFF, batch.handoffs.values())
+            if batch.successes:
+                _write_successes(conn, batch.successes.values())
             if batch.updates:
                 conn.executemany(_UPDATE, batch.updates.values())
             if batch.deletes:
