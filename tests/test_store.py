@@ -342,5 +342,16 @@ async def test_a_copy_is_its_job_row_and_only_restored_copies_are_marked_held(tm
         await store.call(lambda c: ts.write(c, [], [], [("c-b", 1)]))
         assert store.reader.execute("SELECT count(*) FROM transfer_copies").fetchone()[0] == 0
         assert store.get("c-b") is None
+        # no marker left: later copies skip the marker deletes; the next restart's markers count again
+        d = Job(id="c-d", topic="t/a", properties={"k": 1}, queue="main", origin="o", created=1.0, attempt=1)
+        d.seq = store.reserve_seqs(1)
+        await store.call(lambda c: ts.write(c, [("o", d)], [], []))
+        assert not ts._may_hold and store.get("c-d").properties == {"k": 1}
+        await store.call(ts.hold_restored)
+        d2 = Job(id="c-d", topic="t/a", properties={}, queue="main", origin="o", created=1.0, attempt=2)
+        d2.seq = store.reserve_seqs(1)
+        await store.call(lambda c: ts.write(c, [("o", d2)], [], []))  # the newer attempt clears its marker
+        held = store.reader.execute("SELECT job_id, attempt FROM transfer_copies ORDER BY job_id").fetchall()
+        assert held == [("c-a", 2)] and store.get("c-d").attempt == 2
     finally:
         await system.stop_all()

@@ -21,11 +21,10 @@ _INSERT = f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({', '.join('?' * 21)})"
 # against ~16 here; the binding of the 12 NULLs and zeros is what the full one spends it on).
 _INSERT_PLAIN = ("INSERT INTO jobs (seq, id, topic, queue, state, properties, origin, created, max_retries) "
                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
-# What a target writes for a copy of another node's job (the transfer actor's rows, in this order).
-COPY_COLUMNS = (
-    "seq, id, topic, queue, state, properties, origin, target, created, started, finished, "
-    "retry_count, max_retries, attempt, not_before, progress, result_message, timeout, priority"
-)
+# A copy of another node's job, as a target accepts it: the columns its origin's spec sets, the others
+# at their defaults (13 values bound against the full insert's 21).
+_INSERT_COPY = ("INSERT INTO jobs (seq, id, topic, queue, state, properties, origin, created, retry_count, "
+                "max_retries, attempt, timeout, priority) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 _UPDATE = (
     "UPDATE jobs SET state=?, started=?, finished=?, retry_count=?, attempt=?, not_before=?, "
     "progress=?, result_message=?, target=?, queue=?, output=? WHERE seq=?"
@@ -111,6 +110,13 @@ def add_insert_row(job: Job, props: str | None, full: list[tuple[Any, ...]],
                       job.origin, job.created, job.max_retries))
     else:
         full.append(insert_row(job, props))
+
+
+def copy_row(job: Job) -> tuple[Any, ...]:
+    """``_INSERT_COPY``'s values for an accepted copy (QUEUED, not started, no result yet)."""
+    return (job.seq, job.id, job.topic, job.queue, job.state._value_,
+            json.dumps(job.properties) if job.properties else "{}", job.origin, job.created, job.retry_count,
+            job.max_retries, job.attempt, job.timeout, job.priority)
 
 
 def update_row(job: Job) -> tuple[Any, ...]:

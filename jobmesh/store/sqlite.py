@@ -36,7 +36,7 @@ from ..job import Job
 from .reads import StoreReads
 from .rows import (  # noqa: F401  (re-exported: the names other modules import from here)
     _DELETE, _DELETE_SEQ, _HANDOFF, _INSERT, _INSERT_PLAIN, _NOT_HELD, _START_SEQS, _STATES, _SUCCEED,
-    _SUCCEED_SEQS, _UPDATE, COPY_COLUMNS, JOB_COLUMNS,
+    _SUCCEED_SEQS, _UPDATE, JOB_COLUMNS,
     add_insert_row, insert_row, progress_json, result_json, row_to_job, update_row,
 )
 from .schema import migrate
@@ -306,7 +306,7 @@ class Store(StoreReads, Actor):
         return self._narrow(jobs, pending.successes, (pending.starts, pending.handoffs), _success_row)
 
     def _narrow(self, jobs: Iterable[Job], narrow: dict[int, tuple[Any, ...]],
-                others: tuple[dict[int, tuple[Any, ...]], ...],
+                others: tuple[dict[int, tuple[Any, ...]], dict[int, tuple[Any, ...]]],
                 row: Callable[[Job], tuple[Any, ...]]) -> asyncio.Future[Any]:
         """Narrow writes (``row(job)`` into ``narrow``: the batch's starts, handoffs or successes),
         unless another write of the same row waits in the batch (a full one, or one of the ``others``
@@ -315,12 +315,17 @@ class Store(StoreReads, Actor):
         if not self._opened:
             raise ActorStopped("the job store is closed (node stopped)")
         updates = self._pending.updates
+        first, second = others
+        if not (updates or first or second):  # the common case: nothing else of these rows waits
+            for job in jobs:
+                narrow[job.seq] = row(job)
+            return self._enqueue()
         for job in jobs:
             seq = job.seq
-            if seq in updates or any(seq in other for other in others):
+            if seq in updates or seq in first or seq in second:
                 updates[seq] = update_row(job)
-                for other in others:
-                    other.pop(seq, None)
+                first.pop(seq, None)
+                second.pop(seq, None)
             else:
                 narrow[seq] = row(job)
         return self._enqueue()

@@ -25,7 +25,7 @@ from typing import Any, Iterable
 
 from ..job import Job
 from ..plants import PLANTS
-from .sqlite import _INSERT as _INSERT_JOB, insert_row
+from .rows import _INSERT_COPY, copy_row
 
 
 class TransferStore:
@@ -33,29 +33,41 @@ class TransferStore:
 
     def __init__(self, me: str) -> None:
         self.me = me
+        # Held markers exist only between ``hold_restored`` (at start) and their release; once the
+        # table is seen empty, the per-copy deletes of markers are skipped (two lookups per copy
+        # that find nothing). Only ``hold_restored``, on this same instance, adds markers.
+        self._may_hold = True
 
     # -- inside the engine's transactions (with the job rows they go with) ----------------
     def write(self, conn: sqlite3.Connection, copies: list[tuple[str, Job]], outbox: list[tuple[Job, Any]],
               forget: list[tuple[str, int]]) -> None:
         """One engine commit's share, in order: accepted copies, copies' results, forgotten copies."""
         me = self.me
+        held = self._may_hold and (copies or forget) and self._markers_left(conn)
         if copies:
             # an older copy's row of the same job goes first (the id is unique), then the new rows
             conn.executemany("DELETE FROM jobs WHERE id=? AND origin!=?", [(j.id, me) for _, j in copies])
-            conn.executemany(_INSERT_JOB, [insert_row(j) for _, j in copies])
-            # a held marker of an older attempt goes: this newer copy is its origin's word
-            conn.executemany("DELETE FROM transfer_copies WHERE job_id=?", [(j.id,) for _, j in copies])
+            conn.executemany(_INSERT_COPY, [copy_row(j) for _, j in copies])
+            if held:  # a held marker of an older attempt goes: this newer copy is its origin's word
+                conn.executemany("DELETE FROM transfer_copies WHERE job_id=?", [(j.id,) for _, j in copies])
         if outbox:
             conn.executemany("DELETE FROM jobs WHERE seq=? AND origin!=?", [(j.seq, me) for j, _ in outbox])
             conn.executemany("INSERT OR REPLACE INTO transfer_outbox (job_id, origin, attempt, body) VALUES (?,?,?,?)",
                              [(j.id, j.origin, item.attempt, json.dumps(item.to_wire())) for j, item in outbox])
         if forget:
             conn.executemany("DELETE FROM transfer_outbox WHERE job_id=? AND attempt=?", forget)
-            conn.executemany("DELETE FROM transfer_copies WHERE job_id=? AND attempt=?", forget)
+            if held:
+                conn.executemany("DELETE FROM transfer_copies WHERE job_id=? AND attempt=?", forget)
             # a copy's row carries the attempt its origin gave it: a newer copy of the same job stays
             conn.executemany("DELETE FROM jobs WHERE id=? AND attempt=? AND origin!=? "
                              "AND state IN ('QUEUED','STOPPED','DROPPED')",
                              [(job_id, attempt, me) for job_id, attempt in forget])
+
+    def _markers_left(self, conn: sqlite3.Connection) -> bool:
+        """Whether any held marker is left (inside the caller's transaction); remembered once none is."""
+        if conn.execute("SELECT 1 FROM transfer_copies LIMIT 1").fetchone() is None:
+            self._may_hold = False
+        return self._may_hold
 
     # -- the transfer actor's own writes ---------------------------------------------------
     @staticmethod
@@ -69,6 +81,7 @@ class TransferStore:
         if PLANTS.active("run-superseded-copy"):
             return
         conn.execute("DELETE FROM transfer_copies")  # the markers of the run before, rebuilt from the rows
+        self._may_hold = True
         conn.execute("INSERT INTO transfer_copies (job_id, origin, attempt, held) "
                      "SELECT id, origin, attempt, 1 FROM jobs WHERE origin!=?", (self.me,))
 
