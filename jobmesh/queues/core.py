@@ -137,13 +137,13 @@ class Window:
     def __contains__(self, job_id: str) -> bool:
         return job_id in self._ids
 
-    def jobs(self) -> Iterator[Job]:
-        """The jobs in the window (a copy of the list: the caller may take some out meanwhile)."""
-        return iter(list(self._ids.values()))
-
     def view(self) -> Iterator[Job]:
         """The jobs in the window, without a copy: the window must not change while it is read."""
         return iter(self._ids.values())
+
+    def newest(self) -> Iterator[Job]:
+        """``view`` newest first (the last added first), without a copy either."""
+        return reversed(self._ids.values())
 
     def get(self, job_id: str) -> Job | None:
         return self._ids.get(job_id)

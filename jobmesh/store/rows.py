@@ -75,7 +75,7 @@ def row_to_job(row: tuple[Any, ...]) -> Job:
     else:
         prog = Progress()
     return Job(
-        id=id_, topic=topic, properties=json.loads(props), state=_STATES[state], queue=queue,
+        id=id_, topic=topic, properties={} if props == "{}" else json.loads(props), state=_STATES[state], queue=queue,
         origin=origin, target=target, created=created, started=started, finished=finished,
         retry_count=retry_count, max_retries=max_retries, progress=prog,
         result_message=result_message, attempt=attempt, not_before=not_before, seq=seq,
