@@ -106,6 +106,20 @@ def test_a_job_from_add_to_succeeded_is_these_events_and_instructions() -> None:
     assert not core.running and core.finished_total == 1
 
 
+def test_an_ok_end_is_a_narrow_write_unless_the_job_changed_queue_during_its_run() -> None:
+    """``successes`` write only a success's own columns, so they are used only while the rest of
+    the row is as the start wrote it; a job moved to another queue meanwhile is a full write."""
+    core, clock = engine(queues=[QueueConfig(name="main", max_parallel=10), QueueConfig(name="other")])
+    a, b = job(1), job(2)
+    ra, rb = add_and_reserve(core, a, b)
+    core.handle(ev.StartsCommitted([ra, rb]))
+    b.queue = "other"
+    clock.t = 1001.0
+    c = commit(core.handle(ev.RunsFinished([(ra, Outcome("OK")), (rb, Outcome("OK"))])))
+    assert (c.successes, c.updates) == ([a], [b])
+    assert a.state is S and b.state is S and a.finished == b.finished == 1001.0
+
+
 def test_an_add_answers_copies_of_the_jobs_kept_and_the_jobs_let_go_as_they_are() -> None:
     """Only a window's worth is copied: jobs that wait on disk (the window is full, or older
     jobs wait in the store) are handed to the adder as they are; a failed commit fails the add."""
