@@ -120,6 +120,24 @@ def test_an_ok_end_is_a_narrow_write_unless_the_job_changed_queue_during_its_run
     assert a.state is S and b.state is S and a.finished == b.finished == 1001.0
 
 
+def test_after_a_failed_write_a_jobs_next_ok_end_is_written_whole() -> None:
+    """A commit of a job's record failed (the shell says ``WritesFailed``): its row may differ from
+    the record in any column (a retry count, a delay), so its next OK end is a full write, once."""
+    core, clock = engine()
+    j = job(1)
+    [run] = add_and_reserve(core, j)
+    core.handle(ev.StartsCommitted([run]))
+    clock.t = 1001.0
+    c = commit(core.handle(ev.RunsFinished([(run, Outcome("FAILED", "boom"))])))
+    assert c.updates == [j] and j.retry_count == 1
+    assert core.handle(ev.WritesFailed(["j1"])) == []  # that commit failed: the row still says ACTIVE, 0 retries
+    clock.t = 1004.0
+    [run] = commit(core.handle(ev.Tick())).done[0].runs
+    core.handle(ev.StartsCommitted([run]))
+    c = commit(core.handle(ev.RunsFinished([(run, Outcome("OK"))])))
+    assert (c.successes, c.updates) == ([], [j]) and not core.unsynced
+
+
 def test_an_add_answers_copies_of_the_jobs_kept_and_the_jobs_let_go_as_they_are() -> None:
     """Only a window's worth is copied: jobs that wait on disk (the window is full, or older
     jobs wait in the store) are handed to the adder as they are; a failed commit fails the add."""

@@ -79,6 +79,36 @@ async def test_exception_is_failed_with_traceback_then_succeeds(node_factory):
     assert stats["topics"]["t/flaky"]["processed"] == 1
 
 
+async def test_a_failed_write_of_a_retry_is_healed_by_the_jobs_next_end(node_factory):
+    """The commit of a failed run's retry record fails (disk full, I/O error): the job still runs
+    again and ends OK, and its row then gets the whole record (the retry counted), not only the
+    end's own columns."""
+    calls = []
+
+    @jobmesh.consumer("t/once")
+    async def once(job):
+        calls.append(job.retry_count)
+        if len(calls) < 2:
+            raise RuntimeError("first time")
+
+    node = await node_factory([once], queues=[fast_main()])
+    store = node.store
+    real, failed = store._commit, []
+
+    def commit(batch):
+        if not failed and any(row[0] == "QUEUED" for row in batch.updates.values()):  # the retry record
+            failed.append(batch)
+            raise OSError("disk full")
+        return real(batch)
+
+    store._commit = commit
+    job = await node.jobs.add("t/once")
+    done = await node.jobs.wait(job.id, timeout=5)
+    assert failed and calls == [0, 1] and done.state is JobState.SUCCEEDED
+    row = store.get(job.id)
+    assert (row.state, row.retry_count) == (JobState.SUCCEEDED, 1)
+
+
 async def test_given_up_after_retries(node_factory):
     @jobmesh.consumer("t/bad")
     async def bad(job, ctx):

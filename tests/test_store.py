@@ -225,11 +225,13 @@ async def test_handoff_writes_only_target_and_attempt_and_keep_their_order(tmp_p
         await system.stop_all()
 
 
-async def test_grouped_starts_and_narrow_successes_write_each_row_and_keep_their_order(tmp_path):
+@pytest.mark.parametrize("grouped", [True, False], ids=["json_each", "no-json1"])
+async def test_grouped_starts_and_narrow_successes_write_each_row_and_keep_their_order(tmp_path, grouped):
     """Starts that share their values are one statement, successes write only their final columns;
     each row still gets its own values, and a narrow write meeting another write of its row in the
-    same batch becomes one full write."""
+    same batch becomes one full write. Without SQLite's JSON functions, the same one row at a time."""
     store, system = await open_store(tmp_path / "jobs.db")
+    store._grouped = grouped
     try:
         jobs = [mk(i) for i in range(1, 8)]
         await store.insert(jobs)
@@ -293,6 +295,37 @@ async def test_plain_and_full_inserts_write_the_same_rows(tmp_path):
         await system.stop_all()
 
 
+def test_the_marker_deletes_follow_the_table_even_after_a_rollback():
+    """The per-copy marker deletes are skipped while no held marker exists, looked at inside each
+    transaction: a batch that released the last marker and rolled back (its commit failed) brings it
+    back, and the next newer copy of that job still clears it (it would stay held by id)."""
+    from jobmesh.store.rows import _INSERT_COPY, copy_row
+    from jobmesh.store.schema import migrate
+    from jobmesh.store.transfer import TransferStore
+
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    migrate(conn)
+    ts = TransferStore("me")
+
+    def copy(seq: int, job_id: str, attempt: int) -> Job:
+        j = Job(id=job_id, topic="t/a", properties={}, queue="main", origin="o", created=1.0, attempt=attempt)
+        j.seq = seq
+        return j
+
+    conn.execute(_INSERT_COPY, copy_row(copy(1, "c-a", 1)))
+    ts.hold_restored(conn)  # at start: c-a (attempt 1) is held
+    conn.execute("BEGIN IMMEDIATE")  # one batch: the origin confirmed c-a, and another copy arrived
+    TransferStore.release(conn, [("c-a", 1)])
+    ts.write(conn, [("o", copy(2, "c-b", 1))], [], [])  # sees no marker left
+    conn.execute("ROLLBACK")  # the batch's commit failed
+    assert conn.execute("SELECT job_id, attempt FROM transfer_copies").fetchall() == [("c-a", 1)]
+    conn.execute("BEGIN IMMEDIATE")
+    ts.write(conn, [("o", copy(3, "c-a", 2))], [], [])  # a newer attempt of c-a: its origin's word
+    conn.execute("COMMIT")
+    assert conn.execute("SELECT job_id, attempt FROM transfer_copies").fetchall() == []
+    conn.close()
+
+
 async def test_writes_after_close_are_refused_not_hung(tmp_path):
     from jobmesh.errors import ActorStopped
     store, system = await open_store(tmp_path / "jobs.db")
@@ -346,7 +379,7 @@ async def test_a_copy_is_its_job_row_and_only_restored_copies_are_marked_held(tm
         d = Job(id="c-d", topic="t/a", properties={"k": 1}, queue="main", origin="o", created=1.0, attempt=1)
         d.seq = store.reserve_seqs(1)
         await store.call(lambda c: ts.write(c, [("o", d)], [], []))
-        assert not ts._may_hold and store.get("c-d").properties == {"k": 1}
+        assert store.get("c-d").properties == {"k": 1}
         await store.call(ts.hold_restored)
         d2 = Job(id="c-d", topic="t/a", properties={}, queue="main", origin="o", created=1.0, attempt=2)
         d2.seq = store.reserve_seqs(1)

@@ -174,6 +174,7 @@ class EngineCore:
         self.committing: set[str] = set()  # of them, accepted but not durable yet (nobody counted them)
         self.after_run: dict[str, Job] = {}  # a newer copy waiting for its superseded run to end
         self.verify: set[str] = set()
+        self.unsynced: set[str] = set()  # jobs whose last full write failed: their next end is written whole
         self.story = Story()
         self.draining = False
         self.open = False  # Restored seen: windows may be filled (recovery is durable)
@@ -439,6 +440,9 @@ class EngineCore:
         if runs:
             self._out.append(ins.Start(runs))
 
+    def _on_writes_failed(self, e: ev.WritesFailed) -> None:
+        self.unsynced.update(e.job_ids)
+
     def _on_starts_failed(self, e: ev.StartsFailed) -> None:
         self._finish([(r, Outcome("ABORTED", f"could not record the start: {e.error}")) for r in e.runs
                       if not r.ended])
@@ -455,7 +459,7 @@ class EngineCore:
         c: ins.Commit | None = None
         running, queues, after_run, transition, facts = self.running, self.queues, self.after_run, \
             self.story.transition, ins.JobFacts.of
-        move = self.story.move
+        move, unsynced = self.story.move, self.unsynced
         ok: list[str] = []  # ids of the runs that ended OK: one story line for them
         ended = 0
         for run, outcome in items:
@@ -496,10 +500,11 @@ class EngineCore:
                 for line in outcome.log:
                     append_log(job, line)
                 new = _SUCCEEDED
-                if job.queue == run.queue:  # the rest of the row is as the start wrote it
-                    c.successes.append(job)
-                else:  # the queue went from the configuration meanwhile: the job is another's now
+                if job.queue == run.queue and not (unsynced and job.id in unsynced):
+                    c.successes.append(job)  # the rest of the row is as the start wrote it
+                else:  # its queue changed, or a write of its row failed: the whole record goes
                     c.updates.append(job)
+                    unsynced.discard(job.id)
             else:
                 d = decide(job, outcome, q.config if q is not None else self.matcher.main, now)
                 old = transition(job, d.state, f"run ended: {kind}", now)
@@ -507,6 +512,8 @@ class EngineCore:
                 new = d.state
                 self._log_outcome(job, new, outcome)
                 c.updates.append(job)
+                if unsynced:
+                    unsynced.discard(job.id)
             started = job.started
             transitions.append((facts(job, kind == "FAILED"), old, new,
                                 (now - started) * 1000.0 if started else None, kind))
@@ -1256,6 +1263,7 @@ _HANDLERS: dict[type, Callable[[EngineCore, Any], None]] = {
     ev.DueRead: EngineCore._on_due_read,
     ev.StartsCommitted: EngineCore._on_starts_committed,
     ev.StartsFailed: EngineCore._on_starts_failed,
+    ev.WritesFailed: EngineCore._on_writes_failed,
     ev.RunsFinished: EngineCore._on_runs_finished,
     ev.ProgressReported: EngineCore._on_progress,
     ev.StopRequested: EngineCore._on_stop,

@@ -266,6 +266,15 @@ class StartsFailed:
 
 
 @dataclass(slots=True)
+class WritesFailed:
+    """The shell: a commit with these jobs' rows (full or success writes) failed (disk full, I/O
+    error). Their rows may now differ from the records here in any column, so their next end is
+    written whole, not narrow (``Commit.successes`` trusts the row to be as the start wrote it)."""
+
+    job_ids: list[str]
+
+
+@dataclass(slots=True)
 class CopiesCommitted:
     origin: str
     jobs: list[Job]
@@ -387,7 +396,7 @@ EVENT_TYPES: tuple[type, ...] = (
     JobsAdded, StopRequested, RetryRequested, RemoveRequested, SuspendRequested, InfoRequested,
     ConsumersChanged, DrainStarted, AbortRuns, SummaryRequested, TakeForOffload, CandidatesRequested, RemoteStarted,
     RemoteProgress, RemoteResults, HandoffReturned, CopiesAccepted, CopiesReleased, CopyStopRequested,
-    CopiesForgotten, VerifyCopies, InsertsCommitted, InsertsNotCommitted, StartsCommitted, StartsFailed, CopiesCommitted,
-    CopiesNotCommitted, HandoffCommitted, HandoffNotCommitted, ResultsNotCommitted, RunsFinished, ProgressReported, ReadyRead,
-    Tick, WatchdogDue, ReadyScanned, JobsLoaded, Recovered, Restored,
+    CopiesForgotten, VerifyCopies, InsertsCommitted, InsertsNotCommitted, StartsCommitted, StartsFailed, WritesFailed,
+    CopiesCommitted, CopiesNotCommitted, HandoffCommitted, HandoffNotCommitted, ResultsNotCommitted, RunsFinished,
+    ProgressReported, ReadyRead, Tick, WatchdogDue, ReadyScanned, JobsLoaded, Recovered, Restored,
 )

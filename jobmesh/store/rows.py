@@ -38,6 +38,8 @@ _HANDOFF = "UPDATE jobs SET target=?, attempt=? WHERE seq=?"
 # (executemany's per-row bind, step and reset are most of a narrow write).
 _START_SEQS = ("UPDATE jobs SET state='ACTIVE', started=?, finished=NULL, attempt=?, target=? "
                "WHERE seq IN (SELECT value FROM json_each(?))")
+# ... one row each where SQLite has no JSON functions (a build without JSON1, before 3.38).
+_START = "UPDATE jobs SET state='ACTIVE', started=?, finished=NULL, attempt=?, target=? WHERE seq=?"
 # A run that ended OK: its final columns only, the rest of its row is as its start wrote it.
 _SUCCEED = "UPDATE jobs SET state='SUCCEEDED', finished=?, progress=?, result_message=?, output=? WHERE seq=?"
 # ... and those with nothing more to say (no progress, message nor result) that ended at one time,

@@ -35,7 +35,7 @@ from ..errors import ActorStopped
 from ..job import Job
 from .reads import StoreReads
 from .rows import (  # noqa: F401  (re-exported: the names other modules import from here)
-    _DELETE, _DELETE_SEQ, _HANDOFF, _INSERT, _INSERT_PLAIN, _NOT_HELD, _START_SEQS, _STATES, _SUCCEED,
+    _DELETE, _DELETE_SEQ, _HANDOFF, _INSERT, _INSERT_PLAIN, _NOT_HELD, _START, _START_SEQS, _STATES, _SUCCEED,
     _SUCCEED_SEQS, _UPDATE, JOB_COLUMNS,
     add_insert_row, insert_row, progress_json, result_json, row_to_job, update_row,
 )
@@ -60,8 +60,12 @@ def _success_row(job: Job) -> tuple[Any, ...]:
             None if job.result is None else json.dumps(job.result), job.seq)
 
 
-def _write_starts(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -> None:
-    """Starts (``_start_row``), one ``_START_SEQS`` for each (started, attempt, target) they share."""
+def _write_starts(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]], grouped: bool = True) -> None:
+    """Starts (``_start_row``), one ``_START_SEQS`` for each (started, attempt, target) they share
+    (``grouped``: SQLite has JSON functions; else one ``_START`` each)."""
+    if not grouped:
+        conn.executemany(_START, rows)
+        return
     groups: dict[tuple[Any, ...], list[int]] = {}
     for started, attempt, target, seq in rows:
         key = (started, attempt, target)
@@ -74,8 +78,12 @@ def _write_starts(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -> 
         conn.execute(_START_SEQS, (*key, json.dumps(seqs)))
 
 
-def _write_successes(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -> None:
-    """``_SUCCEED`` rows: those with nothing but their end time, one statement for each time."""
+def _write_successes(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]], grouped: bool = True) -> None:
+    """``_SUCCEED`` rows: those with nothing but their end time, one statement for each time
+    (``grouped``, as for starts)."""
+    if not grouped:
+        conn.executemany(_SUCCEED, rows)
+        return
     plain: dict[float, list[int]] = {}
     other: list[tuple[Any, ...]] = []
     for row in rows:
@@ -148,6 +156,7 @@ class Store(StoreReads, Actor):
         # running it on the loop's thread beats a thread hop (no GIL hand-offs per row).
         # With durability="full" each commit fsyncs, so it runs in the writer thread.
         self.inline_commits = durability != "full"
+        self._grouped = True  # SQLite has json_each: starts and plain successes go one statement per group
         # The node's name, set by the node when it offloads: QUEUED jobs handed to another
         # node (``target`` set to it) stay out of the queue windows, and a crash recovery
         # leaves them and other nodes' copies to the transfer actor.
@@ -192,6 +201,10 @@ class Store(StoreReads, Actor):
         # the checkpointer copies the WAL back from its own thread (see _checkpointer).
         conn.execute("PRAGMA wal_autocheckpoint=0")
         migrate(conn)
+        try:  # built in since SQLite 3.38; a build without JSON1 writes grouped rows one by one
+            conn.execute("SELECT value FROM json_each('[1]')").fetchall()
+        except sqlite3.OperationalError:
+            self._grouped = False
         return conn
 
     async def on_stop(self) -> None:
@@ -490,11 +503,11 @@ class Store(StoreReads, Actor):
             if batch.plain_inserts:
                 conn.executemany(_INSERT_PLAIN, batch.plain_inserts)
             if batch.starts:
-                _write_starts(conn, batch.starts.values())
+                _write_starts(conn, batch.starts.values(), self._grouped)
             if batch.handoffs:
                 conn.executemany(_HANDOFF, batch.handoffs.values())
             if batch.successes:
-                _write_successes(conn, batch.successes.values())
+                _write_successes(conn, batch.successes.values(), self._grouped)
             if batch.updates:
                 conn.executemany(_UPDATE, batch.updates.values())
             if batch.deletes:

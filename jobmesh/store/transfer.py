@@ -33,17 +33,17 @@ class TransferStore:
 
     def __init__(self, me: str) -> None:
         self.me = me
-        # Held markers exist only between ``hold_restored`` (at start) and their release; once the
-        # table is seen empty, the per-copy deletes of markers are skipped (two lookups per copy
-        # that find nothing). Only ``hold_restored``, on this same instance, adds markers.
-        self._may_hold = True
 
     # -- inside the engine's transactions (with the job rows they go with) ----------------
     def write(self, conn: sqlite3.Connection, copies: list[tuple[str, Job]], outbox: list[tuple[Job, Any]],
               forget: list[tuple[str, int]]) -> None:
         """One engine commit's share, in order: accepted copies, copies' results, forgotten copies."""
         me = self.me
-        held = self._may_hold and (copies or forget) and self._markers_left(conn)
+        # Held markers exist only between ``hold_restored`` (at start) and their release: while the
+        # table is empty (nearly always), one look per commit skips two lookups per copy that find
+        # nothing. Looked at each time, inside this transaction: a remembered answer would go stale
+        # when a transaction that deleted the last marker rolls back.
+        held = bool(copies or forget) and conn.execute("SELECT 1 FROM transfer_copies LIMIT 1").fetchone() is not None
         if copies:
             # an older copy's row of the same job goes first (the id is unique), then the new rows
             conn.executemany("DELETE FROM jobs WHERE id=? AND origin!=?", [(j.id, me) for _, j in copies])
@@ -63,12 +63,6 @@ class TransferStore:
                              "AND state IN ('QUEUED','STOPPED','DROPPED')",
                              [(job_id, attempt, me) for job_id, attempt in forget])
 
-    def _markers_left(self, conn: sqlite3.Connection) -> bool:
-        """Whether any held marker is left (inside the caller's transaction); remembered once none is."""
-        if conn.execute("SELECT 1 FROM transfer_copies LIMIT 1").fetchone() is None:
-            self._may_hold = False
-        return self._may_hold
-
     # -- the transfer actor's own writes ---------------------------------------------------
     @staticmethod
     def release(conn: sqlite3.Connection, refs: Iterable[tuple[str, int]]) -> None:
@@ -81,7 +75,6 @@ class TransferStore:
         if PLANTS.active("run-superseded-copy"):
             return
         conn.execute("DELETE FROM transfer_copies")  # the markers of the run before, rebuilt from the rows
-        self._may_hold = True
         conn.execute("INSERT INTO transfer_copies (job_id, origin, attempt, held) "
                      "SELECT id, origin, attempt, 1 FROM jobs WHERE origin!=?", (self.me,))
 
