@@ -454,7 +454,7 @@ def test_a_copy_from_accepted_to_its_result_in_the_outbox() -> None:
     assert out[:2] == [ins.CopiesArrived([queued]), ins.CopiesRecorded("o", [("c1", 1)])]
     assert commit(out).starts == [copy] and copy.attempt == 1  # a copy keeps its origin's attempt
     out = core.handle(ev.StartsCommitted([run]))
-    assert out == [ins.JobsStarted([(F(copy), 100000.0)]), ins.CopyStarted("c1", 1, 1000.0), ins.Start([run])]
+    assert out == [ins.JobsStarted([(F(copy), 100000.0)]), ins.CopiesStarted([("c1", 1, 1000.0)]), ins.Start([run])]
     clock.t = 1002.0
     out = core.handle(ev.RunsFinished([(run, Outcome("OK", "made"))]))
     item = ResultItem("c1", 1, ResultKind.OK, "made", None, 1000.0, 1002.0, ())

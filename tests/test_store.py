@@ -326,6 +326,22 @@ def test_the_marker_deletes_follow_the_table_even_after_a_rollback():
     conn.close()
 
 
+def test_an_outbox_body_is_msgpack_and_json_bodies_of_older_nodes_still_read():
+    import json
+
+    from jobmesh.store.transfer import outbox_body, read_outbox_body
+    from jobmesh.transfer.messages import ResultItem
+
+    wire = {"id": "j-1", "attempt": 2, "kind": "OK", "message": None, "retry_delay": None,
+            "started": 1796168549.8306148, "finished": 1796168549.9, "log": ["a"], "result": {"n": 1}}
+    body = outbox_body(wire)
+    assert isinstance(body, bytes) and read_outbox_body(body) == wire
+    assert read_outbox_body(json.dumps(wire)) == wire  # a row an older node wrote
+    assert ResultItem.from_wire(read_outbox_body(body)).finished == 1796168549.9
+    with pytest.raises(ValueError):
+        read_outbox_body("[1, 2]")
+
+
 async def test_writes_after_close_are_refused_not_hung(tmp_path):
     from jobmesh.errors import ActorStopped
     store, system = await open_store(tmp_path / "jobs.db")

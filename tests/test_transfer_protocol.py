@@ -120,8 +120,7 @@ def test_a_copy_that_ended_is_not_announced_started_while_its_result_is_committe
                                                                                      clock: FakeClock) -> None:
     deliver(b, "a", TransferProtocol("a", clock).origin.offer("b", [spec(1), spec(2)]))
     b.target.committed("a", [JobRef("job-1", 1), JobRef("job-2", 1)])
-    b.target.copy_started("job-1", 1, clock.t)
-    b.target.copy_started("job-2", 1, clock.t)
+    b.target.copies_started([("job-1", 1, clock.t), ("job-2", 1, clock.t)])
     assert b.target.copies_ended([("job-1", 1), ("job-2", 7)]) == []  # job-2: another attempt
     clock.t += 1.0  # past started_delay, the outbox commit still running
     assert [s.message for s in sends(b.on_timer(), Started)] == [Started("job-2", 1, clock.t - 1.0)]

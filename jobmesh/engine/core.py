@@ -417,7 +417,7 @@ class EngineCore:
     # ------------------------------------------------------------------ runs
     def _on_starts_committed(self, e: ev.StartsCommitted) -> None:
         started: list[tuple[ins.JobFacts, float]] = []
-        copies: list[ins.CopyStarted] = []
+        copies: list[tuple[str, int, float]] = []
         runs: list[Run] = []
         me = self.node
         for run in e.runs:
@@ -432,11 +432,12 @@ class EngineCore:
             job = run.job
             started.append((ins.JobFacts.of(job), run.waiting_ms))
             if job.origin != me:
-                copies.append(ins.CopyStarted(job.id, job.attempt, job.started or self._now))
+                copies.append((job.id, job.attempt, job.started or self._now))
             runs.append(run)
         if started:
             self._out.append(ins.JobsStarted(started))
-        self._out.extend(copies)
+        if copies:
+            self._out.append(ins.CopiesStarted(copies))
         if runs:
             self._out.append(ins.Start(runs))
 

@@ -9,7 +9,7 @@ The engine actor (``engine.actor``) carries each out through one table,
 - messages for the job manager (statistics, ``wait``, notifications): ``JobsStarted``,
   ``JobsTransitioned``, ``CopiesArrived``, ``CopiesLeft``;
 - messages for the transfer actor: ``OfferJobs``, ``StopRemote``, ``ResultsRecorded``,
-  ``ResultsNotRecorded``, ``CopiesRecorded``, ``CopiesNotRecorded``, ``CopyStarted``,
+  ``ResultsNotRecorded``, ``CopiesRecorded``, ``CopiesNotRecorded``, ``CopiesStarted``,
   ``CopyProgress``, ``CopiesEnded``, ``CopyResults``.
 
 Jobs in messages to other actors are snapshots (``Job.snapshot``) or their facts
@@ -282,10 +282,10 @@ class CopiesNotRecorded:
 
 
 @dataclass(slots=True)
-class CopyStarted:
-    job_id: str
-    attempt: int
-    at: float
+class CopiesStarted:
+    """These copies' consumers started here: (job id, attempt, when), one message per burst."""
+
+    items: list[tuple[str, int, float]]
 
 
 @dataclass(slots=True)
@@ -319,4 +319,4 @@ class CopyResults:
 
 TO_MANAGER: tuple[type, ...] = (JobsStarted, JobsTransitioned, CopiesArrived, CopiesLeft)
 TO_TRANSFER: tuple[type, ...] = (OfferJobs, StopRemote, CheckAway, ResultsRecorded, ResultsNotRecorded, CopiesRecorded,
-                                 CopiesNotRecorded, CopyStarted, CopyProgress, CopiesEnded, CopyResults)
+                                 CopiesNotRecorded, CopiesStarted, CopyProgress, CopiesEnded, CopyResults)

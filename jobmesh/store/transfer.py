@@ -6,7 +6,8 @@ Schema (``schema.py``, versions 3 and 4): a copy this node accepted is its row i
 origin's word (``held`` = 1; written at start, gone once confirmed) — rows with ``held`` = 0 are
 what nodes before this version wrote for every copy, and mean nothing now — and
 ``transfer_outbox (job_id, origin, attempt, body)`` is a copy's final result (the protocol's
-``ResultItem`` as JSON), kept until the origin acknowledged it. A copy costs its job row and, once
+``ResultItem`` in its wire form: msgpack, or JSON text in rows of nodes before), kept until the
+origin acknowledged it. A copy costs its job row and, once
 it ended, its outbox row: no marker row on the way (an insert and a delete per copy, ~12 µs of
 SQLite at the target).
 
@@ -23,9 +24,28 @@ import json
 import sqlite3
 from typing import Any, Iterable
 
+import msgpack
+
 from ..job import Job
 from ..plants import PLANTS
 from .rows import _INSERT_COPY, copy_row
+
+
+def outbox_body(wire: dict[str, Any]) -> bytes:
+    """A result's outbox body: its wire form in msgpack, as the wire has it (~2.4 µs a result,
+    where JSON took ~10: the two times' float text)."""
+    return msgpack.packb(wire, use_bin_type=True)
+
+
+def read_outbox_body(body: bytes | str) -> dict[str, Any]:
+    """An outbox body back: msgpack (a BLOB), or JSON text as nodes before this version wrote it."""
+    if isinstance(body, bytes):
+        wire = msgpack.unpackb(body, raw=False, strict_map_key=True)
+    else:
+        wire = json.loads(body)
+    if not isinstance(wire, dict):
+        raise ValueError("an outbox body is not a map")
+    return wire
 
 
 class TransferStore:
@@ -53,7 +73,7 @@ class TransferStore:
         if outbox:
             conn.executemany("DELETE FROM jobs WHERE seq=? AND origin!=?", [(j.seq, me) for j, _ in outbox])
             conn.executemany("INSERT OR REPLACE INTO transfer_outbox (job_id, origin, attempt, body) VALUES (?,?,?,?)",
-                             [(j.id, j.origin, item.attempt, json.dumps(item.to_wire())) for j, item in outbox])
+                             [(j.id, j.origin, item.attempt, outbox_body(item.to_wire())) for j, item in outbox])
         if forget:
             conn.executemany("DELETE FROM transfer_outbox WHERE job_id=? AND attempt=?", forget)
             if held:
@@ -87,7 +107,7 @@ class TransferStore:
                                "WHERE origin!=? AND state IN ('QUEUED','ACTIVE') ORDER BY seq", (me,))]
 
     @staticmethod
-    def outbox(reader: sqlite3.Connection) -> list[tuple[str, str, int, str]]:
-        """(job id, origin, attempt, body JSON) of the results not acknowledged yet."""
+    def outbox(reader: sqlite3.Connection) -> list[tuple[str, str, int, bytes | str]]:
+        """(job id, origin, attempt, body: ``read_outbox_body``) of the results not acknowledged yet."""
         return list(reader.execute("SELECT job_id, origin, attempt, body FROM transfer_outbox ORDER BY job_id"))
 

@@ -324,8 +324,8 @@ class TransferActor(Actor):
     def _copies_not_recorded(self, msg: ei.CopiesNotRecorded) -> None:
         self._exec(self.protocol.target.commit_failed(msg.origin, msg.refs, f"store error: {msg.error}"))
 
-    def _copy_started(self, msg: ei.CopyStarted) -> None:
-        self._exec(self.protocol.target.copy_started(msg.job_id, msg.attempt, msg.at))
+    def _copies_started(self, msg: ei.CopiesStarted) -> None:
+        self._exec(self.protocol.target.copies_started(msg.items))
 
     def _copy_progress(self, msg: ei.CopyProgress) -> None:
         self._exec(self.protocol.target.progress(Progress(msg.job_id, msg.attempt, msg.steps, msg.step, msg.eta,
@@ -524,7 +524,7 @@ _MAILBOX: dict[type, Callable[[TransferActor, Any], Any]] = {
     ei.ResultsNotRecorded: TransferActor._results_not_recorded,
     ei.CopiesRecorded: TransferActor._copies_recorded,
     ei.CopiesNotRecorded: TransferActor._copies_not_recorded,
-    ei.CopyStarted: TransferActor._copy_started,
+    ei.CopiesStarted: TransferActor._copies_started,
     ei.CopyProgress: TransferActor._copy_progress,
     ei.CopiesEnded: TransferActor._copies_ended,
     ei.CopyResults: TransferActor._copy_results,

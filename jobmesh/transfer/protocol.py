@@ -994,17 +994,23 @@ class TargetProtocol:
             return []
         return [Send(c.origin, Started(job_id, attempt, at))]
 
-    def copy_started(self, job_id: str, attempt: int, at: float) -> list[Any]:
-        """A copy's consumer started: announced ``started_delay`` later if it still runs then (a
-        job that ends sooner is announced by its result, which carries when it started)."""
-        c = self._copies.get(job_id)
-        if c is None or c.spec.attempt != attempt:
-            return []
+    def copies_started(self, items: Iterable[tuple[str, int, float]]) -> list[Any]:
+        """Copies' consumers started ((job id, attempt, when)): each is announced ``started_delay``
+        later if it still runs then (a job that ends sooner is announced by its result, which
+        carries when it started)."""
         due = self.clock() + self.cfg.started_delay
-        self._starts[job_id] = (attempt, at, due)
-        self._starts.move_to_end(job_id)
+        copies, starts = self._copies, self._starts
+        any_ = False
+        for job_id, attempt, at in items:
+            c = copies.get(job_id)
+            if c is None or c.spec.attempt != attempt:
+                continue
+            starts[job_id] = (attempt, at, due)
+            starts.move_to_end(job_id)
+            any_ = True
         out: list[Any] = []
-        self._timers.maybe(due, out)
+        if any_:
+            self._timers.maybe(due, out)
         return out
 
     def copies_ended(self, refs: Iterable[tuple[str, int]]) -> list[Any]:

@@ -9,11 +9,10 @@ the actor's message handling (``actor.py``).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from ..blobs.transfer import with_payload
-from ..store.transfer import TransferStore
+from ..store.transfer import TransferStore, read_outbox_body
 from .protocol import JobSpec, ResultItem, TransferProtocol
 
 
@@ -42,7 +41,7 @@ def restore_protocol(protocol: TransferProtocol, store: Any, payload_store: Any 
     outbox: dict[str, list[ResultItem]] = {}
     for job_id, origin, attempt, body in TransferStore.outbox(store.reader):
         try:
-            outbox.setdefault(origin, []).append(ResultItem.from_wire(json.loads(body)))
+            outbox.setdefault(origin, []).append(ResultItem.from_wire(read_outbox_body(body)))
         except Exception as e:
             log.error("unreadable outbox entry dropped", job_id=job_id, error=repr(e))
     for origin in sorted(set(copies) | set(outbox)):
