@@ -333,13 +333,20 @@ def test_an_outbox_body_is_msgpack_and_json_bodies_of_older_nodes_still_read():
     from jobmesh.transfer.messages import ResultItem
 
     wire = {"id": "j-1", "attempt": 2, "kind": "OK", "message": None, "retry_delay": None,
-            "started": 1796168549.8306148, "finished": 1796168549.9, "log": ["a"], "result": {"n": 1}}
+            "started": 1796168549.8306148, "finished": 1796168549.9, "log": ["a"]}
     body = outbox_body(wire)
     assert isinstance(body, bytes) and read_outbox_body(body) == wire
     assert read_outbox_body(json.dumps(wire)) == wire  # a row an older node wrote
     assert ResultItem.from_wire(read_outbox_body(body)).finished == 1796168549.9
     with pytest.raises(ValueError):
         read_outbox_body("[1, 2]")
+    # a consumer's value goes as JSON, as before: JSON accepts what msgpack would refuse to read back
+    # (int keys: read back as strings) or to pack (an int beyond 64 bits, a lone surrogate)
+    for value, back in (({1: "a"}, {"1": "a"}), (2 ** 70, 2 ** 70)):
+        body = outbox_body({**wire, "result": value})
+        assert isinstance(body, str) and read_outbox_body(body)["result"] == back
+    odd = {**wire, "result": None, "message": "bad \udc80 text"}
+    assert isinstance(outbox_body(odd), str) and read_outbox_body(outbox_body(odd))["message"] == odd["message"]
 
 
 async def test_writes_after_close_are_refused_not_hung(tmp_path):

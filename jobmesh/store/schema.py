@@ -82,6 +82,10 @@ MIGRATIONS: list[list[str]] = [
         # queue actor reads them back by due time (Store.due), not with its arrival-order refill.
         "CREATE INDEX jobs_due ON jobs(queue, not_before, seq) WHERE state = 'QUEUED' AND not_before > 0",
     ],
+    # No statement: ``transfer_outbox.body`` may now be msgpack (a BLOB) as well as JSON text. A
+    # jobmesh before this version would read such a body as unreadable and drop the result: the
+    # version it does not know makes it refuse the store instead.
+    [],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -6,8 +6,8 @@ Schema (``schema.py``, versions 3 and 4): a copy this node accepted is its row i
 origin's word (``held`` = 1; written at start, gone once confirmed) — rows with ``held`` = 0 are
 what nodes before this version wrote for every copy, and mean nothing now — and
 ``transfer_outbox (job_id, origin, attempt, body)`` is a copy's final result (the protocol's
-``ResultItem`` in its wire form: msgpack, or JSON text in rows of nodes before), kept until the
-origin acknowledged it. A copy costs its job row and, once
+``ResultItem`` in its wire form: msgpack, or JSON text for a result with a consumer's value and in
+rows of nodes before), kept until the origin acknowledged it. A copy costs its job row and, once
 it ended, its outbox row: no marker row on the way (an insert and a delete per copy, ~12 µs of
 SQLite at the target).
 
@@ -31,10 +31,17 @@ from ..plants import PLANTS
 from .rows import _INSERT_COPY, copy_row
 
 
-def outbox_body(wire: dict[str, Any]) -> bytes:
-    """A result's outbox body: its wire form in msgpack, as the wire has it (~2.4 µs a result,
-    where JSON took ~10: the two times' float text)."""
-    return msgpack.packb(wire, use_bin_type=True)
+def outbox_body(wire: dict[str, Any]) -> bytes | str:
+    """A result's outbox body: its wire form in msgpack (~2.4 µs a result, where JSON took ~10: the
+    two times' float text) when it carries no value of the consumer's; JSON text otherwise, as
+    before: a value JSON accepts may not round-trip through msgpack (a dict with int keys comes
+    back refused, an int beyond 64 bits or a lone surrogate is not packed at all)."""
+    if wire.get("result") is None and not wire.get("output_payload"):
+        try:
+            return msgpack.packb(wire, use_bin_type=True)
+        except (TypeError, ValueError, OverflowError):  # a lone surrogate in a message or a log line
+            pass
+    return json.dumps(wire)
 
 
 def read_outbox_body(body: bytes | str) -> dict[str, Any]:
