@@ -100,7 +100,9 @@ class Simulation(NodeWiring, Workload, Nemesis, Invariants):
         t0 = time.perf_counter()
         old_loop = None
         try:
-            old_loop = asyncio.get_event_loop_policy().get_event_loop()
+            with warnings.catch_warnings():  # 3.12+: "no current event loop" when there is none (then one is made)
+                warnings.simplefilter("ignore", DeprecationWarning)
+                old_loop = asyncio.get_event_loop_policy().get_event_loop()
         except RuntimeError:
             pass
         loop = self.loop = SimLoop(start=0.0)
