@@ -77,6 +77,12 @@ def test_outcome_of_return_values():
     assert _outcome_of(float("nan")).kind == "FAILED"
     big = _outcome_of("x" * 1_000_001)
     assert big.kind == "FAILED" and "more than 1000000" in big.message
+    # the value as the job keeps it (its JSON read back), and one that can travel to an origin
+    assert _outcome_of({1: (2, 3)}).result == {"1": [2, 3]}
+    assert _outcome_of(2 ** 63 - 1).result == 2 ** 63 - 1
+    for value in (2 ** 70, {"n": -(2 ** 64)}, "bad \udc80 text"):
+        o = _outcome_of(value)
+        assert o.kind == "FAILED" and "cannot be sent between nodes" in o.message, value
 
 
 def test_spec_of_refuses_non_consumers():

@@ -27,6 +27,8 @@ import traceback
 from collections import deque
 from typing import Any, Callable
 
+import msgpack
+
 from ..errors import TimeLimitExceeded
 from ..job import Job, JobResult, ResultKind, copy_fields
 from ..queues.core import Outcome
@@ -379,4 +381,17 @@ def outcome_of(result: Any) -> Outcome:
     if len(text) > MAX_RESULT_BYTES:
         return Outcome("FAILED", f"the consumer's return value is {len(text)} bytes as JSON, more than "
                                  f"{MAX_RESULT_BYTES}; store large results elsewhere and return a reference")
-    return Outcome("OK", result=result if type(result) is not tuple else list(result))
+    if type(result) in _PLAIN:
+        return Outcome("OK", result=result)
+    # As the job keeps it: read back from its JSON (dict keys become text, tuples lists), so the
+    # record here, the stored row and the origin of a copy all hold the same value ...
+    value = json.loads(text)
+    try:  # ... and as it travels to the origin of a copy: the wire (msgpack) takes no wider int
+        msgpack.packb(value, use_bin_type=True)
+    except (OverflowError, ValueError) as e:  # an int beyond 64 bits; text with a lone surrogate
+        return Outcome("FAILED", f"the consumer's return value cannot be sent between nodes ({e}); integers "
+                                 f"must fit in 64 bits and text must be valid Unicode")
+    return Outcome("OK", result=value)
+
+
+_PLAIN = (float, bool)  # results whose JSON reads back the same and that msgpack always takes
