@@ -60,8 +60,8 @@ class Commit:
     handed to a peer (its target and attempt), ``updates`` full rows, ``successes`` the narrow
     write of a run that ended OK (its state, end, progress, message and result: the rest of its row
     is as its start wrote it), ``deletes`` rows (by their seq). The transfer tables change with the
-    job rows they belong to (``store.transfer``): ``copies`` (origin, job) rows of accepted copies (replacing an older
-    copy's row), ``outbox`` (job, result) of copies that ended (the copy's row goes),
+    job rows they belong to (``store.transfer``): ``copies`` (origin, job) rows of accepted copies
+    (replacing an older copy's row), ``outbox`` (job, result) of copies that ended (the copy's row goes),
     ``forget`` (id, attempt) copies and results their origin has done with, ``rehome``
     (old queue, topic, new queue) of QUEUED rows whose queue is no longer configured.
     Job payload (``jobmesh.blobs``): ``inputs`` (copy id, its input payload) and ``outputs``

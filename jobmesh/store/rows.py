@@ -55,9 +55,14 @@ _NOT_HELD = "(origin=? OR id NOT IN (SELECT job_id FROM transfer_copies WHERE he
 _STATES = {s.value: s for s in JobState}
 
 
+def no_progress(p: Progress) -> bool:
+    """Nothing reported: the progress column stays NULL."""
+    return not p.log and p.steps is None and p.eta is None and not p.step
+
+
 def progress_json(p: Progress) -> str | None:
     """Progress as stored: NULL while nothing was reported (the common, cheap case)."""
-    if not p.log and p.steps is None and p.eta is None and not p.step:
+    if no_progress(p):
         return None
     return json.dumps({"steps": p.steps, "step": p.step, "eta": p.eta, "log": p.log})
 
@@ -86,14 +91,20 @@ def row_to_job(row: tuple[Any, ...]) -> Job:
     )
 
 
+def properties_json(job: Job, props: str | None = None) -> str:
+    """The properties column: ``props`` when the caller has the JSON already, else the job's."""
+    if props is not None:
+        return props
+    return json.dumps(job.properties) if job.properties else "{}"
+
+
 def insert_row(job: Job, props: str | None = None) -> tuple[Any, ...]:
     """A new row, in ``JOB_COLUMNS`` order (``props``: the properties as JSON, if known)."""
     return (
-        job.seq, job.id, job.topic, job.queue, job.state._value_,
-        props if props is not None else (json.dumps(job.properties) if job.properties else "{}"), job.origin,
+        job.seq, job.id, job.topic, job.queue, job.state._value_, properties_json(job, props), job.origin,
         job.target, job.created, job.started, job.finished, job.retry_count,
         job.max_retries, job.attempt, job.not_before, progress_json(job.progress),
-        job.result_message, None if job.result is None else json.dumps(job.result), job.key,
+        job.result_message, result_json(job.result), job.key,
         job.timeout, job.priority,
     )
 
@@ -102,13 +113,10 @@ def add_insert_row(job: Job, props: str | None, full: list[tuple[Any, ...]],
                    plain: list[tuple[Any, ...]]) -> None:
     """A new row for ``_INSERT_PLAIN`` (appended to ``plain``) when every column it leaves out holds
     its default, else for ``_INSERT`` (to ``full``)."""
-    p = job.progress
     if (job.target is None and job.started is None and job.finished is None and not job.retry_count
             and not job.attempt and not job.not_before and job.result_message is None and job.result is None
-            and job.key is None and job.timeout is None and not job.priority
-            and not p.log and p.steps is None and p.eta is None and not p.step):
-        plain.append((job.seq, job.id, job.topic, job.queue, job.state._value_,
-                      props if props is not None else (json.dumps(job.properties) if job.properties else "{}"),
+            and job.key is None and job.timeout is None and not job.priority and no_progress(job.progress)):
+        plain.append((job.seq, job.id, job.topic, job.queue, job.state._value_, properties_json(job, props),
                       job.origin, job.created, job.max_retries))
     else:
         full.append(insert_row(job, props))
@@ -116,15 +124,13 @@ def add_insert_row(job: Job, props: str | None, full: list[tuple[Any, ...]],
 
 def copy_row(job: Job) -> tuple[Any, ...]:
     """``_INSERT_COPY``'s values for an accepted copy (QUEUED, not started, no result yet)."""
-    return (job.seq, job.id, job.topic, job.queue, job.state._value_,
-            json.dumps(job.properties) if job.properties else "{}", job.origin, job.created, job.retry_count,
-            job.max_retries, job.attempt, job.timeout, job.priority)
+    return (job.seq, job.id, job.topic, job.queue, job.state._value_, properties_json(job), job.origin,
+            job.created, job.retry_count, job.max_retries, job.attempt, job.timeout, job.priority)
 
 
 def update_row(job: Job) -> tuple[Any, ...]:
     """A snapshot of a job's mutable columns, taken when the write is requested."""
     return (
         job.state._value_, job.started, job.finished, job.retry_count, job.attempt, job.not_before,
-        progress_json(job.progress), job.result_message, job.target, job.queue,
-        None if job.result is None else json.dumps(job.result), job.seq,
+        progress_json(job.progress), job.result_message, job.target, job.queue, result_json(job.result), job.seq,
     )

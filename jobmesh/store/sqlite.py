@@ -56,8 +56,19 @@ def _handoff_row(job: Job) -> tuple[Any, ...]:
 
 def _success_row(job: Job) -> tuple[Any, ...]:
     """``_SUCCEED``'s parameters."""
-    return (job.finished, progress_json(job.progress), job.result_message,
-            None if job.result is None else json.dumps(job.result), job.seq)
+    return (job.finished, progress_json(job.progress), job.result_message, result_json(job.result), job.seq)
+
+
+def _seqs_by(pairs: Iterable[tuple[Any, int]]) -> dict[Any, list[int]]:
+    """(key, seq) pairs as the seqs of each key, in order: one grouped statement per key."""
+    groups: dict[Any, list[int]] = {}
+    for key, seq in pairs:
+        seqs = groups.get(key)
+        if seqs is None:
+            groups[key] = [seq]
+        else:
+            seqs.append(seq)
+    return groups
 
 
 def _write_starts(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]], grouped: bool = True) -> None:
@@ -66,14 +77,7 @@ def _write_starts(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]], gro
     if not grouped:
         conn.executemany(_START, rows)
         return
-    groups: dict[tuple[Any, ...], list[int]] = {}
-    for started, attempt, target, seq in rows:
-        key = (started, attempt, target)
-        seqs = groups.get(key)
-        if seqs is None:
-            groups[key] = [seq]
-        else:
-            seqs.append(seq)
+    groups = _seqs_by(((started, attempt, target), seq) for started, attempt, target, seq in rows)
     for key, seqs in groups.items():
         conn.execute(_START_SEQS, (*key, json.dumps(seqs)))
 
@@ -84,19 +88,15 @@ def _write_successes(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]], 
     if not grouped:
         conn.executemany(_SUCCEED, rows)
         return
-    plain: dict[float, list[int]] = {}
+    ends: list[tuple[float, int]] = []  # (finished, seq) of those with nothing but their end time
     other: list[tuple[Any, ...]] = []
     for row in rows:
         finished, progress, message, output, seq = row
         if progress is None and message is None and output is None:
-            seqs = plain.get(finished)
-            if seqs is None:
-                plain[finished] = [seq]
-            else:
-                seqs.append(seq)
+            ends.append((finished, seq))
         else:
             other.append(row)
-    for finished, seqs in plain.items():
+    for finished, seqs in _seqs_by(ends).items():
         conn.execute(_SUCCEED_SEQS, (finished, json.dumps(seqs)))
     if other:
         conn.executemany(_SUCCEED, other)
