@@ -2,14 +2,18 @@
 
 - ``throughput``: N no-op jobs added on node A, which has no consumer for them, and run
   on node B (a ``jobmesh node`` process); both stores durable (WAL, synchronous=NORMAL).
-  Jobs/s from the first add to the last result committed at A. Target >= 5,000.
+  Jobs/s from the first add to the last result committed at A. Target >= 10,000 (issue 11).
 - ``makespan``: nodes with 1, 4 and 4 slots, 90 jobs of 0.1 s added at the 1-slot node
   (A, in this process; the others are ``jobmesh node`` processes). Makespan against the
-  ideal (total work / total slots = 1.0 s); target <= 1.3x. Also the number of moves.
+  ideal (total work / total slots = 1.0 s); target <= 1.1x. Also the number of moves.
 - ``reassignment``: jobs of 5 s running at B when B is killed (kill -9): seconds until
   they run again at C, against heartbeat_timeout + 1 s.
 
     .venv/bin/python benchmarks/offload.py [--jobs 20000] [--batch 1000] [--part all|throughput|makespan|reassignment]
+                                           [--no-gc-tune]
+
+Node A tunes its GC as ``jobmesh node`` does once its node is up (``jobmesh.runner.tune_gc``), as
+the other nodes, which are such processes, do; ``--no-gc-tune`` leaves A's GC settings as they are.
 
 Numbers taken on a shared 2-core machine while other work runs are noisy.
 """
@@ -36,8 +40,10 @@ from jobmesh.config import NodeConfig  # noqa: E402
 from jobmesh.job import JobState  # noqa: E402
 from jobmesh.ports import free_port_pair  # noqa: E402
 from jobmesh.log import configure_logging  # noqa: E402
+from jobmesh.runner import tune_gc  # noqa: E402
 
 INTERVAL, TIMEOUT = 0.2, 1.0
+GC_TUNE = True  # node A (this process) tunes its GC as ``jobmesh node`` does (B and C are such processes)
 
 CONSUMERS = '''
 import asyncio, jobmesh
@@ -120,6 +126,8 @@ async def wait_finished(node: jobmesh.Node, n: int, timeout: float = 300.0) -> N
 async def throughput(tmp: Path, jobs: int, batch: int) -> dict[str, Any]:
     a = jobmesh.Node(config=node_config(tmp, "tp-a", 4))
     await a.start()
+    if GC_TUNE:
+        tune_gc()  # as the ``jobmesh node`` processes do once their node is up (jobmesh/runner.py)
     b = Proc(tmp, "tp-b", a.config.bind, capacity=64, max_parallel=64)
     try:
         await joined(a, 2)
@@ -149,6 +157,8 @@ async def makespan(tmp: Path) -> dict[str, Any]:
 
     a.add_consumer(sleep)
     await a.start()
+    if GC_TUNE:
+        tune_gc()
     b = Proc(tmp, "ms-b", a.config.bind, capacity=4)
     c = Proc(tmp, "ms-c", a.config.bind, capacity=4)
     try:
@@ -175,6 +185,8 @@ async def makespan(tmp: Path) -> dict[str, Any]:
 async def reassignment(tmp: Path) -> dict[str, Any]:
     a = jobmesh.Node(config=node_config(tmp, "ra-a", 1))
     await a.start()
+    if GC_TUNE:
+        tune_gc()
     b = Proc(tmp, "ra-b", a.config.bind, capacity=4)
     c = Proc(tmp, "ra-c", a.config.bind, capacity=4)
     try:
@@ -213,10 +225,14 @@ async def main() -> None:
     p.add_argument("--jobs", type=int, default=20000)
     p.add_argument("--batch", type=int, default=1000)
     p.add_argument("--part", choices=["all", "throughput", "makespan", "reassignment"], default="all")
+    p.add_argument("--no-gc-tune", action="store_true", help="leave node A's GC settings as they are")
     args = p.parse_args()
+    global GC_TUNE
+    GC_TUNE = not args.no_gc_tune
     configure_logging("console", os.environ.get("JOBMESH_BENCH_LOG", "ERROR"))
     out: dict[str, Any] = {"benchmark": "offload", "cpus": os.cpu_count(),
-                           "note": "shared 2-core machine; other work may be running: figures are noisy"}
+                           "note": "shared 2-core machine; other work may be running: figures are noisy",
+                           "gc_tuned": GC_TUNE}
     with tempfile.TemporaryDirectory(prefix="jobmesh-offload-", dir=os.environ.get("JOBMESH_BENCH_TMP")) as d:
         tmp = Path(d)
         (tmp / "bench_consumers.py").write_text(CONSUMERS)

@@ -385,14 +385,65 @@ def test_a_job_offloaded_from_take_to_succeeded() -> None:
     clock.t = 1001.0
     out = core.handle(ev.RemoteStarted("b", "j1", 1, 1000.5))
     assert j.state is A and j.started == 1000.5
-    assert out == [ins.Commit(updates=[j], then=[ins.JobsStarted([(F(j), 1500.0)])])]
+    # the start and the OK result are narrow writes: the rest of the row is as the handoff left it
+    assert out == [ins.Commit(starts=[j], then=[ins.JobsStarted([(F(j), 1500.0)])])]
     assert core.load()["waiting_elsewhere"] == 0
     out = core.handle(ev.RemoteResults([ev.RemoteResult("b", "j1", 1, "OK", "fine", None, 1000.5, 1000.75, ("l",))]))
-    assert (j.state, j.result_message, j.progress.log) == (S, "fine", ["l"])
-    assert out == [ins.Commit(updates=[j], then=[ins.JobsTransitioned([(F(j), A, S, 250.0, "OK")]),
-                                                  ins.ResultsRecorded([("j1", 1)], 0)],
+    assert (j.state, j.result_message, j.progress.log, j.finished) == (S, "fine", ["l"], 1001.0)
+    assert out == [ins.Commit(successes=[j], then=[ins.JobsTransitioned([(F(j), A, S, 250.0, "OK")]),
+                                                    ins.ResultsRecorded([("j1", 1)], 0)],
                               failed=[ev.ResultsNotCommitted([F(j)], [("j1", 1)], "")])]
     assert not core.away
+    assert core.story.of("j1")[-1] == ("j1", 1001.0, "ACTIVE", "SUCCEEDED", "result from b: OK")
+
+
+def offloaded(core: EngineCore, clock: Any, j: Job) -> None:
+    """``j`` added, taken for ``b`` and handed over (QUEUED there, its handoff durable)."""
+    core.handle(ev.JobsAdded([j], ["{}"]))
+    core.handle(ev.InsertsCommitted([j]))
+    core.handle(ev.TakeForOffload("main", "t/a", 5, "b"))
+    core.handle(ev.HandoffCommitted("b", [j], 5))
+
+
+def test_a_remote_ok_result_whose_start_message_was_lost_writes_the_whole_row() -> None:
+    core, clock = engine(runnable=lambda t: False)
+    j = job(1)
+    offloaded(core, clock, j)
+    clock.t = 1001.0
+    out = core.handle(ev.RemoteResults([ev.RemoteResult("b", "j1", 1, "OK", None, None, 1000.5, 1000.75)]))
+    assert (j.state, j.started, j.finished) == (S, 1000.5, 1001.0)
+    c = commit(out)
+    assert (c.updates, c.successes, c.starts) == ([j], [], [])  # the start was never written: the whole row
+    assert c.then[0] == ins.JobsStarted([(F(j), 1500.0)])
+
+
+def test_a_failed_write_of_a_remote_start_makes_the_next_writes_of_the_job_whole() -> None:
+    core, clock = engine(runnable=lambda t: False)
+    j = job(1)
+    offloaded(core, clock, j)
+    c = commit(core.handle(ev.RemoteStarted("b", "j1", 1, 1000.5)))
+    assert c.starts == [j]
+    core.handle(ev.WritesFailed(["j1"]))  # what the shell feeds when that commit failed
+    c = commit(core.handle(ev.RemoteResults([ev.RemoteResult("b", "j1", 1, "OK")])))
+    assert (c.updates, c.successes) == ([j], []) and "j1" not in core.unsynced
+    j2 = job(2)
+    offloaded(core, clock, j2)
+    core.handle(ev.WritesFailed(["j2"]))  # a failed write before the start message: the start goes whole
+    c = commit(core.handle(ev.RemoteStarted("b", "j2", 1, 1000.5)))
+    assert (c.updates, c.starts) == ([j2], []) and "j2" not in core.unsynced
+    c = commit(core.handle(ev.RemoteResults([ev.RemoteResult("b", "j2", 1, "OK")])))
+    assert (c.updates, c.successes) == ([], [j2])
+
+
+def test_a_remote_ok_result_of_a_job_asked_to_stop_takes_the_decision_path() -> None:
+    core, clock = engine(runnable=lambda t: False)
+    j = job(1)
+    offloaded(core, clock, j)
+    core.handle(ev.RemoteStarted("b", "j1", 1, 1000.5))
+    core.handle(ev.StopRequested("j1", JobState.STOPPED))
+    assert core.stop_wanted == {"j1": JobState.STOPPED}  # the stop is on its way to b
+    c = commit(core.handle(ev.RemoteResults([ev.RemoteResult("b", "j1", 1, "OK", "done anyway")])))
+    assert j.state is S and c.updates == [j] and "j1" not in core.stop_wanted  # it ended OK before the stop
 
 
 def test_a_stale_remote_result_is_acknowledged_never_recorded() -> None:

@@ -288,3 +288,29 @@ async def test_progress_of_a_sync_consumer_at_the_target_reaches_the_origin(mesh
     gate.set()
     done = await a.jobs.wait(job.id, timeout=10)
     assert done.state is JobState.SUCCEEDED and done.progress.step == 2 and done.progress.log == ["half way"]
+
+
+async def test_the_origins_row_of_an_offloaded_job_is_its_record(mesh: Mesh) -> None:
+    """The origin writes a remote start and an OK result narrow (only the columns they change):
+    the row it keeps must still read back as the whole record, with or without a start message."""
+
+    @jobmesh.consumer("tr/answer")
+    async def answer(job: jobmesh.Job, ctx: jobmesh.ExecutionContext) -> Any:
+        ctx.log("ran at the target")
+        await asyncio.sleep(0.05)  # its start message reaches the origin before its result
+        return {"answer": job.properties["n"]}
+
+    a = await mesh.node("a")
+    b = await mesh.node("b", [answer], seeds=[a])
+    await mesh.joined(a, b)
+    added = [await a.jobs.add("tr/answer", {"n": i}) for i in range(5)]
+    done = [await a.jobs.wait(j.id, timeout=10) for j in added]
+    for j in done:
+        assert j.state is JobState.SUCCEEDED and j.target == "b" and j.result == {"answer": j.properties["n"]}
+        row = a.store.get(j.id)
+        assert row is not None
+        assert (row.state, row.target, row.attempt, row.started, row.finished, row.result, row.result_message,
+                row.retry_count, row.progress.log) == \
+            (j.state, j.target, j.attempt, j.started, j.finished, j.result, j.result_message, j.retry_count,
+             j.progress.log)
+        assert row.started is not None and row.finished is not None and "ran at the target" in row.progress.log[-1]

@@ -174,7 +174,7 @@ class EngineCore:
         self.committing: set[str] = set()  # of them, accepted but not durable yet (nobody counted them)
         self.after_run: dict[str, Job] = {}  # a newer copy waiting for its superseded run to end
         self.verify: set[str] = set()
-        self.unsynced: set[str] = set()  # jobs whose last full write failed: their next end is written whole
+        self.unsynced: set[str] = set()  # jobs whose last write failed: their next end is written whole
         self.story = Story()
         self.draining = False
         self.open = False  # Restored seen: windows may be filled (recovery is durable)
@@ -1014,7 +1014,11 @@ class EngineCore:
         started: list[tuple[ins.JobFacts, float]] = []
         self._start_away(job, e.peer, e.at, started)
         c = self._c()
-        c.updates.append(job)
+        if self.unsynced and job.id in self.unsynced:
+            c.updates.append(job)
+            self.unsynced.discard(job.id)
+        else:
+            c.starts.append(job)  # ACTIVE, started, attempt, target: the rest of its row is as the handoff left it
         c.then.append(ins.JobsStarted(started))
 
     def _on_remote_progress(self, e: ev.RemoteProgress) -> None:
@@ -1045,19 +1049,51 @@ class EngineCore:
         transitions: list[tuple[ins.JobFacts, JobState, JobState, float | None, str]] = []
         stale = 0
         c = self._c()
+        away, stop_wanted, unsynced, move, facts = self.away, self.stop_wanted, self.unsynced, self.story.move, \
+            ins.JobFacts.of
+        ok: dict[str, list[str]] = {}  # peer -> ids of the jobs its OK results ended: one story line each
         for r in e.results:
             refs.append((r.job_id, r.attempt))
-            job = self.away.get(r.job_id)
+            job = away.get(r.job_id)
             if job is None or job.state in FINAL_STATES or job.target != r.peer or job.attempt != r.attempt:
                 stale += 1
                 self._log("info", "result not applied", job_id=r.job_id, attempt=r.attempt, peer=r.peer,
                           reason="unknown job" if job is None else f"job is {job.state.value}")
                 continue
-            if job.state is _QUEUED:  # the start message was lost: the result proves the start
+            was_started = job.state is _ACTIVE
+            if not was_started:  # the start message was lost: the result proves the start
                 self._start_away(job, r.peer, r.started or now, started)
-            del self.away[job.id]
+            del away[job.id]
             self._away_active -= 1
-            stop_state = self.stop_wanted.pop(job.id, None)
+            if r.kind == "OK" and (not stop_wanted or job.id not in stop_wanted):
+                # the common case: what decide() and _record() do for an OK outcome, inline (as _finish)
+                begun = job.started
+                old = move(job, _SUCCEEDED)
+                ids = ok.get(r.peer)
+                if ids is None:
+                    ok[r.peer] = [job.id]
+                else:
+                    ids.append(job.id)
+                job.finished = now
+                job.result_message = r.message
+                job.result = r.result
+                if r.log:
+                    job.progress.log = list(r.log)[-MAX_LOG_LINES:]
+                if r.output_payload:
+                    c.outputs.append((job.id, job.attempt, r.output_payload))  # the job's outputs, before its row
+                if was_started and not (unsynced and job.id in unsynced):
+                    c.successes.append(job)  # the rest of the row is as the remote start wrote it
+                else:  # its start is written with it, or a write of its row failed: the whole record goes
+                    c.updates.append(job)
+                    if unsynced:
+                        unsynced.discard(job.id)
+                if r.started is not None and r.finished is not None:
+                    proc = max(0.0, (r.finished - r.started) * 1000.0)
+                else:
+                    proc = max(0.0, (now - begun) * 1000.0) if begun is not None else None
+                transitions.append((facts(job), old, _SUCCEEDED, proc, "OK"))
+                continue
+            stop_state = stop_wanted.pop(job.id, None)
             if stop_state is not None and r.kind != "OK":
                 outcome = Outcome("STOPPED", r.message, stop_state=stop_state)
             else:
@@ -1080,7 +1116,11 @@ class EngineCore:
             else:
                 proc = max(0.0, (now - begun) * 1000.0) if begun is not None else None
             c.updates.append(job)
+            if unsynced:
+                unsynced.discard(job.id)
             transitions.append((ins.JobFacts.of(job, outcome.kind == "FAILED"), old, d.state, proc, outcome.kind))
+        for peer, ids in ok.items():
+            self.story.line(tuple(ids), now, _ACTIVE, _SUCCEEDED, f"result from {peer}: OK")
         if started:
             c.then.append(ins.JobsStarted(started))
         if transitions:

@@ -267,9 +267,10 @@ class StartsFailed:
 
 @dataclass(slots=True)
 class WritesFailed:
-    """The shell: a commit with these jobs' rows (full or success writes) failed (disk full, I/O
-    error). Their rows may now differ from the records here in any column, so their next end is
-    written whole, not narrow (``Commit.successes`` trusts the row to be as the start wrote it)."""
+    """The shell: a commit with these jobs' rows (full, start or success writes) failed (disk full,
+    I/O error). Their rows may now differ from the records here in any column, so their next write
+    of a start elsewhere or of an end is whole, not narrow (``Commit.successes`` trusts the row to
+    be as the start wrote it)."""
 
     job_ids: list[str]
 

@@ -56,10 +56,11 @@ class Commit:
     ``failed`` (with the error) or log.
 
     ``inserts`` are new rows (``texts`` their properties JSON, or None: from the jobs),
-    ``starts`` the narrow write of a run's start, ``handoffs`` the narrow write of a QUEUED job
-    handed to a peer (its target and attempt), ``updates`` full rows, ``successes`` the narrow
-    write of a run that ended OK (its state, end, progress, message and result: the rest of its row
-    is as its start wrote it), ``deletes`` rows (by their seq). The transfer tables change with the
+    ``starts`` the narrow write of a run's start (here, or at the peer a job is handed to),
+    ``handoffs`` the narrow write of a QUEUED job handed to a peer (its target and attempt),
+    ``updates`` full rows, ``successes`` the narrow write of a run that ended OK, here or at a peer
+    (its state, end, progress, message and result: the rest of its row is as its start wrote it),
+    ``deletes`` rows (by their seq). The transfer tables change with the
     job rows they belong to (``store.transfer``): ``copies`` (origin, job) rows of accepted copies
     (replacing an older copy's row), ``outbox`` (job, result) of copies that ended (the copy's row goes),
     ``forget`` (id, attempt) copies and results their origin has done with, ``rehome``
