@@ -1079,6 +1079,15 @@ def test_ack_items_read_fast_or_checked_alike() -> None:
             AckItem.from_wire(bad)  # type: ignore[arg-type]
 
 
+def test_job_refs_read_fast_or_checked_alike() -> None:
+    ref = JobRef.from_wire({"id": "j", "attempt": 3})
+    assert ref == JobRef("j", 3) and hash(ref) == hash(JobRef("j", 3)) and JobRef.from_wire(ref.to_wire()) == ref
+    for bad in ({"id": "j", "attempt": True}, {"id": "j", "attempt": -1}, {"id": "", "attempt": 1},
+                {"id": 5, "attempt": 1}, {"attempt": 1}, {"id": "j"}, ["j", 1]):
+        with pytest.raises(ProtocolError):
+            JobRef.from_wire(bad)  # type: ignore[arg-type]
+
+
 def test_result_item_carries_any_json_result_and_reads_an_older_output() -> None:
     from jobmesh.transfer.protocol import ResultItem
 

@@ -334,6 +334,12 @@ class JobRef:
 
     @classmethod
     def from_wire(cls, body: dict[str, Any]) -> "JobRef":
+        # A result ack carries one per result: a well-formed ref is checked in one pass and built
+        # without the frozen dataclass's __init__; anything else says what is wrong.
+        if type(body) is dict:
+            i, a = body.get("id"), body.get("attempt")
+            if type(i) is str and i and type(a) is int and a >= 0:
+                return _build(cls, {"id": i, "attempt": a})
         return cls(id=_nonempty_str(body, "id", "job ref"), attempt=_attempt(body, "job ref"))
 
 
