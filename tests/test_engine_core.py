@@ -405,7 +405,7 @@ def offloaded(core: EngineCore, clock: Any, j: Job) -> None:
     core.handle(ev.HandoffCommitted("b", [j], 5))
 
 
-def test_a_remote_ok_result_whose_start_message_was_lost_writes_the_whole_row() -> None:
+def test_a_remote_ok_result_that_overtook_its_start_message_is_a_narrow_write_with_its_start() -> None:
     core, clock = engine(runnable=lambda t: False)
     j = job(1)
     offloaded(core, clock, j)
@@ -413,7 +413,8 @@ def test_a_remote_ok_result_whose_start_message_was_lost_writes_the_whole_row() 
     out = core.handle(ev.RemoteResults([ev.RemoteResult("b", "j1", 1, "OK", None, None, 1000.5, 1000.75)]))
     assert (j.state, j.started, j.finished) == (S, 1000.5, 1001.0)
     c = commit(out)
-    assert (c.updates, c.successes, c.starts) == ([j], [], [])  # the start was never written: the whole row
+    # the success row carries the start time; target and attempt are as the handoff wrote them
+    assert (c.updates, c.successes, c.starts) == ([], [j], [])
     assert c.then[0] == ins.JobsStarted([(F(j), 1500.0)])
 
 

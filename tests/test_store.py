@@ -277,6 +277,30 @@ async def test_grouped_starts_and_narrow_successes_write_each_row_and_keep_their
         await system.stop_all()
 
 
+async def test_a_success_after_a_handoff_alone_writes_the_start_too(tmp_path):
+    """An offloaded job whose result overtook its start message goes from its handoff row (QUEUED,
+    target and attempt) straight to SUCCEEDED: the narrow success writes its start time with it."""
+    store, system = await open_store(tmp_path / "jobs.db")
+    try:
+        a, b = mk(1), mk(2)
+        await store.insert([a, b])
+        for j in (a, b):
+            j.target, j.attempt = "peer", 1
+        await store.handoff_many([a, b])
+        for j, started in ((a, 4.0), (b, 4.5)):  # each started at its own time at the peer
+            j.state, j.started, j.finished = JobState.SUCCEEDED, started, 5.0
+        b.result_message = "fine"
+        await store.succeed_many([a, b])
+        ga, gb = store.get("job-1"), store.get("job-2")
+        assert (ga.state, ga.started, ga.finished, ga.target, ga.attempt) == (JobState.SUCCEEDED, 4.0, 5.0, "peer", 1)
+        assert (gb.state, gb.started, gb.result_message, gb.target) == (JobState.SUCCEEDED, 4.5, "fine", "peer")
+        ready = list(store.reader.execute("SELECT id FROM jobs INDEXED BY jobs_ready WHERE queue='main' "
+                                          "AND state='QUEUED'"))
+        assert ready == []
+    finally:
+        await system.stop_all()
+
+
 async def test_plain_and_full_inserts_write_the_same_rows(tmp_path):
     """A new job with defaults in its optional columns binds 9 values; one with any of them set
     binds all 21; both read back as they were added."""

@@ -1060,8 +1060,7 @@ class EngineCore:
                 self._log("info", "result not applied", job_id=r.job_id, attempt=r.attempt, peer=r.peer,
                           reason="unknown job" if job is None else f"job is {job.state.value}")
                 continue
-            was_started = job.state is _ACTIVE
-            if not was_started:  # the start message was lost: the result proves the start
+            if job.state is _QUEUED:  # no start message (yet, or lost): the result proves the start
                 self._start_away(job, r.peer, r.started or now, started)
             del away[job.id]
             self._away_active -= 1
@@ -1081,12 +1080,14 @@ class EngineCore:
                     job.progress.log = list(r.log)[-MAX_LOG_LINES:]
                 if r.output_payload:
                     c.outputs.append((job.id, job.attempt, r.output_payload))  # the job's outputs, before its row
-                if was_started and not (unsynced and job.id in unsynced):
-                    c.successes.append(job)  # the rest of the row is as the remote start wrote it
-                else:  # its start is written with it, or a write of its row failed: the whole record goes
+                if not (unsynced and job.id in unsynced):
+                    # the rest of the row is as the handoff (target, attempt) or the remote start left it;
+                    # a start the result overtook (the usual case: a target announces only starts
+                    # that last) is the success's own start time
+                    c.successes.append(job)
+                else:  # a write of its row failed: the whole record goes
                     c.updates.append(job)
-                    if unsynced:
-                        unsynced.discard(job.id)
+                    unsynced.discard(job.id)
                 if r.started is not None and r.finished is not None:
                     proc = max(0.0, (r.finished - r.started) * 1000.0)
                 else:

@@ -59,7 +59,8 @@ class Commit:
     ``starts`` the narrow write of a run's start (here, or at the peer a job is handed to),
     ``handoffs`` the narrow write of a QUEUED job handed to a peer (its target and attempt),
     ``updates`` full rows, ``successes`` the narrow write of a run that ended OK, here or at a peer
-    (its state, end, progress, message and result: the rest of its row is as its start wrote it),
+    (its state, start and end, progress, message and result: the rest of its row is as its start, or
+    its handoff, wrote it),
     ``deletes`` rows (by their seq). The transfer tables change with the
     job rows they belong to (``store.transfer``): ``copies`` (origin, job) rows of accepted copies
     (replacing an older copy's row), ``outbox`` (job, result) of copies that ended (the copy's row goes),

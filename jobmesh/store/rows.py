@@ -40,12 +40,15 @@ _START_SEQS = ("UPDATE jobs SET state='ACTIVE', started=?, finished=NULL, attemp
                "WHERE seq IN (SELECT value FROM json_each(?))")
 # ... one row each where SQLite has no JSON functions (a build without JSON1, before 3.38).
 _START = "UPDATE jobs SET state='ACTIVE', started=?, finished=NULL, attempt=?, target=? WHERE seq=?"
-# A run that ended OK: its final columns only, the rest of its row is as its start wrote it.
-_SUCCEED = "UPDATE jobs SET state='SUCCEEDED', finished=?, progress=?, result_message=?, output=? WHERE seq=?"
-# ... and those with nothing more to say (no progress, message nor result) that ended at one time,
-# over a JSON list of their seqs: ~4.5 µs a row against ~10 for the full _UPDATE.
-_SUCCEED_SEQS = ("UPDATE jobs SET state='SUCCEEDED', finished=?, progress=NULL, result_message=NULL, output=NULL "
-                 "WHERE seq IN (SELECT value FROM json_each(?))")
+# A run that ended OK: its start and final columns only, the rest of its row is as its start (or, for
+# a job run at a peer whose start message the result overtook, its handoff) wrote it.
+_SUCCEED = ("UPDATE jobs SET state='SUCCEEDED', started=?, finished=?, progress=?, result_message=?, output=? "
+            "WHERE seq=?")
+# ... and those with nothing more to say (no progress, message nor result) that started and ended at
+# one time (a reservation's jobs), over a JSON list of their seqs: ~4.5 µs a row against ~10 for
+# the full _UPDATE.
+_SUCCEED_SEQS = ("UPDATE jobs SET state='SUCCEEDED', started=?, finished=?, progress=NULL, result_message=NULL, "
+                 "output=NULL WHERE seq IN (SELECT value FROM json_each(?))")
 _DELETE = "DELETE FROM jobs WHERE id=?"
 _DELETE_SEQ = "DELETE FROM jobs WHERE seq=?"
 # Other nodes' copies restored after a restart wait for their origin's word (schema version 4);

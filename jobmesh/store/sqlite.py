@@ -56,7 +56,8 @@ def _handoff_row(job: Job) -> tuple[Any, ...]:
 
 def _success_row(job: Job) -> tuple[Any, ...]:
     """``_SUCCEED``'s parameters."""
-    return (job.finished, progress_json(job.progress), job.result_message, result_json(job.result), job.seq)
+    return (job.started, job.finished, progress_json(job.progress), job.result_message, result_json(job.result),
+            job.seq)
 
 
 def _seqs_by(pairs: Iterable[tuple[Any, int]]) -> dict[Any, list[int]]:
@@ -83,21 +84,21 @@ def _write_starts(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]], gro
 
 
 def _write_successes(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]], grouped: bool = True) -> None:
-    """``_SUCCEED`` rows: those with nothing but their end time, one statement for each time
-    (``grouped``, as for starts)."""
+    """``_SUCCEED`` rows: those with nothing but their start and end times, one statement for each
+    pair of times (``grouped``, as for starts)."""
     if not grouped:
         conn.executemany(_SUCCEED, rows)
         return
-    ends: list[tuple[float, int]] = []  # (finished, seq) of those with nothing but their end time
+    ends: list[tuple[tuple[Any, Any], int]] = []  # ((started, finished), seq) of those with nothing more
     other: list[tuple[Any, ...]] = []
     for row in rows:
-        finished, progress, message, output, seq = row
+        started, finished, progress, message, output, seq = row
         if progress is None and message is None and output is None:
-            ends.append((finished, seq))
+            ends.append(((started, finished), seq))
         else:
             other.append(row)
-    for finished, seqs in _seqs_by(ends).items():
-        conn.execute(_SUCCEED_SEQS, (finished, json.dumps(seqs)))
+    for times, seqs in _seqs_by(ends).items():
+        conn.execute(_SUCCEED_SEQS, (*times, json.dumps(seqs)))
     if other:
         conn.executemany(_SUCCEED, other)
 
@@ -313,8 +314,9 @@ class Store(StoreReads, Actor):
         return self._narrow(jobs, pending.handoffs, (pending.starts, pending.successes), _handoff_row)
 
     def succeed_many(self, jobs: Iterable[Job]) -> asyncio.Future[Any]:
-        """Record runs that ended OK: their state, end time, progress, message and result only. The
-        caller vouches that the rest of each row is as the run's start wrote it."""
+        """Record runs that ended OK: their state, start and end times, progress, message and result
+        only. The caller vouches that the rest of each row is as the run's start wrote it (or, for a
+        job run at a peer, its handoff: the target and attempt)."""
         pending = self._pending
         return self._narrow(jobs, pending.successes, (pending.starts, pending.handoffs), _success_row)
 
