@@ -45,8 +45,9 @@ def _open_jobs(nodes: dict[str, NodeProcess]) -> str:
     for name, n in nodes.items():
         with sqlite3.connect(n.data / "jobs.db") as db:
             rows = db.execute("SELECT id, topic, origin, target, state, attempt, retry_count FROM jobs "
-                              "WHERE state IN ('QUEUED','ACTIVE') LIMIT 20").fetchall()
-            outbox = db.execute("SELECT job_id, origin, attempt FROM transfer_outbox LIMIT 10").fetchall()
+                              "WHERE state IN ('QUEUED','ACTIVE') AND outbox IS NULL LIMIT 20").fetchall()
+            outbox = db.execute("SELECT id, origin, attempt FROM jobs WHERE outbox IS NOT NULL UNION ALL "
+                                "SELECT job_id, origin, attempt FROM transfer_outbox LIMIT 10").fetchall()
             copies = db.execute("SELECT job_id, origin, attempt FROM transfer_copies LIMIT 10").fetchall()
         lines.append(f"{name}: open {rows} outbox {outbox} copies {copies}")
         lines.append(n.log_tail(15))
@@ -131,7 +132,7 @@ def test_random_kills_and_restarts_lose_nothing_and_record_each_job_once(tmp_pat
         def outboxes_empty() -> bool:
             for n in nodes.values():
                 with sqlite3.connect(n.data / "jobs.db") as db:
-                    if db.execute("SELECT count(*) FROM transfer_outbox").fetchone()[0]:
+                    if db.execute("SELECT (SELECT count(*) FROM transfer_outbox) + (SELECT count(*) FROM jobs WHERE outbox IS NOT NULL)").fetchone()[0]:
                         return False
             return True
 

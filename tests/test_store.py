@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from typing import Any
 
 import pytest
 
 from jobmesh.actor import ActorSystem
-from jobmesh.job import Job, JobState
+from jobmesh.job import Job, JobState, ResultKind
+from jobmesh.transfer.messages import ResultItem
 from jobmesh.store import SCHEMA_VERSION, SchemaError, Store
 
 
@@ -435,3 +437,101 @@ async def test_a_copy_is_its_job_row_and_only_restored_copies_are_marked_held(tm
         assert held == [("c-a", 2)] and store.get("c-d").attempt == 2
     finally:
         await system.stop_all()
+
+
+def _copy_store() -> tuple[sqlite3.Connection, Any]:
+    from jobmesh.store.schema import migrate
+    from jobmesh.store.transfer import TransferStore
+
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    migrate(conn)
+    return conn, TransferStore("me")
+
+
+def _copy(seq: int, job_id: str, attempt: int = 1) -> Job:
+    j = Job(id=job_id, topic="t/a", properties={}, queue="main", origin="o", created=1.0, attempt=attempt)
+    j.seq = seq
+    return j
+
+
+def test_a_copys_result_waits_in_its_row_and_goes_with_it_at_the_ack():
+    """Schema 8: a copy's result is kept in its own row (ACTIVE, no end time) until its origin
+    acknowledges it. Restarts see it as a result to resend, never as a run or a copy to hold."""
+    from jobmesh.store.reads import StoreReads
+    from jobmesh.store.transfer import TransferStore, read_outbox_body
+    from jobmesh.transfer.messages import ResultItem
+
+    conn, ts = _copy_store()
+    ran, stopped, waiting = _copy(1, "c-ran"), _copy(2, "c-stopped"), _copy(3, "c-waiting")
+    conn.execute("BEGIN IMMEDIATE")
+    ts.write(conn, [("o", ran), ("o", stopped), ("o", waiting)], [], [])
+    conn.execute("UPDATE jobs SET state='ACTIVE', started=5.0 WHERE id='c-ran'")  # its start
+    ts.write(conn, [], [(ran, ResultItem("c-ran", 1, ResultKind.OK, started=5.0, finished=6.0)),
+                        (stopped, ResultItem("c-stopped", 1, ResultKind.CANCEL, "stopped"))], [])
+    conn.execute("COMMIT")
+    rows = dict(((i, (s, f, o is not None)) for i, s, f, o in conn.execute(
+        "SELECT id, state, finished, outbox FROM jobs ORDER BY seq")))
+    assert rows == {"c-ran": ("ACTIVE", None, True), "c-stopped": ("ACTIVE", None, True),
+                    "c-waiting": ("QUEUED", None, False)}
+    assert conn.execute("SELECT count(*) FROM transfer_outbox").fetchone()[0] == 0
+    # what a restart reads: the results to resend, the one copy to hold, no run interrupted
+    got = {job_id: ResultItem.from_wire(read_outbox_body(body))
+           for job_id, _, _, body in TransferStore.outbox(conn)}
+    assert set(got) == {"c-ran", "c-stopped"} and got["c-ran"].finished == 6.0
+    assert [c[0] for c in TransferStore.copies(conn, "me")] == ["c-waiting"]
+    reads = StoreReads.__new__(StoreReads)
+    reads._rconn, reads.local_name = conn, "me"
+    assert reads.active_rows() == [] and reads.open_counts() == [("main", "t/a", "QUEUED", 1)]
+    ready = [r[0] for r in conn.execute("SELECT id FROM jobs INDEXED BY jobs_ready WHERE state='QUEUED'")]
+    assert ready == ["c-waiting"]  # the stopped copy never runs now
+    ts.hold_restored(conn)
+    assert conn.execute("SELECT job_id FROM transfer_copies").fetchall() == [("c-waiting",)]
+    # the acks: each result's row goes; a later attempt's ack would not touch an older row
+    conn.execute("BEGIN IMMEDIATE")
+    ts.write(conn, [], [], [("c-ran", 1), ("c-stopped", 2)])
+    conn.execute("COMMIT")
+    assert [r[0] for r in conn.execute("SELECT id FROM jobs ORDER BY seq")] == ["c-stopped", "c-waiting"]
+    assert [r[0] for r in TransferStore.outbox(conn)] == ["c-stopped"]
+    conn.close()
+
+
+def test_a_result_whose_row_a_newer_copy_replaced_waits_in_the_outbox_table():
+    """An older attempt's result and a newer copy of the same job in one commit: the newer copy's
+    row replaces the older one first, so the result is kept in ``transfer_outbox`` (as every result
+    was before schema 8), read back at a restart and deleted by its ack like one in a row."""
+    from jobmesh.store.transfer import TransferStore
+
+    conn, ts = _copy_store()
+    old = _copy(1, "c-a", attempt=1)
+    conn.execute("BEGIN IMMEDIATE")
+    ts.write(conn, [("o", old)], [], [])
+    conn.execute("COMMIT")
+    conn.execute("BEGIN IMMEDIATE")
+    ts.write(conn, [("o", _copy(2, "c-a", attempt=2))],
+             [(old, ResultItem("c-a", 1, ResultKind.OK))], [])
+    conn.execute("COMMIT")
+    assert conn.execute("SELECT id, attempt, state, outbox FROM jobs").fetchall() == [("c-a", 2, "QUEUED", None)]
+    assert [(r[0], r[2]) for r in TransferStore.outbox(conn)] == [("c-a", 1)]
+    conn.execute("BEGIN IMMEDIATE")
+    ts.write(conn, [], [], [("c-a", 1)])  # the older result acknowledged: the newer copy stays
+    conn.execute("COMMIT")
+    assert TransferStore.outbox(conn) == [] and conn.execute("SELECT attempt FROM jobs").fetchall() == [(2,)]
+    conn.close()
+
+
+def test_results_an_older_node_left_in_the_outbox_table_are_read_and_acknowledged():
+    import json
+
+    from jobmesh.store.transfer import TransferStore, read_outbox_body
+
+    conn, ts = _copy_store()
+    wire = ResultItem("c-old", 3, ResultKind.FAILED, "boom").to_wire()
+    conn.execute("INSERT INTO transfer_outbox (job_id, origin, attempt, body) VALUES ('c-old', 'o', 3, ?)",
+                 (json.dumps(wire),))  # what a node before schema 8 wrote
+    [(job_id, origin, attempt, body)] = TransferStore.outbox(conn)
+    assert (job_id, origin, attempt) == ("c-old", "o", 3) and read_outbox_body(body) == wire
+    conn.execute("BEGIN IMMEDIATE")
+    ts.write(conn, [], [], [("c-old", 3)])
+    conn.execute("COMMIT")
+    assert TransferStore.outbox(conn) == []
+    conn.close()

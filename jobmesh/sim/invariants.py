@@ -77,7 +77,8 @@ class Invariants(SimState):
             return
         marked: dict[str, int] = {}
         for job_id, origin, attempt in node.store.reader.execute(
-                "SELECT id, origin, attempt FROM jobs WHERE origin!=?", (name,)):  # the copies it holds
+                "SELECT id, origin, attempt FROM jobs WHERE origin!=? AND outbox IS NULL",
+                (name,)):  # the copies it holds (not the results waiting in their rows: they never run)
             o = self.nodes.get(origin)
             if o is None or o.transfer is None:
                 continue

@@ -144,7 +144,7 @@ class StoreReads:
     def open_counts(self) -> list[tuple[str, str, str, int]]:
         """(queue, topic, state, count) of QUEUED and ACTIVE jobs: the statistics gauges at start."""
         return self.reader.execute(
-            "SELECT queue, topic, state, count(*) FROM jobs WHERE state IN ('QUEUED','ACTIVE') "
+            "SELECT queue, topic, state, count(*) FROM jobs WHERE state IN ('QUEUED','ACTIVE') AND outbox IS NULL "
             "GROUP BY queue, topic, state"
         ).fetchall()
 
@@ -160,14 +160,16 @@ class StoreReads:
     # -- recovery reads at start ---------------------------------------------
     def active_rows(self) -> list[Job]:
         """Rows ACTIVE now: at start, the runs a crash interrupted (this node's own, and other
-        nodes' copies; with ``local_name`` set, not this node's jobs running at another node).
+        nodes' copies, but not a copy whose result waits for its origin in its row; with
+        ``local_name`` set, not this node's jobs running at another node).
         The engine decides what becomes of them (``engine.events.Recovered``)."""
         if self.local_name is not None:
-            sql = (f"SELECT {JOB_COLUMNS} FROM jobs WHERE state='ACTIVE' AND (origin!=? OR target IS NULL "
-                   "OR target=?) ORDER BY seq")
+            sql = (f"SELECT {JOB_COLUMNS} FROM jobs WHERE state='ACTIVE' AND outbox IS NULL AND (origin!=? "
+                   "OR target IS NULL OR target=?) ORDER BY seq")
             rows = self.reader.execute(sql, (self.local_name, self.local_name)).fetchall()
         else:
-            rows = self.reader.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE state='ACTIVE' ORDER BY seq").fetchall()
+            rows = self.reader.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE state='ACTIVE' AND outbox IS NULL "
+                                       "ORDER BY seq").fetchall()
         return [row_to_job(r) for r in rows]
 
     def handed_off(self) -> list[Job]:

@@ -86,6 +86,15 @@ MIGRATIONS: list[list[str]] = [
     # jobmesh before this version would read such a body as unreadable and drop the result: the
     # version it does not know makes it refuse the store instead.
     [],
+    [
+        # A copy's final result (the ``transfer_outbox`` body: msgpack, or JSON text) is kept in the
+        # copy's own row until its origin acknowledges it: one row update where the row's delete
+        # and an outbox insert were, one delete at the ack where two were. Such a row stays ACTIVE
+        # with ``finished`` NULL (out of the ready, due and history indexes); the reads that mean
+        # runs or copies to restore leave it out. ``transfer_outbox`` keeps what older versions
+        # wrote, and a result whose row is gone (its copy superseded in the same commit).
+        "ALTER TABLE jobs ADD COLUMN outbox BLOB",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,15 +1,16 @@
 """The transfer tables' SQL (``TransferStore``): copies of other nodes' jobs, the result outbox.
 
-Schema (``schema.py``, versions 3 and 4): a copy this node accepted is its row in ``jobs``
+Schema (``schema.py``, versions 3, 4 and 8): a copy this node accepted is its row in ``jobs``
 (``origin`` another node, ``attempt`` the one its origin handed over); ``transfer_copies
 (job_id, origin, attempt, held)`` marks the copies restored after a restart that wait for their
 origin's word (``held`` = 1; written at start, gone once confirmed) — rows with ``held`` = 0 are
-what nodes before this version wrote for every copy, and mean nothing now — and
-``transfer_outbox (job_id, origin, attempt, body)`` is a copy's final result (the protocol's
-``ResultItem`` in its wire form: msgpack, or JSON text for a result with a consumer's value and in
-rows of nodes before), kept until the origin acknowledged it. A copy costs its job row and, once
-it ended, its outbox row: no marker row on the way (an insert and a delete per copy, ~12 µs of
-SQLite at the target).
+what nodes before this version wrote for every copy, and mean nothing now. A copy's final result
+(the protocol's ``ResultItem`` in its wire form: msgpack, or JSON text for a result with a
+consumer's value) is kept in the copy's own row, ``jobs.outbox``, until the origin acknowledged
+it; the row stays ACTIVE with no end time meanwhile, and the reads of runs and copies to restore
+leave such rows out. ``transfer_outbox (job_id, origin, attempt, body)`` holds what nodes before
+version 8 wrote, and a result whose row a newer copy of its job replaced in the same commit. A
+copy costs its job row: an insert, a start, the result's update and the delete at the ack.
 
 Who writes: a change that goes with a job's row (a copy accepted, a copy's result, a copy
 forgotten) runs inside the engine's commit of that row (``write`` below, the engine
@@ -29,6 +30,10 @@ import msgpack
 from ..job import Job
 from ..plants import PLANTS
 from .rows import _INSERT_COPY, copy_row
+
+# A copy's result kept in its row until its origin acknowledges it (schema version 8). A copy
+# stopped before it ran is QUEUED: ACTIVE takes it out of the ready index, so it never runs.
+_KEEP_RESULT = "UPDATE jobs SET state='ACTIVE', finished=NULL, outbox=? WHERE seq=? AND origin!=?"
 
 
 def outbox_body(wire: dict[str, Any]) -> bytes | str:
@@ -78,17 +83,32 @@ class TransferStore:
             if held:  # a held marker of an older attempt goes: this newer copy is its origin's word
                 conn.executemany("DELETE FROM transfer_copies WHERE job_id=?", [(j.id,) for _, j in copies])
         if outbox:
-            conn.executemany("DELETE FROM jobs WHERE seq=? AND origin!=?", [(j.seq, me) for j, _ in outbox])
-            conn.executemany("INSERT OR REPLACE INTO transfer_outbox (job_id, origin, attempt, body) VALUES (?,?,?,?)",
-                             [(j.id, j.origin, item.attempt, outbox_body(item.to_wire())) for j, item in outbox])
+            # the result goes into the copy's own row (``jobs.outbox``; ACTIVE, out of the ready index)
+            bodies = [(outbox_body(item.to_wire()), j.seq, me) for j, item in outbox]
+            if conn.executemany(_KEEP_RESULT, bodies).rowcount != len(bodies):
+                self._outbox_rows_gone(conn, outbox, bodies)
         if forget:
-            conn.executemany("DELETE FROM transfer_outbox WHERE job_id=? AND attempt=?", forget)
+            # outbox rows are what nodes before schema version 8 wrote (and results whose row was
+            # gone): nearly always none, so one look per commit skips a lookup per copy
+            if conn.execute("SELECT 1 FROM transfer_outbox LIMIT 1").fetchone() is not None:
+                conn.executemany("DELETE FROM transfer_outbox WHERE job_id=? AND attempt=?", forget)
             if held:
                 conn.executemany("DELETE FROM transfer_copies WHERE job_id=? AND attempt=?", forget)
             # a copy's row carries the attempt its origin gave it: a newer copy of the same job stays
             conn.executemany("DELETE FROM jobs WHERE id=? AND attempt=? AND origin!=? "
-                             "AND state IN ('QUEUED','STOPPED','DROPPED')",
+                             "AND (outbox IS NOT NULL OR state IN ('QUEUED','STOPPED','DROPPED'))",
                              [(job_id, attempt, me) for job_id, attempt in forget])
+
+    @staticmethod
+    def _outbox_rows_gone(conn: sqlite3.Connection, outbox: list[tuple[Job, Any]],
+                          bodies: list[tuple[bytes | str, int, str]]) -> None:
+        """Results whose copy's row is gone (a newer copy of the job replaced it in this same
+        commit): kept in ``transfer_outbox`` instead, until their origin has done with them."""
+        for (job, item), (body, seq, me) in zip(outbox, bodies):
+            if conn.execute("SELECT 1 FROM jobs WHERE seq=? AND origin!=? AND outbox IS NOT NULL",
+                            (seq, me)).fetchone() is None:
+                conn.execute("INSERT OR REPLACE INTO transfer_outbox (job_id, origin, attempt, body) VALUES (?,?,?,?)",
+                             (job.id, job.origin, item.attempt, body))
 
     # -- the transfer actor's own writes ---------------------------------------------------
     @staticmethod
@@ -103,7 +123,7 @@ class TransferStore:
             return
         conn.execute("DELETE FROM transfer_copies")  # the markers of the run before, rebuilt from the rows
         conn.execute("INSERT INTO transfer_copies (job_id, origin, attempt, held) "
-                     "SELECT id, origin, attempt, 1 FROM jobs WHERE origin!=?", (self.me,))
+                     "SELECT id, origin, attempt, 1 FROM jobs WHERE origin!=? AND outbox IS NULL", (self.me,))
 
     # -- reads (restore after a restart) -----------------------------------------------------
     @staticmethod
@@ -111,10 +131,14 @@ class TransferStore:
         """(job id, origin, attempt, topic, properties) of the copies that are not final here."""
         return [(job_id, origin, attempt, topic, json.loads(props)) for job_id, origin, attempt, topic, props in
                 reader.execute("SELECT id, origin, attempt, topic, properties FROM jobs "
-                               "WHERE origin!=? AND state IN ('QUEUED','ACTIVE') ORDER BY seq", (me,))]
+                               "WHERE origin!=? AND state IN ('QUEUED','ACTIVE') AND outbox IS NULL ORDER BY seq",
+                               (me,))]
 
     @staticmethod
     def outbox(reader: sqlite3.Connection) -> list[tuple[str, str, int, bytes | str]]:
-        """(job id, origin, attempt, body: ``read_outbox_body``) of the results not acknowledged yet."""
-        return list(reader.execute("SELECT job_id, origin, attempt, body FROM transfer_outbox ORDER BY job_id"))
+        """(job id, origin, attempt, body: ``read_outbox_body``) of the results not acknowledged yet:
+        those kept in their copy's row, and the outbox table's."""
+        return sorted([*reader.execute("SELECT id, origin, attempt, outbox FROM jobs WHERE outbox IS NOT NULL"),
+                       *reader.execute("SELECT job_id, origin, attempt, body FROM transfer_outbox")],
+                      key=lambda row: (row[0], row[2]))
 
