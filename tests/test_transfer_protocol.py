@@ -1079,6 +1079,24 @@ def test_ack_items_read_fast_or_checked_alike() -> None:
             AckItem.from_wire(bad)  # type: ignore[arg-type]
 
 
+def test_specs_and_results_built_fast_equal_the_dataclass_made_ones() -> None:
+    from jobmesh.job import Job
+
+    job = Job(id="j", topic="a/b", properties={"n": 1}, queue="q", origin="o", created=2.0, retry_count=1,
+              max_retries=3, attempt=4, timeout=2.5, priority=-1)
+    ref = {"x": {"id": "sha256:" + "c" * 64, "size": 3}}
+    for payload in (None, ref):
+        fast = JobSpec.of(job, payload)
+        made = JobSpec("j", 4, "a/b", {"n": 1}, "q", 1, 3, "o", 2.0, 2.5, -1, payload)
+        assert fast == made and repr(fast) == repr(made) and JobSpec.from_wire(fast.to_wire()) == made
+    args = ("j", 2, ResultKind.FAILED, "m", 1.5, 1.0, 2.0, ("l",))
+    for extra in ((), ({"r": 1}, ref)):
+        fast = ResultItem.of_run(*args, *extra)
+        made = ResultItem(*args, *extra)
+        assert fast == made and repr(fast) == repr(made)
+        assert ResultItem.from_wire(fast.to_wire()) == made
+
+
 def test_job_refs_read_fast_or_checked_alike() -> None:
     ref = JobRef.from_wire({"id": "j", "attempt": 3})
     assert ref == JobRef("j", 3) and hash(ref) == hash(JobRef("j", 3)) and JobRef.from_wire(ref.to_wire()) == ref

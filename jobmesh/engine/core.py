@@ -566,10 +566,9 @@ class EngineCore:
         lines = job.progress.log
         log = tuple([*lines, *outcome.log][-MAX_LOG_LINES:]) if lines or outcome.log else ()
         ok = kind == "OK"
-        item = ResultItem(job.id, job.attempt, _RESULT_KINDS.get(kind, ResultKind.FAILED), message,
-                          outcome.retry_delay, job.started, self._now, log,
-                          result=outcome.result if ok else None,
-                          output_payload=outcome.output_payload if ok else None)
+        item = ResultItem.of_run(job.id, job.attempt, _RESULT_KINDS.get(kind, ResultKind.FAILED), message,
+                                 outcome.retry_delay, job.started, self._now, log,
+                                 outcome.result if ok else None, outcome.output_payload if ok else None)
         self.story.note(job.id, job.state, "copy ended: " + kind + "; result to " + job.origin, self._now)
         c.outbox.append((job, item))
         results.append(item)

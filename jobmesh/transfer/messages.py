@@ -135,9 +135,12 @@ class JobSpec:
     @classmethod
     def of(cls, job: Any, payload: dict[str, Any] | None = None) -> "JobSpec":
         """What a target needs of ``job`` (a ``jobmesh.Job``), for the attempt it has now;
-        ``payload``: its input payload as the wire carries it (``blobs.transfer.payload_specs``)."""
-        return cls(job.id, job.attempt, job.topic, job.properties, job.queue, job.retry_count, job.max_retries,
-                   job.origin, job.created, job.timeout, job.priority, payload)
+        ``payload``: its input payload as the wire carries it (``blobs.transfer.payload_specs``).
+        One per job handed off: built without the frozen dataclass's ``__init__``."""
+        return _build(cls, {"id": job.id, "attempt": job.attempt, "topic": job.topic, "properties": job.properties,
+                            "queue": job.queue, "retry_count": job.retry_count, "max_retries": job.max_retries,
+                            "origin": job.origin, "created": job.created, "timeout": job.timeout,
+                            "priority": job.priority, "payload": payload})
 
     @classmethod
     def from_wire(cls, body: dict[str, Any]) -> "JobSpec":
@@ -274,6 +277,16 @@ class ResultItem:
         if self.output_payload:
             body["output_payload"] = self.output_payload
         return body
+
+    @classmethod
+    def of_run(cls, id: str, attempt: int, kind: ResultKind, message: str | None, retry_delay: float | None,
+               started: float | None, finished: float | None, log: tuple[str, ...], result: Any = None,
+               output_payload: dict[str, Any] | None = None) -> "ResultItem":
+        """A copy's outcome at its target (the engine makes one per copy that ends): every field
+        given, built without the frozen dataclass's ``__init__``."""
+        return _build(cls, {"id": id, "attempt": attempt, "kind": kind, "message": message,
+                            "retry_delay": retry_delay, "started": started, "finished": finished, "log": log,
+                            "result": result, "output_payload": output_payload})
 
     @classmethod
     def from_wire(cls, body: dict[str, Any]) -> "ResultItem":
