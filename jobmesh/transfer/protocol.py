@@ -84,6 +84,7 @@ __all__ = [
 ]
 
 
+from .messages import _build
 from .messages import (  # noqa: F401 - the protocol's messages, named here too
     MESSAGE_TYPES,
     AckItem,
@@ -594,9 +595,11 @@ class OriginProtocol:
         """The actor committed these results: acknowledge them and let the jobs go."""
         by_peer: dict[str, list[JobRef]] = {}
         out: list[Any] = []
+        jobs = self._jobs
         for ref in refs:
-            ref = ref if isinstance(ref, JobRef) else JobRef(*ref)
-            job = self._jobs.get(ref.id)
+            if not isinstance(ref, JobRef):  # one per result: built without the frozen dataclass's __init__
+                ref = _build(JobRef, {"id": ref[0], "attempt": ref[1]})
+            job = jobs.get(ref.id)
             if job is None or job.spec.attempt != ref.attempt or job.state is not OriginJobState.RESULT_RECEIVED:
                 out.append(Log("warning", "result_committed_unknown", {"job_id": ref.id, "attempt": ref.attempt}))
                 continue
@@ -771,7 +774,7 @@ class OriginProtocol:
             job.state = OriginJobState.RESULT_RECEIVED
             job.resend = None
             job.stop = None
-            out.append(CommitResult(peer, item))
+            out.append(_build(CommitResult, {"peer": peer, "result": item}))  # one per result
         if unwanted:
             # acknowledged so the target's outbox drains; never committed
             out.append(Send(peer, ResultAck(tuple(unwanted))))
@@ -966,14 +969,16 @@ class TargetProtocol:
     def committed(self, origin: str, refs: Iterable[JobRef | tuple[str, int]]) -> list[Any]:
         """The copies are durable: acknowledge them to the origin."""
         acks: list[AckItem] = []
+        copies = self._copies
         for ref in refs:
-            ref = ref if isinstance(ref, JobRef) else JobRef(*ref)
-            c = self._copies.get(ref.id)
-            if c is None or c.spec.attempt != ref.attempt or c.origin != origin:
+            job_id, attempt = (ref.id, ref.attempt) if isinstance(ref, JobRef) else ref
+            c = copies.get(job_id)
+            if c is None or c.spec.attempt != attempt or c.origin != origin:
                 continue
             if c.state is TargetJobState.COMMITTING:
                 c.state = TargetJobState.COMMITTED
-            acks.append(AckItem(ref.id, ref.attempt, True))
+            # one per copy: built without the frozen dataclass's __init__ (as the wire's reads are)
+            acks.append(_build(AckItem, {"id": job_id, "attempt": attempt, "accepted": True, "reason": None}))
         return [Send(origin, HandoffAck(tuple(chunk))) for chunk in _chunks(acks, self.cfg.max_batch)]
 
     def commit_failed(self, origin: str, refs: Iterable[JobRef | tuple[str, int]], reason: str) -> list[Any]:
@@ -1289,7 +1294,8 @@ class TargetProtocol:
                 # the origin does not want this attempt any more (it moved on): stop it here
                 out.append(StopLocal(ref.id, ref.attempt, "origin no longer wants this attempt"))
             self._del_copy(ref.id)
-            out.append(ForgetJob(ref.id, ref.attempt))
+            out.append(_build(ForgetJob, {"id": ref.id, "attempt": ref.attempt, "reason": "acknowledged",
+                                          "held": False}))  # one per result acknowledged
         return out
 
     def _on_stop(self, peer: str, msg: Stop) -> list[Any]:
