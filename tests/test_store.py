@@ -454,7 +454,8 @@ def _copy(seq: int, job_id: str, attempt: int = 1) -> Job:
     return j
 
 
-def test_a_copys_result_waits_in_its_row_and_goes_with_it_at_the_ack():
+@pytest.mark.parametrize("grouped", [True, False], ids=["json_each", "no-json1"])
+def test_a_copys_result_waits_in_its_row_and_goes_with_it_at_the_ack(grouped):
     """Schema 8: a copy's result is kept in its own row (ACTIVE, no end time) until its origin
     acknowledges it. Restarts see it as a result to resend, never as a run or a copy to hold."""
     from jobmesh.store.reads import StoreReads
@@ -464,10 +465,10 @@ def test_a_copys_result_waits_in_its_row_and_goes_with_it_at_the_ack():
     conn, ts = _copy_store()
     ran, stopped, waiting = _copy(1, "c-ran"), _copy(2, "c-stopped"), _copy(3, "c-waiting")
     conn.execute("BEGIN IMMEDIATE")
-    ts.write(conn, [("o", ran), ("o", stopped), ("o", waiting)], [], [])
+    ts.write(conn, [("o", ran), ("o", stopped), ("o", waiting)], [], [], grouped=grouped)
     conn.execute("UPDATE jobs SET state='ACTIVE', started=5.0 WHERE id='c-ran'")  # its start
     ts.write(conn, [], [(ran, ResultItem("c-ran", 1, ResultKind.OK, started=5.0, finished=6.0)),
-                        (stopped, ResultItem("c-stopped", 1, ResultKind.CANCEL, "stopped"))], [])
+                        (stopped, ResultItem("c-stopped", 1, ResultKind.CANCEL, "stopped"))], [], grouped=grouped)
     conn.execute("COMMIT")
     rows = dict(((i, (s, f, o is not None)) for i, s, f, o in conn.execute(
         "SELECT id, state, finished, outbox FROM jobs ORDER BY seq")))
@@ -488,14 +489,15 @@ def test_a_copys_result_waits_in_its_row_and_goes_with_it_at_the_ack():
     assert conn.execute("SELECT job_id FROM transfer_copies").fetchall() == [("c-waiting",)]
     # the acks: each result's row goes; a later attempt's ack would not touch an older row
     conn.execute("BEGIN IMMEDIATE")
-    ts.write(conn, [], [], [("c-ran", 1), ("c-stopped", 2)])
+    ts.write(conn, [], [], [("c-ran", 1), ("c-stopped", 2)], grouped=grouped)
     conn.execute("COMMIT")
     assert [r[0] for r in conn.execute("SELECT id FROM jobs ORDER BY seq")] == ["c-stopped", "c-waiting"]
     assert [r[0] for r in TransferStore.outbox(conn)] == ["c-stopped"]
     conn.close()
 
 
-def test_a_result_whose_row_a_newer_copy_replaced_waits_in_the_outbox_table():
+@pytest.mark.parametrize("grouped", [True, False], ids=["json_each", "no-json1"])
+def test_a_result_whose_row_a_newer_copy_replaced_waits_in_the_outbox_table(grouped):
     """An older attempt's result and a newer copy of the same job in one commit: the newer copy's
     row replaces the older one first, so the result is kept in ``transfer_outbox`` (as every result
     was before schema 8), read back at a restart and deleted by its ack like one in a row."""
@@ -504,16 +506,16 @@ def test_a_result_whose_row_a_newer_copy_replaced_waits_in_the_outbox_table():
     conn, ts = _copy_store()
     old = _copy(1, "c-a", attempt=1)
     conn.execute("BEGIN IMMEDIATE")
-    ts.write(conn, [("o", old)], [], [])
+    ts.write(conn, [("o", old)], [], [], grouped=grouped)
     conn.execute("COMMIT")
     conn.execute("BEGIN IMMEDIATE")
     ts.write(conn, [("o", _copy(2, "c-a", attempt=2))],
-             [(old, ResultItem("c-a", 1, ResultKind.OK))], [])
+             [(old, ResultItem("c-a", 1, ResultKind.OK))], [], grouped=grouped)
     conn.execute("COMMIT")
     assert conn.execute("SELECT id, attempt, state, outbox FROM jobs").fetchall() == [("c-a", 2, "QUEUED", None)]
     assert [(r[0], r[2]) for r in TransferStore.outbox(conn)] == [("c-a", 1)]
     conn.execute("BEGIN IMMEDIATE")
-    ts.write(conn, [], [], [("c-a", 1)])  # the older result acknowledged: the newer copy stays
+    ts.write(conn, [], [], [("c-a", 1)], grouped=grouped)  # the older result acknowledged: the newer copy stays
     conn.execute("COMMIT")
     assert TransferStore.outbox(conn) == [] and conn.execute("SELECT attempt FROM jobs").fetchall() == [(2,)]
     conn.close()

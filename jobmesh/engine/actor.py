@@ -411,7 +411,7 @@ class EngineActor(Actor):
 
     def _transfer_rows(self, copies: Any, outbox: Any, forget: Any, rehome: Any, conn: Any) -> None:
         if copies or outbox or forget:
-            self.transfer_store.write(conn, copies, outbox, forget)
+            self.transfer_store.write(conn, copies, outbox, forget, self.store.grouped)
         if rehome:
             Store.rehome_rows(conn, rehome)
 

@@ -192,6 +192,13 @@ class Store(StoreReads, Actor):
         self._opened = True
         self.spawn(self._checkpointer(), name="store:checkpointer")
 
+    @property
+    def grouped(self) -> bool:
+        """SQLite has JSON functions (``json_each``): rows that share their values are written by
+        one statement over a JSON list of their keys (the engine's starts and successes, the
+        transfer tables' deletes)."""
+        return self._grouped
+
     def _open_writer(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")

@@ -34,6 +34,13 @@ from .rows import _INSERT_COPY, copy_row
 # A copy's result kept in its row until its origin acknowledges it (schema version 8). A copy
 # stopped before it ran is QUEUED: ACTIVE takes it out of the ready index, so it never runs.
 _KEEP_RESULT = "UPDATE jobs SET state='ACTIVE', finished=NULL, outbox=? WHERE seq=? AND origin!=?"
+# An older copy's row of a job goes before a newer copy's insert (the id is unique).
+_DELETE_COPIES = "DELETE FROM jobs WHERE id IN (SELECT value FROM json_each(?)) AND origin!=?"
+# A forgotten copy's row: one its origin let go of before it ended here, or one whose result the
+# origin acknowledged. It carries the attempt its origin gave it: a newer copy of the same job stays.
+_FORGET_COPY_WHERE = "AND origin!=? AND (outbox IS NOT NULL OR state IN ('QUEUED','STOPPED','DROPPED'))"
+_FORGET_COPY = "DELETE FROM jobs WHERE id=? AND attempt=? " + _FORGET_COPY_WHERE
+_FORGET_COPIES = "DELETE FROM jobs WHERE id IN (SELECT value FROM json_each(?)) AND attempt=? " + _FORGET_COPY_WHERE
 
 
 def outbox_body(wire: dict[str, Any]) -> bytes | str:
@@ -68,8 +75,10 @@ class TransferStore:
 
     # -- inside the engine's transactions (with the job rows they go with) ----------------
     def write(self, conn: sqlite3.Connection, copies: list[tuple[str, Job]], outbox: list[tuple[Job, Any]],
-              forget: list[tuple[str, int]]) -> None:
-        """One engine commit's share, in order: accepted copies, copies' results, forgotten copies."""
+              forget: list[tuple[str, int]], grouped: bool = True) -> None:
+        """One engine commit's share, in order: accepted copies, copies' results, forgotten copies.
+        ``grouped``: SQLite has JSON functions (``Store.grouped``): the deletes by id are one
+        statement over a JSON list of ids (per attempt), not one per row (~2 µs where ~6-10)."""
         me = self.me
         # Held markers exist only between ``hold_restored`` (at start) and their release: while the
         # table is empty (nearly always), one look per commit skips two lookups per copy that find
@@ -78,7 +87,10 @@ class TransferStore:
         held = bool(copies or forget) and conn.execute("SELECT 1 FROM transfer_copies LIMIT 1").fetchone() is not None
         if copies:
             # an older copy's row of the same job goes first (the id is unique), then the new rows
-            conn.executemany("DELETE FROM jobs WHERE id=? AND origin!=?", [(j.id, me) for _, j in copies])
+            if grouped:
+                conn.execute(_DELETE_COPIES, (json.dumps([j.id for _, j in copies]), me))
+            else:
+                conn.executemany("DELETE FROM jobs WHERE id=? AND origin!=?", [(j.id, me) for _, j in copies])
             conn.executemany(_INSERT_COPY, [copy_row(j) for _, j in copies])
             if held:  # a held marker of an older attempt goes: this newer copy is its origin's word
                 conn.executemany("DELETE FROM transfer_copies WHERE job_id=?", [(j.id,) for _, j in copies])
@@ -94,10 +106,14 @@ class TransferStore:
                 conn.executemany("DELETE FROM transfer_outbox WHERE job_id=? AND attempt=?", forget)
             if held:
                 conn.executemany("DELETE FROM transfer_copies WHERE job_id=? AND attempt=?", forget)
-            # a copy's row carries the attempt its origin gave it: a newer copy of the same job stays
-            conn.executemany("DELETE FROM jobs WHERE id=? AND attempt=? AND origin!=? "
-                             "AND (outbox IS NOT NULL OR state IN ('QUEUED','STOPPED','DROPPED'))",
-                             [(job_id, attempt, me) for job_id, attempt in forget])
+            if grouped:
+                by_attempt: dict[int, list[str]] = {}
+                for job_id, attempt in forget:
+                    by_attempt.setdefault(attempt, []).append(job_id)
+                for attempt, ids in by_attempt.items():
+                    conn.execute(_FORGET_COPIES, (json.dumps(ids), attempt, me))
+            else:
+                conn.executemany(_FORGET_COPY, [(job_id, attempt, me) for job_id, attempt in forget])
 
     @staticmethod
     def _outbox_rows_gone(conn: sqlite3.Connection, outbox: list[tuple[Job, Any]],
