@@ -436,6 +436,16 @@ def test_a_failed_write_of_a_remote_start_makes_the_next_writes_of_the_job_whole
     assert (c.updates, c.successes) == ([], [j2])
 
 
+def test_a_remote_ok_result_of_a_job_whose_queue_is_gone_moves_it_and_writes_the_whole_row() -> None:
+    """Restored at its origin with a queue the configuration no longer has (the start-up re-home
+    moves only QUEUED rows): the result records it in the queue that matches now, as decide() did."""
+    core, clock = engine(runnable=lambda t: False)
+    j = job(1, queue="gone", state=A, target="b", attempt=1, started=1000.0)
+    core.handle(ev.Restored([j]))
+    c = commit(core.handle(ev.RemoteResults([ev.RemoteResult("b", "j1", 1, "OK")])))
+    assert (j.state, j.queue) == (S, "main") and (c.updates, c.successes) == ([j], [])
+
+
 def test_a_remote_ok_result_of_a_job_asked_to_stop_takes_the_decision_path() -> None:
     core, clock = engine(runnable=lambda t: False)
     j = job(1)
@@ -468,6 +478,47 @@ def test_a_failed_remote_run_is_decided_here_and_a_target_that_left_gives_its_jo
     assert j2.target is None and "j2" in core.queues["main"].window
     assert out == [ins.Log("info", "jobs back home", {"jobs": 1, "peer": "b", "reason": "target left the topology"}),
                    ins.Commit(updates=[j2])]
+
+
+def test_a_failed_commit_of_a_remote_failure_retried_here_leaves_one_record() -> None:
+    """The FAILED result sends the job back to QUEUED and the same burst reserves it here; the
+    commit fails (disk full): the store still has it at b, so the job read back is its one record
+    (away, the target resends), not that and the reserved one run again here too."""
+    here = [False]  # no consumer here until the job is at b
+    core, clock = engine(runnable=lambda t: here[0])
+    j = job(1)
+    core.handle(ev.JobsAdded([j], ["{}"]))
+    core.handle(ev.InsertsCommitted([j]))
+    core.handle(ev.TakeForOffload("main", "t/a", 1, "b"))
+    core.handle(ev.HandoffCommitted("b", [j], 1))
+    core.handle(ev.RemoteStarted("b", "j1", 1, 1000.0))
+    here[0] = True
+    core.handle(ev.ConsumersChanged())
+    c = commit(core.handle(ev.RemoteResults([ev.RemoteResult("b", "j1", 1, "FAILED", "boom", 0.0)])))
+    assert j.id in core.running and c.starts == [j]  # retried at once, here
+    core.handle(ev.WritesFailed(["j1"]))
+    for failed in c.failed:  # what the shell feeds when the commit failed
+        failed.error = "disk full"
+    out = core.handle_burst(c.failed)
+    assert ins.LoadJobs(["j1"], "away") in out and not core.running
+    stored = job(1, state=A, target="b", attempt=1, started=1000.0)
+    core.handle(ev.JobsLoaded("away", [stored]))
+    assert core.away["j1"] is stored and "j1" not in core.queues["main"].window and not core.running
+    assert core.free_slots() == 4 and core.queues["main"].active == 0
+
+
+def test_a_failed_handoff_commit_leaves_the_attempt_as_the_row_has_it() -> None:
+    core, _ = engine(runnable=lambda t: False)
+    j = job(1)
+    core.handle(ev.JobsAdded([j], ["{}"]))
+    core.handle(ev.InsertsCommitted([j]))
+    c = commit(core.handle(ev.TakeForOffload("main", "t/a", 1, "b")))
+    assert (j.attempt, j.target) == (1, "b")
+    [failed] = c.failed
+    core.handle(failed)
+    assert (j.attempt, j.target, j.state) == (0, None, Q) and "j1" in core.queues["main"].window
+    core.handle(ev.TakeForOffload("main", "t/a", 1, "c"))
+    assert (j.attempt, j.target) == (1, "c")  # the next handoff is attempt 1 again, as the row had 0
 
 
 def test_stop_of_a_job_at_another_node() -> None:

@@ -442,8 +442,8 @@ class EngineActor(Actor):
         for r in replies:
             if r.reply is not None and not r.reply.done():
                 r.reply.set_exception(ActorStopped(f"not recorded: {error}"))
-        if c.updates or c.successes or c.starts:  # their rows may differ from the records now
-            self._events.append(ev.WritesFailed([j.id for j in (*c.updates, *c.successes, *c.starts)]))
+        if c.updates or c.successes or c.starts or c.handoffs:  # their rows may differ from the records now
+            self._events.append(ev.WritesFailed([j.id for j in (*c.updates, *c.successes, *c.starts, *c.handoffs)]))
         if c.failed:
             for event in c.failed:
                 event.error = error

@@ -988,6 +988,7 @@ class EngineCore:
             if self.away.get(job.id) is job:
                 del self.away[job.id]
                 job.target = None
+                job.attempt -= 1  # as the row has it: that attempt was never offered (the offer waits for the commit)
                 self._enter_window(job)
         self._out.append(ins.OfferJobs(e.peer, [], e.pledged))
 
@@ -1065,6 +1066,8 @@ class EngineCore:
             self._away_active -= 1
             if r.kind == "OK" and (not stop_wanted or job.id not in stop_wanted):
                 # the common case: what decide() and _record() do for an OK outcome, inline (as _finish)
+                queue = job.queue
+                self._queue_of(job)  # a queue no longer configured (a restart since): the one that matches now
                 begun = job.started
                 old = move(job, _SUCCEEDED)
                 ids = ok.get(r.peer)
@@ -1079,14 +1082,15 @@ class EngineCore:
                     job.progress.log = list(r.log)[-MAX_LOG_LINES:]
                 if r.output_payload:
                     c.outputs.append((job.id, job.attempt, r.output_payload))  # the job's outputs, before its row
-                if not (unsynced and job.id in unsynced):
+                if job.queue == queue and not (unsynced and job.id in unsynced):
                     # the rest of the row is as the handoff (target, attempt) or the remote start left it;
                     # a start the result overtook (the usual case: a target announces only starts
                     # that last) is the success's own start time
                     c.successes.append(job)
-                else:  # a write of its row failed: the whole record goes
+                else:  # its queue changed, or a write of its row failed: the whole record goes
                     c.updates.append(job)
-                    unsynced.discard(job.id)
+                    if unsynced:
+                        unsynced.discard(job.id)
                 if r.started is not None and r.finished is not None:
                     proc = max(0.0, (r.finished - r.started) * 1000.0)
                 else:
@@ -1135,6 +1139,15 @@ class EngineCore:
             live = self.queues[snap.queue].window.remove(snap.id) if snap.queue in self.queues else None
             if live is None:
                 self.away.pop(snap.id, None)
+                run = self.running.get(snap.id)
+                if run is not None and not run.started:
+                    # a retry reserved here in the same burst: its start failed with the results, and
+                    # the job read back is the only record (else two: one away, one run again here)
+                    run.ended = True
+                    del self.running[snap.id]
+                    q = self.queues.get(run.queue)
+                    if q is not None:
+                        q.active -= 1
         self._out.append(ins.ResultsNotRecorded(e.refs, e.error))
         self._out.append(ins.LoadJobs([j.id for j in e.jobs], "away"))
 
