@@ -46,7 +46,7 @@ def topic_filter(topic: str) -> tuple[str, list[Any]]:
 
 
 def where_clause(state: str | None, topic: str | None, queue: str | None) -> tuple[str, list[Any]]:
-    parts: list[str] = []
+    parts: list[str] = ["outbox IS NULL"]  # not the results of other nodes' copies waiting for their origin
     args: list[Any] = []
     if state is not None:
         parts.append("state=?")
@@ -58,7 +58,7 @@ def where_clause(state: str | None, topic: str | None, queue: str | None) -> tup
     if queue is not None:
         parts.append("queue=?")
         args.append(queue)
-    return (" WHERE " + " AND ".join(parts)) if parts else "", args
+    return " WHERE " + " AND ".join(parts), args
 
 
 def prefix_bounds(prefix: str) -> tuple[str, str]:
@@ -108,7 +108,7 @@ class JobQueries:
         if len(prefix) < MIN_PREFIX:
             raise NotFound(f"job {prefix} not found (an id prefix needs at least {MIN_PREFIX} characters)")
         lo, hi = prefix_bounds(prefix)
-        rows = await self._run("SELECT id FROM jobs WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
+        rows = await self._run("SELECT id FROM jobs WHERE id >= ? AND id < ? AND outbox IS NULL ORDER BY id LIMIT ?",
                                [lo, hi, MAX_AMBIGUOUS + 1])
         if not rows:
             raise NotFound(f"job {prefix} not found")

@@ -487,6 +487,16 @@ def test_a_copys_result_waits_in_its_row_and_goes_with_it_at_the_ack(grouped):
     assert ready == ["c-waiting"]  # the stopped copy never runs now
     ts.hold_restored(conn)
     assert conn.execute("SELECT job_id FROM transfer_copies").fetchall() == [("c-waiting",)]
+    # nor a job kept here for a reader (get, find: "ask its origin"), and a late write of its row (a
+    # snapshot read before the result landed) leaves it as it is: never a job to run again
+    assert reads.get("c-ran") is None and [j.id for j in reads.find()] == ["c-waiting"]
+    assert reads.find(state="ACTIVE") == [] and reads.get("c-waiting") is not None
+    from jobmesh.store.rows import _START, _UPDATE, update_row
+    late = _copy(1, "c-ran")  # QUEUED, as an engine that read the row before the result would write it
+    conn.execute(_UPDATE, update_row(late))
+    conn.execute(_START, (7.0, 1, "me", 1))
+    assert conn.execute("SELECT state, started, outbox IS NOT NULL FROM jobs WHERE id='c-ran'").fetchone() == (
+        "ACTIVE", 5.0, 1)
     # the acks: each result's row goes; a later attempt's ack would not touch an older row
     conn.execute("BEGIN IMMEDIATE")
     ts.write(conn, [], [], [("c-ran", 1), ("c-stopped", 2)], grouped=grouped)

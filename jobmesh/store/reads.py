@@ -36,7 +36,9 @@ class StoreReads:
         return self._rconn
 
     def get(self, job_id: str) -> Job | None:
-        row = self.reader.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id=?", (job_id,)).fetchone()
+        # a copy whose result waits for its origin (``jobs.outbox``) is not a job kept here
+        row = self.reader.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id=? AND outbox IS NULL",
+                                  (job_id,)).fetchone()
         return row_to_job(row) if row else None
 
     def find(self, state: str | None = None, topic: str | None = None, queue: str | None = None, limit: int = 100) -> list[Job]:
@@ -64,7 +66,7 @@ class StoreReads:
         return conn.execute(sql, args).fetchall()
 
     def _find_sql(self, state: str | None, topic: str | None, queue: str | None, limit: int) -> tuple[str, list[Any]]:
-        where: list[str] = []
+        where: list[str] = ["outbox IS NULL"]  # not the results of copies waiting for their origin
         args: list[Any] = []
         if state is not None:
             where.append("state=?")
@@ -75,10 +77,7 @@ class StoreReads:
         if queue is not None:
             where.append("queue=?")
             args.append(queue)
-        sql = f"SELECT {JOB_COLUMNS} FROM jobs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY seq DESC LIMIT ?"
+        sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE " + " AND ".join(where) + " ORDER BY seq DESC LIMIT ?"
         args.append(int(limit))
         return sql, args
 

@@ -25,30 +25,34 @@ _INSERT_PLAIN = ("INSERT INTO jobs (seq, id, topic, queue, state, properties, or
 # at their defaults (13 values bound against the full insert's 21).
 _INSERT_COPY = ("INSERT INTO jobs (seq, id, topic, queue, state, properties, origin, created, retry_count, "
                 "max_retries, attempt, timeout, priority) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+# Every write of a job's row leaves a copy's row that holds its result for its origin alone
+# (``outbox IS NOT NULL``, schema 8: ``store.transfer``): a late write of such a copy (one read
+# before its result landed) must not make it a job to run again.
+_LIVE = " AND outbox IS NULL"
 _UPDATE = (
     "UPDATE jobs SET state=?, started=?, finished=?, retry_count=?, attempt=?, not_before=?, "
-    "progress=?, result_message=?, target=?, queue=?, output=? WHERE seq=?"
+    "progress=?, result_message=?, target=?, queue=?, output=? WHERE seq=?" + _LIVE
 )
 # A QUEUED job handed to a peer: its state and queue stay, so its jobs_ready entry stays too (the
 # full UPDATE names those columns, and SQLite then rewrites the entry: 3x the cost of this one).
-_HANDOFF = "UPDATE jobs SET target=?, attempt=? WHERE seq=?"
+_HANDOFF = "UPDATE jobs SET target=?, attempt=? WHERE seq=?" + _LIVE
 # The start of a run writes only what changes (a narrower UPDATE binds and writes less), and starts
 # that share their values (a reservation's jobs: one time, one target, mostly attempt 1) are one
 # statement over a JSON list of their seqs: ~4.8 µs a row against ~7 for one narrow UPDATE per row
 # (executemany's per-row bind, step and reset are most of a narrow write).
 _START_SEQS = ("UPDATE jobs SET state='ACTIVE', started=?, finished=NULL, attempt=?, target=? "
-               "WHERE seq IN (SELECT value FROM json_each(?))")
+               "WHERE seq IN (SELECT value FROM json_each(?))" + _LIVE)
 # ... one row each where SQLite has no JSON functions (a build without JSON1, before 3.38).
-_START = "UPDATE jobs SET state='ACTIVE', started=?, finished=NULL, attempt=?, target=? WHERE seq=?"
+_START = "UPDATE jobs SET state='ACTIVE', started=?, finished=NULL, attempt=?, target=? WHERE seq=?" + _LIVE
 # A run that ended OK: its start and final columns only, the rest of its row is as its start (or, for
 # a job run at a peer whose start message the result overtook, its handoff) wrote it.
 _SUCCEED = ("UPDATE jobs SET state='SUCCEEDED', started=?, finished=?, progress=?, result_message=?, output=? "
-            "WHERE seq=?")
+            "WHERE seq=?" + _LIVE)
 # ... and those with nothing more to say (no progress, message nor result) that started and ended at
 # one time (a reservation's jobs), over a JSON list of their seqs: ~4.5 µs a row against ~10 for
 # the full _UPDATE.
 _SUCCEED_SEQS = ("UPDATE jobs SET state='SUCCEEDED', started=?, finished=?, progress=NULL, result_message=NULL, "
-                 "output=NULL WHERE seq IN (SELECT value FROM json_each(?))")
+                 "output=NULL WHERE seq IN (SELECT value FROM json_each(?))" + _LIVE)
 _DELETE = "DELETE FROM jobs WHERE id=?"
 _DELETE_SEQ = "DELETE FROM jobs WHERE seq=?"
 # Other nodes' copies restored after a restart wait for their origin's word (schema version 4);
