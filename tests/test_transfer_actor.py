@@ -314,3 +314,35 @@ async def test_the_origins_row_of_an_offloaded_job_is_its_record(mesh: Mesh) -> 
             (j.state, j.target, j.attempt, j.started, j.finished, j.result, j.result_message, j.retry_count,
              j.progress.log)
         assert row.started is not None and row.finished is not None and "ran at the target" in row.progress.log[-1]
+
+
+async def test_a_copys_result_committed_as_the_engine_actor_crashed_still_reaches_its_origin(mesh: Mesh) -> None:
+    """The engine actor crashes (and is restarted) right as a copy's result is durable: the
+    commit's ``then``, which hands the result to the transfer actor, is lost with it. The restart
+    hands every result the store holds to the transfer again, so the origin gets it now, not at the
+    target's next process start."""
+
+    @jobmesh.consumer("tr/quick")
+    async def quick(job: jobmesh.Job) -> Any:
+        return {"ran": True}
+
+    a = await mesh.node("a")
+    b = await mesh.node("b", [quick], seeds=[a])
+    await mesh.joined(a, b)
+    engine, crashed = b.engine, []
+    real_after = engine._after
+
+    def after(c: Any, error: str | None) -> None:
+        if c.outbox and error is None and not crashed:
+            crashed.append(True)
+            engine._crash = RuntimeError("planted: crashed as a copy's result committed")
+            engine._wakeup.set()
+            return  # the result never reaches the transfer actor from here
+        real_after(c, error)
+
+    engine._after = after  # type: ignore[method-assign]
+    job = await a.jobs.add("tr/quick")
+    done = await a.jobs.wait(job.id, timeout=10)
+    assert crashed == [True]
+    assert done.state is JobState.SUCCEEDED and done.target == "b" and done.result == {"ran": True}
+    await until(lambda: b.transfer.foreign_copies() == 0)

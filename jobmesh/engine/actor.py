@@ -36,7 +36,7 @@ from ..consumers.runner import Runner
 from ..errors import ActorStopped
 from ..queues.core import Outcome
 from ..store.sqlite import Store
-from ..store.transfer import TransferStore
+from ..store.transfer import TransferStore, read_outbox_body
 from . import events as ev
 from . import instructions as ins
 from .core import BURST, WINDOW, EngineCore
@@ -219,6 +219,7 @@ class EngineActor(Actor):
                              self.blobs)
         self._evloop = asyncio.get_running_loop()
         store = self.store
+        restarted = self._started_once
         if not self._started_once:
             self._started_once = True
             if self.offloading:  # restored copies wait for their origin's word (not on an actor restart)
@@ -236,7 +237,26 @@ class EngineActor(Actor):
             self._feed(ev.RunsFinished([(r, Outcome("ABORTED", "engine restarted")) for r in interrupted]))
         await store.flush()
         self._feed(ev.Restored(store.handed_off()))
+        if restarted and self.offloading:
+            self._resend_results()
         self.tell_later(self.watchdog_period, ev.WatchdogDue())
+
+    def _resend_results(self) -> None:
+        """An actor restart dropped the pending commits' ``then``: a copy's result committed just
+        before it never reached the transfer actor, whose protocol would hold the copy as running
+        until the next process start (which reads the store). Every result the store holds goes
+        to it again, once everything requested before is durable; the protocol takes each once."""
+        from ..transfer.messages import ResultItem
+
+        results = []
+        for job_id, _, _, body in self.transfer_store.outbox(self.store.reader):
+            try:
+                results.append(ResultItem.from_wire(read_outbox_body(body)))
+            except Exception as e:  # an unreadable entry: the process start's restore says so too
+                self.log.error("unreadable outbox entry not resent", job_id=job_id, error=repr(e))
+        if results:
+            self.log.info("copies' results handed to the transfer again after a restart", results=len(results))
+            self.host.to_transfer(ins.CopyResults(results, []))
 
     async def on_stop(self) -> None:
         if self._timer is not None:
