@@ -2,7 +2,9 @@
 
 - ``throughput``: N no-op jobs added on node A, which has no consumer for them, and run
   on node B (a ``jobmesh node`` process); both stores durable (WAL, synchronous=NORMAL).
-  Jobs/s from the first add to the last result committed at A. Target >= 10,000 (issue 11).
+  Jobs/s from the first add to the last result committed at A. Target >= 10,000 (issue 11). Also
+  the CPU seconds each node spent meanwhile (A's include this process's adds; B's from /proc), and
+  the jobs per CPU second of the busier one: steadier than jobs/s on a shared machine.
 - ``makespan``: nodes with 1, 4 and 4 slots, 90 jobs of 0.1 s added at the 1-slot node
   (A, in this process; the others are ``jobmesh node`` processes). Makespan against the
   ideal (total work / total slots = 1.0 s); target <= 1.1x. Also the number of moves.
@@ -78,6 +80,14 @@ class Proc:
              self.endpoint, "--seed", seed, "--http", "off", "--config", str(conf), "--consumers", "bench_consumers",
              "--log-format", "json"], cwd=tmp, env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
+    def cpu_seconds(self) -> float | None:
+        """The process's CPU time so far (user + system, from /proc: Linux), or None."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return None
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
@@ -131,15 +141,21 @@ async def throughput(tmp: Path, jobs: int, batch: int) -> dict[str, Any]:
     b = Proc(tmp, "tp-b", a.config.bind, capacity=64, max_parallel=64)
     try:
         await joined(a, 2)
-        t0 = time.perf_counter()
+        t0, a_cpu0, b_cpu0 = time.perf_counter(), time.process_time(), b.cpu_seconds()
         for i in range(0, jobs, batch):
             await a.jobs.add_many([("bench/noop", None)] * min(batch, jobs - i))
         added = time.perf_counter() - t0
         await wait_finished(a, jobs)
         wall = time.perf_counter() - t0
+        a_cpu, b_cpu1 = time.process_time() - a_cpu0, b.cpu_seconds()
+        b_cpu = None if b_cpu0 is None or b_cpu1 is None else b_cpu1 - b_cpu0
         stats = a.transfer.stats()
+        # the machine's speed swings: the CPU each node spent is the steadier measure of the code
+        busiest = max(a_cpu, b_cpu or 0.0)
         return {"jobs": jobs, "seconds": round(wall, 3), "jobs_per_second": round(jobs / wall, 1),
                 "add_seconds": round(added, 3), "target_jobs_per_second": 10000,
+                "cpu_seconds": {"origin_a": round(a_cpu, 2), "target_b": None if b_cpu is None else round(b_cpu, 2)},
+                "jobs_per_cpu_second_of_the_busier_node": round(jobs / busiest, 1) if busiest > 0 else None,
                 "messages_sent_by_origin": stats["messages_sent"],
                 "jobs_per_handoff_message": round(stats["offloaded_out"] / max(1, stats["messages_sent"]), 1),
                 "ran_at_target": stats["results_in"]}
