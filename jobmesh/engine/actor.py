@@ -36,7 +36,7 @@ from ..consumers.runner import Runner
 from ..errors import ActorStopped
 from ..queues.core import Outcome
 from ..store.sqlite import Store
-from ..store.transfer import TransferStore, read_outbox_body
+from ..store.transfer import TransferStore
 from . import events as ev
 from . import instructions as ins
 from .core import BURST, WINDOW, EngineCore
@@ -246,14 +246,9 @@ class EngineActor(Actor):
         before it never reached the transfer actor, whose protocol would hold the copy as running
         until the next process start (which reads the store). Every result the store holds goes
         to it again, once everything requested before is durable; the protocol takes each once."""
-        from ..transfer.messages import ResultItem
+        from ..transfer.restore import stored_results
 
-        results = []
-        for job_id, _, _, body in self.transfer_store.outbox(self.store.reader):
-            try:
-                results.append(ResultItem.from_wire(read_outbox_body(body)))
-            except Exception as e:  # an unreadable entry: the process start's restore says so too
-                self.log.error("unreadable outbox entry not resent", job_id=job_id, error=repr(e))
+        results = [item for _, item in stored_results(self.store.reader, self.log)]
         if results:
             self.log.info("copies' results handed to the transfer again after a restart", results=len(results))
             self.host.to_transfer(ins.CopyResults(results, []))

@@ -150,6 +150,14 @@ def waiting_ms(job: Job, started: float) -> float:
     return max(0.0, (started - max(job.created, job.not_before)) * 1000.0)
 
 
+def _remote_run_ms(r: Any, begun: float | None, now: float) -> float | None:
+    """A remote run's processing time (ms): the target's own start and end when it sent both,
+    else from the start this node recorded (None without one)."""
+    if r.started is not None and r.finished is not None:
+        return max(0.0, (r.finished - r.started) * 1000.0)
+    return max(0.0, (now - begun) * 1000.0) if begun is not None else None
+
+
 class EngineCore:
     """See the module docstring. ``handle`` is the only entry point that changes state; the
     other public methods only read (snapshots, counts) for the node and the job manager."""
@@ -1091,11 +1099,7 @@ class EngineCore:
                     c.updates.append(job)
                     if unsynced:
                         unsynced.discard(job.id)
-                if r.started is not None and r.finished is not None:
-                    proc = max(0.0, (r.finished - r.started) * 1000.0)
-                else:
-                    proc = max(0.0, (now - begun) * 1000.0) if begun is not None else None
-                transitions.append((facts(job), old, _SUCCEEDED, proc, "OK"))
+                transitions.append((facts(job), old, _SUCCEEDED, _remote_run_ms(r, begun, now), "OK"))
                 continue
             stop_state = stop_wanted.pop(job.id, None)
             if stop_state is not None and r.kind != "OK":
@@ -1115,14 +1119,11 @@ class EngineCore:
                 self._enter_window(job)
             elif d.state is not _SUCCEEDED:
                 self._log_outcome(job, d.state, outcome)
-            if r.started is not None and r.finished is not None:
-                proc = max(0.0, (r.finished - r.started) * 1000.0)
-            else:
-                proc = max(0.0, (now - begun) * 1000.0) if begun is not None else None
             c.updates.append(job)
             if unsynced:
                 unsynced.discard(job.id)
-            transitions.append((ins.JobFacts.of(job, outcome.kind == "FAILED"), old, d.state, proc, outcome.kind))
+            transitions.append((ins.JobFacts.of(job, outcome.kind == "FAILED"), old, d.state,
+                                _remote_run_ms(r, begun, now), outcome.kind))
         for peer, ids in ok.items():
             self.story.line(tuple(ids), now, _ACTIVE, _SUCCEEDED, f"result from {peer}: OK")
         if started:

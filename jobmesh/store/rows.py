@@ -7,7 +7,7 @@ SQL (``transfer.py``), so a column added to ``jobs`` changes in one place.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Iterable
 
 from ..job import Job, JobState, Progress
 
@@ -141,3 +141,16 @@ def update_row(job: Job) -> tuple[Any, ...]:
         job.state._value_, job.started, job.finished, job.retry_count, job.attempt, job.not_before,
         progress_json(job.progress), job.result_message, job.target, job.queue, result_json(job.result), job.seq,
     )
+
+
+def grouped_by(pairs: Iterable[tuple[Any, Any]]) -> dict[Any, list[Any]]:
+    """(key, value) pairs as the values of each key, in order: one grouped statement per key (the
+    rows' seqs, or the copies' ids, in a JSON list)."""
+    groups: dict[Any, list[Any]] = {}
+    for key, value in pairs:
+        values = groups.get(key)
+        if values is None:
+            groups[key] = [value]
+        else:
+            values.append(value)
+    return groups

@@ -37,7 +37,7 @@ from .reads import StoreReads
 from .rows import (  # noqa: F401  (re-exported: the names other modules import from here)
     _DELETE, _DELETE_SEQ, _HANDOFF, _INSERT, _INSERT_PLAIN, _NOT_HELD, _START, _START_SEQS, _STATES, _SUCCEED,
     _SUCCEED_SEQS, _UPDATE, JOB_COLUMNS,
-    add_insert_row, insert_row, progress_json, result_json, row_to_job, update_row,
+    add_insert_row, grouped_by, insert_row, progress_json, result_json, row_to_job, update_row,
 )
 from .schema import migrate
 
@@ -60,25 +60,13 @@ def _success_row(job: Job) -> tuple[Any, ...]:
             job.seq)
 
 
-def _seqs_by(pairs: Iterable[tuple[Any, int]]) -> dict[Any, list[int]]:
-    """(key, seq) pairs as the seqs of each key, in order: one grouped statement per key."""
-    groups: dict[Any, list[int]] = {}
-    for key, seq in pairs:
-        seqs = groups.get(key)
-        if seqs is None:
-            groups[key] = [seq]
-        else:
-            seqs.append(seq)
-    return groups
-
-
 def _write_starts(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]], grouped: bool = True) -> None:
     """Starts (``_start_row``), one ``_START_SEQS`` for each (started, attempt, target) they share
     (``grouped``: SQLite has JSON functions; else one ``_START`` each)."""
     if not grouped:
         conn.executemany(_START, rows)
         return
-    groups = _seqs_by(((started, attempt, target), seq) for started, attempt, target, seq in rows)
+    groups = grouped_by(((started, attempt, target), seq) for started, attempt, target, seq in rows)
     for key, seqs in groups.items():
         conn.execute(_START_SEQS, (*key, json.dumps(seqs)))
 
@@ -97,7 +85,7 @@ def _write_successes(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]], 
             ends.append(((started, finished), seq))
         else:
             other.append(row)
-    for times, seqs in _seqs_by(ends).items():
+    for times, seqs in grouped_by(ends).items():
         conn.execute(_SUCCEED_SEQS, (*times, json.dumps(seqs)))
     if other:
         conn.executemany(_SUCCEED, other)

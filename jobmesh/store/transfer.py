@@ -29,12 +29,13 @@ import msgpack
 
 from ..job import Job
 from ..plants import PLANTS
-from .rows import _INSERT_COPY, copy_row
+from .rows import _INSERT_COPY, copy_row, grouped_by
 
 # A copy's result kept in its row until its origin acknowledges it (schema version 8). A copy
 # stopped before it ran is QUEUED: ACTIVE takes it out of the ready index, so it never runs.
 _KEEP_RESULT = "UPDATE jobs SET state='ACTIVE', finished=NULL, outbox=? WHERE seq=? AND origin!=?"
 # An older copy's row of a job goes before a newer copy's insert (the id is unique).
+_DELETE_COPY = "DELETE FROM jobs WHERE id=? AND origin!=?"
 _DELETE_COPIES = "DELETE FROM jobs WHERE id IN (SELECT value FROM json_each(?)) AND origin!=?"
 # A forgotten copy's row: one its origin let go of before it ended here, or one whose result the
 # origin acknowledged. It carries the attempt its origin gave it: a newer copy of the same job stays.
@@ -90,7 +91,7 @@ class TransferStore:
             if grouped:
                 conn.execute(_DELETE_COPIES, (json.dumps([j.id for _, j in copies]), me))
             else:
-                conn.executemany("DELETE FROM jobs WHERE id=? AND origin!=?", [(j.id, me) for _, j in copies])
+                conn.executemany(_DELETE_COPY, [(j.id, me) for _, j in copies])
             conn.executemany(_INSERT_COPY, [copy_row(j) for _, j in copies])
             if held:  # a held marker of an older attempt goes: this newer copy is its origin's word
                 conn.executemany("DELETE FROM transfer_copies WHERE job_id=?", [(j.id,) for _, j in copies])
@@ -107,10 +108,7 @@ class TransferStore:
             if held:
                 conn.executemany("DELETE FROM transfer_copies WHERE job_id=? AND attempt=?", forget)
             if grouped:
-                by_attempt: dict[int, list[str]] = {}
-                for job_id, attempt in forget:
-                    by_attempt.setdefault(attempt, []).append(job_id)
-                for attempt, ids in by_attempt.items():
+                for attempt, ids in grouped_by((attempt, job_id) for job_id, attempt in forget).items():
                     conn.execute(_FORGET_COPIES, (json.dumps(ids), attempt, me))
             else:
                 conn.executemany(_FORGET_COPY, [(job_id, attempt, me) for job_id, attempt in forget])

@@ -16,6 +16,18 @@ from ..store.transfer import TransferStore, read_outbox_body
 from .protocol import JobSpec, ResultItem, TransferProtocol
 
 
+def stored_results(reader: Any, log: Any) -> list[tuple[str, ResultItem]]:
+    """(origin, result) of every copy's result the store holds for its origin (``TransferStore.outbox``);
+    an entry that does not read back is logged and left out."""
+    out: list[tuple[str, ResultItem]] = []
+    for job_id, origin, _, body in TransferStore.outbox(reader):
+        try:
+            out.append((origin, ResultItem.from_wire(read_outbox_body(body))))
+        except Exception as e:
+            log.error("unreadable outbox entry dropped", job_id=job_id, error=repr(e))
+    return out
+
+
 def restore_protocol(protocol: TransferProtocol, store: Any, payload_store: Any | None,
                      log: Any) -> tuple[list[Any], set[str], dict[str, str]]:
     """Rebuild both sides from ``store``: jobs handed off, copies held, the outbox. ``payload_store``
@@ -39,11 +51,8 @@ def restore_protocol(protocol: TransferProtocol, store: Any, payload_store: Any 
         copies.setdefault(origin, []).append(JobSpec(job_id, attempt, topic, props, origin=origin))
         topics[job_id] = topic
     outbox: dict[str, list[ResultItem]] = {}
-    for job_id, origin, attempt, body in TransferStore.outbox(store.reader):
-        try:
-            outbox.setdefault(origin, []).append(ResultItem.from_wire(read_outbox_body(body)))
-        except Exception as e:
-            log.error("unreadable outbox entry dropped", job_id=job_id, error=repr(e))
+    for origin, item in stored_results(store.reader, log):
+        outbox.setdefault(origin, []).append(item)
     for origin in sorted(set(copies) | set(outbox)):
         out += protocol.target.restore(origin, copies.get(origin, []), outbox.get(origin, []))
     # until discovery says they are up, every peer is down (nothing is sent to an unknown endpoint)
@@ -57,4 +66,4 @@ def restore_protocol(protocol: TransferProtocol, store: Any, payload_store: Any 
     return out, restored_peers, topics
 
 
-__all__ = ["restore_protocol"]
+__all__ = ["restore_protocol", "stored_results"]
