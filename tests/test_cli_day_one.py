@@ -99,7 +99,7 @@ def test_submit_wait_says_the_id_at_once_and_the_progress(mesh: dict[str, NodePr
 
 def test_a_target_answers_for_the_copy_it_runs_then_points_to_the_origin(mesh: dict[str, NodeProcess]) -> None:
     a, b = mesh["a"], mesh["b"]
-    job = add(a.url, "d1/sleep", seconds=1.5)  # type: ignore[arg-type]
+    job = add(a.url, "d1/sleep", seconds=3)  # type: ignore[arg-type]  # long enough for two CLI runs on a busy machine
     wait_until(lambda: get(a.url, job["id"])["state"] == "ACTIVE", timeout=10, what="the job running at b")  # type: ignore[arg-type]
     r = jm("job", job["id"], url=b.url)  # type: ignore[arg-type]
     assert r.returncode == 0 and "origin:      a" in r.stdout and "target:      b" in r.stdout
