@@ -731,3 +731,22 @@ def test_two_attempts_of_a_copy_in_one_burst_write_one_row_the_last() -> None:
     c1, c2 = core.copies["c1"], core.copies["c2"]
     assert c1.attempt == 2
     assert commit(out).copies == [("o", c1), ("o", c2)]  # one INSERT per id (UNIQUE jobs.id; sim seed 18)
+
+
+def test_every_event_has_one_core_handler_and_every_instruction_one_actor_handler() -> None:
+    """The catalogues are the contract between the core and its shell: an event type the core
+    cannot handle, or an instruction the actor would fail on at run time, shows up here."""
+    import inspect
+
+    from jobmesh.engine.actor import DISPATCH
+    from jobmesh.engine.core import _HANDLERS
+
+    def declared(module: Any) -> set[type]:
+        return {c for c in vars(module).values() if inspect.isclass(c) and c.__module__ == module.__name__}
+
+    assert set(ev.EVENT_TYPES) == set(_HANDLERS)
+    assert declared(ev) - set(ev.EVENT_TYPES) == {ev.RemoteResult}  # a part of RemoteResults, not an event
+    assert declared(ins) - set(DISPATCH) == {ins.JobFacts}  # a part of instructions, not one
+    with pytest.raises(TypeError, match="no handler"):
+        core, _ = engine()
+        core.handle(object())  # type: ignore[arg-type]

@@ -155,6 +155,9 @@ def test_happy_path_handoff_ack_start_progress_result_ack(a: TransferProtocol, b
     rout = b.target.results_ready([ok("job-1"), ok("job-2")])
     (res,) = sends(rout, Result)
     assert len(res.message.items) == 2
+    assert b.target.results_taken == 2
+    # handed over again (the engine actor's restart resend): neither sent nor counted twice
+    assert not sends(b.target.results_ready([ok("job-1")])) and b.target.results_taken == 2
     oout = deliver(a, "b", rout)
     commits = of(CommitResult, oout)
     assert [c.result.id for c in commits] == ["job-1", "job-2"]

@@ -16,10 +16,13 @@ Field types stay plain (jobs, ids, states, numbers) so that tests build them by 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..job import Job, JobState
 from ..queues.core import Outcome
+
+if TYPE_CHECKING:
+    from .instructions import JobFacts
 
 # --------------------------------------------------------------------------- the job manager
 
@@ -305,9 +308,10 @@ class HandoffNotCommitted:
 
 @dataclass(slots=True)
 class ResultsNotCommitted:
-    """The commit of remote results failed: ``jobs`` are the (snapshots of the) records it held."""
+    """The commit of remote results failed: ``jobs`` are the facts (id, queue, ...) of the records
+    it held."""
 
-    jobs: list[Job]
+    jobs: list[JobFacts]
     refs: list[tuple[str, int]]
     error: str
 
@@ -399,5 +403,5 @@ EVENT_TYPES: tuple[type, ...] = (
     RemoteProgress, RemoteResults, HandoffReturned, CopiesAccepted, CopiesReleased, CopyStopRequested,
     CopiesForgotten, VerifyCopies, InsertsCommitted, InsertsNotCommitted, StartsCommitted, StartsFailed, WritesFailed,
     CopiesCommitted, CopiesNotCommitted, HandoffCommitted, HandoffNotCommitted, ResultsNotCommitted, RunsFinished,
-    ProgressReported, ReadyRead, Tick, WatchdogDue, ReadyScanned, JobsLoaded, Recovered, Restored,
+    ProgressReported, ReadyRead, DueRead, Tick, WatchdogDue, ReadyScanned, JobsLoaded, Recovered, Restored,
 )

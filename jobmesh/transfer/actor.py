@@ -335,9 +335,12 @@ class TransferActor(Actor):
         self._exec(self.protocol.target.copies_ended(msg.refs))
 
     def _copy_results(self, msg: ei.CopyResults) -> None:
-        self.results_out += len(msg.results)
+        target = self.protocol.target
+        taken = target.results_taken
         progress = [Progress(p.job_id, p.attempt, p.steps, p.step, p.eta, ()) for p in msg.progress]
-        self._exec(self.protocol.target.results_ready(msg.results, progress))
+        instructions = target.results_ready(msg.results, progress)
+        self.results_out += target.results_taken - taken  # a result handed over again counts once
+        self._exec(instructions)
 
     # -- the protocol's instructions ----------------------------------------------------------------------
     def _exec(self, instructions: list[Any]) -> None:

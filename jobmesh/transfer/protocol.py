@@ -905,6 +905,9 @@ class TargetProtocol:
         self._starts: OrderedDict[str, tuple[int, float, float]] = OrderedDict()
         self._progress_sent: dict[str, float] = {}  # job id -> when its last progress went out
         self._progress_held: dict[str, tuple[Progress, float]] = {}  # job id -> (merged progress, due)
+        # results taken into the outbox (``results_ready``), each once: one handed over again (the
+        # engine's restart resend) is not counted twice
+        self.results_taken = 0
 
     # -- the copies table (one place keeps the per-origin indexes right)
     def _add_copy(self, c: "_Copy") -> None:
@@ -1074,6 +1077,7 @@ class TargetProtocol:
             if c.state is TargetJobState.RESULT_PENDING:
                 continue
             c.state = TargetJobState.RESULT_PENDING
+            self.results_taken += 1
             c.result = r
             c.resend = _Backoff(now, self.cfg)
             self._pending[r.id] = c
