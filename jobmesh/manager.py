@@ -50,7 +50,8 @@ _check_properties = properties_json
 
 
 class JobManager(EngineInbox, Actor):
-    """``node.jobs``. Public coroutine methods are the API; its mailbox takes the engine's messages."""
+    """``node.jobs``. Public coroutine methods are the API; the engine's messages come through
+    ``receive`` (``EngineInbox``), called by the node in the engine's turn (``Node.notify``)."""
 
     REQUEST_TIMEOUT = 10.0  # s an engine request may take (it answers once its write is durable)
 

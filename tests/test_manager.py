@@ -672,3 +672,32 @@ async def test_full_durability_end_to_end(node_factory):
     jobs = await node.jobs.add_many([("t/ok", None)] * 20)
     for j in jobs:
         assert (await node.jobs.wait(j.id, timeout=5)).state is JobState.SUCCEEDED
+
+
+async def test_a_bug_in_the_managers_bookkeeping_is_logged_and_the_engine_goes_on(node_factory, monkeypatch):
+    """The engine hands its messages to the job manager in its own turn (no mailbox hop): a handler
+    that raises is logged there, and the engine neither crashes nor stops running jobs."""
+    from structlog.testing import capture_logs
+
+    import jobmesh.manager_inbox as inbox
+    from jobmesh.engine import instructions as ins
+
+    node = await node_factory([ok])
+    real, broken = inbox._HANDLERS[ins.JobsStarted], []
+
+    def started(manager, msg):
+        if not broken:
+            broken.append(True)
+            raise RuntimeError("planted: bookkeeping bug")
+        real(manager, msg)
+
+    monkeypatch.setitem(inbox._HANDLERS, ins.JobsStarted, started)
+    with capture_logs() as entries:
+        first = await node.jobs.add("t/ok")
+        assert (await node.jobs.wait(first.id, timeout=5)).state is JobState.SUCCEEDED
+        second = await node.jobs.add("t/ok")
+        assert (await node.jobs.wait(second.id, timeout=5)).state is JobState.SUCCEEDED
+    assert broken == [True]
+    [entry] = [e for e in entries if e["event"] == "job manager could not take an engine message"]
+    assert entry["message"] == "JobsStarted" and "planted" in entry["error"]
+    assert not [e for e in entries if "crash" in e["event"] or "restart" in e["event"]]

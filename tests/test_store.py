@@ -547,3 +547,40 @@ def test_results_an_older_node_left_in_the_outbox_table_are_read_and_acknowledge
     conn.execute("COMMIT")
     assert TransferStore.outbox(conn) == []
     conn.close()
+
+
+def test_seq_range_is_only_a_range_without_gaps_or_repeats():
+    from jobmesh.store.rows import seq_range
+
+    assert seq_range([7]) == (7, 7)
+    assert seq_range([3, 1, 2]) == (1, 3)  # any order: the rows are the same
+    assert seq_range([1, 3]) is None  # seq 2 would be written too
+    assert seq_range([1, 2, 2]) is None  # three seqs, two rows
+
+
+@pytest.mark.parametrize("grouped", [True, False], ids=["json_each", "no-json1"])
+async def test_starts_and_successes_of_a_range_leave_the_rows_around_it_alone(tmp_path, grouped):
+    """A reservation of consecutive seqs is written over their range; a row just outside it, or in
+    the gap of one that is not a range, keeps what it had."""
+    store, system = await open_store(tmp_path / "jobs.db")
+    store._grouped = grouped
+    try:
+        jobs = [mk(i) for i in range(1, 7)]
+        await store.insert(jobs)
+        run = [jobs[1], jobs[2], jobs[3]]  # seqs 2-4: a range
+        gap = [jobs[0], jobs[5]]  # seqs 1 and 6: not one (2-5 lie between)
+        for j in run + gap:
+            j.state, j.started, j.attempt, j.target = JobState.ACTIVE, 5.0, 1, "n"
+        await store.start_many(run)
+        await store.start_many(gap)
+        states = {j.id: store.get(j.id).state for j in jobs}
+        assert states == {"job-1": JobState.ACTIVE, "job-2": JobState.ACTIVE, "job-3": JobState.ACTIVE,
+                          "job-4": JobState.ACTIVE, "job-5": JobState.QUEUED, "job-6": JobState.ACTIVE}
+        for j in run:
+            j.state, j.finished = JobState.SUCCEEDED, 9.0
+        await store.succeed_many(run[:2])  # seqs 2-3
+        got = [(x.state, x.started, x.finished) for x in (store.get(j.id) for j in jobs)]
+        assert got == [(JobState.ACTIVE, 5.0, None), (JobState.SUCCEEDED, 5.0, 9.0), (JobState.SUCCEEDED, 5.0, 9.0),
+                       (JobState.ACTIVE, 5.0, None), (JobState.QUEUED, None, None), (JobState.ACTIVE, 5.0, None)]
+    finally:
+        await system.stop_all()

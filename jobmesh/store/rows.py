@@ -42,6 +42,11 @@ _HANDOFF = "UPDATE jobs SET target=?, attempt=? WHERE seq=?" + _LIVE
 # (executemany's per-row bind, step and reset are most of a narrow write).
 _START_SEQS = ("UPDATE jobs SET state='ACTIVE', started=?, finished=NULL, attempt=?, target=? "
                "WHERE seq IN (SELECT value FROM json_each(?))" + _LIVE)
+# ... or over a range when their seqs are all the seqs from the first to the last (a reservation of
+# jobs added together, taken in arrival order: the usual case): one seek and a scan, no JSON list
+# to parse nor IN table to build (~1 µs a row less; benchmarks/throughput.py at the node defaults).
+_START_RANGE = ("UPDATE jobs SET state='ACTIVE', started=?, finished=NULL, attempt=?, target=? "
+                "WHERE seq BETWEEN ? AND ?" + _LIVE)
 # ... one row each where SQLite has no JSON functions (a build without JSON1, before 3.38).
 _START = "UPDATE jobs SET state='ACTIVE', started=?, finished=NULL, attempt=?, target=? WHERE seq=?" + _LIVE
 # A run that ended OK: its start and final columns only, the rest of its row is as its start (or, for
@@ -53,6 +58,8 @@ _SUCCEED = ("UPDATE jobs SET state='SUCCEEDED', started=?, finished=?, progress=
 # the full _UPDATE.
 _SUCCEED_SEQS = ("UPDATE jobs SET state='SUCCEEDED', started=?, finished=?, progress=NULL, result_message=NULL, "
                  "output=NULL WHERE seq IN (SELECT value FROM json_each(?))" + _LIVE)
+_SUCCEED_RANGE = ("UPDATE jobs SET state='SUCCEEDED', started=?, finished=?, progress=NULL, result_message=NULL, "
+                  "output=NULL WHERE seq BETWEEN ? AND ?" + _LIVE)
 _DELETE = "DELETE FROM jobs WHERE id=?"
 _DELETE_SEQ = "DELETE FROM jobs WHERE seq=?"
 # Other nodes' copies restored after a restart wait for their origin's word (schema version 4);
@@ -141,6 +148,16 @@ def update_row(job: Job) -> tuple[Any, ...]:
         job.state._value_, job.started, job.finished, job.retry_count, job.attempt, job.not_before,
         progress_json(job.progress), job.result_message, job.target, job.queue, result_json(job.result), job.seq,
     )
+
+
+def seq_range(seqs: list[int]) -> tuple[int, int] | None:
+    """(first, last) when ``seqs`` are every seq from their lowest to their highest, once each: rows
+    a ``BETWEEN`` writes exactly (seq is the key), else None."""
+    lo, hi = min(seqs), max(seqs)
+    n = len(seqs)
+    if hi - lo + 1 != n or (n > 1 and len(set(seqs)) != n):
+        return None
+    return lo, hi
 
 
 def grouped_by(pairs: Iterable[tuple[Any, Any]]) -> dict[Any, list[Any]]:

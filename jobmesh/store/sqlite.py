@@ -35,9 +35,9 @@ from ..errors import ActorStopped
 from ..job import Job
 from .reads import StoreReads
 from .rows import (  # noqa: F401  (re-exported: the names other modules import from here)
-    _DELETE, _DELETE_SEQ, _HANDOFF, _INSERT, _INSERT_PLAIN, _NOT_HELD, _START, _START_SEQS, _STATES, _SUCCEED,
-    _SUCCEED_SEQS, _UPDATE, JOB_COLUMNS,
-    add_insert_row, grouped_by, insert_row, progress_json, result_json, row_to_job, update_row,
+    _DELETE, _DELETE_SEQ, _HANDOFF, _INSERT, _INSERT_PLAIN, _NOT_HELD, _START, _START_RANGE, _START_SEQS, _STATES,
+    _SUCCEED, _SUCCEED_RANGE, _SUCCEED_SEQS, _UPDATE, JOB_COLUMNS,
+    add_insert_row, grouped_by, insert_row, progress_json, result_json, row_to_job, seq_range, update_row,
 )
 from .schema import migrate
 
@@ -61,22 +61,23 @@ def _success_row(job: Job) -> tuple[Any, ...]:
 
 
 def _write_starts(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]], grouped: bool = True) -> None:
-    """Starts (``_start_row``), one ``_START_SEQS`` for each (started, attempt, target) they share
-    (``grouped``: SQLite has JSON functions; else one ``_START`` each)."""
-    if not grouped:
-        conn.executemany(_START, rows)
-        return
+    """Starts (``_start_row``), one statement for each (started, attempt, target) they share: over
+    the range of their seqs when it has no gap (``_START_RANGE``), else over a JSON list of them
+    (``grouped``: SQLite has JSON functions) or one ``_START`` each."""
     groups = grouped_by(((started, attempt, target), seq) for started, attempt, target, seq in rows)
     for key, seqs in groups.items():
-        conn.execute(_START_SEQS, (*key, json.dumps(seqs)))
+        span = seq_range(seqs)
+        if span is not None:
+            conn.execute(_START_RANGE, (*key, *span))
+        elif grouped:
+            conn.execute(_START_SEQS, (*key, json.dumps(seqs)))
+        else:
+            conn.executemany(_START, [(*key, seq) for seq in seqs])
 
 
 def _write_successes(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]], grouped: bool = True) -> None:
     """``_SUCCEED`` rows: those with nothing but their start and end times, one statement for each
-    pair of times (``grouped``, as for starts)."""
-    if not grouped:
-        conn.executemany(_SUCCEED, rows)
-        return
+    pair of times (as for starts: a range, a JSON list, or one by one); the others one by one."""
     ends: list[tuple[tuple[Any, Any], int]] = []  # ((started, finished), seq) of those with nothing more
     other: list[tuple[Any, ...]] = []
     for row in rows:
@@ -86,7 +87,13 @@ def _write_successes(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]], 
         else:
             other.append(row)
     for times, seqs in grouped_by(ends).items():
-        conn.execute(_SUCCEED_SEQS, (*times, json.dumps(seqs)))
+        span = seq_range(seqs)
+        if span is not None:
+            conn.execute(_SUCCEED_RANGE, (*times, *span))
+        elif grouped:
+            conn.execute(_SUCCEED_SEQS, (*times, json.dumps(seqs)))
+        else:
+            conn.executemany(_SUCCEED, [(*times, None, None, None, seq) for seq in seqs])
     if other:
         conn.executemany(_SUCCEED, other)
 
