@@ -60,19 +60,26 @@ def _success_row(job: Job) -> tuple[Any, ...]:
             job.seq)
 
 
+def _write_group(conn: sqlite3.Connection, values: tuple[Any, ...], seqs: list[int], grouped: bool,
+                 statements: tuple[str, str, str], between: tuple[Any, ...]) -> None:
+    """Rows ``seqs`` that take the same ``values``: one statement over their range when it has no gap
+    (``statements[0]``), else one over a JSON list of them (``[1]``, where SQLite has JSON functions),
+    else one each (``[2]``, whose parameters are ``values``, ``between`` and the seq)."""
+    span = seq_range(seqs)
+    if span is not None:
+        conn.execute(statements[0], (*values, *span))
+    elif grouped:
+        conn.execute(statements[1], (*values, json.dumps(seqs)))
+    else:
+        conn.executemany(statements[2], [(*values, *between, seq) for seq in seqs])
+
+
 def _write_starts(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]], grouped: bool = True) -> None:
-    """Starts (``_start_row``), one statement for each (started, attempt, target) they share: over
-    the range of their seqs when it has no gap (``_START_RANGE``), else over a JSON list of them
-    (``grouped``: SQLite has JSON functions) or one ``_START`` each."""
+    """Starts (``_start_row``), one ``_write_group`` for each (started, attempt, target) they share
+    (``grouped``: SQLite has JSON functions)."""
     groups = grouped_by(((started, attempt, target), seq) for started, attempt, target, seq in rows)
     for key, seqs in groups.items():
-        span = seq_range(seqs)
-        if span is not None:
-            conn.execute(_START_RANGE, (*key, *span))
-        elif grouped:
-            conn.execute(_START_SEQS, (*key, json.dumps(seqs)))
-        else:
-            conn.executemany(_START, [(*key, seq) for seq in seqs])
+        _write_group(conn, key, seqs, grouped, (_START_RANGE, _START_SEQS, _START), ())
 
 
 def _write_successes(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]], grouped: bool = True) -> None:
@@ -87,13 +94,7 @@ def _write_successes(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]], 
         else:
             other.append(row)
     for times, seqs in grouped_by(ends).items():
-        span = seq_range(seqs)
-        if span is not None:
-            conn.execute(_SUCCEED_RANGE, (*times, *span))
-        elif grouped:
-            conn.execute(_SUCCEED_SEQS, (*times, json.dumps(seqs)))
-        else:
-            conn.executemany(_SUCCEED, [(*times, None, None, None, seq) for seq in seqs])
+        _write_group(conn, times, seqs, grouped, (_SUCCEED_RANGE, _SUCCEED_SEQS, _SUCCEED), (None, None, None))
     if other:
         conn.executemany(_SUCCEED, other)
 
