@@ -138,6 +138,23 @@ def test_after_a_failed_write_a_jobs_next_ok_end_is_written_whole() -> None:
     assert (c.successes, c.updates) == ([], [j]) and not core.unsynced
 
 
+def test_a_failed_write_is_forgotten_by_any_whole_write_of_the_job_not_only_its_next_ok_end() -> None:
+    """Any full write puts the row right (the stop of a queued job here), so the job leaves
+    ``unsynced`` with it: the set does not keep the ids of jobs that never run here again; a
+    write that failed too brings it back."""
+    core, clock = engine(runnable=lambda topic: False)  # no consumer: it stays QUEUED
+    j = job(1)
+    core.handle(ev.JobsAdded([j], ["{}"]))
+    core.handle(ev.InsertsCommitted([j]))
+    core.handle(ev.WritesFailed(["j1"]))
+    assert core.unsynced == {"j1"} and j.state is Q
+    c = commit(core.handle(ev.StopRequested("j1", JobState.STOPPED, stored=job(1))))  # the shell read its row
+    assert c.updates == [j] and j.state is JobState.STOPPED  # the window's record, written whole
+    assert not core.unsynced
+    core.handle(ev.WritesFailed(["j1"]))  # ... unless that write failed too
+    assert core.unsynced == {"j1"}
+
+
 def test_an_add_answers_copies_of_the_jobs_kept_and_the_jobs_let_go_as_they_are() -> None:
     """Only a window's worth is copied: jobs that wait on disk (the window is full, or older
     jobs wait in the store) are handed to the adder as they are; a failed commit fails the add."""

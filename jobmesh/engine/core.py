@@ -215,6 +215,9 @@ class EngineCore:
         self._pump()
         c = self._commit
         if c is not None:
+            if self.unsynced and (c.updates or c.deletes):  # written whole or gone: nothing left to
+                # put right once this commits (WritesFailed says so again if it does not)
+                self.unsynced.difference_update([j.id for j in (*c.updates, *c.deletes)])
             if self._new_runs:
                 runs, self._new_runs = self._new_runs, []
                 c.done.append(ev.StartsCommitted(runs))
@@ -513,7 +516,6 @@ class EngineCore:
                     c.successes.append(job)  # the rest of the row is as the start wrote it
                 else:  # its queue changed, or a write of its row failed: the whole record goes
                     c.updates.append(job)
-                    unsynced.discard(job.id)
             else:
                 d = decide(job, outcome, q.config if q is not None else self.matcher.main, now)
                 old = transition(job, d.state, f"run ended: {kind}", now)
@@ -521,8 +523,6 @@ class EngineCore:
                 new = d.state
                 self._log_outcome(job, new, outcome)
                 c.updates.append(job)
-                if unsynced:
-                    unsynced.discard(job.id)
             started = job.started
             transitions.append((facts(job, kind == "FAILED"), old, new,
                                 (now - started) * 1000.0 if started else None, kind))
@@ -1024,7 +1024,6 @@ class EngineCore:
         c = self._c()
         if self.unsynced and job.id in self.unsynced:
             c.updates.append(job)
-            self.unsynced.discard(job.id)
         else:
             c.starts.append(job)  # ACTIVE, started, attempt, target: the rest of its row is as the handoff left it
         c.then.append(ins.JobsStarted(started))
@@ -1097,8 +1096,6 @@ class EngineCore:
                     c.successes.append(job)
                 else:  # its queue changed, or a write of its row failed: the whole record goes
                     c.updates.append(job)
-                    if unsynced:
-                        unsynced.discard(job.id)
                 transitions.append((facts(job), old, _SUCCEEDED, _remote_run_ms(r, begun, now), "OK"))
                 continue
             stop_state = stop_wanted.pop(job.id, None)
@@ -1120,8 +1117,6 @@ class EngineCore:
             elif d.state is not _SUCCEEDED:
                 self._log_outcome(job, d.state, outcome)
             c.updates.append(job)
-            if unsynced:
-                unsynced.discard(job.id)
             transitions.append((ins.JobFacts.of(job, outcome.kind == "FAILED"), old, d.state,
                                 _remote_run_ms(r, begun, now), outcome.kind))
         for peer, ids in ok.items():
