@@ -141,15 +141,15 @@ class JobManager(EngineInbox, Actor):
         return [job for job, _ in await self.submit(reqs)]
 
     async def _add_plain(self, items: Any) -> list[Job]:
-        """(topic, properties) pairs, no options: the hot path."""
+        """(topic, properties) pairs, no options: the hot path. What a job's topic decides (it is
+        valid, its queue, retries and priority) is worked out once per topic of the call."""
         self._check_accepting(items)
         now = self.clock()
         jobs: list[Job] = []
         texts: list[str] = []
         ids = self.ids.next_many(len(items))
-        match, node, valid = self.matcher.match, self.node_name, _valid_topic
-        tasky = self._task_options
-        seen: dict[str, Any] = {}  # topic -> its task options (few topics per call, many jobs)
+        node, tasky = self.node_name, self._task_options
+        per_topic: dict[str, tuple[str, int, int]] = {}  # topic -> (queue, retries, priority)
         for i, item in enumerate(items):
             try:
                 topic, props = item
@@ -157,19 +157,19 @@ class JobManager(EngineInbox, Actor):
                 raise ValidationError(f"item {i}: expected (topic, properties)") from None
             if not isinstance(topic, str):
                 raise ValidationError(f"item {i}: topic must be a string")
-            valid(topic)
+            decided = per_topic.get(topic)
+            if decided is None:
+                _valid_topic(topic)
+                opts = tasky(topic)
+                if opts is None:
+                    q = self.matcher.match(topic)
+                    decided = per_topic[topic] = (q.name, q.retries, 0)
+                else:
+                    decided = per_topic[topic] = opts
             texts.append("{}" if props is None or props == {} else _check_properties(props))
-            opts = seen.get(topic, seen)
-            if opts is seen:
-                opts = seen[topic] = tasky(topic)
-            if opts is None:
-                q = match(topic)
-                jobs.append(Job(id=ids[i], topic=topic, properties=props if props is not None else {},
-                                queue=q.name, origin=node, created=now, max_retries=q.retries))
-            else:
-                qname, retries, prio = opts
-                jobs.append(Job(id=ids[i], topic=topic, properties=props if props is not None else {},
-                                queue=qname, origin=node, created=now, max_retries=retries, priority=prio))
+            jobs.append(Job(id=ids[i], topic=topic, properties=props if props is not None else {},
+                            queue=decided[0], origin=node, created=now, max_retries=decided[1],
+                            priority=decided[2]))
         if not jobs:
             return []
         added = await self._request(ev.JobsAdded(jobs, texts))
