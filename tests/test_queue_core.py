@@ -7,7 +7,7 @@ import pytest
 from jobmesh.config import QueueConfig
 from jobmesh.job import Job, JobState
 from jobmesh.queues.core import (
-    OrderedWindow, Outcome, QueueMatcher, RoundRobinWindow, UnorderedWindow, decide, retry_delay_for,
+    OrderedWindow, Outcome, QueueMatcher, RoundRobinWindow, UnorderedWindow, Window, decide, retry_delay_for,
 )
 
 
@@ -188,3 +188,40 @@ def test_round_robin_priority_within_a_topic_and_ordered_ignores_it():
     for s, p in ((1, 0), (2, 9)):
         o.add(job(s, priority=p), 0.0)
     assert [o.take(0.0, always).seq, o.take(0.0, always).seq] == [1, 2]  # an ordered queue keeps its order
+
+
+@pytest.mark.parametrize("kind", [UnorderedWindow, OrderedWindow, RoundRobinWindow])
+@pytest.mark.parametrize("seed", range(20))
+def test_take_many_gives_what_as_many_takes_give(kind, seed):
+    """``take_many(n)`` (the engine's one call per pump) is ``take`` n times, whatever the window
+    holds: removed jobs, topics without a consumer, retry delays, priorities."""
+    import random
+
+    rng = random.Random(seed)
+
+    def filled() -> Window:
+        w = kind()
+        r = random.Random(seed)
+        for s in range(1, 40):
+            j = job(s, topic=r.choice(["t/a", "t/b", "nobody"]))
+            if seed % 2:  # else the usual window: priority 0 and nothing delayed (its fast path)
+                j.priority = r.choice([0, 0, 0, 2, -1])
+                j.not_before = r.choice([0.0, 0.0, 5.0])
+            w.add(j, now=0.0)
+        for s in r.sample(range(1, 40), 6):
+            w.remove(f"j{s}")
+        return w
+
+    has = {"t/a", "t/b"}
+    runnable = lambda t: t in has  # noqa: E731
+    one, many = filled(), filled()
+    for now in (0.0, 0.0, 6.0, 6.0, 6.0):
+        n = rng.randint(1, 9)
+        singles = []
+        for _ in range(n):
+            j = one.take(now, runnable)
+            if j is None:
+                break
+            singles.append(j.seq)
+        assert [j.seq for j in many.take_many(now, runnable, n)] == singles
+        assert len(one) == len(many)

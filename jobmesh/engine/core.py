@@ -323,17 +323,12 @@ class EngineCore:
             room = q.parallelism - q.active
             window = q.window
             if room > 0 and free > 0:
-                taken: list[Job] = []
-                while room > 0 and free > 0:
-                    job = window.take(now, runnable)
-                    if job is None:
-                        if q.store_has_more and not q.reading:
-                            self._read(q)
-                        break
-                    taken.append(job)
-                    room -= 1
-                    free -= 1
+                want = min(room, free)
+                taken = window.take_many(now, runnable, want)
+                if len(taken) < want and q.store_has_more and not q.reading:
+                    self._read(q)  # the window ran out of jobs that may start
                 if taken:
+                    free -= len(taken)
                     self._reserve(taken, q)
             w = window.next_wakeup()
             if w is not None and w > now and (wake is None or w < wake):

@@ -154,6 +154,17 @@ class Window:
     def take(self, now: float, runnable: Runnable) -> Job | None:
         raise NotImplementedError
 
+    def take_many(self, now: float, runnable: Runnable, n: int) -> list[Job]:
+        """Up to ``n`` jobs, each as ``take`` would give it next (fewer: the window has no more
+        that may start now)."""
+        taken: list[Job] = []
+        while len(taken) < n:
+            job = self.take(now, runnable)
+            if job is None:
+                break
+            taken.append(job)
+        return taken
+
     def remove(self, job_id: str) -> Job | None:
         raise NotImplementedError
 
@@ -244,18 +255,32 @@ class UnorderedWindow(_DelayedMixin, Window):
         self._order = sorted(self._lanes, reverse=True)
         return None
 
+    def take_many(self, now: float, runnable: Runnable, n: int) -> list[Job]:
+        if self._lanes or (self._delayed and self._delayed[0][0] <= now):
+            return super().take_many(now, runnable, n)
+        return self._pop_many(self._ready, runnable, n)  # the usual case: priority 0 only, none due
+
     def _pop(self, ready: deque[Job], runnable: Runnable) -> Job | None:
-        ids = self._ids
-        while ready:
+        taken = self._pop_many(ready, runnable, 1)
+        return taken[0] if taken else None
+
+    def _pop_many(self, ready: deque[Job], runnable: Runnable, n: int) -> list[Job]:
+        """Up to ``n`` jobs from the front of ``ready`` that may start (``runnable`` asked once for
+        a run of jobs of one topic); those without a consumer are parked, removed ones skipped."""
+        ids, parked, taken = self._ids, self._parked, []
+        topic, ok = None, False
+        while ready and len(taken) < n:
             job = ready.popleft()
-            if job.id not in ids or ids[job.id] is not job:
+            if ids.get(job.id) is not job:
                 continue  # removed (stop/remove) while waiting
-            if not runnable(job.topic):
-                self._parked.setdefault(job.topic, deque()).append(job)
+            if job.topic != topic:
+                topic, ok = job.topic, runnable(job.topic)
+            if not ok:
+                parked.setdefault(job.topic, deque()).append(job)
                 continue
             del ids[job.id]
-            return job
-        return None
+            taken.append(job)
+        return taken
 
     def remove(self, job_id: str) -> Job | None:
         return self._ids.pop(job_id, None)  # lazily skipped in take

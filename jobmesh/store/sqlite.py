@@ -77,7 +77,12 @@ def _write_group(conn: sqlite3.Connection, values: tuple[Any, ...], seqs: list[i
 def _write_starts(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]], grouped: bool = True) -> None:
     """Starts (``_start_row``), one ``_write_group`` for each (started, attempt, target) they share
     (``grouped``: SQLite has JSON functions)."""
-    groups = grouped_by(((started, attempt, target), seq) for started, attempt, target, seq in rows)
+    rows = list(rows)
+    first = rows[0][:3] if rows else None
+    if all(row[:3] == first for row in rows):  # one reservation's starts: one time, target, attempt
+        groups = {first: [row[3] for row in rows]} if rows else {}
+    else:
+        groups = grouped_by(((started, attempt, target), seq) for started, attempt, target, seq in rows)
     for key, seqs in groups.items():
         _write_group(conn, key, seqs, grouped, (_START_RANGE, _START_SEQS, _START), ())
 
