@@ -87,6 +87,12 @@ class JobManager(EngineInbox, Actor):
     async def on_start(self) -> None:
         """Statistics gauges from the store (what is QUEUED/ACTIVE survives restarts); start clean-up."""
         self.accepting = True
+        self.recount()
+        self.spawn(self._cleanup_loop(), name="job-manager:cleanup")
+
+    def recount(self) -> None:
+        """The statistics anew, their gauges (QUEUED, ACTIVE) from the store's committed rows: at
+        start, and after a bug in taking an engine message left them half-updated."""
         self.overall = Stats(self._started_at)
         self._by_queue.clear()
         self._by_topic.clear()
@@ -96,7 +102,6 @@ class JobManager(EngineInbox, Actor):
                     s.queued += n
                 else:
                     s.active += n
-        self.spawn(self._cleanup_loop(), name="job-manager:cleanup")
 
     async def on_stop(self) -> None:
         if self.queries is not None:

@@ -391,13 +391,16 @@ class Node:
     def notify(self, message: Any) -> None:
         """The engine's messages for the job manager (statistics, waiters, notifications), handled
         at once in the engine's turn: its handlers count and answer, with no I/O and nothing that
-        waits, so a hop through its mailbox cost a task switch per commit for nothing. A bug in one
-        is logged here and the engine goes on (as the manager's own crash would have left it)."""
+        waits, so a hop through its mailbox cost a task switch per commit for nothing (a synchronous
+        notification listener runs here too, as it ran in the manager's turn). A bug in one is
+        logged, the statistics are counted anew from the store (what the manager's restart after
+        its crash did) and the engine goes on."""
         try:
             self.jobs.receive(message)
         except Exception as e:  # noqa: BLE001 - statistics must not take the engine down
-            self.log.error("job manager could not take an engine message", message=type(message).__name__,
-                           error=repr(e))
+            self.log.error("job manager could not take an engine message; statistics recounted",
+                           message=type(message).__name__, error=repr(e))
+            self.jobs.recount()
 
     def to_transfer(self, message: Any) -> None:
         """The engine's messages for the transfer actor (none without one: nothing is handed off)."""

@@ -764,6 +764,9 @@ def test_every_event_has_one_core_handler_and_every_instruction_one_actor_handle
     assert set(ev.EVENT_TYPES) == set(_HANDLERS)
     assert declared(ev) - set(ev.EVENT_TYPES) == {ev.RemoteResult}  # a part of RemoteResults, not an event
     assert declared(ins) - set(DISPATCH) == {ins.JobFacts}  # a part of instructions, not one
+    from jobmesh.manager_inbox import _HANDLERS as MANAGER_HANDLERS
+
+    assert set(MANAGER_HANDLERS) == set(ins.TO_MANAGER)  # what goes to the job manager, it takes
     with pytest.raises(TypeError, match="no handler"):
         core, _ = engine()
         core.handle(object())  # type: ignore[arg-type]
