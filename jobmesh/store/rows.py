@@ -36,30 +36,30 @@ _UPDATE = (
 # A QUEUED job handed to a peer: its state and queue stay, so its jobs_ready entry stays too (the
 # full UPDATE names those columns, and SQLite then rewrites the entry: 3x the cost of this one).
 _HANDOFF = "UPDATE jobs SET target=?, attempt=? WHERE seq=?" + _LIVE
+# A group of rows that take the same values is written by one statement: over the range of their
+# seqs when it has no gap (a reservation of jobs added together, taken in arrival order: the usual
+# case; one seek and a scan, ~1 µs a row less than the JSON list), over a JSON list of their seqs
+# otherwise, or one row each where SQLite has no JSON functions (a build without JSON1, before
+# 3.38). The three WHERE forms; each grouped write below is its SET with one of them.
+_BY_RANGE = "WHERE seq BETWEEN ? AND ?" + _LIVE
+_BY_SEQS = "WHERE seq IN (SELECT value FROM json_each(?))" + _LIVE
+_BY_SEQ = "WHERE seq=?" + _LIVE
 # The start of a run writes only what changes (a narrower UPDATE binds and writes less), and starts
 # that share their values (a reservation's jobs: one time, one target, mostly attempt 1) are one
-# statement over a JSON list of their seqs: ~4.8 µs a row against ~7 for one narrow UPDATE per row
-# (executemany's per-row bind, step and reset are most of a narrow write).
-_START_SEQS = ("UPDATE jobs SET state='ACTIVE', started=?, finished=NULL, attempt=?, target=? "
-               "WHERE seq IN (SELECT value FROM json_each(?))" + _LIVE)
-# ... or over a range when their seqs are all the seqs from the first to the last (a reservation of
-# jobs added together, taken in arrival order: the usual case): one seek and a scan, no JSON list
-# to parse nor IN table to build (~1 µs a row less; benchmarks/throughput.py at the node defaults).
-_START_RANGE = ("UPDATE jobs SET state='ACTIVE', started=?, finished=NULL, attempt=?, target=? "
-                "WHERE seq BETWEEN ? AND ?" + _LIVE)
-# ... one row each where SQLite has no JSON functions (a build without JSON1, before 3.38).
-_START = "UPDATE jobs SET state='ACTIVE', started=?, finished=NULL, attempt=?, target=? WHERE seq=?" + _LIVE
+# statement: ~4.8 µs a row over a JSON list against ~7 for one narrow UPDATE per row (executemany's
+# per-row bind, step and reset are most of a narrow write).
+_START_SET = "UPDATE jobs SET state='ACTIVE', started=?, finished=NULL, attempt=?, target=? "
+_START_RANGE, _START_SEQS, _START = _START_SET + _BY_RANGE, _START_SET + _BY_SEQS, _START_SET + _BY_SEQ
 # A run that ended OK: its start and final columns only, the rest of its row is as its start (or, for
 # a job run at a peer whose start message the result overtook, its handoff) wrote it.
 _SUCCEED = ("UPDATE jobs SET state='SUCCEEDED', started=?, finished=?, progress=?, result_message=?, output=? "
-            "WHERE seq=?" + _LIVE)
+            + _BY_SEQ)
 # ... and those with nothing more to say (no progress, message nor result) that started and ended at
-# one time (a reservation's jobs), over a JSON list of their seqs: ~4.5 µs a row against ~10 for
-# the full _UPDATE.
-_SUCCEED_SEQS = ("UPDATE jobs SET state='SUCCEEDED', started=?, finished=?, progress=NULL, result_message=NULL, "
-                 "output=NULL WHERE seq IN (SELECT value FROM json_each(?))" + _LIVE)
-_SUCCEED_RANGE = ("UPDATE jobs SET state='SUCCEEDED', started=?, finished=?, progress=NULL, result_message=NULL, "
-                  "output=NULL WHERE seq BETWEEN ? AND ?" + _LIVE)
+# one time (a reservation's jobs), grouped: ~4.5 µs a row over a JSON list against ~10 for the
+# full _UPDATE.
+_SUCCEED_PLAIN_SET = ("UPDATE jobs SET state='SUCCEEDED', started=?, finished=?, progress=NULL, result_message=NULL, "
+                      "output=NULL ")
+_SUCCEED_RANGE, _SUCCEED_SEQS = _SUCCEED_PLAIN_SET + _BY_RANGE, _SUCCEED_PLAIN_SET + _BY_SEQS
 _DELETE = "DELETE FROM jobs WHERE id=?"
 _DELETE_SEQ = "DELETE FROM jobs WHERE seq=?"
 # Other nodes' copies restored after a restart wait for their origin's word (schema version 4);
