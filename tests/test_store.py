@@ -144,6 +144,37 @@ async def test_purge_respects_ttls_and_keep_queues(tmp_path):
         await system.stop_all()
 
 
+async def test_purge_sweeps_in_bounded_ranges_and_goes_on_where_it_stopped(tmp_path, monkeypatch):
+    """The clean-up has no index of end times: it deletes by ranges of seqs (PURGE_CHUNK a
+    transaction), stops once ``limit`` rows went and goes on from there in the next call; a call
+    that sweeps to the newest row starts the next sweep from the oldest."""
+    import jobmesh.store.sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "PURGE_CHUNK", 7)
+    store, system = await open_store(tmp_path / "jobs.db")
+    try:
+        states = [JobState.SUCCEEDED, JobState.QUEUED, JobState.GIVEN_UP, JobState.SUCCEEDED, JobState.ACTIVE]
+        jobs = [mk(i, state=states[i % 5], finished=None if states[i % 5] in (JobState.QUEUED, JobState.ACTIVE)
+                   else 10.0) for i in range(1, 61)]
+        await store.insert(jobs)
+        commits = store.commits
+        finals = {j.id for j in jobs if j.finished is not None}  # 36 rows
+        first = await store.purge(succeeded_before=100.0, others_before=100.0, keep_queues=[], limit=10)
+        assert 10 <= first < 10 + 7  # stopped in the chunk that reached the limit
+        assert store.commits - commits >= 2  # more than one transaction
+        rest = await store.purge(succeeded_before=100.0, others_before=100.0, keep_queues=[], limit=1000)
+        assert first + rest == len(finals)
+        assert {j.id for j in store.find(limit=100)} == {j.id for j in jobs} - finals
+        # a row that ends later, below where the last sweep went, goes in the next sweep
+        late = store.get("job-1")  # QUEUED, at the lowest seq
+        late.state, late.finished = JobState.SUCCEEDED, 20.0
+        await store.update(late)
+        assert await store.purge(succeeded_before=100.0, others_before=100.0, keep_queues=[], limit=1000) == 1
+        assert store.get("job-1") is None
+    finally:
+        await system.stop_all()
+
+
 async def test_a_failing_call_does_not_lose_the_batch(tmp_path):
     store, system = await open_store(tmp_path / "jobs.db")
     try:

@@ -21,6 +21,12 @@ _INSERT = f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({', '.join('?' * 21)})"
 # against ~16 here; the binding of the 12 NULLs and zeros is what the full one spends it on).
 _INSERT_PLAIN = ("INSERT INTO jobs (seq, id, topic, queue, state, properties, origin, created, max_retries) "
                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+# ... and PLAIN_ROWS of them in one statement (a multi-row VALUES): an add of many jobs binds the same
+# values but steps one statement per PLAIN_ROWS rows, not one per row (~35 % less a row than
+# ``executemany`` of the one-row insert; benchmarks/instructions.py).
+PLAIN_ROWS = 100
+_INSERT_PLAIN_MANY = _INSERT_PLAIN.replace("(?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                           ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * PLAIN_ROWS))
 # A copy of another node's job, as a target accepts it: the columns its origin's spec sets, the others
 # at their defaults (13 values bound against the full insert's 21).
 _INSERT_COPY = ("INSERT INTO jobs (seq, id, topic, queue, state, properties, origin, created, retry_count, "

@@ -21,6 +21,7 @@ import math
 import os
 import sqlite3
 import threading
+from itertools import chain
 from .. import clock as _clock
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,8 +36,8 @@ from ..errors import ActorStopped
 from ..job import Job
 from .reads import StoreReads
 from .rows import (  # noqa: F401  (re-exported: the names other modules import from here)
-    _DELETE, _DELETE_SEQ, _HANDOFF, _INSERT, _INSERT_PLAIN, _NOT_HELD, _START, _START_RANGE, _START_SEQS, _STATES,
-    _SUCCEED, _SUCCEED_RANGE, _SUCCEED_SEQS, _UPDATE, JOB_COLUMNS,
+    _DELETE, _DELETE_SEQ, _HANDOFF, _INSERT, _INSERT_PLAIN, _INSERT_PLAIN_MANY, _NOT_HELD, _START, _START_RANGE,
+    _START_SEQS, _STATES, _SUCCEED, _SUCCEED_RANGE, _SUCCEED_SEQS, _UPDATE, JOB_COLUMNS, PLAIN_ROWS,
     add_insert_row, grouped_by, insert_row, progress_json, result_json, row_to_job, seq_range, update_row,
 )
 from .schema import migrate
@@ -58,6 +59,15 @@ def _success_row(job: Job) -> tuple[Any, ...]:
     """``_SUCCEED``'s parameters."""
     return (job.started, job.finished, progress_json(job.progress), job.result_message, result_json(job.result),
             job.seq)
+
+
+def _insert_plain(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """``_INSERT_PLAIN`` rows, PLAIN_ROWS to a statement while there are that many, the rest one by one."""
+    whole = len(rows) - len(rows) % PLAIN_ROWS
+    for i in range(0, whole, PLAIN_ROWS):
+        conn.execute(_INSERT_PLAIN_MANY, list(chain.from_iterable(rows[i:i + PLAIN_ROWS])))
+    if whole < len(rows):
+        conn.executemany(_INSERT_PLAIN, rows[whole:] if whole else rows)
 
 
 def _write_group(conn: sqlite3.Connection, values: tuple[Any, ...], seqs: list[int], grouped: bool,
@@ -115,6 +125,9 @@ INLINE_MAX_ROWS = 256
 # which takes the GIL back for every row, fights the busy loop for it: a 1,000-row insert took
 # ~18 ms there against ~7.5 ms inline (benchmarks/throughput.py at the node defaults).
 HELD_UP_FOR = 1.0
+# The history clean-up deletes by ranges of this many seqs, one transaction each (a scan of the
+# key range: ~1 ms on the loop's thread at most, between the job cycle's commits).
+PURGE_CHUNK = 5000
 
 
 @dataclass
@@ -151,6 +164,7 @@ class Store(StoreReads, Actor):
         self._commit_scheduled = False  # a commit of the pending batch is due next loop turn
         self._held_up_at = -math.inf  # loop time when writes last waited for a commit in the thread
         self._next_seq = 1
+        self._purge_from = 0  # the history clean-up's sweep: rows above this seq are next (purge)
         self._opened = False
         self._inflight: asyncio.Future[list[Any]] | None = None
         self.commits = 0  # transactions committed (for tests and metrics)
@@ -511,7 +525,7 @@ class Store(StoreReads, Actor):
             if batch.inserts:
                 conn.executemany(_INSERT, batch.inserts)
             if batch.plain_inserts:
-                conn.executemany(_INSERT_PLAIN, batch.plain_inserts)
+                _insert_plain(conn, batch.plain_inserts)
             if batch.starts:
                 _write_starts(conn, batch.starts.values(), self._grouped)
             if batch.handoffs:
@@ -547,25 +561,28 @@ class Store(StoreReads, Actor):
 
     # -- maintenance (run inside a write transaction) ---------------------
     async def purge(self, succeeded_before: float, others_before: float, keep_queues: list[str], limit: int = 5000) -> int:
-        """Delete finished jobs past their history TTL, at most ``limit`` per call (bounded work)."""
+        """Delete finished jobs past their history TTL; returns how many. Bounded work: the rows are
+        swept in seq order, PURGE_CHUNK seqs per transaction (a range of the key: no index of end
+        times to keep up on every run), from where the last call stopped, until the sweep reaches the
+        newest row (the next call starts again from the oldest) or ``limit`` rows went (the next call
+        goes on from there). Fewer than ``limit`` back means the whole table was swept once."""
         keep = tuple(keep_queues)
         marks = ",".join("?" * len(keep)) or "''"
-
-        def run(conn: sqlite3.Connection) -> int:
-            n = conn.execute(
-                f"DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE finished < ? "
-                f"AND state='SUCCEEDED' AND queue NOT IN ({marks}) LIMIT ?)",
-                (succeeded_before, *keep, limit),
-            ).rowcount
-            for st in ("STOPPED", "GIVEN_UP", "ERROR", "DROPPED"):
-                n += conn.execute(
-                    f"DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE finished < ? "
-                    f"AND state=? AND queue NOT IN ({marks}) LIMIT ?)",
-                    (others_before, st, *keep, limit),
-                ).rowcount
-            return n
-
-        return await self.call(run)
+        sql = (f"DELETE FROM jobs WHERE seq > ? AND seq <= ? AND queue NOT IN ({marks}) AND ("
+               f"(state='SUCCEEDED' AND finished < ?) OR "
+               f"(state IN ('STOPPED','GIVEN_UP','ERROR','DROPPED') AND finished < ?))")
+        total = 0
+        while total < limit:
+            lo = self._purge_from
+            newest = self._next_seq - 1
+            if lo >= newest:
+                self._purge_from = 0
+                break
+            hi = min(lo + PURGE_CHUNK, newest)
+            args = (lo, hi, *keep, succeeded_before, others_before)
+            total += await self.call(lambda conn, a=args: conn.execute(sql, a).rowcount)
+            self._purge_from = hi
+        return total
 
     @staticmethod
     def rehome_rows(conn: sqlite3.Connection, moves: list[tuple[str, str, str]]) -> None:
