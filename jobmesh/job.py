@@ -300,20 +300,22 @@ def _ts(text: str | None) -> float | None:
     return parse_iso(text) if text else None
 
 
-_last_iso: tuple[float, str] = (-1.0, "")
+_iso_texts: dict[float, str] = {}
+_ISO_KEPT = 256
 
 
 def iso(ts: float | None) -> str | None:
-    """Epoch seconds as ISO 8601 UTC with milliseconds, or None. The last one is remembered:
-    the jobs of one add share their ``created`` time, so a batch's JSON formats it once."""
-    global _last_iso
+    """Epoch seconds as ISO 8601 UTC with milliseconds, or None. Recent ones are remembered (at most
+    _ISO_KEPT): the jobs of one add share their ``created`` time, and the statistics' few times
+    (start, last activated, last finished of each scope) are asked for on every poll."""
     if ts is None:
         return None
-    last = _last_iso
-    if last[0] == ts:
-        return last[1]
-    text = datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    _last_iso = (ts, text)
+    text = _iso_texts.get(ts)
+    if text is None:
+        text = datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        if len(_iso_texts) >= _ISO_KEPT:
+            _iso_texts.clear()
+        _iso_texts[ts] = text
     return text
 
 
