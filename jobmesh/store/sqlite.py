@@ -33,7 +33,7 @@ import structlog
 
 from ..actor import Actor
 from ..errors import ActorStopped
-from ..job import Job
+from ..job import FINAL_STATES, Job, JobState
 from .reads import StoreReads
 from .rows import (  # noqa: F401  (re-exported: the names other modules import from here)
     _DELETE, _DELETE_SEQ, _HANDOFF, _INSERT, _INSERT_PLAIN, _INSERT_PLAIN_MANY, _NOT_HELD, _START, _START_RANGE,
@@ -568,9 +568,9 @@ class Store(StoreReads, Actor):
         goes on from there). Fewer than ``limit`` back means the whole table was swept once."""
         keep = tuple(keep_queues)
         marks = ",".join("?" * len(keep)) or "''"
+        others = ",".join(f"'{s.value}'" for s in sorted(FINAL_STATES - {JobState.SUCCEEDED}))
         sql = (f"DELETE FROM jobs WHERE seq > ? AND seq <= ? AND queue NOT IN ({marks}) AND ("
-               f"(state='SUCCEEDED' AND finished < ?) OR "
-               f"(state IN ('STOPPED','GIVEN_UP','ERROR','DROPPED') AND finished < ?))")
+               f"(state='SUCCEEDED' AND finished < ?) OR (state IN ({others}) AND finished < ?))")
         total = 0
         while total < limit:
             lo = self._purge_from
