@@ -175,6 +175,34 @@ async def test_purge_sweeps_in_bounded_ranges_and_goes_on_where_it_stopped(tmp_p
         await system.stop_all()
 
 
+async def test_a_purge_that_overlaps_another_still_sweeps_the_whole_table(tmp_path, monkeypatch):
+    """The manager's clean-up loop and an explicit ``purge_history()`` may overlap. They share the
+    sweep's cursor, so they take turns: a call that returns fewer than ``limit`` swept every row
+    once (what ``purge_history``'s loop relies on), even one that began while the other was half-way."""
+    import jobmesh.store.sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "PURGE_CHUNK", 5)
+    store, system = await open_store(tmp_path / "jobs.db")
+    try:
+        jobs = [mk(i, state=JobState.SUCCEEDED, finished=10.0) if i % 2 else mk(i) for i in range(1, 41)]
+        await store.insert(jobs)
+        first = asyncio.ensure_future(
+            store.purge(succeeded_before=100.0, others_before=100.0, keep_queues=[], limit=1000))
+        for _ in range(1000):  # until the first sweep is past the low seqs
+            if store._purge_from >= 10:
+                break
+            await asyncio.sleep(0)
+        assert store._purge_from >= 10 and not first.done()  # half-way
+        late = store.get("job-2")  # seq 2, behind the first sweep: only a whole second sweep finds it
+        late.state, late.finished = JobState.SUCCEEDED, 20.0
+        await store.update(late)
+        second = await store.purge(succeeded_before=100.0, others_before=100.0, keep_queues=[], limit=1000)
+        assert await first == 20
+        assert second == 1 and store.get("job-2") is None
+    finally:
+        await system.stop_all()
+
+
 async def test_a_failing_call_does_not_lose_the_batch(tmp_path):
     store, system = await open_store(tmp_path / "jobs.db")
     try:

@@ -165,6 +165,7 @@ class Store(StoreReads, Actor):
         self._held_up_at = -math.inf  # loop time when writes last waited for a commit in the thread
         self._next_seq = 1
         self._purge_from = 0  # the history clean-up's sweep: rows above this seq are next (purge)
+        self._purge_lock = asyncio.Lock()  # one sweep at a time: they share the cursor
         self._opened = False
         self._inflight: asyncio.Future[list[Any]] | None = None
         self.commits = 0  # transactions committed (for tests and metrics)
@@ -565,23 +566,25 @@ class Store(StoreReads, Actor):
         swept in seq order, PURGE_CHUNK seqs per transaction (a range of the key: no index of end
         times to keep up on every run), from where the last call stopped, until the sweep reaches the
         newest row (the next call starts again from the oldest) or ``limit`` rows went (the next call
-        goes on from there). Fewer than ``limit`` back means the whole table was swept once."""
+        goes on from there). Fewer than ``limit`` back means the whole table was swept once. Calls at
+        the same time take turns (one cursor)."""
         keep = tuple(keep_queues)
         marks = ",".join("?" * len(keep)) or "''"
         others = ",".join(f"'{s.value}'" for s in sorted(FINAL_STATES - {JobState.SUCCEEDED}))
         sql = (f"DELETE FROM jobs WHERE seq > ? AND seq <= ? AND queue NOT IN ({marks}) AND ("
                f"(state='SUCCEEDED' AND finished < ?) OR (state IN ({others}) AND finished < ?))")
         total = 0
-        while total < limit:
-            lo = self._purge_from
-            newest = self._next_seq - 1
-            if lo >= newest:
-                self._purge_from = 0
-                break
-            hi = min(lo + PURGE_CHUNK, newest)
-            args = (lo, hi, *keep, succeeded_before, others_before)
-            total += await self.call(lambda conn, a=args: conn.execute(sql, a).rowcount)
-            self._purge_from = hi
+        async with self._purge_lock:  # the manager's loop and a purge_history() call may overlap
+            while total < limit:
+                lo = self._purge_from
+                newest = self._next_seq - 1
+                if lo >= newest:
+                    self._purge_from = 0
+                    break
+                hi = min(lo + PURGE_CHUNK, newest)
+                args = (lo, hi, *keep, succeeded_before, others_before)
+                total += await self.call(lambda conn, a=args: conn.execute(sql, a).rowcount)
+                self._purge_from = hi
         return total
 
     @staticmethod
