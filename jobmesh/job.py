@@ -345,6 +345,33 @@ def _field_copier() -> Any:
 
 copy_fields = _field_copier()
 
+_NEW_JOB_ARGS = ("id", "topic", "properties", "queue", "origin", "created", "max_retries", "priority")
+
+
+def _plain_maker() -> Any:
+    """``new_job(id, topic, properties, queue, origin, created, max_retries, priority)``: what
+    ``Job(...)`` with those keywords makes (every other field at its default), written out field by
+    field in the fields' order (so its instances share their attribute layout with ``Job()``'s):
+    ~1 µs less than the dataclass ``__init__`` with keywords, once per added job."""
+    from dataclasses import MISSING, fields
+
+    ns: dict[str, Any] = {"_new": _new, "Job": Job}
+    lines = []
+    for f in fields(Job):
+        if f.name in _NEW_JOB_ARGS:
+            lines.append(f"    j.{f.name} = {f.name}\n")
+        elif f.default_factory is not MISSING:
+            ns[f"_make_{f.name}"] = f.default_factory
+            lines.append(f"    j.{f.name} = _make_{f.name}()\n")
+        else:
+            ns[f"_default_{f.name}"] = f.default
+            lines.append(f"    j.{f.name} = _default_{f.name}\n")
+    exec(f"def new_job({', '.join(_NEW_JOB_ARGS)}):\n    j = _new(Job)\n{''.join(lines)}    return j\n", ns)  # noqa: S102
+    return ns["new_job"]
+
+
+new_job = _plain_maker()
+
 MAX_PROPERTIES_BYTES = 1_000_000
 
 try:

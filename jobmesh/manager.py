@@ -23,7 +23,7 @@ from .config import NodeConfig
 from .engine import events as ev
 from .errors import ActorStopped, Conflict, NotFound, ValidationError
 from .events import JOB_ADDED, EventBus, Notification
-from .job import FINAL_STATES, Job, JobIdGenerator, JobState, properties_json
+from .job import FINAL_STATES, Job, JobIdGenerator, JobState, new_job, properties_json
 from .job_options import JobRequest, check_request, not_before, request_from
 from .blobs.payload import payload_file, resolve_requests, with_payload
 from .job_queries import JobQueries
@@ -172,9 +172,8 @@ class JobManager(EngineInbox, Actor):
                 else:
                     decided = per_topic[topic] = opts
             texts.append("{}" if props is None or props == {} else _check_properties(props))
-            jobs.append(Job(id=ids[i], topic=topic, properties=props if props is not None else {},
-                            queue=decided[0], origin=node, created=now, max_retries=decided[1],
-                            priority=decided[2]))
+            jobs.append(new_job(ids[i], topic, props if props is not None else {}, decided[0], node, now,
+                                decided[1], decided[2]))
         if not jobs:
             return []
         added = await self._request(ev.JobsAdded(jobs, texts))
