@@ -232,6 +232,25 @@ def test_stop_a_running_job_from_its_page(page: Any, mesh: Mesh) -> None:
     wait_for(lambda: a.api("GET", f"/api/v1/jobs/{job['id']}")[1]["state"] == "DROPPED", 10, "the job to be DROPPED")
 
 
+def test_a_click_on_stop_is_not_lost_when_the_panel_refreshes_under_it(page: Any, mesh: Mesh) -> None:
+    """A running job's panel is rebuilt on every refresh: a press and release of Stop with a
+    refresh between them still stops the job (it did not under load: two different buttons)."""
+    a = mesh.nodes["a"]
+    status, job = a.api("POST", "/api/v1/jobs", {"topic": "console/slow", "properties": {"steps": 200, "step_seconds": 0.05}})
+    assert status == 201
+    wait_for(lambda: a.api("GET", f"/api/v1/jobs/{job['id']}")[1]["state"] == "ACTIVE", 10, "the job to start")
+    open_console(page, a, f"#/jobs/{job['id']}")
+    page.locator("#job-panel .state-active").wait_for()
+    page.wait_for_function("document.querySelector('#job-log') && document.querySelector('#job-log').textContent.includes('step')")
+    box = page.locator("#job-stop").bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    before = page.locator("#job-log").inner_text()
+    page.wait_for_function("t => document.querySelector('#job-log').textContent !== t", arg=before)  # a refresh
+    page.mouse.up()
+    wait_for(lambda: a.api("GET", f"/api/v1/jobs/{job['id']}")[1]["state"] == "STOPPED", 10, "the job to be STOPPED")
+
+
 def test_job_list_filters_by_state_and_topic(page: Any, mesh: Mesh) -> None:
     a = mesh.nodes["a"]
     status, jobs = a.api("POST", "/api/v1/jobs", [{"topic": "console/fast"}, {"topic": "console/fast"}])

@@ -191,7 +191,18 @@ export class JobsView {
 
   renderPanel(job) {
     const final = FINAL_STATES.has(job.state);
-    const actions = h('div', {class: 'actions'},
+    // The panel is rebuilt on every refresh (a running job's progress: several times a second),
+    // but its buttons are kept while what they show is the same: a click whose press and release
+    // straddled a rebuild landed on two different buttons and was lost.
+    const actionsKey = `${job.id}|${job.state}|${this.confirmingRemove}`;
+    const actions = this.actionsKey === actionsKey && this.actions ? this.actions : this.renderActions(job, final);
+    this.actions = actions;
+    this.actionsKey = actionsKey;
+    this.renderPanelBody(job, actions);
+  }
+
+  renderActions(job, final) {
+    return h('div', {class: 'actions'},
       h('button', {class: 'btn', type: 'button', id: 'job-stop', disabled: final,
         title: 'stop a queued job, or ask a running consumer to stop',
         onclick: () => this.act('stop')}, 'Stop'),
@@ -203,14 +214,14 @@ export class JobsView {
           onclick: () => this.act('remove')}, final ? 'Delete for good?' : 'Drop it?')
         : h('button', {class: 'btn danger-outline', type: 'button', id: 'job-remove',
           title: final ? 'delete this finished job' : 'stop it and record it DROPPED',
-          onclick: () => { this.confirmingRemove = true; this.renderPanel(job); }}, 'Remove'));
+          onclick: () => { this.confirmingRemove = true; this.renderPanel(this.job || job); }}, 'Remove'));
+  }
 
+  renderPanelBody(job, actions) {
     const progress = job.progress || {};
     const log = progress.log || [];
-    replace(this.panel,
-      this.panelHead(job),
-      h('div', {class: 'job-id mono', title: 'job id'}, job.id),
-      actions,
+    const before = [this.panelHead(job), h('div', {class: 'job-id mono', title: 'job id'}, job.id)];
+    const after = [
       h('section', {class: 'job-section'},
         h('h3', {}, 'Progress'), progressBar(job, false),
         h('div', {class: 'muted small'}, progressText(job))),
@@ -236,7 +247,16 @@ export class JobsView {
       h('section', {class: 'job-section'},
         h('h3', {}, `Log (${log.length})`),
         log.length ? h('pre', {class: 'code log', id: 'job-log'}, log.join('\n')) : h('div', {class: 'muted small'}, 'No log lines.')),
-    );
+    ].filter((el) => el);
+    if (actions.parentNode === this.panel) {
+      // rebuilt around the buttons, which stay where they are (moving one, even back to its own
+      // place, drops a click that is half-way)
+      for (const child of [...this.panel.childNodes]) if (child !== actions) child.remove();
+      actions.before(...before);
+      actions.after(...after);
+    } else {
+      replace(this.panel, ...before, actions, ...after);
+    }
     const logEl = this.panel.querySelector('.log');
     if (logEl) logEl.scrollTop = logEl.scrollHeight;
   }
