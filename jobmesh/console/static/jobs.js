@@ -191,9 +191,9 @@ export class JobsView {
 
   renderPanel(job) {
     const final = FINAL_STATES.has(job.state);
-    // The panel is rebuilt on every refresh (a running job's progress: several times a second),
-    // but its buttons are kept while what they show is the same: a click whose press and release
-    // straddled a rebuild landed on two different buttons and was lost.
+    // The panel is rebuilt on every refresh (a live job's: every PANEL_POLL_MS, and on each of its
+    // notifications), but its buttons are kept while what they show is the same: a click whose
+    // press and release straddled a rebuild landed on two different buttons and was lost.
     const actionsKey = `${job.id}|${job.state}|${this.confirmingRemove}`;
     const actions = this.actionsKey === actionsKey && this.actions ? this.actions : this.renderActions(job, final);
     this.actions = actions;
