@@ -358,6 +358,36 @@ def test_queue_suspend_and_resume(page: Any, mesh: Mesh) -> None:
     screenshot(page, "console-queues.png")
 
 
+def test_a_click_on_a_queue_button_is_not_lost_when_the_table_refreshes_under_it(page: Any, mesh: Mesh) -> None:
+    """Every view rebuilds its rows on each poll and notification: the rows and buttons that stay
+    the same are kept (dom.js ``replace``), so a press and release of Suspend with a refresh
+    between them (the row's counts changed) is one click on one button."""
+    a = mesh.nodes["a"]
+    open_console(page, a, "#/queues")
+    button = page.locator('#queues-table tr[data-queue="main"] button[data-action="suspend"]')
+    button.wait_for()
+    page.evaluate("() => { window.pressed = document.querySelector("
+                  "'#queues-table tr[data-queue=\"main\"] button[data-action=\"suspend\"]'); }")
+    before = page.locator('#queues-table tr[data-queue="main"]').inner_text()
+    box = button.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    status, job = a.api("POST", "/api/v1/jobs", {"topic": "console/fast"})
+    assert status == 201
+    wait_for(lambda: a.api("GET", f"/api/v1/jobs/{job['id']}")[1]["state"] == "SUCCEEDED", 10, "the job to run")
+    page.wait_for_function("t => document.querySelector('#queues-table tr[data-queue=\"main\"]').innerText !== t",
+                           arg=before)  # the row was rebuilt with new counts
+    assert page.evaluate("() => document.querySelector("
+                         "'#queues-table tr[data-queue=\"main\"] button[data-action=\"suspend\"]') === window.pressed")
+    page.mouse.up()
+    try:
+        wait_for(lambda: next(q for q in a.api("GET", "/api/v1/queues")[1]["queues"]
+                              if q["name"] == "main")["suspended"], 5, "main to be suspended by the click")
+        page.locator('#queues-table tr[data-queue="main"] button[data-action="resume"]').wait_for()
+    finally:
+        a.api("POST", "/api/v1/queues/main/resume")
+
+
 def test_schedules_add_and_remove(page: Any, mesh: Mesh) -> None:
     a = mesh.nodes["a"]
     status, _ = a.api("GET", "/api/v1/schedules")

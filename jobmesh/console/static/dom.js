@@ -7,7 +7,7 @@ export function h(tag, attrs = {}, ...children) {
   for (const [key, value] of Object.entries(attrs || {})) {
     if (value === undefined || value === null || value === false) continue;
     if (key.startsWith('on') && typeof value === 'function') {
-      el.addEventListener(key.slice(2), value);
+      on(el, key.slice(2), value);
     } else if (key === 'class') {
       el.className = value;
     } else if (key === 'style' && typeof value === 'object') {
@@ -32,11 +32,82 @@ function append(el, children) {
   }
 }
 
-/** Replace all children of `el`. */
+// An element's handlers live in a table on it, called by one listener per event type, so that
+// `replace` can keep an element and give it the handlers of the one built to take its place.
+const HANDLERS = Symbol('handlers');
+
+function dispatch(event) {
+  const fn = this[HANDLERS] && this[HANDLERS][event.type];
+  return fn ? fn.call(this, event) : undefined;
+}
+
+function on(el, type, fn) {
+  (el[HANDLERS] ||= {})[type] = fn;
+  el.addEventListener(type, dispatch);  // the same listener twice is one
+}
+
+/** Make `el`'s children the given ones (what h() takes: nodes, text, arrays, nulls skipped).
+ *
+ * Views rebuild their content on every poll. Swapping in the new nodes wholesale lost clicks:
+ * a press and a release that straddle a rebuild land on two different buttons, and no click
+ * fires. So the children already there are kept where the new ones are the same element
+ * (tag and identity: `id` and every `data-*` attribute, e.g. the row of the same queue, a
+ * button of the same action) and brought up to date in place: attributes, text, the
+ * handlers of the new element, a form control's value unless it has the focus. Anything
+ * else is replaced. A node passed in that already is a child of `el` is taken as it is. */
 export function replace(el, ...children) {
-  el.replaceChildren();
-  append(el, children);
+  const fresh = [];
+  append({append: (node) => fresh.push(node)}, children);
+  if (fresh.some((node) => node.parentNode === el)) {
+    el.replaceChildren(...fresh);
+  } else {
+    patchChildren(el, fresh);
+  }
   return el;
+}
+
+function patchChildren(parent, fresh) {
+  const old = [...parent.childNodes];
+  fresh.forEach((node, i) => {
+    const was = old[i];
+    if (was === undefined) parent.append(node);
+    else if (!patch(was, node)) parent.replaceChild(node, was);
+  });
+  for (let i = fresh.length; i < old.length; i++) old[i].remove();
+}
+
+const CONTROLS = new Set(['INPUT', 'SELECT', 'TEXTAREA']);
+
+function sameIdentity(a, b) {
+  if (a.nodeName !== b.nodeName || a.id !== b.id) return false;
+  const keys = (el) => Object.entries(el.dataset).sort(([x], [y]) => (x < y ? -1 : x > y ? 1 : 0)).join('\n');
+  return keys(a) === keys(b);
+}
+
+/** `was` made to show what `node` shows; false when it is not the same element (replace it). */
+function patch(was, node) {
+  if (was.nodeType !== node.nodeType) return false;
+  if (was.nodeType === Node.TEXT_NODE || was.nodeType === Node.COMMENT_NODE) {
+    if (was.data !== node.data) was.data = node.data;
+    return true;
+  }
+  if (was.nodeType !== Node.ELEMENT_NODE || !sameIdentity(was, node)) return false;
+  for (const {name} of [...was.attributes]) if (!node.hasAttribute(name)) was.removeAttribute(name);
+  for (const {name, value} of node.attributes) {
+    if (name === 'style') {  // through the CSSOM: the console's CSP refuses a style attribute
+      if (was.style.cssText !== node.style.cssText) was.style.cssText = node.style.cssText;
+    } else if (was.getAttribute(name) !== value) {
+      was.setAttribute(name, value);
+    }
+  }
+  was[HANDLERS] = node[HANDLERS];
+  for (const type of Object.keys(node[HANDLERS] || {})) was.addEventListener(type, dispatch);
+  patchChildren(was, [...node.childNodes]);
+  if (CONTROLS.has(was.nodeName) && was !== document.activeElement) {
+    if (was.value !== node.value) was.value = node.value;
+    if (was.checked !== node.checked) was.checked = node.checked;
+  }
+  return true;
 }
 
 export const STATES = ['QUEUED', 'ACTIVE', 'SUCCEEDED', 'STOPPED', 'GIVEN_UP', 'ERROR', 'DROPPED'];

@@ -190,15 +190,10 @@ export class JobsView {
   }
 
   renderPanel(job) {
-    const final = FINAL_STATES.has(job.state);
-    // The panel is rebuilt on every refresh (a live job's: every PANEL_POLL_MS, and on each of its
-    // notifications), but its buttons are kept while what they show is the same: a click whose
-    // press and release straddled a rebuild landed on two different buttons and was lost.
-    const actionsKey = `${job.id}|${job.state}|${this.confirmingRemove}`;
-    const actions = this.actionsKey === actionsKey && this.actions ? this.actions : this.renderActions(job, final);
-    this.actions = actions;
-    this.actionsKey = actionsKey;
-    this.renderPanelBody(job, actions);
+    // rebuilt on every refresh (a live job's: every PANEL_POLL_MS, and on each of its
+    // notifications); `replace` keeps the buttons that stay the same, so a click whose press
+    // and release straddle a rebuild still lands
+    this.renderPanelBody(job, this.renderActions(job, FINAL_STATES.has(job.state)));
   }
 
   renderActions(job, final) {
@@ -248,15 +243,7 @@ export class JobsView {
         h('h3', {}, `Log (${log.length})`),
         log.length ? h('pre', {class: 'code log', id: 'job-log'}, log.join('\n')) : h('div', {class: 'muted small'}, 'No log lines.')),
     ].filter((el) => el);
-    if (actions.parentNode === this.panel) {
-      // rebuilt around the buttons, which stay where they are (moving one, even back to its own
-      // place, drops a click that is half-way)
-      for (const child of [...this.panel.childNodes]) if (child !== actions) child.remove();
-      actions.before(...before);
-      actions.after(...after);
-    } else {
-      replace(this.panel, ...before, actions, ...after);
-    }
+    replace(this.panel, ...before, actions, ...after);
     const logEl = this.panel.querySelector('.log');
     if (logEl) logEl.scrollTop = logEl.scrollHeight;
   }
