@@ -35,6 +35,8 @@ Invariants (DESIGN §3), each a ``Violation`` with the seed, its name and the tr
 - ``no-error-log``: no node logs an error, faults or not (an error line is a path that
   failed; the faults the nemesis makes are ones the design expects and handles). Seed 7 found
   a batch of accepted copies refused on UNIQUE jobs.id: two attempts of one job in one commit.
+- ``harness-alive``: the run's own workload, nemesis and checker tasks did not die of an error
+  (a dead nemesis draws no more faults: the run would pass while testing little).
 
 ``delays`` > 0 delays that share of the workload's adds by 0.2 to 10 s, with a queue horizon of
 ``defer_after`` s (jobs due later wait on disk and are read back by the due scan) and queue
@@ -189,6 +191,7 @@ class Simulation(NodeWiring, Workload, Nemesis, Invariants):
         load = asyncio.ensure_future(self._workload())
         nemesis = asyncio.ensure_future(self._nemesis()) if cfg.faults else None
         await asyncio.sleep(cfg.duration)
+        self._check_parts_alive({"workload": load, "nemesis": nemesis, "checker": checker})
         if nemesis is not None:
             nemesis.cancel()
         load.cancel()
@@ -204,6 +207,18 @@ class Simulation(NodeWiring, Workload, Nemesis, Invariants):
         finally:
             checker.cancel()
         self._raise_pending()
+        self._check_parts_alive({"checker": checker})
+
+    def _check_parts_alive(self, parts: dict[str, asyncio.Future[Any] | None]) -> None:
+        """The harness's own tasks ran all along: one that died of an error (not a violation it
+        found) stopped testing what the run claims, and no node would have noticed (a nemesis
+        that raised at its first lossy-link fault drew no fault after it, for 100s of seeds)."""
+        for part, task in parts.items():
+            if task is None or not task.done() or task.cancelled():
+                continue
+            exc = task.exception()
+            if exc is not None and not isinstance(exc, Violation):
+                self._fail("harness-alive", f"the simulation's {part} died: {exc!r}")
 
 
 def run_seed(seed: int, plant: str | None = None, **kw: Any) -> SimResult:

@@ -8,6 +8,7 @@ fault's span for the schedule checks, and at the end of the workload heals every
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import Any
 
 from .loop import NodeRun
@@ -68,11 +69,13 @@ class Nemesis(SimState):
                                         reorder=rng.choice([0.0, 0.05]))
                 self.fault_log.append((now, now + span + 3 * self.cfg.timeout))
                 self.trace.add("net", "lossy", f"for {span:.2f}s")
-                self.loop.call_later(span, net.network.set_default, loss=0.0, dup=0.0, reorder=0.0)
+                self.loop.call_later(span, partial(net.network.set_default, loss=0.0, dup=0.0, reorder=0.0))
             else:
                 victim = rng.choice(self.names)
                 jump = rng.choice([-30.0, -2.0, 2.0, 30.0, 3600.0])
                 self.offsets[victim] += jump
+                self.clock_jumped = True
+                self.max_lead = max(self.max_lead, self.offsets[victim])
                 self.fault_log.append((now, now + 3 * self.cfg.timeout))
                 self.trace.add(victim, "clock-jump", f"{jump:+.0f}s")
 

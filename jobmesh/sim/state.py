@@ -43,6 +43,8 @@ class SimState:
         self.ctxs: dict[str, contextvars.Context] = {}
         self.incarnations: dict[str, int] = {n: 0 for n in self.names}
         self.offsets: dict[str, float] = {n: 0.0 for n in self.names}
+        self.clock_jumped = False  # a node's wall clock jumped at some point (it may be back at 0 now)
+        self.max_lead = 0.0  # the furthest any node's clock has been ahead of true time (s)
         self.topics: dict[str, list[str]] = {}
         self.capacity: dict[str, int] = {}
         self.accepted: dict[str, str] = {}  # job id -> origin
